@@ -1,0 +1,1 @@
+"""ctrain services: each a pure core wrapped by thin Kafka/HTTP adapters."""

@@ -1,0 +1,1 @@
+"""ingest: examples -> checked rows -> tumbling windows -> Parquet shards -> WindowClosed."""

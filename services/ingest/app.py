@@ -1,0 +1,163 @@
+"""Wiring: ``create_app(settings)`` builds the FastAPI app; nothing connects at import.
+
+Lifespan: start the producer and consumer, run the poll loop as a task; on
+shutdown (uvicorn turns SIGTERM into it) stop polling, make the DLQ durable,
+checkpoint and commit, leave the group, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from services.ingest.core import Ingestor, dead_letter
+from services.ingest.decode import Decoder, DecoderConfig, Rejected
+from services.ingest.errors import BodyTooLarge, IngestError, NotReady
+from services.ingest.kafka_io import ConsumeLoop, KafkaSink
+from services.ingest.metrics import IngestMetrics
+from services.ingest.settings import IngestSettings
+from services.ingest.windowing import WindowPolicy
+from shared import topics
+from shared.artifacts import ArtifactStore
+from shared.kafka import make_consumer, make_producer
+from shared.metrics import metrics_endpoint, new_registry
+from shared.schema import example_spec, load_schema
+from shared.settings import CommonSettings
+
+log = logging.getLogger(__name__)
+
+
+def decoder_from(common: CommonSettings, s: IngestSettings) -> Decoder:
+    if not common.schema_path:
+        from shared.settings import SettingsError
+
+        raise SettingsError("ingest needs CTRAIN_SCHEMA (path of schema.pbtxt)")
+    return Decoder(
+        example_spec(load_schema(common.schema_path)),
+        DecoderConfig(
+            max_bytes=s.max_example_bytes,
+            reject_unknown=s.reject_unknown_features,
+            event_time_field=s.event_time_field,
+            event_time_unit=s.event_time_unit,
+            max_future_ms=int(s.max_future_s * 1000),
+        ),
+    )
+
+
+def policy_from(s: IngestSettings) -> WindowPolicy:
+    return WindowPolicy(
+        max_count=s.window_max_count,
+        duration_ms=int(s.window_duration_s * 1000) if s.window_duration_s else None,
+        allowed_lateness_ms=int(s.allowed_lateness_s * 1000),
+    )
+
+
+def create_app(common: CommonSettings, settings: IngestSettings) -> FastAPI:
+    registry = new_registry()
+    metrics = IngestMetrics(registry)
+    decoder = decoder_from(common, settings)
+    store = ArtifactStore(common.artifact_root)
+    state: dict[str, Any] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        producer = make_producer(common)
+        await producer.start()
+        consumer = make_consumer(common, settings.group_id)
+        sink = KafkaSink(producer)
+        ingestor = Ingestor(
+            stream=settings.stream,
+            decoder=decoder,
+            policy=policy_from(settings),
+            store=store,
+            sink=sink,
+            metrics=metrics,
+            batch_rows=settings.batch_rows,
+            idle_timeout_s=settings.idle_timeout_s,
+        )
+        loop = ConsumeLoop(consumer, ingestor, settings.poll_max_records)
+        loop.subscribe()
+        await consumer.start()
+        task = asyncio.create_task(loop.run(), name="ingest-poll")
+        state.update(producer=producer, loop=loop, task=task)
+        log.info("ingest started", extra={"stream": settings.stream, "group": settings.group_id})
+        try:
+            yield
+        finally:
+            loop.stop()
+            try:
+                await task
+            finally:
+                await loop.drain()
+                await consumer.stop()
+                await producer.stop()
+                log.info("ingest stopped cleanly")
+
+    app = FastAPI(title="ctrain ingest", version="0.1.0", lifespan=lifespan)
+    app.state.metrics = metrics
+    app.state.registry = registry
+
+    @app.exception_handler(IngestError)
+    async def _ingest_error(_: Request, exc: IngestError) -> JSONResponse:
+        return JSONResponse({"error": type(exc).__name__, "detail": str(exc)}, exc.status_code)
+
+    app.add_route("/metrics", metrics_endpoint(registry), methods=["GET"])
+
+    @app.get("/healthz")
+    async def healthz() -> JSONResponse:
+        loop: ConsumeLoop | None = state.get("loop")
+        task: asyncio.Task[None] | None = state.get("task")
+        if loop is None or task is None or task.done():
+            reason = "poll loop not running"
+            if task is not None and task.done() and task.exception() is not None:
+                reason = f"poll loop failed: {task.exception()!r}"
+            return JSONResponse({"status": "down", "reason": reason}, 503)
+        return JSONResponse({"status": "ok", "partitions": len(loop.ingestor.parts)})
+
+    @app.post("/v1/examples")
+    async def post_examples(request: Request) -> JSONResponse:
+        """JSON lines in; valid lines go to ctrain.examples, invalid ones to the DLQ.
+
+        Answers with the outcome of every line, so a client knows which to fix.
+        """
+        producer = state.get("producer")
+        if producer is None:
+            raise NotReady("ingest is starting; retry shortly")
+        body = await request.body()
+        if len(body) > settings.http_max_body_bytes:
+            raise BodyTooLarge(
+                f"body is {len(body)} bytes; the limit is {settings.http_max_body_bytes}"
+            )
+        now_ms = int(time.time() * 1000)
+        errors: list[dict[str, Any]] = []
+        futures = []
+        accepted = 0
+        lines = body.split(b"\n")
+        for i, line in enumerate(lines, start=1):
+            if not line.strip() and i == len(lines):
+                continue  # the trailing newline
+            res = decoder.decode(line.strip(), now_ms, now_ms)
+            if isinstance(res, Rejected):
+                errors.append({"line": i, "reason": res.reason, "message": res.message})
+                letter = dead_letter("http", -1, i, None, line, res)
+                futures.append(await producer.send(topics.EXAMPLES_DLQ, letter.to_bytes()))
+                metrics.http_lines.labels("rejected").inc()
+                continue
+            futures.append(await producer.send(topics.EXAMPLES, line.strip()))
+            accepted += 1
+            metrics.http_lines.labels("accepted").inc()
+        await asyncio.gather(*futures)
+        if accepted == 0 and errors:
+            return JSONResponse(
+                {"accepted": 0, "rejected": len(errors), "errors": errors}, 422
+            )
+        return JSONResponse({"accepted": accepted, "rejected": len(errors), "errors": errors})
+
+    return app

@@ -1,0 +1,318 @@
+"""The ingest core: records in, DLQ entries and durable windows out.
+
+No Kafka client and no HTTP here: the adapter feeds records per partition and
+performs the commits this object hands back. Order of effects for each close
+(DESIGN §4): shard renamed into place -> window.json -> partition checkpoint
+(the decision, durable) -> WindowClosed published -> offsets committed.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import orjson
+
+from services.ingest.decode import Accepted, Decoder, Reason, Rejected
+from services.ingest.metrics import IngestMetrics
+from services.ingest.shard import SHARD_NAME, ShardWriter
+from services.ingest.windowing import (
+    Add,
+    ClosedRange,
+    CloseReason,
+    Late,
+    OpenWindow,
+    PartitionWindows,
+    Skip,
+    WindowPolicy,
+)
+from shared.artifacts import ArtifactStore
+from shared.events import DeadLetter, DlqSource, OffsetRange, WindowClosed
+
+log = logging.getLogger(__name__)
+
+
+class Record(Protocol):
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: int
+
+
+class Sink(Protocol):
+    """Where the core's events go (Kafka in production, lists in unit tests)."""
+
+    async def dead_letter(self, letter: DeadLetter) -> None: ...
+    async def flush(self) -> None: ...
+    async def window_closed(self, event: WindowClosed) -> None: ...
+
+
+TopicPartition = tuple[str, int]
+
+
+@dataclass
+class _Partition:
+    windows: PartitionWindows
+    writers: dict[str, tuple[ShardWriter, str]] = field(default_factory=dict)
+    last_read_wall: float = 0.0
+    next_offset: int | None = None
+    committed: int | None = None
+
+
+def dead_letter(
+    topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None, r: Rejected
+) -> DeadLetter:
+    raw = value or b""
+    try:
+        payload, enc = raw.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        payload, enc = base64.b64encode(raw).decode(), "base64"
+    return DeadLetter(
+        id=f"dlq-{topic}-{partition}-{offset}",
+        reason=r.reason,
+        message=r.message,
+        source=DlqSource(topic=topic, partition=partition, offset=offset),
+        payload=payload,
+        payload_encoding=enc,  # type: ignore[arg-type]
+        source_key=key.decode("utf-8", "replace") if key else None,
+    )
+
+
+def _ts(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+class Ingestor:
+    def __init__(
+        self,
+        *,
+        stream: str,
+        decoder: Decoder,
+        policy: WindowPolicy,
+        store: ArtifactStore,
+        sink: Sink,
+        metrics: IngestMetrics,
+        batch_rows: int = 8192,
+        idle_timeout_s: float = 30.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.stream = stream
+        self.decoder = decoder
+        self.policy = policy
+        self.store = store
+        self.sink = sink
+        self.metrics = metrics
+        self.batch_rows = batch_rows
+        self.idle_timeout_s = idle_timeout_s
+        self.clock = clock
+        self.parts: dict[TopicPartition, _Partition] = {}
+
+    # ----------------------------------------------------------- layout
+    def window_dir(self, window_id: str) -> str:
+        return self.store.uri("windows", self.stream, window_id)
+
+    def checkpoint_uri(self, tp: TopicPartition) -> str:
+        return self.store.uri("windows", self.stream, "_checkpoints", f"{tp[0]}-{tp[1]}.json")
+
+    # ------------------------------------------------------- partitions
+    async def assign(self, tp: TopicPartition) -> int | None:
+        """Take a partition: restore its checkpoint; return the offset to resume at."""
+        windows = PartitionWindows(self.stream, tp[0], tp[1], self.policy)
+        part = _Partition(windows)
+        self.parts[tp] = part
+        uri = self.checkpoint_uri(tp)
+        if not self.store.exists(uri):
+            return None
+        ck = orjson.loads(self.store.read_bytes(uri))
+        windows.watermark = ck["watermark_ms"]
+        windows.closed = [ClosedRange(**c) for c in ck["closed"]]
+        part.committed = ck["commit"]
+        # The last step may have died between its checkpoint and its publish.
+        for ev in ck["pending"]:
+            await self.sink.window_closed(WindowClosed.model_validate(ev))
+        log.info(
+            "partition restored",
+            extra={"tp": f"{tp[0]}-{tp[1]}", "commit": ck["commit"], "republished": len(ck["pending"])},
+        )
+        return int(ck["commit"])
+
+    def revoke(self, tp: TopicPartition) -> None:
+        """Give a partition up: its open windows are rebuilt by the next owner."""
+        part = self.parts.pop(tp, None)
+        if part is None:
+            return
+        for writer, _ in part.writers.values():
+            writer.abort()
+        self._update_open_gauge()
+
+    # ----------------------------------------------------------- records
+    async def process(self, tp: TopicPartition, records: Iterable[Record]) -> int | None:
+        """Handle one batch of one partition; return an offset to commit, if any."""
+        part = self.parts.get(tp)
+        if part is None:
+            part = self.parts[tp] = _Partition(PartitionWindows(self.stream, tp[0], tp[1], self.policy))
+        windows = part.windows
+        decode = self.decoder.decode
+        now_ms = int(self.clock() * 1000)
+        closing: list[tuple[OpenWindow, CloseReason]] = []
+        accepted = 0
+        n = 0
+        for rec in records:
+            n += 1
+            part.next_offset = rec.offset + 1
+            res = decode(rec.value, rec.timestamp, now_ms)
+            if type(res) is Rejected:
+                await self._reject(rec, res)
+                continue
+            assert isinstance(res, Accepted)
+            route = windows.route(rec.offset, res.event_time_ms)
+            if type(route) is Add:
+                w = route.window
+                writer = part.writers.get(w.window_id)
+                if writer is None:
+                    writer = self._new_writer(w.window_id)
+                    part.writers[w.window_id] = writer
+                writer[0].add(res.row)
+                accepted += 1
+                if self.policy.max_count and w.count >= self.policy.max_count:
+                    closing.append((w, "count"))
+                    windows.close(w)
+                for due in windows.watermark_due():
+                    closing.append((due, "watermark"))
+                    windows.close(due)
+            elif type(route) is Late:
+                await self._reject(
+                    rec,
+                    Rejected(
+                        Reason.LATE,
+                        f"event time {_ts(res.event_time_ms).isoformat()} belongs to window "
+                        f"starting {_ts(route.bucket).isoformat()}, closed at watermark "
+                        f"{_ts(route.watermark).isoformat()}",
+                    ),
+                )
+            else:
+                assert isinstance(route, Skip)
+                self.metrics.replayed.inc()
+        if n:
+            part.last_read_wall = self.clock()
+        self.metrics.accepted.inc(accepted)
+        if windows.watermark is not None:
+            self.metrics.watermark.labels(str(tp[1])).set(windows.watermark / 1000)
+        return await self._settle(tp, part, closing)
+
+    async def close_idle(self) -> dict[TopicPartition, int]:
+        """Close the open windows of partitions that have been quiet too long."""
+        now = self.clock()
+        out: dict[TopicPartition, int] = {}
+        for tp, part in list(self.parts.items()):
+            if part.windows.open and now - part.last_read_wall >= self.idle_timeout_s:
+                closing: list[tuple[OpenWindow, CloseReason]] = []
+                for w in list(part.windows.open.values()):
+                    part.windows.close(w)
+                    closing.append((w, "idle"))
+                commit = await self._settle(tp, part, closing)
+                if commit is not None:
+                    out[tp] = commit
+        return out
+
+    async def drain(self) -> dict[TopicPartition, int]:
+        """On shutdown: make the DLQ durable, checkpoint, return offsets to commit.
+
+        Open windows are not cut short: the next owner rebuilds them from Kafka,
+        so a restart does not change how the stream is windowed.
+        """
+        out: dict[TopicPartition, int] = {}
+        for tp in list(self.parts):
+            commit = await self.drain_one(tp)
+            if commit is not None:
+                out[tp] = commit
+            self.revoke(tp)
+        return out
+
+    async def drain_one(self, tp: TopicPartition) -> int | None:
+        await self.sink.flush()
+        return await self._settle(tp, self.parts[tp], [], force=True)
+
+    # ------------------------------------------------------------ inner
+    def _new_writer(self, window_id: str) -> tuple[ShardWriter, str]:
+        uri = f"{self.window_dir(window_id)}/{SHARD_NAME}"
+        tmp = self.store.temp_path(uri)
+        return ShardWriter(self.decoder.spec, tmp, self.batch_rows), uri
+
+    async def _reject(self, rec: Record, r: Rejected) -> None:
+        self.metrics.rejected.labels(r.reason).inc()
+        await self.sink.dead_letter(
+            dead_letter(rec.topic, rec.partition, rec.offset, rec.key, rec.value, r)
+        )
+
+    def _finish_window(
+        self, tp: TopicPartition, part: _Partition, w: OpenWindow, reason: CloseReason
+    ) -> WindowClosed:
+        writer, uri = part.writers.pop(w.window_id)
+        sha = writer.finish()
+        self.store.publish_file(writer.path, uri)
+        start, end = part.windows.bounds(w)
+        event = WindowClosed(
+            window_id=w.window_id,
+            stream=self.stream,
+            start=_ts(start),
+            end=_ts(end),
+            example_count=w.count,
+            offsets=[OffsetRange(topic=tp[0], partition=tp[1], first=w.first, last=w.last)],
+            data_uri=uri,
+            sha256=sha,
+            close_reason=reason,
+            min_event_time=_ts(w.min_t) if w.min_t is not None else None,
+            max_event_time=_ts(w.max_t) if w.max_t is not None else None,
+        )
+        self.store.write_bytes(f"{self.window_dir(w.window_id)}/window.json", event.to_bytes())
+        return event
+
+    async def _settle(
+        self,
+        tp: TopicPartition,
+        part: _Partition,
+        closing: list[tuple[OpenWindow, CloseReason]],
+        force: bool = False,
+    ) -> int | None:
+        windows = part.windows
+        events = [self._finish_window(tp, part, w, why) for w, why in closing]
+        if part.next_offset is None:
+            return None
+        commit, wm = windows.commit_point(part.next_offset)
+        if not events and not force and (windows.open or commit == part.committed):
+            return None
+        if commit == part.committed and not events:
+            return None
+        await self.sink.flush()  # DLQ entries below the commit point must be durable
+        windows.prune(commit)
+        checkpoint: dict[str, Any] = {
+            "commit": commit,
+            "watermark_ms": wm,
+            "closed": [c.__dict__ for c in windows.closed],
+            "pending": [e.model_dump(mode="json") for e in events],
+        }
+        self.store.write_bytes(self.checkpoint_uri(tp), orjson.dumps(checkpoint))
+        now = self.clock()
+        for e in events:
+            await self.sink.window_closed(e)
+            self.metrics.windows.labels(e.close_reason).inc()
+            self.metrics.window_size.observe(e.example_count)
+            self.metrics.close_lag.observe(max(0.0, now - part.last_read_wall))
+            log.info(
+                "window closed",
+                extra={"window_id": e.window_id, "count": e.example_count, "why": e.close_reason},
+            )
+        part.committed = commit
+        self._update_open_gauge()
+        return commit
+
+    def _update_open_gauge(self) -> None:
+        self.metrics.open_windows.set(sum(len(p.windows.open) for p in self.parts.values()))

@@ -1,0 +1,103 @@
+"""The Kafka side of ingest: a Sink over an aiokafka producer, and the poll loop.
+
+The loop uses aiokafka directly rather than a FastStream subscriber: the offset
+ingest may commit is the first record of the oldest *open* window, not the
+position FastStream's ack would commit, so commits are explicit per partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+
+from services.ingest.core import Ingestor
+from shared import topics
+from shared.events import DeadLetter, WindowClosed
+
+log = logging.getLogger(__name__)
+
+
+class KafkaSink:
+    def __init__(self, producer: AIOKafkaProducer) -> None:
+        self.producer = producer
+        self._inflight: list[asyncio.Future[Any]] = []
+
+    async def dead_letter(self, letter: DeadLetter) -> None:
+        fut = await self.producer.send(topics.EXAMPLES_DLQ, letter.to_bytes(), key=letter.key)
+        self._inflight.append(fut)
+        if len(self._inflight) >= 10_000:
+            await self.flush()
+
+    async def flush(self) -> None:
+        if self._inflight:
+            pending, self._inflight = self._inflight, []
+            await asyncio.gather(*pending)
+
+    async def window_closed(self, event: WindowClosed) -> None:
+        await self.producer.send_and_wait(topics.WINDOWS, event.to_bytes(), key=event.key)
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, loop: ConsumeLoop) -> None:
+        self.loop = loop
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self.loop.release(revoked)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        for tp in assigned:
+            resume = await self.loop.ingestor.assign((tp.topic, tp.partition))
+            if resume is not None:
+                self.loop.consumer.seek(tp, resume)
+
+
+class ConsumeLoop:
+    """Polls ``ctrain.examples`` and hands each partition's batch to the core."""
+
+    def __init__(self, consumer: AIOKafkaConsumer, ingestor: Ingestor, max_records: int) -> None:
+        self.consumer = consumer
+        self.ingestor = ingestor
+        self.max_records = max_records
+        self._stopping = asyncio.Event()
+        self.running = False
+        self.listener = _Rebalance(self)
+
+    def subscribe(self) -> None:
+        self.consumer.subscribe([topics.EXAMPLES], listener=self.listener)
+
+    async def run(self) -> None:
+        self.running = True
+        try:
+            while not self._stopping.is_set():
+                batch = await self.consumer.getmany(timeout_ms=200, max_records=self.max_records)
+                for tp, records in batch.items():
+                    if self._stopping.is_set():
+                        break  # not processed: replayed from the committed offset
+                    commit = await self.ingestor.process((tp.topic, tp.partition), records)
+                    if commit is not None:
+                        await self.consumer.commit({tp: commit})
+                for (t, p), commit in (await self.ingestor.close_idle()).items():
+                    await self.consumer.commit({TopicPartition(t, p): commit})
+        finally:
+            self.running = False
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def release(self, tps: list[TopicPartition]) -> None:
+        """Checkpoint and commit partitions we are about to lose, then drop them."""
+        for tp in tps:
+            key = (tp.topic, tp.partition)
+            if key not in self.ingestor.parts:
+                continue
+            commit = await self.ingestor.drain_one(key)
+            if commit is not None:
+                await self.consumer.commit({tp: commit})
+            self.ingestor.revoke(key)
+
+    async def drain(self) -> None:
+        for (t, p), commit in (await self.ingestor.drain()).items():
+            await self.consumer.commit({TopicPartition(t, p): commit})

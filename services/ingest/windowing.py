@@ -1,0 +1,161 @@
+"""Tumbling-window assignment for one Kafka partition: pure, deterministic state.
+
+A window belongs to one partition, so its content is fixed by the partition's
+offset order and a restart that replays from the committed offset rebuilds the
+same windows. Decisions that depend on the wall clock (idle close, shutdown)
+are recorded in the checkpoint (``closed``) before they take effect, and the
+replay honours them: a record inside a closed window's offset range is skipped.
+
+Event-time windows are ``[k*D, (k+1)*D)``; a window closes when the partition's
+watermark (largest event time seen) reaches ``end + allowed_lateness``. With no
+duration, one unbounded bucket is cut by count alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from shared.ids import stable_id
+
+NO_BUCKET = -(2**62)
+CloseReason = Literal["count", "watermark", "idle", "shutdown"]
+
+
+@dataclass(frozen=True)
+class WindowPolicy:
+    max_count: int | None = 10_000
+    duration_ms: int | None = None
+    allowed_lateness_ms: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.max_count and not self.duration_ms:
+            raise ValueError("a window needs a maximum count, a duration, or both")
+        if self.max_count is not None and self.max_count < 1:
+            raise ValueError("max_count must be >= 1")
+        if self.duration_ms is not None and self.duration_ms < 1:
+            raise ValueError("duration_ms must be >= 1")
+
+    def bucket(self, t_ms: int) -> int:
+        if not self.duration_ms:
+            return NO_BUCKET
+        return t_ms - t_ms % self.duration_ms
+
+
+@dataclass
+class OpenWindow:
+    window_id: str
+    bucket: int
+    first: int
+    last: int
+    # Watermark just before ``first`` was read: restored with the commit offset.
+    watermark_before: int | None
+    count: int = 0
+    min_t: int | None = None
+    max_t: int | None = None
+
+
+@dataclass(frozen=True)
+class ClosedRange:
+    window_id: str
+    bucket: int
+    first: int
+    last: int
+
+
+@dataclass(frozen=True)
+class Skip:
+    """Already part of a window closed before a restart."""
+
+
+@dataclass(frozen=True)
+class Late:
+    bucket: int
+    watermark: int
+
+
+@dataclass(frozen=True)
+class Add:
+    window: OpenWindow
+
+
+@dataclass
+class PartitionWindows:
+    stream: str
+    topic: str
+    partition: int
+    policy: WindowPolicy
+    watermark: int | None = None
+    closed: list[ClosedRange] = field(default_factory=list)
+    open: dict[int, OpenWindow] = field(default_factory=dict)
+
+    def route(self, offset: int, t_ms: int) -> Skip | Late | Add:
+        """Where the accepted record at ``offset`` with event time ``t_ms`` goes."""
+        b = self.policy.bucket(t_ms)
+        wm_before = self.watermark
+        if self.policy.duration_ms and wm_before is not None:
+            if b + self.policy.duration_ms + self.policy.allowed_lateness_ms <= wm_before:
+                return Late(b, wm_before)
+        # The watermark moves for skipped records too: the first run saw them.
+        if wm_before is None or t_ms > wm_before:
+            self.watermark = t_ms
+        for c in self.closed:
+            if c.bucket == b and c.first <= offset <= c.last:
+                return Skip()
+        w = self.open.get(b)
+        if w is None:
+            wid = stable_id("win", self.stream, self.topic, self.partition, b, offset)
+            w = OpenWindow(wid, b, offset, offset, wm_before)
+            self.open[b] = w
+        w.last = offset
+        w.count += 1
+        if w.min_t is None or t_ms < w.min_t:
+            w.min_t = t_ms
+        if w.max_t is None or t_ms > w.max_t:
+            w.max_t = t_ms
+        return Add(w)
+
+    def due(self, window: OpenWindow) -> CloseReason | None:
+        """Whether ``window`` closes now, and why."""
+        p = self.policy
+        if p.max_count and window.count >= p.max_count:
+            return "count"
+        if p.duration_ms and self.watermark is not None:
+            if window.bucket + p.duration_ms + p.allowed_lateness_ms <= self.watermark:
+                return "watermark"
+        return None
+
+    def watermark_due(self) -> list[OpenWindow]:
+        """Open windows the watermark has passed (checked after each record)."""
+        if not self.policy.duration_ms or self.watermark is None:
+            return []
+        limit = self.watermark - self.policy.duration_ms - self.policy.allowed_lateness_ms
+        return [w for b, w in sorted(self.open.items()) if b <= limit]
+
+    def close(self, window: OpenWindow) -> ClosedRange:
+        del self.open[window.bucket]
+        c = ClosedRange(window.window_id, window.bucket, window.first, window.last)
+        self.closed.append(c)
+        return c
+
+    def commit_point(self, next_offset: int) -> tuple[int, int | None]:
+        """(offset to commit, watermark as of that offset).
+
+        Everything below the offset is in a closed window or the DLQ; the oldest
+        open window restarts from its first record with the watermark it saw.
+        """
+        if self.open:
+            oldest = min(self.open.values(), key=lambda w: w.first)
+            return oldest.first, oldest.watermark_before
+        return next_offset, self.watermark
+
+    def prune(self, commit: int) -> None:
+        """Forget closed ranges a replay from ``commit`` can no longer meet."""
+        self.closed = [c for c in self.closed if c.last >= commit]
+
+    def bounds(self, window: OpenWindow) -> tuple[int, int]:
+        """Event-time bounds [start, end) in ms of a window."""
+        if self.policy.duration_ms:
+            return window.bucket, window.bucket + self.policy.duration_ms
+        assert window.min_t is not None and window.max_t is not None
+        return window.min_t, window.max_t + 1

@@ -1,0 +1,235 @@
+"""Every event on every ctrain topic, defined once (DESIGN §3).
+
+Each model has a literal ``event_type``, a ``schema_version``, a deterministic
+id derived from its inputs and ``produced_at``. Fields listed in DESIGN §3 are
+a contract: add fields freely, rename none.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Event(BaseModel):
+    """Base of every event: JSON on the wire, unknown fields kept for forward compat."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    schema_version: int = SCHEMA_VERSION
+    produced_at: datetime = Field(default_factory=utcnow)
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(self.model_dump(mode="json"))
+
+    @property
+    def key(self) -> bytes:
+        """The Kafka key that keeps one entity's events ordered."""
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------- DLQ
+class DlqSource(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    topic: str
+    partition: int
+    offset: int
+
+
+class DeadLetter(Event):
+    """A rejected record on ``ctrain.examples.dlq``: the bytes, the reason, the source."""
+
+    event_type: Literal["dead_letter"] = "dead_letter"
+    id: str
+    reason: str
+    message: str
+    source: DlqSource
+    payload: str
+    payload_encoding: Literal["utf-8", "base64"] = "utf-8"
+    source_key: str | None = None
+    service: str = "ingest"
+
+    @property
+    def key(self) -> bytes:
+        return self.source_key.encode() if self.source_key else self.id.encode()
+
+
+# ----------------------------------------------------------------- windows
+class OffsetRange(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    topic: str
+    partition: int
+    first: int
+    last: int
+
+
+class WindowClosed(Event):
+    """A closed window: its shard is durable before this is published."""
+
+    event_type: Literal["window_closed"] = "window_closed"
+    window_id: str
+    stream: str
+    start: datetime
+    end: datetime
+    example_count: int
+    offsets: list[OffsetRange]
+    data_uri: str
+    sha256: str
+    data_format: Literal["parquet"] = "parquet"
+    close_reason: Literal["count", "watermark", "idle", "shutdown"] = "count"
+    min_event_time: datetime | None = None
+    max_event_time: datetime | None = None
+
+    @property
+    def key(self) -> bytes:
+        return self.stream.encode()
+
+
+# -------------------------------------------------------------- validations
+class Distance(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    measure: Literal["linf", "jensen_shannon"]
+    value: float | None
+    threshold: float
+    crossed: bool
+    baseline: str
+    baseline_count: int | None = None
+    count: int | None = None
+
+
+class FeatureDistances(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    name: str
+    drift: Distance | None = None
+    skew: Distance | None = None
+
+
+class Anomaly(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    feature: str
+    code: str
+    severity: Literal["blocking", "warning"]
+    description: str
+
+
+Verdict = Literal["ok", "drift", "skew", "anomalous", "insufficient_data"]
+
+
+class WindowValidated(Event):
+    event_type: Literal["window_validated"] = "window_validated"
+    id: str
+    window_id: str
+    stream: str
+    stats_uri: str
+    verdict: Verdict
+    example_count: int
+    features: list[FeatureDistances] = Field(default_factory=list)
+    anomalies: list[Anomaly] = Field(default_factory=list)
+    drift_baseline: str | None = None
+    skew_baseline: str | None = None
+
+    @property
+    def key(self) -> bytes:
+        return self.stream.encode()
+
+
+# ----------------------------------------------------------------- training
+RunState = Literal["submitted", "running", "succeeded", "failed"]
+
+
+class TrainingRun(Event):
+    event_type: Literal["training_run"] = "training_run"
+    run_id: str
+    model: str
+    reason: str
+    windows: list[str]
+    state: RunState
+    backend: Literal["local", "kfp"]
+    backend_run_id: str | None = None
+    failed_component: str | None = None
+    log_tail: str | None = None
+
+    @property
+    def key(self) -> bytes:
+        return self.model.encode()
+
+
+class SliceMetrics(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    slice: str
+    metrics: dict[str, float]
+
+
+class CandidateMetrics(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    overall: dict[str, float] = Field(default_factory=dict)
+    slices: list[SliceMetrics] = Field(default_factory=list)
+
+
+class ModelCandidate(Event):
+    event_type: Literal["model_candidate"] = "model_candidate"
+    candidate_id: str
+    model: str
+    run_id: str
+    model_uri: str
+    eval_uri: str
+    blessed: bool
+    failed_checks: list[str] = Field(default_factory=list)
+    metrics: CandidateMetrics = Field(default_factory=CandidateMetrics)
+    baseline_metrics: CandidateMetrics | None = None
+    windows: list[str] = Field(default_factory=list)
+    eval_window: str | None = None
+
+    @property
+    def key(self) -> bytes:
+        return self.model.encode()
+
+
+# --------------------------------------------------------------- promotions
+Decision = Literal["auto", "approved", "rejected", "rolled_back", "failed", "superseded"]
+
+
+class PromotionEvent(Event):
+    event_type: Literal["promotion"] = "promotion"
+    id: str
+    candidate_id: str
+    model: str
+    decision: Decision
+    actor: str
+    reason: str
+    version: int | None = None
+    labels: dict[str, int] = Field(default_factory=dict)
+
+    @property
+    def key(self) -> bytes:
+        return self.model.encode()
+
+
+AnyEvent = Annotated[
+    DeadLetter
+    | WindowClosed
+    | WindowValidated
+    | TrainingRun
+    | ModelCandidate
+    | PromotionEvent,
+    Field(discriminator="event_type"),
+]
+
+
+class _Envelope(BaseModel):
+    event: AnyEvent
+
+
+def parse_event(data: bytes | str | dict[str, Any]) -> Event:
+    """Decode any ctrain event by its ``event_type``."""
+    obj = orjson.loads(data) if isinstance(data, bytes | str) else data
+    return _Envelope.model_validate({"event": obj}).event

@@ -1,0 +1,17 @@
+"""Deterministic ids: the same inputs always give the same id (DESIGN §3)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import orjson
+
+
+def stable_id(kind: str, *parts: object, length: int = 20) -> str:
+    """``kind-<hex>`` from a canonical JSON encoding of ``parts``.
+
+    Canonical JSON (sorted keys) keeps the id independent of dict ordering, so a
+    replayed event or a rebuilt window yields the same id.
+    """
+    payload = orjson.dumps(list(parts), option=orjson.OPT_SORT_KEYS)
+    return f"{kind}-{hashlib.sha256(payload).hexdigest()[:length]}"

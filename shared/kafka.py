@@ -1,0 +1,86 @@
+"""Kafka clients: FastStream broker, aiokafka producer/consumer, topic admin.
+
+Producers use ``acks=all``; idempotence follows ``CTRAIN_KAFKA_IDEMPOTENT``.
+Consumers never auto-commit: each service commits explicitly once what depends
+on an offset is durable (DESIGN §4, §10).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from shared import topics
+from shared.settings import CommonSettings
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+def make_broker(settings: CommonSettings, **kwargs: Any) -> Any:
+    """A FastStream KafkaBroker with ctrain's producer defaults (not connected)."""
+    from faststream.kafka import KafkaBroker
+
+    return KafkaBroker(
+        settings.kafka_bootstrap,
+        acks="all",
+        enable_idempotence=settings.kafka_idempotent,
+        **kwargs,
+    )
+
+
+def make_producer(settings: CommonSettings, **overrides: Any) -> AIOKafkaProducer:
+    opts: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap,
+        "acks": "all",
+        "enable_idempotence": settings.kafka_idempotent,
+        "linger_ms": 5,
+        "max_batch_size": 1 << 20,
+        "max_request_size": MAX_MESSAGE_BYTES + 65536,
+        "compression_type": None,
+    }
+    opts.update(overrides)
+    return AIOKafkaProducer(**opts)
+
+
+def make_consumer(
+    settings: CommonSettings, group_id: str, *topic_names: str, **overrides: Any
+) -> AIOKafkaConsumer:
+    opts: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap,
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "max_partition_fetch_bytes": 8 << 20,
+        "fetch_max_bytes": 32 << 20,
+        "isolation_level": "read_uncommitted",
+    }
+    opts.update(overrides)
+    return AIOKafkaConsumer(*topic_names, **opts)
+
+
+async def ensure_topics(
+    settings: CommonSettings, names: tuple[str, ...] = topics.ALL, partitions: int | None = None
+) -> list[str]:
+    """Create missing topics; returns the ones it created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [n for n in names if n not in existing]
+        n_part = partitions or settings.kafka_partitions
+        if missing:
+            try:
+                await admin.create_topics(
+                    [NewTopic(n, n_part, settings.kafka_replication) for n in missing]
+                )
+            except TopicAlreadyExistsError:
+                log.info("topics created concurrently", extra={"topics": missing})
+        return missing
+    finally:
+        await admin.close()

@@ -1,0 +1,13 @@
+"""Topic names: the only place they are spelled (DESIGN §3)."""
+
+from typing import Final
+
+EXAMPLES: Final = "ctrain.examples"
+EXAMPLES_DLQ: Final = "ctrain.examples.dlq"
+WINDOWS: Final = "ctrain.windows"
+VALIDATIONS: Final = "ctrain.validations"
+TRAINING: Final = "ctrain.training"
+CANDIDATES: Final = "ctrain.candidates"
+PROMOTIONS: Final = "ctrain.promotions"
+
+ALL: Final = (EXAMPLES, EXAMPLES_DLQ, WINDOWS, VALIDATIONS, TRAINING, CANDIDATES, PROMOTIONS)
