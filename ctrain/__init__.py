@@ -1,0 +1,1 @@
+"""The ``ctrain`` command line: dev stack, replay, and (later) demo and operations."""

@@ -1,0 +1,127 @@
+"""The ``ctrain`` console script."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+console = Console(stderr=False)
+
+
+def _dev(args: argparse.Namespace) -> int:
+    from ctrain import devstack
+
+    if args.action == "up":
+        devstack.up(echo=console.print)
+        console.print(f"[green]dev stack up[/green]; state in {devstack.state_dir() / 'dev.json'}")
+        return 0
+    if args.action == "down":
+        devstack.down(echo=console.print)
+        return 0
+    rows = devstack.status()
+    if not rows:
+        console.print("no dev stack recorded; start one with `ctrain dev up`")
+        return 1
+    t = Table("part", "address", "state")
+    for name, addr, ok in rows:
+        t.add_row(name, addr, "[green]up[/green]" if ok else "[red]down[/red]")
+    console.print(t)
+    return 0 if all(ok for _, _, ok in rows) else 1
+
+
+def _common_from_dev() -> object:
+    """Shared settings, filled from the dev stack's state file where env is silent."""
+    from ctrain import devstack
+    from shared.settings import CommonSettings
+
+    state = devstack.load_state()
+    kwargs: dict[str, object] = {}
+    if state:
+        if "CTRAIN_KAFKA_BOOTSTRAP" not in os.environ:
+            kwargs["kafka_bootstrap"] = state["kafka"]
+            kwargs["kafka_idempotent"] = not state.get("embedded_kafka", False)
+        if "CTRAIN_REDIS_URL" not in os.environ:
+            kwargs["redis_url"] = state["redis"]
+    return CommonSettings(**kwargs)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from ctrain.replay import replay
+
+    settings = _common_from_dev()
+    with Progress(
+        TextColumn("[bold]replay"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:>10,.0f} ex/s"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    ) as bar:
+        task = bar.add_task("replay", total=None, rate=0.0)
+        import time
+
+        t0 = time.perf_counter()
+
+        def progress(sent: int, total: int) -> None:
+            el = time.perf_counter() - t0
+            bar.update(task, completed=sent, total=total, rate=sent / el if el > 0 else 0.0)
+
+        summary = asyncio.run(
+            replay(
+                settings,  # type: ignore[arg-type]
+                args.path,
+                time_column=args.time_column,
+                rate=args.rate,
+                speedup=args.speedup,
+                limit=args.limit,
+                repeat=args.repeat,
+                key_column=args.key_column,
+                progress=progress,
+            )
+        )
+    console.print(
+        f"sent [bold]{summary.sent:,}[/bold] examples to {summary.topic} in "
+        f"{summary.seconds:.2f}s ({summary.rate:,.0f}/s); partitions {summary.partitions}"
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ctrain", description="Event-driven continuous training.")
+    sub = p.add_subparsers(dest="command", required=True)
+    dev = sub.add_parser("dev", help="the embedded dev stack")
+    dev.add_argument("action", choices=["up", "down", "status"])
+    dev.set_defaults(func=_dev)
+    rp = sub.add_parser("replay", help="stream a CSV/Parquet/JSON-lines file into ctrain.examples")
+    rp.add_argument("path")
+    rp.add_argument("--time-column", help="send rows in this column's order (event time)")
+    rp.add_argument("--rate", type=float, help="examples per second")
+    rp.add_argument("--speedup", type=float, help="replay the data's own clock this much faster")
+    rp.add_argument("--limit", type=int, help="send only the first N rows")
+    rp.add_argument("--repeat", type=int, default=1, help="send the file N times")
+    rp.add_argument("--key-column", help="Kafka key column (keeps a key in one partition)")
+    rp.set_defaults(func=_replay)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except Exception as e:  # one clear line for operators; details with CTRAIN_DEBUG=1
+        if os.environ.get("CTRAIN_DEBUG"):
+            raise
+        console.print(f"[red]error:[/red] {type(e).__name__}: {e}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

