@@ -1,0 +1,69 @@
+"""Fixtures: real servers on free ports, ready when a probe says so (never a sleep)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TAXI_CSV = ROOT / "examples" / "taxi" / "data" / "taxi_2013_2014.csv"
+TAXI_SCHEMA = ROOT / "examples" / "taxi" / "data" / "schema.pbtxt"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's CTRAIN_* variables must not leak into tests."""
+    for k in list(os.environ):
+        if k.startswith("CTRAIN_"):
+            monkeypatch.delenv(k)
+
+
+@pytest.fixture
+def kafka(tmp_path: Path) -> Iterator[str]:
+    """A fresh Tansu broker (memory storage) per test: topics start empty."""
+    from ctrain.devstack import start_tansu
+
+    proc = start_tansu(tmp_path)
+    try:
+        yield proc.address
+    finally:
+        _kill(proc.pid)
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    from ctrain.devstack import start_redis
+
+    proc = start_redis(tmp_path_factory.mktemp("redis"))
+    try:
+        yield proc.address
+    finally:
+        _kill(proc.pid)
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
+
+
+@pytest.fixture
+def python() -> str:
+    return sys.executable
+
+
+def run_ctrain(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> str:
+    out = subprocess.run(
+        [sys.executable, "-m", "ctrain.cli", *args],
+        env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
