@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import uvicorn
-
 from services.ingest.app import create_app
 from services.ingest.settings import load_settings
 from shared.logging import setup_logging
+from shared.serve import serve
 
 
 def main() -> None:
     common, settings = load_settings()
     setup_logging("ingest", common.log_level, common.log_json)
-    app = create_app(common, settings)
-    uvicorn.run(
-        app,
-        host=settings.http_host,
-        port=settings.http_port,
-        log_config=None,
-        timeout_graceful_shutdown=30,
-    )
+    serve(create_app(common, settings), settings.http_host, settings.http_port)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,43 @@
+"""Run an ASGI app under uvicorn with ctrain's shutdown contract.
+
+uvicorn re-raises SIGTERM after its graceful shutdown, so the process would die
+by the signal even when it drained cleanly. Our services exit 0 after a clean
+drain (the orchestrator then knows nothing was lost), so the handlers here only
+start the shutdown.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Generator
+from contextlib import contextmanager
+from types import FrameType
+from typing import Any
+
+import uvicorn
+
+
+class _Server(uvicorn.Server):
+    @contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def on_signal(sig: int, frame: FrameType | None) -> None:
+            self.handle_exit(sig, frame)
+
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+
+def serve(app: Any, host: str, port: int, graceful_timeout: int = 30) -> None:
+    config = uvicorn.Config(
+        app, host=host, port=port, log_config=None, timeout_graceful_shutdown=graceful_timeout
+    )
+    _Server(config).run()
