@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -70,55 +70,45 @@ def start_ingest(env: dict[str, str], log: Path) -> ServiceProc:
     return ServiceProc(proc, f"http://127.0.0.1:{port}", log)
 
 
-@dataclass
-class TopicReader:
-    """Follows a topic from the beginning (no group) and parses events."""
+async def read_topic(bootstrap: str, topic: str) -> list[object]:
+    """Every event on ``topic`` from the beginning up to its current end offsets."""
+    from aiokafka import TopicPartition
 
-    bootstrap: str
-    topic: str
-    events: list[object] = field(default_factory=list)
-
-    async def poll_until(self, done: object, timeout: float) -> list[object]:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
-        )
-        await consumer.start()
-        try:
-            parts = consumer.partitions_for_topic(self.topic)
-            while not parts:
-                await consumer._client.force_metadata_update()
-                parts = consumer.partitions_for_topic(self.topic)
-            from aiokafka import TopicPartition
-
-            consumer.assign([TopicPartition(self.topic, p) for p in parts])
-            await consumer.seek_to_beginning()
-            self.events = []
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                batch = await consumer.getmany(timeout_ms=300)
-                for recs in batch.values():
-                    self.events.extend(parse_event(r.value) for r in recs)
-                if done(self.events):  # type: ignore[operator]
-                    return self.events
-            return self.events
-        finally:
-            await consumer.stop()
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        parts = consumer.partitions_for_topic(topic)
+        while not parts:
+            await consumer._client.force_metadata_update()
+            parts = consumer.partitions_for_topic(topic)
+        tps = [TopicPartition(topic, p) for p in parts]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        events: list[object] = []
+        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+            batch = await consumer.getmany(timeout_ms=500)
+            for recs in batch.values():
+                events.extend(parse_event(r.value) for r in recs)
+        return events
+    finally:
+        await consumer.stop()
 
 
-def windows_and_dlq(kafka: str, done: object, timeout: float) -> tuple[list[WindowClosed], list[DeadLetter]]:
+def windows_and_dlq(
+    kafka: str, done: object, timeout: float
+) -> tuple[list[WindowClosed], list[DeadLetter]]:
+    """Re-read both topics until ``done(windows, dlq)`` holds or ``timeout`` passes."""
+
     async def go() -> tuple[list[WindowClosed], list[DeadLetter]]:
-        wr = TopicReader(kafka, "ctrain.windows")
-        dr = TopicReader(kafka, "ctrain.examples.dlq")
-
-        def both(_: list[object]) -> bool:
-            return bool(done(wr.events, dr.events))  # type: ignore[operator]
-
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            await dr.poll_until(lambda e: True, 1.0)
-            await wr.poll_until(lambda e: both(e), 2.0)
-            if both([]):
-                break
-        return wr.events, dr.events  # type: ignore[return-value]
+        while True:
+            windows = await read_topic(kafka, "ctrain.windows")
+            dlq = await read_topic(kafka, "ctrain.examples.dlq")
+            if done(windows, dlq) or time.monotonic() > deadline:  # type: ignore[operator]
+                return windows, dlq  # type: ignore[return-value]
+            await asyncio.sleep(0.5)  # poll interval between full re-reads
 
     return asyncio.run(go())

@@ -1,0 +1,93 @@
+"""DESIGN §4 under SIGKILL: replay the taxi data while ingest is killed and restarted.
+
+The sum of example_count over distinct windows plus the distinct DLQ entries
+must equal the examples produced, and no window id may be published with two
+different contents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from ctrain.replay import replay
+from shared.kafka import ensure_topics
+from shared.settings import CommonSettings
+from tests.conftest import TAXI_CSV
+from tests.integration.support import ingest_env, start_ingest, windows_and_dlq
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+REPEAT = 3
+TAXI_ROWS = 9533
+
+
+@pytest.mark.timeout(900)
+def test_sigkill_at_random_points_loses_and_doubles_nothing(
+    kafka: str, redis_url: str, tmp_path: Path
+) -> None:
+    seed = int(os.environ.get("CTRAIN_TEST_SEED", random.randrange(1 << 30)))
+    rng = random.Random(seed)
+    print(f"crash test seed {seed}")
+    common = CommonSettings(kafka_bootstrap=kafka, kafka_idempotent=False)
+    asyncio.run(ensure_topics(common))
+    env = ingest_env(
+        kafka, redis_url, tmp_path,
+        CTRAIN_INGEST_WINDOW_DURATION_S=str(30 * 86400),
+        CTRAIN_INGEST_WINDOW_MAX_COUNT="700",
+        CTRAIN_INGEST_ALLOWED_LATENESS_S=str(86400),
+        CTRAIN_INGEST_IDLE_TIMEOUT_S="3",
+        CTRAIN_INGEST_BATCH_ROWS="128",
+        CTRAIN_INGEST_POLL_MAX_RECORDS="300",
+    )
+    produced = TAXI_ROWS * REPEAT
+    # The producer runs throughout; each repetition is time-ordered, so later
+    # repetitions also exercise the late-record path.
+    result: dict[str, object] = {}
+
+    def produce() -> None:
+        s = asyncio.run(
+            replay(common, TAXI_CSV, time_column="trip_start_timestamp", rate=2500, repeat=REPEAT)
+        )
+        result["sent"] = s.sent
+
+    producer = threading.Thread(target=produce)
+    svc = start_ingest(env, tmp_path / "ingest.log")
+    svc.wait_healthy()
+    producer.start()
+    kills = 0
+    while kills < 4:
+        # Random moments while data flows: kill -9, then restart at once.
+        time.sleep(rng.uniform(0.3, 3.0))  # a random kill point, not a readiness wait
+        svc.proc.send_signal(signal.SIGKILL)
+        svc.proc.wait()
+        kills += 1
+        svc = start_ingest(env, tmp_path / "ingest.log")
+        svc.wait_healthy()
+    producer.join(timeout=120)
+    assert result.get("sent") == produced
+
+    def done(windows: list, dlq: list) -> bool:  # type: ignore[type-arg]
+        counts = {w.window_id: w.example_count for w in windows}
+        return sum(counts.values()) + len({d.id for d in dlq}) >= produced
+
+    windows, dlq = windows_and_dlq(kafka, done, timeout=240)
+    contents: dict[str, tuple[str, int]] = {}
+    for w in windows:
+        first = contents.setdefault(w.window_id, (w.sha256, w.example_count))
+        assert first == (w.sha256, w.example_count), f"{w.window_id} published with two contents"
+    dlq_ids = {d.id for d in dlq}
+    total = sum(c for _, c in contents.values()) + len(dlq_ids)
+    assert total == produced, (
+        f"seed {seed}: windows {sum(c for _, c in contents.values())} + dlq {len(dlq_ids)} "
+        f"!= produced {produced}"
+    )
+    assert kills >= 3
+    svc.proc.send_signal(signal.SIGTERM)
+    assert svc.proc.wait(timeout=60) == 0
