@@ -17,8 +17,9 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import orjson
+import pyarrow as pa
 
-from services.ingest.decode import Accepted, Decoder, Reason, Rejected
+from services.ingest.decode import Decoder, Reason, Rejected
 from services.ingest.metrics import IngestMetrics
 from services.ingest.shard import SHARD_NAME, ShardWriter
 from services.ingest.windowing import (
@@ -28,7 +29,6 @@ from services.ingest.windowing import (
     Late,
     OpenWindow,
     PartitionWindows,
-    Skip,
     WindowPolicy,
 )
 from shared.artifacts import ArtifactStore
@@ -159,47 +159,53 @@ class Ingestor:
         if part is None:
             part = self.parts[tp] = _Partition(PartitionWindows(self.stream, tp[0], tp[1], self.policy))
         windows = part.windows
-        decode = self.decoder.decode
-        now_ms = int(self.clock() * 1000)
+        recs = list(records)
+        n = len(recs)
+        if not n:
+            return await self._settle(tp, part, [])
+        part.next_offset = recs[-1].offset + 1
+        res = self.decoder.decode_batch(
+            [r.value for r in recs], [r.timestamp for r in recs], int(self.clock() * 1000)
+        )
+        for i, why in res.rejected:
+            await self._reject(recs[i], why)
         closing: list[tuple[OpenWindow, CloseReason]] = []
-        accepted = 0
-        n = 0
-        for rec in records:
-            n += 1
-            part.next_offset = rec.offset + 1
-            res = decode(rec.value, rec.timestamp, now_ms)
-            if type(res) is Rejected:
-                await self._reject(rec, res)
-                continue
-            assert isinstance(res, Accepted)
-            route = windows.route(rec.offset, res.event_time_ms)
-            if type(route) is Add:
-                w = route.window
-                writer = part.writers.get(w.window_id)
-                if writer is None:
-                    writer = self._new_writer(w.window_id)
-                    part.writers[w.window_id] = writer
-                writer[0].add(res.row)
-                accepted += 1
-                if self.policy.max_count and w.count >= self.policy.max_count:
+        rows: dict[str, list[int]] = {}
+        route = windows.route
+        max_count = self.policy.max_count
+        for j, i in enumerate(res.accepted):
+            r = route(recs[i].offset, res.event_ms[j])
+            if type(r) is Add:
+                w = r.window
+                rows.setdefault(w.window_id, []).append(j)
+                if max_count and w.count >= max_count:
                     closing.append((w, "count"))
                     windows.close(w)
-                for due in windows.watermark_due():
-                    closing.append((due, "watermark"))
-                    windows.close(due)
-            elif type(route) is Late:
+                if self.policy.duration_ms:
+                    for due in windows.watermark_due():
+                        closing.append((due, "watermark"))
+                        windows.close(due)
+            elif type(r) is Late:
+                t = res.event_ms[j]
                 await self._reject(
-                    rec,
+                    recs[i],
                     Rejected(
                         Reason.LATE,
-                        f"event time {_ts(res.event_time_ms).isoformat()} belongs to window "
-                        f"starting {_ts(route.bucket).isoformat()}, closed at watermark "
-                        f"{_ts(route.watermark).isoformat()}",
+                        f"event time {_ts(t).isoformat()} belongs to window starting "
+                        f"{_ts(r.bucket).isoformat()}, closed at watermark "
+                        f"{_ts(r.watermark).isoformat()}",
                     ),
                 )
             else:
-                assert isinstance(route, Skip)
                 self.metrics.replayed.inc()
+        accepted = 0
+        for wid, idx in rows.items():
+            writer = part.writers.get(wid)
+            if writer is None:
+                writer = part.writers[wid] = self._new_writer(wid)
+            whole = len(idx) == res.batch.num_rows
+            writer[0].add(res.batch if whole else res.batch.take(pa.array(idx, pa.int64())))
+            accepted += len(idx)
         if n:
             part.last_read_wall = self.clock()
         self.metrics.accepted.inc(accepted)
@@ -244,7 +250,7 @@ class Ingestor:
     def _new_writer(self, window_id: str) -> tuple[ShardWriter, str]:
         uri = f"{self.window_dir(window_id)}/{SHARD_NAME}"
         tmp = self.store.temp_path(uri)
-        return ShardWriter(self.decoder.spec, tmp, self.batch_rows), uri
+        return ShardWriter(self.decoder.schema, tmp, self.batch_rows), uri
 
     async def _reject(self, rec: Record, r: Rejected) -> None:
         self.metrics.rejected.labels(r.reason).inc()

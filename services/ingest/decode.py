@@ -12,6 +12,8 @@ from datetime import datetime
 from typing import Any
 
 import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from shared.schema import ExampleSpec, FeatureKind
 
@@ -81,13 +83,33 @@ def _check_duplicate_keys(text: bytes) -> str | None:
     return dup[0] if dup else None
 
 
+@dataclass
+class BatchResult:
+    """Accepted rows as one Arrow batch (schema types), plus who was rejected and why."""
+
+    batch: pa.RecordBatch
+    accepted: list[int]  # input positions of the batch's rows, in order
+    event_ms: list[int]  # event time of each accepted row
+    rejected: list[tuple[int, Rejected]]
+
+
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
 class Decoder:
-    """bytes -> :class:`Accepted` row (values coerced to the schema's types) or :class:`Rejected`."""
+    """bytes -> rows coerced to the schema's types, or a reason per rejected record.
+
+    Work is columnar: per-record Python touches only JSON parsing and the key set;
+    type checks run per feature column through Arrow, and only a column that
+    fails the fast conversion is walked value by value to find the culprits.
+    """
 
     def __init__(self, spec: ExampleSpec, config: DecoderConfig | None = None) -> None:
+        from services.ingest.shard import arrow_schema
+
         self.spec = spec
         self.config = config or DecoderConfig()
-        self._features = tuple((f.name, f.kind, f.required) for f in spec.features)
+        self.schema = arrow_schema(spec)
         allowed = set(spec.names)
         if self.config.event_time_field:
             allowed.add(self.config.event_time_field)
@@ -95,99 +117,250 @@ class Decoder:
         self._unit = _UNIT[self.config.event_time_unit]
 
     def decode(self, value: bytes | None, timestamp_ms: int, now_ms: int) -> Accepted | Rejected:
-        cfg = self.config
-        if not value:
-            return Rejected(Reason.EMPTY, "record has no value")
-        if len(value) > cfg.max_bytes:
-            return Rejected(
-                Reason.TOO_LARGE, f"record is {len(value)} bytes; the limit is {cfg.max_bytes}"
-            )
-        try:
-            obj = orjson.loads(value)
-        except orjson.JSONDecodeError as e:
-            msg = str(e)
-            if "utf-8" in msg.lower() or "surrogate" in msg.lower():
-                return Rejected(Reason.NOT_UTF8, f"record is not valid UTF-8: {msg}")
-            return Rejected(Reason.NOT_JSON, f"record is not JSON: {msg}")
-        if type(obj) is not dict:
-            return Rejected(Reason.NOT_OBJECT, f"expected a JSON object, got {type(obj).__name__}")
-        # orjson keeps the last of repeated keys silently; a cheap byte count spots
-        # the candidates and the slow exact check runs only for those.
-        if len(obj) < value.count(b'":'):
-            dup = _check_duplicate_keys(value)
-            if dup is not None:
-                return Rejected(Reason.DUPLICATE_KEY, f"key {dup!r} appears more than once")
-        if cfg.reject_unknown and not obj.keys() <= self._allowed:
-            unknown = sorted(set(obj) - self._allowed)
-            return Rejected(Reason.UNKNOWN_FEATURE, f"unknown feature(s): {', '.join(unknown)}")
-        row = self._check_features(obj)
-        if type(row) is Rejected:
-            return row
-        t = self._event_time(obj, timestamp_ms)
-        if type(t) is Rejected:
-            return t
-        assert isinstance(t, int)
-        if t > now_ms + cfg.max_future_ms:
-            return Rejected(
-                Reason.FUTURE_EVENT_TIME,
-                f"event time {_iso(t)} is more than {cfg.max_future_ms // 1000}s in the future",
-            )
-        assert isinstance(row, dict)
-        return Accepted(row, t)
+        """One record (the HTTP path and tests); same rules as :meth:`decode_batch`."""
+        res = self.decode_batch([value], [timestamp_ms], now_ms)
+        if res.rejected:
+            return res.rejected[0][1]
+        row = {k: v for k, v in res.batch.to_pylist()[0].items() if v is not None}
+        return Accepted(row, res.event_ms[0])
 
-    def _check_features(self, obj: dict[str, Any]) -> dict[str, Any] | Rejected:
-        row: dict[str, Any] = {}
-        for name, kind, required in self._features:
-            v = obj.get(name)
-            if v is None:
-                if required:
-                    return Rejected(Reason.MISSING_FEATURE, f"required feature {name!r} is missing")
-                continue
-            t = type(v)
-            if kind is FeatureKind.FLOAT:
-                if t is float:
-                    if not math.isfinite(v):
-                        return Rejected(Reason.NON_FINITE, f"feature {name!r} is {v}")
-                elif t is int:
-                    v = float(v)
-                else:
-                    v = _coerce_float(name, v)
-                    if type(v) is Rejected:
-                        return v
-            elif kind is FeatureKind.INT:
-                if t is not int:
-                    v = _coerce_int(name, v)
-                    if type(v) is Rejected:
-                        return v
-            elif t is not str:
-                return Rejected(
-                    Reason.WRONG_TYPE, f"feature {name!r} must be a string, got {t.__name__}"
-                )
-            row[name] = v
-        return row
-
-    def _event_time(self, obj: dict[str, Any], timestamp_ms: int) -> int | Rejected:
-        field = self.config.event_time_field
-        if not field:
-            return timestamp_ms
-        v = obj.get(field)
-        t = type(v)
-        if (t is int or t is float) and math.isfinite(v):
-            return int(v * self._unit)
-        if t is str:
-            try:
-                dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
-            except ValueError:
-                pass
+    def decode_batch(
+        self, values: list[bytes | None], timestamps: list[int], now_ms: int
+    ) -> BatchResult:
+        objs, bad = self._parse(values)
+        ok = [i for i in range(len(values)) if i not in bad]
+        rows = [objs[i] for i in ok]
+        arrays = []
+        # One C++ pass infers a struct over all rows; a feature whose inferred type
+        # is not directly usable (or a batch that cannot be inferred) is handled
+        # column by column in Python.
+        struct = self._struct(rows)
+        present = {struct.type[k].name for k in range(struct.type.num_fields)} if struct else set()
+        for f in self.spec.features:
+            if struct is not None and f.name in present:
+                col: Any = struct.field(f.name)
+            elif struct is not None:
+                col = pa.nulls(len(rows))
             else:
-                if dt.tzinfo is None:
-                    return Rejected(Reason.BAD_EVENT_TIME, f"event time {v!r} has no time zone")
-                return int(dt.timestamp() * 1000)
-        return Rejected(
-            Reason.BAD_EVENT_TIME,
-            f"event-time field {field!r} must be epoch {self.config.event_time_unit} or "
-            f"ISO 8601 with zone, got {v!r}",
+                col = [r.get(f.name) for r in rows]
+            arr, problems = _column(f.name, f.kind, col, f.required)
+            for j, why in problems:
+                bad.setdefault(ok[j], why)
+            arrays.append(arr)
+        times, problems = self._event_times(rows, struct, [timestamps[i] for i in ok], now_ms)
+        for j, why in problems:
+            bad.setdefault(ok[j], why)
+        batch = pa.RecordBatch.from_arrays(arrays, schema=self.schema)
+        keep = [j for j, i in enumerate(ok) if i not in bad]
+        if len(keep) != len(ok):
+            batch = batch.take(pa.array(keep, pa.int64()))
+        return BatchResult(
+            batch=batch,
+            accepted=[ok[j] for j in keep],
+            event_ms=[times[j] for j in keep],
+            rejected=sorted(bad.items()),
         )
+
+    def _parse(self, values: list[bytes | None]) -> tuple[list[Any], dict[int, Rejected]]:
+        cfg = self.config
+        objs: list[Any] = []
+        bad: dict[int, Rejected] = {}
+        loads = orjson.loads
+        allowed = self._allowed
+        for i, value in enumerate(values):
+            objs.append(None)
+            if not value:
+                bad[i] = Rejected(Reason.EMPTY, "record has no value")
+                continue
+            if len(value) > cfg.max_bytes:
+                bad[i] = Rejected(
+                    Reason.TOO_LARGE, f"record is {len(value)} bytes; the limit is {cfg.max_bytes}"
+                )
+                continue
+            try:
+                obj = loads(value)
+            except orjson.JSONDecodeError as e:
+                msg = str(e)
+                if "utf-8" in msg.lower() or "surrogate" in msg.lower():
+                    bad[i] = Rejected(Reason.NOT_UTF8, f"record is not valid UTF-8: {msg}")
+                else:
+                    bad[i] = Rejected(Reason.NOT_JSON, f"record is not JSON: {msg}")
+                continue
+            if type(obj) is not dict:
+                bad[i] = Rejected(
+                    Reason.NOT_OBJECT, f"expected a JSON object, got {type(obj).__name__}"
+                )
+                continue
+            # orjson keeps the last of repeated keys silently; a cheap byte count spots
+            # the candidates and the exact check runs only for those.
+            if len(obj) < value.count(b'":'):
+                dup = _check_duplicate_keys(value)
+                if dup is not None:
+                    bad[i] = Rejected(Reason.DUPLICATE_KEY, f"key {dup!r} appears more than once")
+                    continue
+            if cfg.reject_unknown and not obj.keys() <= allowed:
+                unknown = sorted(set(obj) - allowed)
+                bad[i] = Rejected(
+                    Reason.UNKNOWN_FEATURE, f"unknown feature(s): {', '.join(unknown)}"
+                )
+                continue
+            objs[i] = obj
+        return objs, bad
+
+    def _struct(self, rows: list[dict[str, Any]]) -> pa.StructArray | None:
+        """All rows as one Arrow struct, inferred in C++; None if types are mixed.
+
+        Inference, not a typed conversion: pyarrow's typed path silently truncates
+        19.5 to 19 for an int64 field and turns ``true`` into 1.0 for a float one.
+        """
+        if not rows:
+            return None
+        try:
+            return pa.array(rows)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+            return None
+
+    def _event_times(
+        self,
+        rows: list[dict[str, Any]],
+        struct: pa.StructArray | None,
+        kafka_ts: list[int],
+        now_ms: int,
+    ) -> tuple[list[int], list[tuple[int, Rejected]]]:
+        cfg = self.config
+        field = cfg.event_time_field
+        problems: list[tuple[int, Rejected]] = []
+        col = _child(struct, field) if field else None
+        if not field:
+            times = list(kafka_ts)
+        elif (
+            col is not None
+            and col.null_count == 0
+            and col.type in (pa.int64(), pa.float64())
+            and pc.all(pc.is_finite(col.cast(pa.float64()))).as_py()
+        ):
+            times = pc.cast(
+                pc.multiply(col.cast(pa.float64()), float(self._unit)), pa.int64(), safe=False
+            ).to_pylist()
+        else:
+            times = []
+            unit = self._unit
+            for j, r in enumerate(rows):
+                v = r.get(field)
+                t = type(v)
+                if (t is int or t is float) and math.isfinite(v):
+                    times.append(int(v * unit))
+                    continue
+                ms = _iso_ms(v) if t is str else None
+                if isinstance(ms, int):
+                    times.append(ms)
+                    continue
+                times.append(0)
+                problems.append(
+                    (j, ms if isinstance(ms, Rejected) else Rejected(
+                        Reason.BAD_EVENT_TIME,
+                        f"event-time field {field!r} must be epoch {cfg.event_time_unit} or "
+                        f"ISO 8601 with zone, got {v!r}",
+                    ))
+                )
+        limit = now_ms + cfg.max_future_ms
+        for j, t_ms in enumerate(times):
+            if t_ms > limit:
+                problems.append((j, Rejected(
+                    Reason.FUTURE_EVENT_TIME,
+                    f"event time {_iso(t_ms)} is more than {cfg.max_future_ms // 1000}s "
+                    "in the future",
+                )))
+        return times, problems
+
+
+def _iso_ms(v: str) -> int | Rejected | None:
+    try:
+        dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if dt.tzinfo is None:
+        return Rejected(Reason.BAD_EVENT_TIME, f"event time {v!r} has no time zone")
+    return int(dt.timestamp() * 1000)
+
+
+def _child(struct: pa.StructArray | None, name: str) -> pa.Array | None:
+    if struct is None or struct.type.get_field_index(name) < 0:
+        return None
+    return struct.field(name)
+
+
+_FAST_TYPES = {
+    FeatureKind.FLOAT: (pa.int64(), pa.float64(), pa.null()),
+    FeatureKind.INT: (pa.int64(), pa.null()),
+    FeatureKind.BYTES: (pa.string(), pa.null()),
+}
+_TARGET = {FeatureKind.FLOAT: pa.float32(), FeatureKind.INT: pa.int64(), FeatureKind.BYTES: pa.string()}
+
+
+def _column(
+    name: str, kind: FeatureKind, col: list[Any], required: bool
+) -> tuple[pa.Array, list[tuple[int, Rejected]]]:
+    """One feature's values as an Arrow array of the schema type, and the bad rows."""
+    problems: list[tuple[int, Rejected]] = []
+    arr = None
+    if isinstance(col, pa.Array):
+        inferred: pa.Array | None = col
+    else:
+        try:
+            inferred = pa.array(col)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+            inferred = None
+    if inferred is not None and inferred.type not in _FAST_TYPES[kind]:
+        col = inferred.to_pylist()
+    if inferred is not None and inferred.type in _FAST_TYPES[kind]:
+        arr = inferred.cast(_TARGET[kind])
+        if kind is FeatureKind.FLOAT and inferred.type == pa.float64():
+            big = pc.greater(pc.abs(inferred), _FLOAT32_MAX)
+            if pc.any(big).as_py():
+                arr = None  # walk the column: those values overflow float32
+    if arr is None:
+        fixed: list[Any] = []
+        for j, v in enumerate(col):
+            if v is None:
+                fixed.append(None)
+                continue
+            c = _check_value(name, kind, v)
+            if type(c) is Rejected:
+                problems.append((j, c))
+                fixed.append(None)
+            else:
+                fixed.append(c)
+        arr = pa.array(fixed, _TARGET[kind])
+    if required and arr.null_count:
+        flagged = {j for j, _ in problems}
+        missing = pc.indices_nonzero(arr.is_null()).to_pylist()
+        problems.extend(
+            (j, Rejected(Reason.MISSING_FEATURE, f"required feature {name!r} is missing"))
+            for j in missing
+            if j not in flagged
+        )
+    return arr, problems
+
+
+def _check_value(name: str, kind: FeatureKind, v: Any) -> Any:
+    t = type(v)
+    if kind is FeatureKind.FLOAT:
+        if t is float or t is int:
+            f = float(v)
+            if not math.isfinite(f) or abs(f) > _FLOAT32_MAX:
+                return Rejected(Reason.NON_FINITE, f"feature {name!r} is {v} (not a finite float32)")
+            return f
+        return _coerce_float(name, v)
+    if kind is FeatureKind.INT:
+        if t is int:
+            if not -(2**63) <= v < 2**63:
+                return Rejected(Reason.WRONG_TYPE, f"feature {name!r} does not fit int64: {v}")
+            return v
+        return _coerce_int(name, v)
+    if t is not str:
+        return Rejected(Reason.WRONG_TYPE, f"feature {name!r} must be a string, got {t.__name__}")
+    return v
 
 
 def _coerce_float(name: str, v: Any) -> float | Rejected:
@@ -196,8 +369,8 @@ def _coerce_float(name: str, v: Any) -> float | Rejected:
             f = float(v)
         except ValueError:
             return Rejected(Reason.WRONG_TYPE, f"feature {name!r} must be a number, got {v!r}")
-        if not math.isfinite(f):
-            return Rejected(Reason.NON_FINITE, f"feature {name!r} is {v!r}")
+        if not math.isfinite(f) or abs(f) > _FLOAT32_MAX:
+            return Rejected(Reason.NON_FINITE, f"feature {name!r} is {v!r} (not a finite float32)")
         return f
     return Rejected(
         Reason.WRONG_TYPE, f"feature {name!r} must be a number, got {type(v).__name__}"

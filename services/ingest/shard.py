@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Any
-
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -30,42 +28,49 @@ def arrow_schema(spec: ExampleSpec) -> pa.Schema:
 
 
 class ShardWriter:
-    """Streams rows of one window into a Parquet file at ``path``."""
+    """Streams record batches of one window into a Parquet file at ``path``.
 
-    def __init__(self, spec: ExampleSpec, path: str, batch_rows: int = 8192) -> None:
-        self.schema = arrow_schema(spec)
-        self.names = [f.name for f in spec.features]
+    Row groups hold exactly ``batch_rows`` rows (the last one fewer) whatever the
+    poll batches looked like, so a window rebuilt after a restart is byte-identical.
+    """
+
+    def __init__(self, schema: pa.Schema, path: str, batch_rows: int = 8192) -> None:
+        self.schema = schema
         self.path = path
         self.batch_rows = batch_rows
-        self.rows: list[dict[str, Any]] = []
         self.count = 0
+        self._pending: list[pa.RecordBatch] = []
+        self._pending_rows = 0
         self._writer: pq.ParquetWriter | None = None
 
-    def add(self, row: dict[str, Any]) -> None:
-        self.rows.append(row)
-        self.count += 1
-        if len(self.rows) >= self.batch_rows:
-            self._flush()
-
-    def _flush(self) -> None:
-        if not self.rows:
+    def add(self, batch: pa.RecordBatch) -> None:
+        if batch.num_rows == 0:
             return
-        rows = self.rows
-        arrays = [
-            pa.array([r.get(n) for r in rows], type=f.type)
-            for n, f in zip(self.names, self.schema, strict=True)
-        ]
-        batch = pa.RecordBatch.from_arrays(arrays, schema=self.schema)
+        self._pending.append(batch)
+        self._pending_rows += batch.num_rows
+        self.count += batch.num_rows
+        if self._pending_rows >= self.batch_rows:
+            self._flush(final=False)
+
+    def _flush(self, final: bool) -> None:
+        if not self._pending:
+            return
+        table = pa.Table.from_batches(self._pending, schema=self.schema)
+        n = table.num_rows if final else table.num_rows - table.num_rows % self.batch_rows
+        if n == 0:
+            return
         if self._writer is None:
             self._writer = pq.ParquetWriter(
                 self.path, self.schema, compression="zstd", write_statistics=True
             )
-        self._writer.write_batch(batch)
-        self.rows = []
+        self._writer.write_table(table.slice(0, n), row_group_size=self.batch_rows)
+        rest = table.slice(n)
+        self._pending = rest.to_batches()
+        self._pending_rows = rest.num_rows
 
     def finish(self) -> str:
         """Flush, fsync, close; return the sha256 of the file's bytes."""
-        self._flush()
+        self._flush(final=True)
         if self._writer is None:  # an empty window still gets a valid, empty shard
             self._writer = pq.ParquetWriter(self.path, self.schema, compression="zstd")
         self._writer.close()

@@ -1,0 +1,145 @@
+"""Ingest throughput: ctrain.examples -> durable Parquet shards + WindowClosed.
+
+Prints examples/s for one ingest core (real aiokafka consumer, real decode and
+schema checks, real shards and events) beside a bare aiokafka consume + orjson
+decode loop over the same topic, in the same run, alternating, median of N.
+
+    python bench/ingest.py [--rows 104863] [--runs 3]
+
+Starts its own Tansu broker unless CTRAIN_KAFKA_BOOTSTRAP is set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from prometheus_client import CollectorRegistry
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from ctrain.devstack import start_tansu  # noqa: E402
+from ctrain.replay import replay  # noqa: E402
+from services.ingest.core import Ingestor  # noqa: E402
+from services.ingest.decode import Decoder, DecoderConfig  # noqa: E402
+from services.ingest.kafka_io import KafkaSink  # noqa: E402
+from services.ingest.metrics import IngestMetrics  # noqa: E402
+from services.ingest.windowing import WindowPolicy  # noqa: E402
+from shared import topics  # noqa: E402
+from shared.artifacts import ArtifactStore  # noqa: E402
+from shared.kafka import ensure_topics, make_producer  # noqa: E402
+from shared.schema import example_spec, load_schema  # noqa: E402
+from shared.settings import CommonSettings  # noqa: E402
+
+CSV = ROOT / "examples" / "taxi" / "data" / "taxi_2013_2014.csv"
+SCHEMA = ROOT / "examples" / "taxi" / "data" / "schema.pbtxt"
+
+
+async def assigned_consumer(
+    bootstrap: str, group: str | None = None
+) -> tuple[AIOKafkaConsumer, list[TopicPartition]]:
+    c = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False, auto_offset_reset="earliest",
+        max_partition_fetch_bytes=8 << 20, fetch_max_bytes=32 << 20,
+    )
+    await c.start()
+    tps = [TopicPartition(topics.EXAMPLES, p) for p in c.partitions_for_topic(topics.EXAMPLES) or []]
+    c.assign(tps)
+    await c.seek_to_beginning(*tps)
+    return c, tps
+
+
+async def bare(bootstrap: str, total: int) -> float:
+    c, _ = await assigned_consumer(bootstrap)
+    n = 0
+    loads = orjson.loads
+    t0 = time.perf_counter()
+    try:
+        while n < total:
+            for recs in (await c.getmany(timeout_ms=500, max_records=10_000)).values():
+                for r in recs:
+                    loads(r.value)
+                n += len(recs)
+        return n / (time.perf_counter() - t0)
+    finally:
+        await c.stop()
+
+
+async def ingest(settings: CommonSettings, total: int, root: str) -> tuple[float, int]:
+    c, tps = await assigned_consumer(settings.kafka_bootstrap, f"bench-{root}")
+    producer = make_producer(settings)
+    await producer.start()
+    clock = [time.time()]
+    spec = example_spec(load_schema(SCHEMA))
+    ing = Ingestor(
+        stream="bench",
+        decoder=Decoder(spec, DecoderConfig(event_time_field="trip_start_timestamp")),
+        policy=WindowPolicy(max_count=10_000),
+        store=ArtifactStore(root),
+        sink=KafkaSink(producer),
+        metrics=IngestMetrics(CollectorRegistry()),
+        idle_timeout_s=1.0,
+        clock=lambda: clock[0],
+    )
+    for tp in tps:
+        await ing.assign((tp.topic, tp.partition))
+    n = 0
+    t0 = time.perf_counter()
+    try:
+        while n < total:
+            clock[0] = time.time()
+            for tp, recs in (await c.getmany(timeout_ms=500, max_records=10_000)).items():
+                commit = await ing.process((tp.topic, tp.partition), recs)
+                if commit is not None:
+                    await c.commit({tp: commit})
+                n += len(recs)
+        clock[0] += 3600  # the end of the stream: close what is open, durably
+        for (t, p), commit in (await ing.close_idle()).items():
+            await c.commit({TopicPartition(t, p): commit})
+        rate = n / (time.perf_counter() - t0)
+        windows = len(os.listdir(Path(root) / "windows" / "bench")) - 1
+        return rate, windows
+    finally:
+        await c.stop()
+        await producer.stop()
+
+
+async def main(rows: int, runs: int) -> None:
+    bootstrap = os.environ.get("CTRAIN_KAFKA_BOOTSTRAP")
+    tmp = tempfile.mkdtemp(prefix="ctrain-bench-")
+    if not bootstrap:
+        bootstrap = start_tansu(Path(tmp)).address
+    settings = CommonSettings(kafka_bootstrap=bootstrap, kafka_idempotent=False)
+    # Consumer-group commits need a group: give the ingest consumer one per run.
+    await ensure_topics(settings, partitions=1)
+    repeat = -(-rows // 9533)
+    s = await replay(settings, CSV, time_column="trip_start_timestamp", repeat=repeat)
+    total = s.sent
+    print(f"produced {total:,} taxi examples ({s.rate:,.0f}/s replay)")
+    bare_rates, ingest_rates = [], []
+    for i in range(runs):
+        bare_rates.append(await bare(bootstrap, total))
+        rate, windows = await ingest(settings, total, f"{tmp}/run{i}")
+        ingest_rates.append(rate)
+        print(f"run {i}: bare {bare_rates[-1]:,.0f}/s  ingest {rate:,.0f}/s  ({windows} windows)")
+    b, g = statistics.median(bare_rates), statistics.median(ingest_rates)
+    print(f"median bare aiokafka+orjson loop: {b:,.0f} examples/s")
+    print(f"median ingest to durable shards:  {g:,.0f} examples/s")
+    print(f"ratio ingest/bare: {g / b:.2f}  (targets: >= 100,000/s and >= 0.35)")
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=104_863)
+    ap.add_argument("--runs", type=int, default=3)
+    a = ap.parse_args()
+    asyncio.run(main(a.rows, a.runs))
