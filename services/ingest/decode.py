@@ -134,7 +134,10 @@ class Decoder:
         # One C++ pass infers a struct over all rows; a feature whose inferred type
         # is not directly usable (or a batch that cannot be inferred) is handled
         # column by column in Python.
-        struct = self._struct(rows)
+        # Arrow's inference reads a JSON boolean as a number in a numeric column, so a
+        # batch holding a boolean literal is checked value by value, in Python.
+        has_bool = any(b"true" in v or b"false" in v for v in (values[i] for i in ok) if v)
+        struct = None if has_bool else self._struct(rows)
         present = {struct.type[k].name for k in range(struct.type.num_fields)} if struct else set()
         for f in self.spec.features:
             if struct is not None and f.name in present:
@@ -143,7 +146,10 @@ class Decoder:
                 col = pa.nulls(len(rows))
             else:
                 col = [r.get(f.name) for r in rows]
-            arr, problems = _column(f.name, f.kind, col, f.required)
+            arr, problems = _column(f.name, f.kind, col, f.required, not has_bool)
+            if arr is None:
+                col = [r.get(f.name) for r in rows]
+                arr, problems = _column(f.name, f.kind, col, f.required, False)
             for j, why in problems:
                 bad.setdefault(ok[j], why)
             arrays.append(arr)
@@ -299,22 +305,31 @@ _TARGET = {FeatureKind.FLOAT: pa.float32(), FeatureKind.INT: pa.int64(), Feature
 
 
 def _column(
-    name: str, kind: FeatureKind, col: list[Any], required: bool
-) -> tuple[pa.Array, list[tuple[int, Rejected]]]:
-    """One feature's values as an Arrow array of the schema type, and the bad rows."""
+    name: str, kind: FeatureKind, col: Any, required: bool, infer: bool
+) -> tuple[pa.Array | None, list[tuple[int, Rejected]]]:
+    """One feature's values as an Arrow array of the schema type, and the bad rows.
+
+    Returns ``(None, [])`` when given an Arrow column whose inferred type needs the
+    value-by-value path, which must see the original Python values.
+    """
     problems: list[tuple[int, Rejected]] = []
     arr = None
     if isinstance(col, pa.Array):
         inferred: pa.Array | None = col
+    elif not infer:
+        inferred = None
     else:
         try:
             inferred = pa.array(col)
         except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
             inferred = None
     if inferred is not None and inferred.type not in _FAST_TYPES[kind]:
-        col = inferred.to_pylist()
+        if isinstance(col, pa.Array):
+            return None, []  # the caller retries with the original Python values
     if inferred is not None and inferred.type in _FAST_TYPES[kind]:
-        arr = inferred.cast(_TARGET[kind])
+        # float32 is the schema's FLOAT: rounding an int64 or a double to it is the
+        # intended conversion, not an error (overflow is checked just below).
+        arr = inferred.cast(_TARGET[kind], safe=kind is not FeatureKind.FLOAT)
         if kind is FeatureKind.FLOAT and inferred.type == pa.float64():
             big = pc.greater(pc.abs(inferred), _FLOAT32_MAX)
             if pc.any(big).as_py():
@@ -382,20 +397,23 @@ def _coerce_int(name: str, v: Any) -> int | Rejected:
     if t is float:
         if not math.isfinite(v):
             return Rejected(Reason.NON_FINITE, f"feature {name!r} is {v}")
-        if v.is_integer():
+        if v.is_integer() and -(2**63) <= v < 2**63:
             return int(v)
         return Rejected(Reason.WRONG_TYPE, f"feature {name!r} must be an integer, got {v!r}")
     if t is str:
         try:
-            return int(v.strip())
+            i = int(v.strip())
         except ValueError:
             try:
                 f = float(v)
             except ValueError:
                 f = math.nan
-            if math.isfinite(f) and f.is_integer():
+            if math.isfinite(f) and f.is_integer() and -(2**63) <= f < 2**63:
                 return int(f)
             return Rejected(Reason.WRONG_TYPE, f"feature {name!r} must be an integer, got {v!r}")
+        if not -(2**63) <= i < 2**63:
+            return Rejected(Reason.WRONG_TYPE, f"feature {name!r} does not fit int64: {v!r}")
+        return i
     return Rejected(
         Reason.WRONG_TYPE, f"feature {name!r} must be an integer, got {t.__name__}"
     )

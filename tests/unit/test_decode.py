@@ -4,6 +4,8 @@ import math
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.ingest.decode import Accepted, Decoder, DecoderConfig, Reason, Rejected
 from shared.schema import example_spec, load_schema
@@ -131,3 +133,41 @@ def test_optional_feature_may_be_absent(decoder: Decoder) -> None:
     res = dec(decoder, good(company=...))
     assert isinstance(res, Accepted) and "company" not in res.row
     assert not math.isnan(res.row["fare"])
+
+
+values = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=False),
+    st.text(max_size=5), st.sampled_from(["12.5", "7", "1e300", "NaN", "Cash"]),
+    st.lists(st.integers(), max_size=2),
+)
+feature_names = st.sampled_from(["fare", "payment_type", "trip_start_hour", "company", "tips"])
+
+
+@given(
+    st.lists(
+        st.dictionaries(feature_names, values, max_size=4).map(lambda d: {**good(), **d}),
+        min_size=1,
+        max_size=12,
+    )
+)
+@settings(max_examples=200, deadline=None)
+def test_batch_decode_equals_one_by_one(rows: list[dict[str, object]]) -> None:
+    """A record's verdict never depends on its neighbours in the batch."""
+    spec = example_spec(load_schema(TAXI_SCHEMA))
+    d = Decoder(spec, DecoderConfig(event_time_field="trip_start_timestamp"))
+    raws: list[bytes | None] = []
+    for r in rows:
+        try:
+            raws.append(orjson.dumps(r))
+        except orjson.JSONEncodeError:
+            raws.append(b"{bad")
+    batch = d.decode_batch(raws, [0] * len(raws), NOW)
+    rejected = dict(batch.rejected)
+    got_rows = iter(batch.batch.to_pylist())
+    for i, raw in enumerate(raws):
+        single = d.decode(raw, 0, NOW)
+        if isinstance(single, Rejected):
+            assert rejected[i] == single
+        else:
+            row = {k: v for k, v in next(got_rows).items() if v is not None}
+            assert i not in rejected and row == single.row
