@@ -334,6 +334,8 @@ def _column(
             big = pc.greater(pc.abs(inferred), _FLOAT32_MAX)
             if pc.any(big).as_py():
                 arr = None  # walk the column: those values overflow float32
+    if arr is None and isinstance(col, pa.Array):
+        return None, []  # the value-by-value path needs the original Python values
     if arr is None:
         fixed: list[Any] = []
         for j, v in enumerate(col):
