@@ -48,11 +48,17 @@ async def assigned_consumer(
     bootstrap: str, group: str | None = None
 ) -> tuple[AIOKafkaConsumer, list[TopicPartition]]:
     c = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False, auto_offset_reset="earliest",
-        max_partition_fetch_bytes=8 << 20, fetch_max_bytes=32 << 20,
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=8 << 20,
+        fetch_max_bytes=32 << 20,
     )
     await c.start()
-    tps = [TopicPartition(topics.EXAMPLES, p) for p in c.partitions_for_topic(topics.EXAMPLES) or []]
+    tps = [
+        TopicPartition(topics.EXAMPLES, p) for p in c.partitions_for_topic(topics.EXAMPLES) or []
+    ]
     c.assign(tps)
     await c.seek_to_beginning(*tps)
     return c, tps

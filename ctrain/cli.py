@@ -7,6 +7,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -42,7 +43,7 @@ def _common_from_dev() -> object:
     from shared.settings import CommonSettings
 
     state = devstack.load_state()
-    kwargs: dict[str, object] = {}
+    kwargs: dict[str, Any] = {}
     if state:
         if "CTRAIN_KAFKA_BOOTSTRAP" not in os.environ:
             kwargs["kafka_bootstrap"] = state["kafka"]

@@ -103,9 +103,19 @@ def start_tansu(log_dir: Path, port: int | None = None) -> Proc:
     url = f"tcp://127.0.0.1:{port}"
     log = log_dir / "tansu.log"
     proc = subprocess.Popen(
-        [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-         "--storage-engine", "memory://tansu/"],
-        stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            tansu_binary(),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ],
+        stdout=open(log, "ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     wait_port("127.0.0.1", port, 20, proc)
     return Proc("kafka", proc.pid, f"127.0.0.1:{port}", str(log))
@@ -116,9 +126,24 @@ def start_redis(data_dir: Path, port: int | None = None) -> Proc:
     data_dir.mkdir(parents=True, exist_ok=True)
     log = data_dir / "redis.log"
     proc = subprocess.Popen(
-        [redis_binary(), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data_dir),
-         "--appendonly", "yes", "--save", "", "--logfile", str(log)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            redis_binary(),
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dir",
+            str(data_dir),
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+            "--logfile",
+            str(log),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     wait_port("127.0.0.1", port, 20, proc)
     return Proc("redis", proc.pid, f"redis://127.0.0.1:{port}/0", str(log))
@@ -156,7 +181,10 @@ def start_service(name: str, state: dict[str, Any], log_dir: Path) -> Proc:
     log = log_dir / f"{name}.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", f"services.{name}"],
-        env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True,
+        env=env,
+        stdout=open(log, "ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     wait_port("127.0.0.1", port, 120, proc)
     return Proc(name, proc.pid, f"http://127.0.0.1:{port}", str(log))
@@ -215,7 +243,8 @@ def up(services: tuple[str, ...] = SERVICES, echo: Any = print) -> dict[str, Any
         state["procs"] = [p.__dict__ for p in procs]
         save_state(state)
         common = CommonSettings(
-            kafka_bootstrap=state["kafka"], redis_url=state["redis"],
+            kafka_bootstrap=state["kafka"],
+            redis_url=state["redis"],
             kafka_idempotent=not state["embedded_kafka"],
         )
         created = asyncio.run(ensure_topics(common))

@@ -73,15 +73,15 @@ class ArtifactStore:
             return
         dest = Path(uri)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex}.tmp"
+        part = dest.parent / f".{dest.name}.{uuid.uuid4().hex}.tmp"
         try:
-            yield str(tmp)
-            with open(tmp, "rb") as f:
+            yield str(part)
+            with open(part, "rb") as f:
                 os.fsync(f.fileno())
-            os.replace(tmp, dest)
+            os.replace(part, dest)
         finally:
-            if tmp.exists():
-                tmp.unlink()
+            if part.exists():
+                part.unlink()
 
     def temp_path(self, uri: str) -> str:
         """A local path to write ``uri``'s content to before :meth:`publish_file`."""

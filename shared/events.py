@@ -215,12 +215,7 @@ class PromotionEvent(Event):
 
 
 AnyEvent = Annotated[
-    DeadLetter
-    | WindowClosed
-    | WindowValidated
-    | TrainingRun
-    | ModelCandidate
-    | PromotionEvent,
+    DeadLetter | WindowClosed | WindowValidated | TrainingRun | ModelCandidate | PromotionEvent,
     Field(discriminator="event_type"),
 ]
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import schema_pb2
 
 
-class FeatureKind(str, Enum):
+class FeatureKind(StrEnum):
     INT = "INT"
     FLOAT = "FLOAT"
     BYTES = "BYTES"

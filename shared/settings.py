@@ -28,7 +28,9 @@ def reject_unknown_env(prefix: str, known: set[str], env: dict[str, str] | None 
     """
     env = dict(os.environ) if env is None else env
     wanted = {f"{prefix}{name}".upper() for name in known}
-    unknown = sorted(k for k in env if k.upper().startswith(prefix.upper()) and k.upper() not in wanted)
+    unknown = sorted(
+        k for k in env if k.upper().startswith(prefix.upper()) and k.upper() not in wanted
+    )
     if unknown:
         raise SettingsError(
             f"unknown setting(s) {', '.join(unknown)}; valid {prefix}* keys: "
@@ -49,7 +51,7 @@ class StrictSettings(BaseSettings):
         for name, field in type(self).model_fields.items():
             alias = field.validation_alias
             if isinstance(alias, str) and alias.upper().startswith(prefix.upper()):
-                known.add(alias[len(prefix):])
+                known.add(alias[len(prefix) :])
             else:
                 known.add(name)
         env = {

@@ -63,7 +63,11 @@ def python() -> str:
 def run_ctrain(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> str:
     out = subprocess.run(
         [sys.executable, "-m", "ctrain.cli", *args],
-        env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
     )
     assert out.returncode == 0, out.stdout + out.stderr
     return out.stdout

@@ -155,9 +155,7 @@ def create_app(common: CommonSettings, settings: IngestSettings) -> FastAPI:
             metrics.http_lines.labels("accepted").inc()
         await asyncio.gather(*futures)
         if accepted == 0 and errors:
-            return JSONResponse(
-                {"accepted": 0, "rejected": len(errors), "errors": errors}, 422
-            )
+            return JSONResponse({"accepted": 0, "rejected": len(errors), "errors": errors}, 422)
         return JSONResponse({"accepted": accepted, "rejected": len(errors), "errors": errors})
 
     return app

@@ -139,7 +139,11 @@ class Ingestor:
             await self.sink.window_closed(WindowClosed.model_validate(ev))
         log.info(
             "partition restored",
-            extra={"tp": f"{tp[0]}-{tp[1]}", "commit": ck["commit"], "republished": len(ck["pending"])},
+            extra={
+                "tp": f"{tp[0]}-{tp[1]}",
+                "commit": ck["commit"],
+                "republished": len(ck["pending"]),
+            },
         )
         return int(ck["commit"])
 
@@ -157,7 +161,9 @@ class Ingestor:
         """Handle one batch of one partition; return an offset to commit, if any."""
         part = self.parts.get(tp)
         if part is None:
-            part = self.parts[tp] = _Partition(PartitionWindows(self.stream, tp[0], tp[1], self.policy))
+            part = self.parts[tp] = _Partition(
+                PartitionWindows(self.stream, tp[0], tp[1], self.policy)
+            )
         windows = part.windows
         recs = list(records)
         n = len(recs)

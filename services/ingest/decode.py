@@ -36,8 +36,19 @@ class Reason:
     LATE = "late"
 
     ALL = (
-        EMPTY, TOO_LARGE, NOT_UTF8, NOT_JSON, NOT_OBJECT, DUPLICATE_KEY, UNKNOWN_FEATURE,
-        MISSING_FEATURE, WRONG_TYPE, NON_FINITE, BAD_EVENT_TIME, FUTURE_EVENT_TIME, LATE,
+        EMPTY,
+        TOO_LARGE,
+        NOT_UTF8,
+        NOT_JSON,
+        NOT_OBJECT,
+        DUPLICATE_KEY,
+        UNKNOWN_FEATURE,
+        MISSING_FEATURE,
+        WRONG_TYPE,
+        NON_FINITE,
+        BAD_EVENT_TIME,
+        FUTURE_EVENT_TIME,
+        LATE,
     )
 
 
@@ -252,7 +263,7 @@ class Decoder:
             times = []
             unit = self._unit
             for j, r in enumerate(rows):
-                v = r.get(field)
+                v: Any = r.get(field)
                 t = type(v)
                 if (t is int or t is float) and math.isfinite(v):
                     times.append(int(v * unit))
@@ -263,20 +274,30 @@ class Decoder:
                     continue
                 times.append(0)
                 problems.append(
-                    (j, ms if isinstance(ms, Rejected) else Rejected(
-                        Reason.BAD_EVENT_TIME,
-                        f"event-time field {field!r} must be epoch {cfg.event_time_unit} or "
-                        f"ISO 8601 with zone, got {v!r}",
-                    ))
+                    (
+                        j,
+                        ms
+                        if isinstance(ms, Rejected)
+                        else Rejected(
+                            Reason.BAD_EVENT_TIME,
+                            f"event-time field {field!r} must be epoch {cfg.event_time_unit} or "
+                            f"ISO 8601 with zone, got {v!r}",
+                        ),
+                    )
                 )
         limit = now_ms + cfg.max_future_ms
         for j, t_ms in enumerate(times):
             if t_ms > limit:
-                problems.append((j, Rejected(
-                    Reason.FUTURE_EVENT_TIME,
-                    f"event time {_iso(t_ms)} is more than {cfg.max_future_ms // 1000}s "
-                    "in the future",
-                )))
+                problems.append(
+                    (
+                        j,
+                        Rejected(
+                            Reason.FUTURE_EVENT_TIME,
+                            f"event time {_iso(t_ms)} is more than {cfg.max_future_ms // 1000}s "
+                            "in the future",
+                        ),
+                    )
+                )
         return times, problems
 
 
@@ -301,7 +322,11 @@ _FAST_TYPES = {
     FeatureKind.INT: (pa.int64(), pa.null()),
     FeatureKind.BYTES: (pa.string(), pa.null()),
 }
-_TARGET = {FeatureKind.FLOAT: pa.float32(), FeatureKind.INT: pa.int64(), FeatureKind.BYTES: pa.string()}
+_TARGET = {
+    FeatureKind.FLOAT: pa.float32(),
+    FeatureKind.INT: pa.int64(),
+    FeatureKind.BYTES: pa.string(),
+}
 
 
 def _column(
@@ -366,7 +391,9 @@ def _check_value(name: str, kind: FeatureKind, v: Any) -> Any:
         if t is float or t is int:
             f = float(v)
             if not math.isfinite(f) or abs(f) > _FLOAT32_MAX:
-                return Rejected(Reason.NON_FINITE, f"feature {name!r} is {v} (not a finite float32)")
+                return Rejected(
+                    Reason.NON_FINITE, f"feature {name!r} is {v} (not a finite float32)"
+                )
             return f
         return _coerce_float(name, v)
     if kind is FeatureKind.INT:
@@ -389,9 +416,7 @@ def _coerce_float(name: str, v: Any) -> float | Rejected:
         if not math.isfinite(f) or abs(f) > _FLOAT32_MAX:
             return Rejected(Reason.NON_FINITE, f"feature {name!r} is {v!r} (not a finite float32)")
         return f
-    return Rejected(
-        Reason.WRONG_TYPE, f"feature {name!r} must be a number, got {type(v).__name__}"
-    )
+    return Rejected(Reason.WRONG_TYPE, f"feature {name!r} must be a number, got {type(v).__name__}")
 
 
 def _coerce_int(name: str, v: Any) -> int | Rejected:
@@ -416,9 +441,7 @@ def _coerce_int(name: str, v: Any) -> int | Rejected:
         if not -(2**63) <= i < 2**63:
             return Rejected(Reason.WRONG_TYPE, f"feature {name!r} does not fit int64: {v!r}")
         return i
-    return Rejected(
-        Reason.WRONG_TYPE, f"feature {name!r} must be an integer, got {t.__name__}"
-    )
+    return Rejected(Reason.WRONG_TYPE, f"feature {name!r} must be an integer, got {t.__name__}")
 
 
 def _iso(ms: int) -> str:

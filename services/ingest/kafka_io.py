@@ -40,7 +40,7 @@ class KafkaSink:
         await self.producer.send_and_wait(topics.WINDOWS, event.to_bytes(), key=event.key)
 
 
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+class _Rebalance(ConsumerRebalanceListener):
     def __init__(self, loop: ConsumeLoop) -> None:
         self.loop = loop
 

@@ -8,7 +8,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 class IngestMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.accepted = Counter(
-            "ctrain_ingest_examples_accepted_total", "Examples written to a window.", registry=registry
+            "ctrain_ingest_examples_accepted_total",
+            "Examples written to a window.",
+            registry=registry,
         )
         self.rejected = Counter(
             "ctrain_ingest_examples_rejected_total",

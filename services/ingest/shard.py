@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 

@@ -34,7 +34,9 @@ class ServiceProc:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise AssertionError(f"exited {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+                raise AssertionError(
+                    f"exited {self.proc.returncode}:\n{self.log.read_text()[-3000:]}"
+                )
             try:
                 if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
                     return
@@ -65,7 +67,10 @@ def start_ingest(env: dict[str, str], log: Path) -> ServiceProc:
     env = {**env, "CTRAIN_INGEST_HTTP_PORT": str(port)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "services.ingest"],
-        env=env, cwd=ROOT, stdout=open(log, "ab"), stderr=subprocess.STDOUT,
+        env=env,
+        cwd=ROOT,
+        stdout=open(log, "ab"),
+        stderr=subprocess.STDOUT,
     )
     return ServiceProc(proc, f"http://127.0.0.1:{port}", log)
 

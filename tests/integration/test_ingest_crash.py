@@ -38,7 +38,9 @@ def test_sigkill_at_random_points_loses_and_doubles_nothing(
     common = CommonSettings(kafka_bootstrap=kafka, kafka_idempotent=False)
     asyncio.run(ensure_topics(common))
     env = ingest_env(
-        kafka, redis_url, tmp_path,
+        kafka,
+        redis_url,
+        tmp_path,
         CTRAIN_INGEST_WINDOW_DURATION_S=str(30 * 86400),
         CTRAIN_INGEST_WINDOW_MAX_COUNT="700",
         CTRAIN_INGEST_ALLOWED_LATENESS_S=str(86400),

@@ -33,7 +33,9 @@ def test_replay_windows_dlq_http_and_sigterm(kafka: str, redis_url: str, tmp_pat
     common = CommonSettings(kafka_bootstrap=kafka, kafka_idempotent=False)
     asyncio.run(ensure_topics(common))
     env = ingest_env(
-        kafka, redis_url, tmp_path,
+        kafka,
+        redis_url,
+        tmp_path,
         CTRAIN_INGEST_WINDOW_DURATION_S=str(91 * 86400),
         CTRAIN_INGEST_WINDOW_MAX_COUNT="1000",
         CTRAIN_INGEST_IDLE_TIMEOUT_S="2",

@@ -27,7 +27,9 @@ from shared.schema import ExampleSpec, FeatureKind, FeatureSpec
 from tests.unit.helpers import Crash, ListSink, Rec
 
 pytestmark = pytest.mark.unit
-SPEC = ExampleSpec((FeatureSpec("x", FeatureKind.FLOAT, True), FeatureSpec("c", FeatureKind.BYTES, False)))
+SPEC = ExampleSpec(
+    (FeatureSpec("x", FeatureKind.FLOAT, True), FeatureSpec("c", FeatureKind.BYTES, False))
+)
 TP = ("ctrain.examples", 0)
 NOW = 2_000_000_000.0
 
@@ -40,7 +42,9 @@ def make_records(items: list[tuple[int, bool]]) -> list[Rec]:
     return out
 
 
-def ingestor(store: ArtifactStore, sink: ListSink, policy: WindowPolicy, clock: list[float]) -> Ingestor:
+def ingestor(
+    store: ArtifactStore, sink: ListSink, policy: WindowPolicy, clock: list[float]
+) -> Ingestor:
     return Ingestor(
         stream="s",
         decoder=Decoder(SPEC, DecoderConfig(event_time_field="t", event_time_unit="ms")),
@@ -55,7 +59,12 @@ def ingestor(store: ArtifactStore, sink: ListSink, policy: WindowPolicy, clock: 
 
 
 async def run(
-    tmp: Path, records: list[Rec], policy: WindowPolicy, crashes: list[int], publish_crash: int | None, batch: int
+    tmp: Path,
+    records: list[Rec],
+    policy: WindowPolicy,
+    crashes: list[int],
+    publish_crash: int | None,
+    batch: int,
 ) -> ListSink:
     store = ArtifactStore(str(tmp))
     sink = ListSink(crash_on_publish=publish_crash)
@@ -94,7 +103,9 @@ def check(reference: ListSink, crashed: ListSink, n_records: int) -> None:
     contents: dict[str, tuple[str, int]] = {}
     for w in crashed.windows:
         prev = contents.setdefault(w.window_id, (w.sha256, w.example_count))
-        assert prev == (w.sha256, w.example_count), f"window {w.window_id} published twice, differently"
+        assert prev == (w.sha256, w.example_count), (
+            f"window {w.window_id} published twice, differently"
+        )
     ref = {w.window_id: (w.sha256, w.example_count) for w in reference.windows}
     assert contents == ref
     dlq = {d.id for d in crashed.letters}
@@ -118,7 +129,9 @@ items = st.lists(
     publish_crash=st.none() | st.integers(0, 3),
     batch=st.integers(1, 40),
 )
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 def test_crashes_lose_nothing_and_double_nothing(
     tmp_path_factory: pytest.TempPathFactory,
     items: list[tuple[int, bool]],

@@ -23,9 +23,17 @@ def decoder() -> Decoder:
 
 def good(**over: object) -> dict[str, object]:
     row: dict[str, object] = {
-        "fare": 12.5, "payment_type": "Cash", "trip_start_month": 5, "trip_start_hour": 19,
-        "trip_start_day": 6, "trip_start_timestamp": 1400269500, "pickup_latitude": 41.9,
-        "pickup_longitude": -87.6, "trip_miles": 2.0, "tips": 0.0, "pickup_community_area": 8,
+        "fare": 12.5,
+        "payment_type": "Cash",
+        "trip_start_month": 5,
+        "trip_start_hour": 19,
+        "trip_start_day": 6,
+        "trip_start_timestamp": 1400269500,
+        "pickup_latitude": 41.9,
+        "pickup_longitude": -87.6,
+        "trip_miles": 2.0,
+        "tips": 0.0,
+        "pickup_community_area": 8,
     }
     row.update(over)
     return {k: v for k, v in row.items() if v is not ...}
@@ -89,7 +97,9 @@ def test_structural_rejects(decoder: Decoder, raw: bytes, reason: str) -> None:
         ({"trip_start_timestamp": NOW // 1000 + 10 * 86400}, Reason.FUTURE_EVENT_TIME, "future"),
     ],
 )
-def test_feature_rejects(decoder: Decoder, over: dict[str, object], reason: str, needle: str) -> None:
+def test_feature_rejects(
+    decoder: Decoder, over: dict[str, object], reason: str, needle: str
+) -> None:
     res = dec(decoder, good(**over))
     assert isinstance(res, Rejected), res
     assert res.reason == reason
@@ -136,8 +146,12 @@ def test_optional_feature_may_be_absent(decoder: Decoder) -> None:
 
 
 values = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=False),
-    st.text(max_size=5), st.sampled_from(["12.5", "7", "1e300", "NaN", "Cash"]),
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=False),
+    st.text(max_size=5),
+    st.sampled_from(["12.5", "7", "1e300", "NaN", "Cash"]),
     st.lists(st.integers(), max_size=2),
 )
 feature_names = st.sampled_from(["fare", "payment_type", "trip_start_hour", "company", "tips"])
