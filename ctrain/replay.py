@@ -50,7 +50,8 @@ def read_table(path: str | Path) -> pa.Table:
     if suffix in (".csv", ".csv.gz"):
         from pyarrow import csv
 
-        return csv.read_csv(p)
+        # An empty field is a missing value, for strings too (not an empty string).
+        return csv.read_csv(p, convert_options=csv.ConvertOptions(strings_can_be_null=True))
     if suffix in (".parquet", ".pq"):
         import pyarrow.parquet as pq
 

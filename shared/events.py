@@ -136,6 +136,9 @@ class WindowValidated(Event):
     anomalies: list[Anomaly] = Field(default_factory=list)
     drift_baseline: str | None = None
     skew_baseline: str | None = None
+    window_start: datetime | None = None
+    window_end: datetime | None = None
+    data_uri: str | None = None
 
     @property
     def key(self) -> bytes:

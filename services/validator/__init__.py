@@ -1,0 +1,1 @@
+"""validator: window shard -> TFDV statistics, anomalies, drift and skew -> WindowValidated."""

@@ -1,0 +1,82 @@
+"""Which windows were validated, in event-time order, and what trained the serving model.
+
+Redis holds the hot index; every entry is also in the artifact store
+(``validated.json``), so the index can be rebuilt after a Redis loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import orjson
+from redis.asyncio import Redis
+
+
+@dataclass(frozen=True)
+class WindowRef:
+    window_id: str
+    stream: str
+    start_ms: int
+    end_ms: int
+    data_uri: str
+    stats_uri: str
+    example_count: int
+
+
+class WindowIndex(Protocol):
+    async def add(self, ref: WindowRef) -> None: ...
+    async def get(self, window_id: str) -> WindowRef | None: ...
+    async def predecessors(self, stream: str, start_ms: int) -> list[WindowRef]: ...
+    async def first(self, stream: str) -> list[WindowRef]: ...
+    async def serving_windows(self, model: str) -> list[str] | None: ...
+
+
+def serving_windows_key(model: str) -> str:
+    """Written by the promoter when a model version starts serving (DESIGN §5)."""
+    return f"ctrain:serving:{model}:windows"
+
+
+class RedisWindowIndex:
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+
+    @staticmethod
+    def _zkey(stream: str) -> str:
+        return f"ctrain:validator:{stream}:by_start"
+
+    @staticmethod
+    def _wkey(window_id: str) -> str:
+        return f"ctrain:validator:window:{window_id}"
+
+    async def add(self, ref: WindowRef) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.set(self._wkey(ref.window_id), orjson.dumps(ref.__dict__))
+        pipe.zadd(self._zkey(ref.stream), {ref.window_id: ref.start_ms})
+        await pipe.execute()
+
+    async def get(self, window_id: str) -> WindowRef | None:
+        raw = await self.redis.get(self._wkey(window_id))
+        return WindowRef(**orjson.loads(raw)) if raw else None
+
+    async def _at(self, stream: str, score: float) -> list[WindowRef]:
+        ids = await self.redis.zrangebyscore(self._zkey(stream), score, score)
+        refs = [await self.get(i.decode()) for i in sorted(ids)]
+        return [r for r in refs if r is not None]
+
+    async def predecessors(self, stream: str, start_ms: int) -> list[WindowRef]:
+        """All windows of the latest earlier start (one per partition), by event time."""
+        prev = await self.redis.zrevrangebyscore(
+            self._zkey(stream), f"({start_ms}", "-inf", start=0, num=1, withscores=True
+        )
+        if not prev:
+            return []
+        return await self._at(stream, prev[0][1])
+
+    async def first(self, stream: str) -> list[WindowRef]:
+        head = await self.redis.zrange(self._zkey(stream), 0, 0, withscores=True)
+        return await self._at(stream, head[0][1]) if head else []
+
+    async def serving_windows(self, model: str) -> list[str] | None:
+        raw = await self.redis.get(serving_windows_key(model))
+        return list(orjson.loads(raw)) if raw else None
