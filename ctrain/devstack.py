@@ -31,7 +31,7 @@ class DevStackError(RuntimeError):
     """The dev stack cannot start; the message says what to do."""
 
 
-SERVICES = ("ingest",)  # grows as services land
+SERVICES = ("ingest", "validator")  # grows as services land
 
 
 def state_dir() -> Path:
@@ -170,6 +170,8 @@ TAXI_DEFAULTS = {
     "CTRAIN_INGEST_WINDOW_MAX_COUNT": "50000",
     "CTRAIN_INGEST_ALLOWED_LATENESS_S": str(86400),
     "CTRAIN_INGEST_IDLE_TIMEOUT_S": "5",
+    "CTRAIN_VALIDATOR_MODEL": "taxi",
+    "CTRAIN_VALIDATOR_IGNORE_FEATURES": '["trip_start_timestamp"]',
 }
 
 

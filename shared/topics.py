@@ -5,9 +5,19 @@ from typing import Final
 EXAMPLES: Final = "ctrain.examples"
 EXAMPLES_DLQ: Final = "ctrain.examples.dlq"
 WINDOWS: Final = "ctrain.windows"
+WINDOWS_DLQ: Final = "ctrain.windows.dlq"
 VALIDATIONS: Final = "ctrain.validations"
 TRAINING: Final = "ctrain.training"
 CANDIDATES: Final = "ctrain.candidates"
 PROMOTIONS: Final = "ctrain.promotions"
 
-ALL: Final = (EXAMPLES, EXAMPLES_DLQ, WINDOWS, VALIDATIONS, TRAINING, CANDIDATES, PROMOTIONS)
+ALL: Final = (
+    EXAMPLES,
+    EXAMPLES_DLQ,
+    WINDOWS,
+    WINDOWS_DLQ,
+    VALIDATIONS,
+    TRAINING,
+    CANDIDATES,
+    PROMOTIONS,
+)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import orjson
 import pyarrow as pa
@@ -24,7 +24,7 @@ from services.validator.metrics import ValidatorMetrics
 from services.validator.schemas import SchemaStore
 from services.validator.stats import dataset, statistics_beam, statistics_in_memory
 from shared.artifacts import ArtifactStore
-from shared.events import WindowClosed, WindowValidated
+from shared.events import Distance, WindowClosed, WindowValidated
 from shared.ids import stable_id
 
 log = logging.getLogger(__name__)
@@ -36,8 +36,10 @@ class ValidatorConfig:
     model: str = "default"
     baseline_window: str = ""
     environment: str = ""
-    defaults: checks.Defaults = checks.Defaults()
-    policy: checks.AnomalyPolicy = checks.AnomalyPolicy(frozenset({"SCHEMA_MISSING_COLUMN"}))
+    defaults: checks.Defaults = field(default_factory=checks.Defaults)
+    policy: checks.AnomalyPolicy = field(
+        default_factory=lambda: checks.AnomalyPolicy(frozenset({"SCHEMA_MISSING_COLUMN"}))
+    )
     stats_runner: str = "inprocess"
     beam_runner: str = "DirectRunner"
     beam_options: tuple[str, ...] = ()
@@ -154,7 +156,7 @@ class Validator:
         schema: schema_pb2.Schema,
         kind: checks.Kind,
         stream: str,
-    ) -> tuple[dict, str | None]:  # type: ignore[type-arg]
+    ) -> tuple[dict[str, Distance], str | None]:
         if not refs:
             return {}, None
         base = await asyncio.to_thread(self._baseline_stats, refs, stream)

@@ -15,9 +15,8 @@ import math
 
 import numpy as np
 from tensorflow_metadata.proto.v0 import schema_pb2, statistics_pb2
-
-Histogram = statistics_pb2.Histogram
-FeatureStats = statistics_pb2.FeatureNameStatistics
+from tensorflow_metadata.proto.v0.statistics_pb2 import FeatureNameStatistics as FeatureStats
+from tensorflow_metadata.proto.v0.statistics_pb2 import Histogram
 
 
 def category_counts(f: FeatureStats) -> dict[str, float]:

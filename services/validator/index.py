@@ -7,7 +7,7 @@ Redis holds the hot index; every entry is also in the artifact store
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import orjson
 from redis.asyncio import Redis
@@ -60,7 +60,7 @@ class RedisWindowIndex:
         return WindowRef(**orjson.loads(raw)) if raw else None
 
     async def _at(self, stream: str, score: float) -> list[WindowRef]:
-        ids = await self.redis.zrangebyscore(self._zkey(stream), score, score)
+        ids: list[Any] = await self.redis.zrangebyscore(self._zkey(stream), score, score)
         refs = [await self.get(i.decode()) for i in sorted(ids)]
         return [r for r in refs if r is not None]
 
@@ -71,11 +71,11 @@ class RedisWindowIndex:
         )
         if not prev:
             return []
-        return await self._at(stream, prev[0][1])
+        return await self._at(stream, float(prev[0][1]))
 
     async def first(self, stream: str) -> list[WindowRef]:
         head = await self.redis.zrange(self._zkey(stream), 0, 0, withscores=True)
-        return await self._at(stream, head[0][1]) if head else []
+        return await self._at(stream, float(head[0][1])) if head else []
 
     async def serving_windows(self, model: str) -> list[str] | None:
         raw = await self.redis.get(serving_windows_key(model))

@@ -59,7 +59,7 @@ def statistics_beam(
             p
             | ParquetTFXIO(file_pattern=list(data_uris)).BeamSource(batch_size=10_000)
             | beam.Map(table_util.CanonicalizeRecordBatch)
-            | tfdv.GenerateStatistics(stats_options(schema))  # type: ignore[arg-type]
+            | tfdv.GenerateStatistics(stats_options(schema))
             | tfdv.WriteStatisticsToBinaryFile(output_uri)
         )
     return tfdv.load_stats_binary(output_uri)

@@ -62,17 +62,21 @@ def ingest_env(kafka: str, redis_url: str, root: Path, **extra: str) -> dict[str
     return env
 
 
-def start_ingest(env: dict[str, str], log: Path) -> ServiceProc:
+def start_service(name: str, env: dict[str, str], log: Path) -> ServiceProc:
     port = free_port()
-    env = {**env, "CTRAIN_INGEST_HTTP_PORT": str(port)}
+    env = {**env, f"CTRAIN_{name.upper()}_HTTP_PORT": str(port)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "services.ingest"],
+        [sys.executable, "-m", f"services.{name}"],
         env=env,
         cwd=ROOT,
         stdout=open(log, "ab"),
         stderr=subprocess.STDOUT,
     )
     return ServiceProc(proc, f"http://127.0.0.1:{port}", log)
+
+
+def start_ingest(env: dict[str, str], log: Path) -> ServiceProc:
+    return start_service("ingest", env, log)
 
 
 async def read_topic(bootstrap: str, topic: str) -> list[object]:

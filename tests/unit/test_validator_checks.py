@@ -1,4 +1,4 @@
-"""Validator checks on the real taxi data: distances equal TFDV's, drift found, anomalies classified."""
+"""Validator checks on real taxi data: distances equal TFDV, drift found, anomalies classified."""
 
 from __future__ import annotations
 
@@ -157,7 +157,7 @@ def test_rare_new_category_warns_and_common_one_blocks(
     t = years[1]
     i = t.column_names.index("payment_type")
     values = t.column(i).to_pylist()
-    rare = t.set_column(i, "payment_type", pa.array(["Bitcoin"] + values[1:]))
+    rare = t.set_column(i, "payment_type", pa.array(["Bitcoin", *values[1:]]))
     found = codes(checks.find_anomalies(statistics_in_memory(rare), schema, POLICY))
     assert found[("payment_type", "ENUM_TYPE_UNEXPECTED_STRING_VALUES")] == "warning"
     common = t.set_column(i, "payment_type", pa.array(["Bitcoin"] * len(values)))

@@ -38,7 +38,9 @@ class MemoryIndex:
         return self.refs.get(window_id)
 
     async def _at(self, start: int) -> list[WindowRef]:
-        return sorted((r for r in self.refs.values() if r.start_ms == start), key=lambda r: r.window_id)
+        return sorted(
+            (r for r in self.refs.values() if r.start_ms == start), key=lambda r: r.window_id
+        )
 
     async def predecessors(self, stream: str, start_ms: int) -> list[WindowRef]:
         earlier = [r.start_ms for r in self.refs.values() if r.start_ms < start_ms]
@@ -73,9 +75,14 @@ def quarter_windows(tmp: Path) -> list[WindowClosed]:
         sha = w.finish()
         out.append(
             WindowClosed(
-                window_id=wid, stream="taxi", start=start, end=end, example_count=part.num_rows,
+                window_id=wid,
+                stream="taxi",
+                start=start,
+                end=end,
+                example_count=part.num_rows,
                 offsets=[OffsetRange(topic="t", partition=0, first=0, last=part.num_rows - 1)],
-                data_uri=str(path), sha256=sha,
+                data_uri=str(path),
+                sha256=sha,
             )
         )
     return out
@@ -106,7 +113,9 @@ def windows(tmp_path_factory: pytest.TempPathFactory) -> list[WindowClosed]:
     return quarter_windows(tmp_path_factory.mktemp("shards"))
 
 
-def test_in_order_chain_redelivery_and_artifacts(tmp_path: Path, windows: list[WindowClosed]) -> None:
+def test_in_order_chain_redelivery_and_artifacts(
+    tmp_path: Path, windows: list[WindowClosed]
+) -> None:
     index = MemoryIndex()
     v = make_validator(tmp_path, index)
     results = [asyncio.run(v.handle(w)) for w in windows[:3]]
@@ -120,7 +129,12 @@ def test_in_order_chain_redelivery_and_artifacts(tmp_path: Path, windows: list[W
     assert "trip_start_timestamp" not in {f.name for f in third.features}
     assert all(f.drift is not None for f in third.features)  # every feature, not only crossings
     d = Path(third.stats_uri).parent
-    assert {p.name for p in d.iterdir()} >= {"stats.pb", "drift.json", "anomalies.json", "validated.json"}
+    assert {p.name for p in d.iterdir()} >= {
+        "stats.pb",
+        "drift.json",
+        "anomalies.json",
+        "validated.json",
+    }
     # Redelivery: same event back, nothing recomputed.
     again = asyncio.run(v.handle(windows[2]))
     assert again == third
@@ -144,7 +158,9 @@ def test_out_of_order_window_meets_its_true_predecessor(
     assert asyncio.run(v.handle(windows[3])) == late_first
 
 
-def test_skew_against_the_serving_model_windows(tmp_path: Path, windows: list[WindowClosed]) -> None:
+def test_skew_against_the_serving_model_windows(
+    tmp_path: Path, windows: list[WindowClosed]
+) -> None:
     index = MemoryIndex()
     v = make_validator(tmp_path, index, model="taxi")
     for w in windows[:4]:
@@ -157,7 +173,9 @@ def test_skew_against_the_serving_model_windows(tmp_path: Path, windows: list[Wi
     assert pt.skew.baseline_count == sum(w.example_count for w in windows[:4])
 
 
-def test_small_window_is_insufficient_never_drift(tmp_path: Path, windows: list[WindowClosed]) -> None:
+def test_small_window_is_insufficient_never_drift(
+    tmp_path: Path, windows: list[WindowClosed]
+) -> None:
     index = MemoryIndex()
     v = make_validator(tmp_path, index, min_examples=100_000)
     asyncio.run(v.handle(windows[0]))
@@ -170,7 +188,9 @@ def test_unreadable_shard_is_not_retryable(tmp_path: Path, windows: list[WindowC
     from services.validator.errors import ShardUnreadable
 
     v = make_validator(tmp_path, MemoryIndex())
-    broken = windows[0].model_copy(update={"window_id": "win-gone", "data_uri": str(tmp_path / "nope")})
+    broken = windows[0].model_copy(
+        update={"window_id": "win-gone", "data_uri": str(tmp_path / "nope")}
+    )
     with pytest.raises(ShardUnreadable) as e:
         asyncio.run(v.handle(broken))
     assert not e.value.retryable and "win-gone" in str(e.value)

@@ -1,0 +1,214 @@
+"""Wiring: ``create_app(settings)`` -> FastAPI app with a FastStream Kafka subscriber.
+
+The subscriber is thin: parse, call the core, publish, commit. Acknowledgement
+is manual and explicit: commit after WindowValidated is published; a window the
+core cannot validate after ``max_attempts`` (or at once, for non-retryable
+errors) goes to ``ctrain.windows.dlq`` with the reason, then is committed, so
+one bad window never blocks its partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import logging
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from faststream import AckPolicy
+from faststream.kafka.fastapi import KafkaMessage, KafkaRouter
+from pydantic import ValidationError
+
+from services.validator import checks
+from services.validator.core import Validator, ValidatorConfig
+from services.validator.errors import NoBaseline, UnknownWindow, ValidatorError
+from services.validator.index import RedisWindowIndex
+from services.validator.metrics import ValidatorMetrics
+from services.validator.schemas import SchemaStore
+from services.validator.settings import ValidatorSettings
+from shared import topics
+from shared.artifacts import ArtifactStore
+from shared.events import WindowClosed
+from shared.metrics import metrics_endpoint, new_registry
+from shared.redis import make_redis
+from shared.settings import CommonSettings
+
+log = logging.getLogger(__name__)
+
+
+def config_from(s: ValidatorSettings) -> ValidatorConfig:
+    return ValidatorConfig(
+        min_examples=s.min_examples,
+        model=s.model,
+        baseline_window=s.baseline_window,
+        environment=s.environment,
+        defaults=checks.Defaults(
+            drift_linf=s.drift_linf,
+            drift_jsd=s.drift_jsd,
+            skew_linf=s.skew_linf,
+            skew_jsd=s.skew_jsd,
+            jsd_histogram=s.jsd_histogram,
+            ignore=frozenset(s.ignore_features),
+        ),
+        policy=checks.AnomalyPolicy(frozenset(s.blocking_anomalies), s.new_value_blocking_fraction),
+        stats_runner=s.stats_runner,
+        beam_runner=s.beam_runner,
+        beam_options=tuple(s.beam_options),
+    )
+
+
+def create_app(common: CommonSettings, settings: ValidatorSettings) -> FastAPI:
+    registry = new_registry()
+    metrics = ValidatorMetrics(registry)
+    store = ArtifactStore(common.artifact_root)
+    redis = make_redis(common)
+    validator = Validator(
+        store=store,
+        schemas=SchemaStore(store, common.schema_path),
+        index=RedisWindowIndex(redis),
+        metrics=metrics,
+        config=config_from(settings),
+    )
+    router = KafkaRouter(
+        common.kafka_bootstrap,
+        acks="all",
+        enable_idempotence=common.kafka_idempotent,
+        schema_url=None,
+        include_in_schema=False,
+    )
+
+    async def dead_letter(raw: bytes, reason: str, message: str, msg: KafkaMessage) -> None:
+        rec = msg.raw_message
+        metrics.dead_letters.labels(reason).inc()
+        letter = {
+            "reason": reason,
+            "message": message,
+            "source": {"topic": rec.topic, "partition": rec.partition, "offset": rec.offset},  # type: ignore[union-attr]
+            "payload": raw.decode("utf-8", "replace"),
+            "service": "validator",
+        }
+        await router.broker.publish(orjson.dumps(letter), topic=topics.WINDOWS_DLQ)
+        log.error("window dead-lettered", extra={"reason": reason, "detail": message})
+
+    @router.subscriber(
+        topics.WINDOWS,
+        group_id=settings.group_id,
+        auto_offset_reset="earliest",
+        ack_policy=AckPolicy.MANUAL,
+        max_poll_records=1,
+        include_in_schema=False,
+    )
+    async def on_window(msg: KafkaMessage) -> None:
+        body: bytes = msg.body
+        try:
+            event = WindowClosed.model_validate_json(body)
+        except ValidationError as e:
+            await dead_letter(body, "invalid_event", str(e), msg)
+            await msg.ack()
+            return
+        for attempt in range(1, settings.max_attempts + 1):
+            try:
+                result = await validator.handle(event)
+            except ValidatorError as e:
+                if not e.retryable or attempt == settings.max_attempts:
+                    await dead_letter(body, type(e).__name__, str(e), msg)
+                    break
+                log.warning(
+                    "validation failed, retrying", extra={"attempt": attempt, "err": str(e)}
+                )
+            except Exception as e:  # a bug or an outage: bounded retries, then the DLQ
+                if attempt == settings.max_attempts:
+                    await dead_letter(body, "error", f"{type(e).__name__}: {e}", msg)
+                    break
+                log.exception("validation error, retrying", extra={"attempt": attempt})
+            else:
+                # Published once: a redelivered window whose result already went out is
+                # only committed. (A crash between publish and marker republishes the
+                # same id, which consumers deduplicate.)
+                marker = f"ctrain:validator:published:{result.id}"
+                if not await redis.exists(marker):
+                    await router.broker.publish(
+                        result.to_bytes(), topic=topics.VALIDATIONS, key=result.key
+                    )
+                    await redis.set(marker, b"1")
+                break
+            await asyncio.sleep(0.5 * 2**attempt)  # back-off between retries
+        await msg.ack()
+
+    app = FastAPI(title="ctrain validator", version="0.1.0", lifespan=router.lifespan_context)
+    app.include_router(router)
+    app.add_route("/metrics", metrics_endpoint(registry), methods=["GET"])
+
+    @app.exception_handler(ValidatorError)
+    async def _err(_: Request, exc: ValidatorError) -> JSONResponse:
+        return JSONResponse({"error": type(exc).__name__, "detail": str(exc)}, exc.status_code)
+
+    @app.get("/healthz")
+    async def healthz() -> JSONResponse:
+        try:
+            await redis.ping()
+            await router.broker.ping(timeout=2)
+        except Exception as e:  # noqa: BLE001 - health reports, it does not raise
+            return JSONResponse({"status": "down", "reason": f"{type(e).__name__}: {e}"}, 503)
+        return JSONResponse({"status": "ok"})
+
+    async def find(window_id: str) -> Any:
+        ref = await validator.index.get(window_id)
+        if ref is None:
+            raise UnknownWindow(f"window {window_id!r} has not been validated")
+        result = validator.load_result(ref.stream, window_id)
+        if result is None:
+            raise UnknownWindow(f"window {window_id!r}: no stored result")
+        return result
+
+    @app.get("/v1/windows/{window_id}")
+    async def get_window(window_id: str) -> Response:
+        result = await find(window_id)
+        return Response(result.to_bytes(), media_type="application/json")
+
+    @app.get("/v1/windows/{window_id}/stats.html", response_class=HTMLResponse)
+    async def stats_html(window_id: str) -> HTMLResponse:
+        result = await find(window_id)
+        stats = validator.load_stats(result.stats_uri)
+        return HTMLResponse(
+            _page(f"Statistics of {window_id}", _facets(stats, None, window_id, ""))
+        )
+
+    @app.get("/v1/windows/{window_id}/compare.html", response_class=HTMLResponse)
+    async def compare_html(window_id: str, baseline: str = "drift") -> HTMLResponse:
+        if baseline not in ("drift", "skew"):
+            raise UnknownWindow(f"baseline must be 'drift' or 'skew', not {baseline!r}")
+        result = await find(window_id)
+        base_id = result.drift_baseline if baseline == "drift" else None
+        if baseline == "skew":
+            base_id = next((f.skew.baseline for f in result.features if f.skew is not None), None)
+        if not base_id:
+            raise NoBaseline(f"window {window_id!r} has no {baseline} baseline")
+        refs = [await validator.index.get(base_id)]
+        if refs[0] is None:
+            raise NoBaseline(f"baseline {base_id!r} of window {window_id!r} is not indexed")
+        base_stats = validator.load_stats(refs[0].stats_uri)
+        stats = validator.load_stats(result.stats_uri)
+        body = _facets(stats, base_stats, window_id, f"{baseline} baseline {base_id}")
+        return HTMLResponse(_page(f"{window_id} against its {baseline} baseline {base_id}", body))
+
+    app.state.validator = validator
+    app.state.registry = registry
+    return app
+
+
+def _facets(stats: Any, base: Any, lhs: str, rhs: str) -> str:
+    import tensorflow_data_validation as tfdv
+
+    if base is None:
+        return str(tfdv.get_statistics_html(stats, lhs_name=lhs))
+    return str(tfdv.get_statistics_html(stats, base, lhs_name=lhs, rhs_name=rhs))
+
+
+def _page(title: str, body: str) -> str:
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"</head><body><h1>{html.escape(title)}</h1>{body}</body></html>"
+    )

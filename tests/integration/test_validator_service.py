@@ -1,0 +1,121 @@
+"""ingest + validator as real processes on a real broker and Redis, over the taxi replay."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from ctrain.replay import replay
+from shared import topics
+from shared.events import WindowClosed, WindowValidated
+from shared.kafka import ensure_topics
+from shared.settings import CommonSettings
+from tests.conftest import TAXI_CSV
+from tests.integration.support import ingest_env, read_topic, start_service
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def wait_for(pred, timeout: float, what: str):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = pred()
+        if got:
+            return got
+        time.sleep(0.5)  # poll interval
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.timeout(600)
+def test_windows_are_validated_viewable_and_deduplicated(
+    kafka: str, redis_url: str, tmp_path: Path
+) -> None:
+    common = CommonSettings(kafka_bootstrap=kafka, kafka_idempotent=False)
+    asyncio.run(ensure_topics(common, partitions=1))
+    env = ingest_env(
+        kafka,
+        redis_url,
+        tmp_path,
+        CTRAIN_INGEST_WINDOW_DURATION_S=str(91 * 86400),
+        CTRAIN_INGEST_WINDOW_MAX_COUNT="50000",
+        CTRAIN_INGEST_IDLE_TIMEOUT_S="2",
+        CTRAIN_VALIDATOR_IGNORE_FEATURES='["trip_start_timestamp"]',
+        CTRAIN_VALIDATOR_MODEL=f"m{tmp_path.name}",
+    )
+    ingest = start_service("ingest", env, tmp_path / "ingest.log")
+    validator = start_service("validator", env, tmp_path / "validator.log")
+    ingest.wait_healthy()
+    validator.wait_healthy()
+    asyncio.run(replay(common, TAXI_CSV, time_column="trip_start_timestamp"))
+
+    def all_validated() -> tuple[list[WindowClosed], list[WindowValidated]] | None:
+        windows = asyncio.run(read_topic(kafka, topics.WINDOWS))
+        vals = asyncio.run(read_topic(kafka, topics.VALIDATIONS))
+        ids = {w.window_id for w in windows}  # type: ignore[attr-defined]
+        if len(ids) >= 8 and ids <= {v.window_id for v in vals}:  # type: ignore[attr-defined]
+            return windows, vals  # type: ignore[return-value]
+        return None
+
+    windows, vals = wait_for(all_validated, 300, "every window validated")
+    by_window = {v.window_id: v for v in vals}
+    ordered = sorted(by_window.values(), key=lambda v: v.window_start)  # type: ignore[arg-type, return-value]
+    assert ordered[0].drift_baseline is None
+    for prev, cur in itertools.pairwise(ordered):
+        assert cur.drift_baseline == prev.window_id  # the chain follows event time
+        names = {f.name for f in cur.features}
+        assert "payment_type" in names and "fare" in names
+        assert all(
+            f.drift is not None and f.drift.value is not None
+            for f in cur.features
+            if f.name == "payment_type"
+        )
+    assert {v.verdict for v in ordered} <= {"ok", "drift", "skew", "anomalous", "insufficient_data"}
+
+    last = ordered[-1]
+    r = httpx.get(f"{validator.url}/v1/windows/{last.window_id}", timeout=10)
+    assert r.status_code == 200 and r.json()["window_id"] == last.window_id
+    page = httpx.get(f"{validator.url}/v1/windows/{last.window_id}/stats.html", timeout=30)
+    assert page.status_code == 200 and "facets" in page.text.lower()
+    cmp_page = httpx.get(f"{validator.url}/v1/windows/{last.window_id}/compare.html", timeout=30)
+    assert cmp_page.status_code == 200 and last.drift_baseline in cmp_page.text  # type: ignore[operator]
+    missing = httpx.get(f"{validator.url}/v1/windows/win-nope", timeout=10)
+    assert missing.status_code == 404 and "win-nope" in missing.json()["detail"]
+    metrics = httpx.get(f"{validator.url}/metrics", timeout=10).text
+    assert (
+        'ctrain_validator_feature_distance{baseline="drift",feature="payment_type",measure="linf"}'
+        in metrics
+    )
+
+    # Redelivery: the same WindowClosed again yields no second WindowValidated.
+    again = next(w for w in windows if w.window_id == last.window_id)
+
+    async def redeliver() -> None:
+        p = AIOKafkaProducer(bootstrap_servers=kafka)
+        await p.start()
+        await p.send_and_wait(topics.WINDOWS, again.to_bytes(), key=again.key)
+        await p.stop()
+
+    asyncio.run(redeliver())
+    wait_for(
+        lambda: (
+            "ctrain_validator_redeliveries_total 1.0"
+            in httpx.get(f"{validator.url}/metrics", timeout=10).text
+        ),
+        120,
+        "the redelivery to be handled",
+    )
+    vals = asyncio.run(read_topic(kafka, topics.VALIDATIONS))
+    counts = Counter(v.id for v in vals)  # type: ignore[attr-defined]
+    assert max(counts.values()) == 1, counts
+
+    for svc in (validator, ingest):
+        svc.proc.send_signal(signal.SIGTERM)
+        assert svc.proc.wait(timeout=60) == 0
