@@ -73,10 +73,11 @@ async def run(
     crash_at = sorted(set(crashes))
     while True:
         ing = ingestor(store, sink, policy, clock)
-        resume = await ing.assign(TP)
-        pos = resume if resume is not None else (committed or 0)
         crashed = False
         try:
+            # A crash can also hit the restart itself (republishing the last close).
+            resume = await ing.assign(TP)
+            pos = resume if resume is not None else (committed or 0)
             while pos < len(records):
                 end = min(pos + batch, len(records))
                 if crash_at and crash_at[0] < end:
