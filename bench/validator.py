@@ -79,10 +79,14 @@ def write_window(root: Path, k: int, table: pa.Table) -> WindowClosed:
         w.add(b)
     start = datetime(2013, 1, 1, tzinfo=UTC) + timedelta(days=91 * k)
     return WindowClosed(
-        window_id=f"win-{k}", stream="bench", start=start, end=start + timedelta(days=91),
+        window_id=f"win-{k}",
+        stream="bench",
+        start=start,
+        end=start + timedelta(days=91),
         example_count=table.num_rows,
         offsets=[OffsetRange(topic="t", partition=0, first=0, last=table.num_rows - 1)],
-        data_uri=str(path), sha256=w.finish(),
+        data_uri=str(path),
+        sha256=w.finish(),
     )
 
 
@@ -95,7 +99,9 @@ async def main(n: int, windows: int) -> None:
     events = [write_window(root, k, table) for k in range(windows + 1)]
     store = ArtifactStore(str(root))
     v = Validator(
-        store=store, schemas=SchemaStore(store, str(SCHEMA)), index=Index(),
+        store=store,
+        schemas=SchemaStore(store, str(SCHEMA)),
+        index=Index(),
         metrics=ValidatorMetrics(CollectorRegistry()),
         config=ValidatorConfig(
             defaults=checks.Defaults(ignore=frozenset({"trip_start_timestamp"})),

@@ -95,6 +95,45 @@ def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _artifact_root() -> str:
+    from ctrain import devstack
+
+    if "CTRAIN_ARTIFACT_ROOT" in os.environ:
+        return os.environ["CTRAIN_ARTIFACT_ROOT"]
+    state = devstack.load_state()
+    return str(state["artifact_root"]) if state else "./artifacts"
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from google.protobuf import text_format
+
+    from services.validator.schemas import SchemaStore
+    from shared.artifacts import ArtifactStore
+    from shared.schema import load_schema
+
+    schemas = SchemaStore(ArtifactStore(_artifact_root()))
+    if args.action == "export":
+        schema = schemas.load(args.stream)
+        if schema is None:
+            console.print(f"no schema stored for stream {args.stream!r} yet")
+            return 1
+        text = text_format.MessageToString(schema)
+        if args.output in (None, "-"):
+            sys.stdout.write(text)
+        else:
+            with open(args.output, "w") as f:
+                f.write(text)
+            v = schemas.current_version(args.stream)
+            console.print(f"wrote schema v{v} of {args.stream!r} to {args.output}")
+        return 0
+    if not args.file:
+        console.print("schema import needs a FILE")
+        return 2
+    v = schemas.save(args.stream, load_schema(args.file))
+    console.print(f"imported {args.file} as schema v{v} of stream {args.stream!r}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ctrain", description="Event-driven continuous training.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -110,6 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--repeat", type=int, default=1, help="send the file N times")
     rp.add_argument("--key-column", help="Kafka key column (keeps a key in one partition)")
     rp.set_defaults(func=_replay)
+    sc = sub.add_parser("schema", help="review the inferred schema of a stream")
+    sc.add_argument("action", choices=["export", "import"])
+    sc.add_argument("file", nargs="?", help="schema.pbtxt to import")
+    sc.add_argument("--stream", default="default")
+    sc.add_argument("-o", "--output", help="export to this file (default: stdout)")
+    sc.set_defaults(func=_schema)
     return p
 
 
