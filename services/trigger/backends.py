@@ -1,0 +1,168 @@
+"""Where pipeline runs execute: ``kfp.local`` in a worker process, or a KFP API server.
+
+Both are idempotent by run id: the deterministic run id is the run's display
+name, and a backend looks for it before submitting (KFP has no idempotency key).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from services.trigger.pipeline import STEPS
+
+
+@dataclass(frozen=True)
+class Outcome:
+    state: str  # succeeded | failed
+    failed_component: str | None = None
+    log_tail: str | None = None
+
+
+class Backend(Protocol):
+    name: str
+
+    async def submit(self, run_id: str, params: dict[str, Any]) -> str: ...
+    async def wait(self, run_id: str, backend_run_id: str, run_dir: str) -> Outcome: ...
+
+
+def _tail(text: str, lines: int = 40) -> str:
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _failed_step(log: str) -> str | None:
+    """The component kfp.local reported as failed, from the run log."""
+    for step in STEPS:
+        if re.search(rf"Task '{step}' finished with status FAILURE", log):
+            return step
+    m = re.search(r"Task '([\w-]+)' finished with status FAILURE", log)
+    return m.group(1) if m else None
+
+
+class LocalBackend:
+    """kfp.local SubprocessRunner, one worker process per run."""
+
+    name = "local"
+
+    def __init__(self, poll_s: float = 1.0) -> None:
+        self.poll_s = poll_s
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    async def submit(self, run_id: str, params: dict[str, Any]) -> str:
+        run_dir = Path(params["run_dir"])
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if (run_dir / "result.json").exists() or run_id in self.procs:
+            return f"local-{run_id}"
+        (run_dir / "params.json").write_text(json.dumps(params))
+        log = open(run_dir / "run.log", "ab")
+        self.procs[run_id] = subprocess.Popen(
+            [sys.executable, "-m", "services.trigger.run_local", str(run_dir / "params.json")],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        log.close()
+        return f"local-{run_id}"
+
+    async def wait(self, run_id: str, backend_run_id: str, run_dir: str) -> Outcome:
+        proc = self.procs.get(run_id)
+        result = Path(run_dir) / "result.json"
+        log_path = Path(run_dir) / "run.log"
+        while proc is not None and proc.poll() is None:
+            await asyncio.sleep(self.poll_s)  # poll the worker; the loop stays free
+        self.procs.pop(run_id, None)
+        if result.exists():
+            return Outcome("succeeded")
+        if proc is None and not log_path.exists():
+            # A restart lost the worker before it ran: run it again under the same id.
+            params = json.loads((Path(run_dir) / "params.json").read_text())
+            await self.submit(run_id, params)
+            return await self.wait(run_id, backend_run_id, run_dir)
+        log = log_path.read_text(errors="replace") if log_path.exists() else ""
+        return Outcome("failed", _failed_step(log), _tail(log))
+
+
+KFP_TERMINAL = {
+    "SUCCEEDED": "succeeded",
+    "FAILED": "failed",
+    "CANCELED": "failed",
+    "SKIPPED": "failed",
+}
+
+
+class KfpBackend:
+    """A KFP v2 API server through ``kfp.Client`` and the compiled pipeline package."""
+
+    name = "kfp"
+
+    def __init__(
+        self,
+        host: str,
+        package_path: str,
+        namespace: str | None = None,
+        token: str | None = None,
+        experiment: str = "ctrain",
+        poll_s: float = 10.0,
+    ) -> None:
+        self.host = host
+        self.package_path = package_path
+        self.namespace = namespace
+        self.token = token
+        self.experiment = experiment
+        self.poll_s = poll_s
+
+    def _client(self) -> Any:
+        import kfp
+
+        return kfp.Client(host=self.host, namespace=self.namespace, existing_token=self.token)
+
+    def _find(self, client: Any, run_id: str) -> str | None:
+        flt = json.dumps(
+            {"predicates": [{"key": "display_name", "operation": "EQUALS", "string_value": run_id}]}
+        )
+        resp = client.list_runs(page_size=10, filter=flt, namespace=self.namespace)
+        for r in resp.runs or []:
+            if r.display_name == run_id:
+                return str(r.run_id)
+        return None
+
+    async def submit(self, run_id: str, params: dict[str, Any]) -> str:
+        def go() -> str:
+            client = self._client()
+            existing = self._find(client, run_id)
+            if existing:
+                return existing
+            run = client.create_run_from_pipeline_package(
+                self.package_path,
+                arguments=params,
+                run_name=run_id,
+                experiment_name=self.experiment,
+                namespace=self.namespace,
+            )
+            return str(run.run_id)
+
+        return await asyncio.to_thread(go)
+
+    async def wait(self, run_id: str, backend_run_id: str, run_dir: str) -> Outcome:
+        while True:
+            run = await asyncio.to_thread(lambda: self._client().get_run(backend_run_id))
+            state = str(run.state or "")
+            if state in KFP_TERMINAL:
+                if KFP_TERMINAL[state] == "succeeded":
+                    return Outcome("succeeded")
+                failed = None
+                details = getattr(run, "run_details", None)
+                for t in getattr(details, "task_details", None) or []:
+                    if str(getattr(t, "state", "")) == "FAILED":
+                        failed = getattr(t, "display_name", None)
+                        break
+                err = getattr(run, "error", None)
+                return Outcome("failed", failed, str(getattr(err, "message", "") or state))
+            await asyncio.sleep(self.poll_s)  # poll the API server

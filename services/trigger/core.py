@@ -1,0 +1,285 @@
+"""The trigger core: validations in, decisions recorded, runs started and followed.
+
+No Kafka and no HTTP: the adapter feeds validations and manual requests and
+passes a ``publish`` port for the events this produces. Redis holds the state
+per model, the run claims (a redelivered validation never starts a second run)
+and the decision log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+
+from services.trigger import policy as pol
+from services.trigger.backends import Backend
+from services.trigger.metrics import TriggerMetrics
+from shared.artifacts import ArtifactStore
+from shared.events import (
+    CandidateMetrics,
+    Event,
+    ModelCandidate,
+    SliceMetrics,
+    TrainingRun,
+    WindowValidated,
+)
+from shared.ids import stable_id
+
+log = logging.getLogger(__name__)
+Publish = Callable[[Event], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class TriggerConfig:
+    model: str
+    module_path: str
+    schema_path: str
+    policy: pol.Policy
+    epochs: int = 3
+    blocking: tuple[str, ...] = ("SCHEMA_MISSING_COLUMN", "UNEXPECTED_DATA_TYPE")
+
+
+def _text(raw: bytes | str | None) -> str:
+    if raw is None:
+        return ""
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
+def serving_model_key(model: str) -> str:
+    """The model directory now serving; written by the promoter."""
+    return f"ctrain:serving:{model}:model_uri"
+
+
+class Trigger:
+    def __init__(
+        self,
+        *,
+        redis: Redis,
+        store: ArtifactStore,
+        backend: Backend,
+        metrics: TriggerMetrics,
+        config: TriggerConfig,
+        publish: Publish,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.redis = redis
+        self.store = store
+        self.backend = backend
+        self.metrics = metrics
+        self.config = config
+        self.publish = publish
+        self.clock = clock
+        self._lock = asyncio.Lock()
+        self.followers: dict[str, asyncio.Task[None]] = {}
+
+    # ------------------------------------------------------------ state
+    def _key(self, suffix: str) -> str:
+        return f"ctrain:trigger:{self.config.model}:{suffix}"
+
+    async def load_state(self) -> pol.ModelState:
+        raw = await self.redis.get(self._key("state"))
+        return pol.ModelState.from_json(orjson.loads(raw)) if raw else pol.ModelState()
+
+    async def _save(self, state: pol.ModelState) -> None:
+        await self.redis.set(self._key("state"), orjson.dumps(state.to_json()))
+
+    async def _record(self, d: pol.Decision, run_id: str | None, source: str) -> None:
+        entry = {
+            "taken": str(d.take).lower(),
+            "reason": d.reason,
+            "trigger": d.trigger or "",
+            "run_id": run_id or "",
+            "source": source,
+            "inputs": orjson.dumps(d.inputs).decode(),
+            "at": str(self.clock()),
+        }
+        await self.redis.xadd(self._key("decisions"), entry, maxlen=10_000)  # type: ignore[arg-type]
+        self.metrics.decisions.labels(d.trigger or "none", str(d.take).lower()).inc()
+
+    async def decisions(self, count: int = 50) -> list[dict[str, str]]:
+        rows: Any = await self.redis.xrevrange(self._key("decisions"), count=count)
+        return [{_text(k): _text(v) for k, v in fields.items()} for _, fields in rows or []]
+
+    # ------------------------------------------------------------ entry
+    async def on_validation(self, v: WindowValidated) -> pol.Decision | None:
+        """Fold one validation in; maybe start a run. None if already seen."""
+        received = time.perf_counter()
+        info = pol.WindowInfo(
+            window_id=v.window_id,
+            start=(v.window_start.isoformat() if v.window_start else v.produced_at.isoformat()),
+            example_count=v.example_count,
+            data_uri=v.data_uri or "",
+            verdict=v.verdict,
+            blocking=any(a.severity == "blocking" for a in v.anomalies),
+        )
+        async with self._lock:
+            state = await self.load_state()
+            if not pol.observe(state, info):
+                return None
+            d = pol.decide(state, self.clock(), self.config.policy, newest=info)
+            run_id = await self._maybe_start(state, d, f"validation:{v.window_id}")
+            await self._save(state)
+        if run_id:
+            self.metrics.submit_latency.observe(time.perf_counter() - received)
+        return d
+
+    async def manual(self, reason: str = "manual") -> tuple[pol.Decision, str | None]:
+        async with self._lock:
+            state = await self.load_state()
+            d = pol.decide(state, self.clock(), self.config.policy, manual=True)
+            run_id = await self._maybe_start(state, d, f"manual:{reason}")
+            await self._save(state)
+        return d, run_id
+
+    async def _maybe_start(self, state: pol.ModelState, d: pol.Decision, source: str) -> str | None:
+        if not d.take:
+            await self._record(d, None, source)
+            return None
+        run_id = stable_id(
+            "run", self.config.model, list(d.train_windows), d.eval_window, d.trigger
+        )
+        claimed = await self.redis.set(f"ctrain:trigger:run:{run_id}", b"claimed", nx=True)
+        if not claimed:
+            # The same decision was taken before (a redelivery): never a second run.
+            await self._record(
+                pol.Decision(False, f"{d.reason}: run {run_id} exists"), run_id, source
+            )
+            return None
+        await self._record(d, run_id, source)
+        by_id = {w.window_id: w for w in state.windows}
+        train_uris = [by_id[w].data_uri for w in d.train_windows]
+        eval_uri = by_id[d.eval_window].data_uri if d.eval_window else ""
+        baseline = await self.redis.get(serving_model_key(self.config.model))
+        candidate_id = stable_id("cand", run_id)
+        run_dir = self.store.uri("runs", run_id)
+        params = {
+            "run_dir": run_dir,
+            "windows_json": orjson.dumps(train_uris).decode(),
+            "eval_uri": eval_uri,
+            "schema_path": self.config.schema_path,
+            "module_path": self.config.module_path,
+            "model_dir": self.store.uri("models", self.config.model, candidate_id),
+            "baseline_model": _text(baseline),
+            "blocking_json": orjson.dumps(list(self.config.blocking)).decode(),
+            "epochs": self.config.epochs,
+        }
+        meta = {
+            "run_id": run_id,
+            "candidate_id": candidate_id,
+            "reason": d.reason,
+            "windows": list(d.train_windows),
+            "eval_window": d.eval_window,
+            "params": params,
+            "submitted_at": self.clock(),
+        }
+        await self.redis.set(f"ctrain:trigger:run:{run_id}:meta", orjson.dumps(meta))
+        backend_run_id = await self.backend.submit(run_id, params)
+        await self.redis.set(f"ctrain:trigger:run:{run_id}", backend_run_id.encode())
+        pol.started(state, run_id, self.clock())
+        self.metrics.triggers.labels(d.reason).inc()
+        self.metrics.in_flight.inc()
+        await self.publish(self._run_event(meta, "submitted", backend_run_id))
+        self.followers[run_id] = asyncio.create_task(self._follow(meta, backend_run_id))
+        return run_id
+
+    def _run_event(
+        self, meta: dict[str, Any], state: str, backend_run_id: str | None, **kw: Any
+    ) -> TrainingRun:
+        return TrainingRun(
+            run_id=meta["run_id"],
+            model=self.config.model,
+            reason=meta["reason"],
+            windows=[*meta["windows"], meta["eval_window"]],
+            state=state,  # type: ignore[arg-type]
+            backend=self.backend.name,  # type: ignore[arg-type]
+            backend_run_id=backend_run_id,
+            **kw,
+        )
+
+    async def resume(self) -> None:
+        """After a restart: follow the run still in flight, if any."""
+        state = await self.load_state()
+        if not state.in_flight or state.in_flight in self.followers:
+            return
+        raw = await self.redis.get(f"ctrain:trigger:run:{state.in_flight}:meta")
+        backend_id = await self.redis.get(f"ctrain:trigger:run:{state.in_flight}")
+        if not raw or not backend_id:
+            return
+        meta = orjson.loads(raw)
+        self.followers[meta["run_id"]] = asyncio.create_task(self._follow(meta, _text(backend_id)))
+
+    async def _follow(self, meta: dict[str, Any], backend_run_id: str) -> None:
+        run_id = meta["run_id"]
+        started = time.perf_counter()
+        try:
+            await self.publish(self._run_event(meta, "running", backend_run_id))
+            outcome = await self.backend.wait(run_id, backend_run_id, meta["params"]["run_dir"])
+            ok = outcome.state == "succeeded"
+            if ok:
+                candidate = self._candidate(meta)
+                await self.redis.set(
+                    f"ctrain:trigger:candidate:{candidate.candidate_id}", candidate.to_bytes()
+                )
+                await self.publish(self._run_event(meta, "succeeded", backend_run_id))
+                await self.publish(candidate)
+            else:
+                await self.publish(
+                    self._run_event(
+                        meta,
+                        "failed",
+                        backend_run_id,
+                        failed_component=outcome.failed_component,
+                        log_tail=outcome.log_tail,
+                    )
+                )
+            self.metrics.runs.labels(outcome.state).inc()
+            self.metrics.duration.observe(time.perf_counter() - started)
+            async with self._lock:
+                state = await self.load_state()
+                pol.finished(state, run_id, ok, self.clock())
+                await self._save(state)
+        except Exception:
+            log.exception("following run failed", extra={"run_id": run_id})
+            raise
+        finally:
+            self.metrics.in_flight.dec()
+            self.followers.pop(run_id, None)
+
+    def _candidate(self, meta: dict[str, Any]) -> ModelCandidate:
+        result = orjson.loads(self.store.read_bytes(f"{meta['params']['run_dir']}/result.json"))
+        ev = result["evaluated"]
+
+        def metrics(m: dict[str, Any] | None) -> CandidateMetrics | None:
+            if not m:
+                return None
+            return CandidateMetrics(
+                overall={k: float(v) for k, v in m.get("overall", {}).items()},
+                slices=[
+                    SliceMetrics(
+                        slice=s["slice"], metrics={k: float(v) for k, v in s["metrics"].items()}
+                    )
+                    for s in m.get("slices", [])
+                ],
+            )
+
+        return ModelCandidate(
+            candidate_id=meta["candidate_id"],
+            model=self.config.model,
+            run_id=meta["run_id"],
+            model_uri=str(result["trained"]["model"]),
+            eval_uri=str(ev.get("eval_uri", "")),
+            blessed=bool(ev["blessed"]),
+            failed_checks=[str(c) for c in ev.get("failed_checks", [])],
+            metrics=metrics(ev.get("metrics")) or CandidateMetrics(),
+            baseline_metrics=metrics(ev.get("baseline_metrics")),
+            windows=list(meta["windows"]),
+            eval_window=meta["eval_window"],
+            reason=meta["reason"],
+        )

@@ -1,0 +1,59 @@
+"""trigger settings: ``CTRAIN_TRIGGER_*`` plus the shared ``CTRAIN_*`` names."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from shared.settings import CommonSettings, StrictSettings
+
+
+class TriggerSettings(StrictSettings):
+    model_config = SettingsConfigDict(extra="forbid", env_prefix="CTRAIN_TRIGGER_")
+
+    group_id: str = Field(default="ctrain-trigger", description="Kafka consumer group.")
+    model: str = Field(default="default", description="Name of the model this trigger trains.")
+    module_path: str = Field(
+        default="", description="Model module file (preprocessing_fn, build_model, eval_config)."
+    )
+    consecutive: int = Field(
+        default=2, ge=1, description="Drift/skew windows in a row before a run starts."
+    )
+    rearm_calm: int = Field(
+        default=1, ge=0, description="Calm windows after a run before drift can trigger again."
+    )
+    min_new_examples: int = Field(
+        default=0, ge=0, description="Train after this many new clean examples (0: off)."
+    )
+    max_model_age_s: float = Field(
+        default=0, ge=0, description="Train when the last good model is older (0: off)."
+    )
+    cooldown_s: float = Field(default=600, ge=0, description="Minimum time between runs.")
+    daily_budget: int = Field(default=4, ge=1, description="At most this many runs per UTC day.")
+    training_windows: int = Field(
+        default=4, ge=1, description="Recent clean windows trained on (the newest is held out)."
+    )
+    epochs: int = Field(default=3, ge=1, description="Trainer epochs (early stopping may cut).")
+    blocking_anomalies: list[str] = Field(
+        default=["SCHEMA_MISSING_COLUMN", "UNEXPECTED_DATA_TYPE"],
+        description="Anomaly types that fail the pipeline's own TFDV validation step.",
+    )
+    backend: Literal["local", "kfp"] = Field(
+        default="local", description="kfp.local in a worker process, or a KFP API server."
+    )
+    kfp_host: str = Field(default="", description="KFP API server URL (backend=kfp).")
+    kfp_namespace: str = Field(default="", description="KFP namespace (multi-user installs).")
+    kfp_token: str = Field(default="", description="Bearer token for the KFP API server.")
+    pipeline_package: str = Field(
+        default="", description="Compiled pipeline YAML (backend=kfp; compiled at start if empty)."
+    )
+    base_image: str = Field(default="ctrain:latest", description="Image of pipeline components.")
+    trainer_gpus: int = Field(default=0, ge=0, description="GPUs requested by the trainer.")
+    http_host: str = Field(default="127.0.0.1", description="Bind address of the HTTP API.")
+    http_port: int = Field(default=8083, ge=0, description="Port of the HTTP API.")
+
+
+def load_settings() -> tuple[CommonSettings, TriggerSettings]:
+    return CommonSettings(), TriggerSettings()
