@@ -1,0 +1,157 @@
+"""The trigger core against a real Redis: decisions, claims, redelivery, results.
+
+The backend here is an in-process stand-in that finishes runs by writing the
+``result.json`` a real pipeline's last component writes; the real backends
+have their own tests (kfp.local end to end, and a KFP REST server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
+
+from services.trigger import policy as pol
+from services.trigger.backends import Outcome
+from services.trigger.core import Trigger, TriggerConfig
+from services.trigger.metrics import TriggerMetrics
+from shared.artifacts import ArtifactStore
+from shared.events import (
+    Anomaly,
+    Distance,
+    Event,
+    FeatureDistances,
+    ModelCandidate,
+    TrainingRun,
+    WindowValidated,
+)
+
+pytestmark = pytest.mark.integration
+
+
+class ScriptedBackend:
+    name = "local"
+
+    def __init__(self, fail: bool = False) -> None:
+        self.submitted: list[tuple[str, dict[str, Any]]] = []
+        self.fail = fail
+
+    async def submit(self, run_id: str, params: dict[str, Any]) -> str:
+        self.submitted.append((run_id, params))
+        return f"b-{run_id}"
+
+    async def wait(self, run_id: str, backend_run_id: str, run_dir: str) -> Outcome:
+        if self.fail:
+            return Outcome("failed", "transform", "Traceback ...\nValueError: boom")
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        result = {
+            "trained": {"model": f"{run_dir}/model"},
+            "evaluated": {
+                "blessed": True,
+                "failed_checks": [],
+                "eval_uri": f"{run_dir}/eval",
+                "metrics": {
+                    "overall": {"auc": 0.9, "example_count": 1000},
+                    "slices": [{"slice": "payment_type=Cash", "metrics": {"auc": 0.8}}],
+                },
+                "baseline_metrics": None,
+            },
+        }
+        (Path(run_dir) / "result.json").write_text(json.dumps(result))
+        return Outcome("succeeded")
+
+
+def validation(i: int, verdict: str, blocking: bool = False) -> WindowValidated:
+    start = datetime(2014, 1, 1, tzinfo=UTC) + timedelta(days=30 * i)
+    d = Distance(measure="linf", value=0.2 if verdict == "drift" else 0.01, threshold=0.06,
+                 crossed=verdict == "drift", baseline="prev")
+    return WindowValidated(
+        id=f"val-{i}", window_id=f"win-{i}", stream="taxi", stats_uri="s", verdict=verdict,  # type: ignore[arg-type]
+        example_count=1000, features=[FeatureDistances(name="payment_type", drift=d)],
+        anomalies=[Anomaly(feature="fare", code="SCHEMA_MISSING_COLUMN", severity="blocking",
+                           description="x")] if blocking else [],
+        window_start=start, window_end=start + timedelta(days=30), data_uri=f"/w/{i}.parquet",
+    )
+
+
+async def make(redis_url: str, tmp: Path, backend: ScriptedBackend, model: str) -> tuple[Trigger, list[Event]]:
+    out: list[Event] = []
+
+    async def publish(e: Event) -> None:
+        out.append(e)
+
+    t = Trigger(
+        redis=Redis.from_url(redis_url), store=ArtifactStore(str(tmp)), backend=backend,
+        metrics=TriggerMetrics(CollectorRegistry()),
+        config=TriggerConfig(model=model, module_path="m.py", schema_path="s.pbtxt",
+                             policy=pol.Policy(consecutive=2, cooldown_s=0)),
+        publish=publish,
+    )
+    return t, out
+
+
+def test_drift_starts_one_run_even_when_redelivered(redis_url: str, tmp_path: Path) -> None:
+    async def go() -> None:
+        backend = ScriptedBackend()
+        t, out = await make(redis_url, tmp_path, backend, f"m-{tmp_path.name}")
+        for v in [validation(0, "ok"), validation(1, "drift"), validation(2, "drift")]:
+            await t.on_validation(v)
+        # Redelivery of the last validation, and a second trigger instance seeing it.
+        assert await t.on_validation(validation(2, "drift")) is None
+        t2, out2 = await make(redis_url, tmp_path, backend, f"m-{tmp_path.name}")
+        assert await t2.on_validation(validation(2, "drift")) is None
+        await asyncio.gather(*t.followers.values())
+        assert len(backend.submitted) == 1
+        run_id, params = backend.submitted[0]
+        assert json.loads(params["windows_json"]) == ["/w/0.parquet", "/w/1.parquet"]
+        assert params["eval_uri"] == "/w/2.parquet"
+        states = [e.state for e in out if isinstance(e, TrainingRun)]
+        assert states == ["submitted", "running", "succeeded"]
+        cands = [e for e in out if isinstance(e, ModelCandidate)]
+        assert len(cands) == 1 and cands[0].run_id == run_id and cands[0].blessed
+        assert cands[0].windows == ["win-0", "win-1"] and cands[0].eval_window == "win-2"
+        assert cands[0].metrics.slices[0].slice == "payment_type=Cash"
+        decisions = await t.decisions()
+        assert any(d["taken"] == "true" and d["trigger"] == "drift" for d in decisions)
+        assert any(d["taken"] == "false" and d["reason"] == "no policy fired" for d in decisions)
+        state = await t.load_state()
+        assert state.in_flight is None and state.last_success_at is not None
+        assert out2 == []
+
+    asyncio.run(go())
+
+
+def test_failed_run_reports_component_and_log_tail(redis_url: str, tmp_path: Path) -> None:
+    async def go() -> None:
+        t, out = await make(redis_url, tmp_path, ScriptedBackend(fail=True), f"f-{tmp_path.name}")
+        for v in [validation(0, "ok"), validation(1, "drift"), validation(2, "drift")]:
+            await t.on_validation(v)
+        await asyncio.gather(*t.followers.values())
+        failed = [e for e in out if isinstance(e, TrainingRun) and e.state == "failed"]
+        assert len(failed) == 1 and failed[0].failed_component == "transform"
+        assert "ValueError: boom" in (failed[0].log_tail or "")
+        assert not [e for e in out if isinstance(e, ModelCandidate)]
+
+    asyncio.run(go())
+
+
+def test_blocking_window_never_trains_and_manual_request(redis_url: str, tmp_path: Path) -> None:
+    async def go() -> None:
+        backend = ScriptedBackend()
+        t, _ = await make(redis_url, tmp_path, backend, f"b-{tmp_path.name}")
+        for v in [validation(0, "ok"), validation(1, "drift"), validation(2, "drift", blocking=True)]:
+            await t.on_validation(v)
+        assert backend.submitted == []
+        d, run_id = await t.manual("operator asked")
+        assert d.take and run_id
+        await asyncio.gather(*t.followers.values())
+        _, params = backend.submitted[0]
+        assert "/w/2.parquet" not in params["windows_json"] and params["eval_uri"] != "/w/2.parquet"
+
+    asyncio.run(go())
