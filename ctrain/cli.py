@@ -134,6 +134,50 @@ def _schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pipeline(args: argparse.Namespace) -> int:
+    from services.trigger.pipeline import ComponentImages, compile_pipeline
+
+    packages = {}
+    for item in args.packages or []:
+        step, _, pkgs = item.partition("=")
+        packages[step] = [p for p in pkgs.split(",") if p]
+    images = ComponentImages(
+        base_image=args.base_image, packages=packages, trainer_gpus=args.trainer_gpus
+    )
+    compile_pipeline(args.output, images)
+    console.print(f"wrote {args.output} (base image {args.base_image})")
+    return 0
+
+
+def _service_url(name: str) -> str:
+    from ctrain import devstack
+
+    env = os.environ.get(f"CTRAIN_{name.upper()}_URL")
+    if env:
+        return env
+    state = devstack.load_state()
+    for p in (state or {}).get("procs", []):
+        if p["name"] == name:
+            return str(p["address"])
+    raise RuntimeError(
+        f"no {name} address: start the dev stack (`ctrain dev up`) or set CTRAIN_{name.upper()}_URL"
+    )
+
+
+def _train(args: argparse.Namespace) -> int:
+    import httpx
+
+    r = httpx.post(
+        f"{_service_url('trigger')}/v1/trigger", json={"reason": args.reason}, timeout=30
+    )
+    body = r.json()
+    if r.status_code == 202:
+        console.print(f"[green]run started[/green] {body['run_id']} ({body['reason']})")
+        return 0
+    console.print(f"[yellow]no run[/yellow]: {body.get('reason', body)}")
+    return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ctrain", description="Event-driven continuous training.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -155,6 +199,18 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--stream", default="default")
     sc.add_argument("-o", "--output", help="export to this file (default: stdout)")
     sc.set_defaults(func=_schema)
+    pl = sub.add_parser("pipeline", help="the continuous-training pipeline")
+    pl.add_argument("action", choices=["compile"])
+    pl.add_argument("-o", "--output", required=True, help="pipeline YAML to write")
+    pl.add_argument("--base-image", default="ctrain:latest", help="image of every component")
+    pl.add_argument(
+        "--packages", action="append", help="STEP=pkg1,pkg2 extra packages for one component"
+    )
+    pl.add_argument("--trainer-gpus", type=int, default=0, help="GPUs for the trainer")
+    pl.set_defaults(func=_pipeline)
+    tr = sub.add_parser("train", help="ask the trigger for a training run now")
+    tr.add_argument("--reason", default="manual request from ctrain train")
+    tr.set_defaults(func=_train)
     return p
 
 

@@ -31,7 +31,7 @@ class DevStackError(RuntimeError):
     """The dev stack cannot start; the message says what to do."""
 
 
-SERVICES = ("ingest", "validator")  # grows as services land
+SERVICES = ("ingest", "validator", "trigger")  # grows as services land
 
 
 def state_dir() -> Path:
@@ -171,6 +171,11 @@ TAXI_DEFAULTS = {
     "CTRAIN_INGEST_ALLOWED_LATENESS_S": str(86400),
     "CTRAIN_INGEST_IDLE_TIMEOUT_S": "5",
     "CTRAIN_VALIDATOR_MODEL": "taxi",
+    "CTRAIN_TRIGGER_MODEL": "taxi",
+    "CTRAIN_TRIGGER_MODULE_PATH": str(
+        Path(__file__).resolve().parent.parent / "examples" / "taxi" / "model.py"
+    ),
+    "CTRAIN_TRIGGER_COOLDOWN_S": "60",
     "CTRAIN_VALIDATOR_IGNORE_FEATURES": '["trip_start_timestamp"]',
 }
 
