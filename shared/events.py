@@ -191,6 +191,7 @@ class ModelCandidate(Event):
     baseline_metrics: CandidateMetrics | None = None
     windows: list[str] = Field(default_factory=list)
     eval_window: str | None = None
+    eval_data_uri: str | None = None
     reason: str | None = None
 
     @property

@@ -281,5 +281,6 @@ class Trigger:
             baseline_metrics=metrics(ev.get("baseline_metrics")),
             windows=list(meta["windows"]),
             eval_window=meta["eval_window"],
+            eval_data_uri=meta["params"]["eval_uri"],
             reason=meta["reason"],
         )

@@ -1,0 +1,1 @@
+"""promoter: TFMA gate, approval API, and TF Serving version management."""

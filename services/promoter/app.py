@@ -1,0 +1,217 @@
+"""Wiring: ``create_app(settings)`` -> the approval API (FastAPI, OpenAPI at /docs)
+plus a FastStream subscriber on ``ctrain.candidates``.
+
+Routes are thin: authenticate, call the core, shape the answer. Errors map to
+HTTP in one place: unknown id 404, a state that forbids the action 409 naming
+it, no token 401, a token without the role 403, a malformed body 422 naming the
+field (FastAPI's validation).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, Query
+from fastapi.responses import JSONResponse
+from faststream import AckPolicy
+from faststream.kafka.fastapi import KafkaMessage, KafkaRouter
+from pydantic import BaseModel, Field, ValidationError
+from starlette.requests import Request
+
+from services.promoter.auth import Identity, TokenBook
+from services.promoter.core import Promoter, PromoterConfig
+from services.promoter.errors import NotFound, PromoterError
+from services.promoter.serving import ServingClient
+from services.promoter.settings import PromoterSettings
+from shared import topics
+from shared.events import ModelCandidate, PromotionEvent
+from shared.metrics import metrics_endpoint, new_registry
+from shared.redis import make_redis
+from shared.settings import CommonSettings
+
+log = logging.getLogger(__name__)
+
+
+class Decision(BaseModel):
+    reason: str = Field(min_length=1, max_length=2000, description="Why; kept in the audit trail.")
+
+
+class Rollback(BaseModel):
+    reason: str = Field(min_length=1, max_length=2000, description="Why; kept in the audit trail.")
+    version: int | None = Field(
+        default=None, ge=1, description="Target version (default: previous)."
+    )
+
+
+def smoke_examples(c: ModelCandidate, n: int) -> list[bytes]:
+    """A few raw rows of the candidate's evaluation window, as serving will see them."""
+    from services.ingest.shard import read_shard
+    from shared.tfexample import rows_to_examples
+
+    if not c.eval_data_uri:
+        raise NotFound(f"candidate {c.candidate_id} names no evaluation data for a smoke test")
+    return rows_to_examples(read_shard(c.eval_data_uri).slice(0, n))
+
+
+def create_app(common: CommonSettings, settings: PromoterSettings) -> FastAPI:
+    registry = new_registry()
+    from prometheus_client import Counter
+
+    outcomes = Counter(
+        "ctrain_promoter_promotions_total",
+        "Promotion events, by decision.",
+        ["decision"],
+        registry=registry,
+    )
+    book = TokenBook.load(settings.tokens_file, settings.tokens)
+    redis = make_redis(common)
+    router = KafkaRouter(
+        common.kafka_bootstrap,
+        acks="all",
+        enable_idempotence=common.kafka_idempotent,
+        schema_url=None,
+        include_in_schema=False,
+    )
+
+    async def publish(ev: PromotionEvent) -> None:
+        outcomes.labels(ev.decision).inc()
+        await router.broker.publish(ev.to_bytes(), topic=topics.PROMOTIONS, key=ev.key)
+
+    promoter = Promoter(
+        redis=redis,
+        serving=ServingClient(common.serving_grpc),
+        config=PromoterConfig(
+            serving_base=common.serving_base,
+            policies=dict(settings.policies),
+            default_policy=settings.default_policy,
+            two_approvers=frozenset(settings.two_approvers),
+            available_timeout_s=settings.available_timeout_s,
+            smoke_examples=settings.smoke_examples,
+        ),
+        publish=publish,
+        smoke=smoke_examples,
+    )
+
+    @router.subscriber(
+        topics.CANDIDATES,
+        group_id=settings.group_id,
+        auto_offset_reset="earliest",
+        ack_policy=AckPolicy.MANUAL,
+        max_poll_records=1,
+        include_in_schema=False,
+    )
+    async def on_candidate(msg: KafkaMessage) -> None:
+        try:
+            c = ModelCandidate.model_validate_json(msg.body)
+        except ValidationError as e:
+            log.error("not a ModelCandidate; skipped", extra={"err": str(e)})
+            await msg.ack()
+            return
+        await promoter.on_candidate(c)
+        await msg.ack()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with router.lifespan_context(app):
+            await promoter.resume()
+            yield
+        await promoter.serving.close()
+
+    app = FastAPI(
+        title="ctrain promoter — approval API",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Candidates, approvals, rollbacks and the audit trail. "
+        "Authenticate with `Authorization: Bearer <token>`.",
+    )
+    app.include_router(router)
+    app.add_route("/metrics", metrics_endpoint(registry), methods=["GET"])
+
+    @app.exception_handler(PromoterError)
+    async def _err(_: Request, exc: PromoterError) -> JSONResponse:
+        return JSONResponse({"error": type(exc).__name__, "detail": str(exc)}, exc.status_code)
+
+    def who(authorization: Annotated[str | None, Header()] = None) -> Identity:
+        return book.identify(authorization)
+
+    Who = Annotated[Identity, Depends(who)]
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> JSONResponse:
+        try:
+            await redis.ping()
+        except Exception as e:  # noqa: BLE001 - health reports, it does not raise
+            return JSONResponse({"status": "down", "reason": str(e)}, 503)
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/v1/candidates")
+    async def list_candidates(
+        user: Who,
+        state: Annotated[str | None, Query(max_length=40)] = None,
+        model: Annotated[str | None, Query(max_length=200)] = None,
+    ) -> dict[str, Any]:
+        TokenBook.require(user, "viewer")
+        recs = await promoter.store.find(model=model, state=state)
+        return {"candidates": [r.to_public() for r in recs]}
+
+    @app.get("/v1/candidates/{cid}")
+    async def show_candidate(cid: str, user: Who) -> dict[str, Any]:
+        TokenBook.require(user, "viewer")
+        rec = await promoter._get(cid)
+        c = rec.candidate
+        base = c.baseline_metrics
+        overall = {
+            k: {"candidate": v, "baseline": (base.overall.get(k) if base else None)}
+            for k, v in c.metrics.overall.items()
+        }
+        base_slices = {s.slice: s.metrics for s in (base.slices if base else [])}
+        slices = [
+            {
+                "slice": s.slice,
+                "metrics": {
+                    k: {"candidate": v, "baseline": base_slices.get(s.slice, {}).get(k)}
+                    for k, v in s.metrics.items()
+                },
+            }
+            for s in c.metrics.slices
+        ]
+        return {
+            **rec.to_public(),
+            "metrics": {"overall": overall, "slices": slices},
+            "trigger_reason": c.reason,
+            "lineage": {
+                "windows": c.windows,
+                "eval_window": c.eval_window,
+                "run_id": c.run_id,
+                "model_uri": c.model_uri,
+                "eval_uri": c.eval_uri,
+            },
+        }
+
+    @app.post("/v1/candidates/{cid}/approve")
+    async def approve(cid: str, body: Decision, user: Who) -> dict[str, Any]:
+        return (await promoter.approve(cid, user, body.reason)).to_public()
+
+    @app.post("/v1/candidates/{cid}/reject")
+    async def reject(cid: str, body: Decision, user: Who) -> dict[str, Any]:
+        return (await promoter.reject(cid, user, body.reason)).to_public()
+
+    @app.post("/v1/models/{name}/rollback")
+    async def rollback(name: str, body: Rollback, user: Who) -> dict[str, Any]:
+        return await promoter.rollback(name, user, body.reason, body.version)
+
+    @app.get("/v1/models/{name}")
+    async def model(name: str, user: Who) -> dict[str, Any]:
+        TokenBook.require(user, "viewer")
+        return await promoter.model_view(name)
+
+    @app.get("/v1/audit")
+    async def audit(user: Who, count: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
+        TokenBook.require(user, "viewer")
+        return {"entries": await promoter.store.audit_log(count)}
+
+    app.state.promoter = promoter
+    return app

@@ -1,0 +1,336 @@
+"""The promoter core: the gate, approvals, promotion into TF Serving, rollback.
+
+No Kafka and no HTTP here. ``publish`` is the port for PromotionEvents; the
+serving client speaks TF Serving's gRPC API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+
+from services.promoter.auth import Identity, TokenBook
+from services.promoter.errors import Conflict, NotFound, ServingError
+from services.promoter.serving import ModelLayout, ServingClient
+from services.promoter.store import CandidateStore, Record
+from shared.events import ModelCandidate, PromotionEvent
+from shared.ids import stable_id
+
+log = logging.getLogger(__name__)
+Publish = Callable[[PromotionEvent], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class PromoterConfig:
+    serving_base: str
+    policies: dict[str, str] = field(default_factory=dict)  # model -> auto | manual
+    default_policy: str = "manual"
+    two_approvers: frozenset[str] = frozenset()
+    available_timeout_s: float = 120.0
+    smoke_examples: int = 4
+
+
+class Promoter:
+    def __init__(
+        self,
+        *,
+        redis: Redis,
+        serving: ServingClient,
+        config: PromoterConfig,
+        publish: Publish,
+        smoke: Callable[[ModelCandidate, int], list[bytes]],
+    ) -> None:
+        self.redis = redis
+        self.store = CandidateStore(redis)
+        self.serving = serving
+        self.config = config
+        self.publish = publish
+        self.smoke = smoke
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------ layout
+    async def layouts(self) -> dict[str, dict[str, Any]]:
+        raw: Any = await self.redis.hgetall("ctrain:promoter:layouts")
+        return {k.decode(): orjson.loads(v) for k, v in raw.items()}
+
+    async def _save_layout(self, model: str, layout: dict[str, Any]) -> None:
+        await self.redis.hset("ctrain:promoter:layouts", model, orjson.dumps(layout))
+
+    def _base(self, model: str) -> str:
+        return str(Path(self.config.serving_base) / model)
+
+    async def _apply(self, model: str, layout: dict[str, Any]) -> None:
+        """Submit the full config: every model, or the ones left out would unload."""
+        all_layouts = await self.layouts()
+        all_layouts[model] = layout
+        await self.serving.reload(
+            [
+                ModelLayout(
+                    m,
+                    self._base(m),
+                    tuple(int(v) for v in lay["versions"]),
+                    {k: int(v) for k, v in lay["labels"].items()},
+                )
+                for m, lay in sorted(all_layouts.items())
+                if lay["versions"]
+            ]
+        )
+
+    # ------------------------------------------------------------- gate
+    async def on_candidate(self, c: ModelCandidate) -> Record | None:
+        if not await self.store.add(c):
+            return None  # redelivered: nothing changes
+        for old in await self.store.find(model=c.model):
+            if old.candidate.candidate_id != c.candidate_id and old.state in (
+                "pending_approval",
+                "approved",
+            ):
+                if (
+                    await self.store.transition(
+                        old.candidate.candidate_id,
+                        "supersede",
+                        "gate",
+                        f"newer candidate {c.candidate_id}",
+                    )
+                )[0]:
+                    await self._event(
+                        old, "superseded", "gate", f"newer candidate {c.candidate_id}"
+                    )
+        policy = self.config.policies.get(c.model, self.config.default_policy)
+        if not c.blessed:
+            reason = "not blessed: " + "; ".join(c.failed_checks or ["TFMA gate failed"])
+            await self.store.transition(c.candidate_id, "reject", "gate", reason)
+            rec = await self._get(c.candidate_id)
+            await self._event(rec, "rejected", "gate", reason)
+            return rec
+        if policy == "auto":
+            await self.store.transition(c.candidate_id, "auto", "gate", "blessed; policy auto")
+            self._spawn(self.promote(c.candidate_id, "gate", "auto"))
+        else:
+            await self.store.transition(
+                c.candidate_id, "await_approval", "gate", "blessed; policy manual"
+            )
+        return await self._get(c.candidate_id)
+
+    async def _get(self, cid: str) -> Record:
+        rec = await self.store.get(cid)
+        if rec is None:
+            raise NotFound(f"candidate {cid!r} not found")
+        return rec
+
+    # -------------------------------------------------------- approvals
+    async def approve(self, cid: str, who: Identity, reason: str) -> Record:
+        rec = await self._get(cid)
+        if rec.state == "rejected":
+            TokenBook.require(who, "admin")  # only an admin overrides the gate
+        else:
+            TokenBook.require(who, "approver")
+        if rec.state not in ("pending_approval", "rejected"):
+            raise Conflict(f"candidate {cid} is {rec.state}; only pending_approval can be approved")
+        if who.name in rec.approvals:
+            raise Conflict(f"{who.name} already approved candidate {cid}")
+        approvals = [*rec.approvals, who.name]
+        await self.store.set_fields(cid, approvals=approvals)
+        needed = 2 if rec.candidate.model in self.config.two_approvers else 1
+        if len(approvals) < needed and rec.state != "rejected":
+            await self.store.audit(
+                cid, rec.candidate.model, who.name, "approve", reason, rec.state, rec.state
+            )
+            return await self._get(cid)
+        done, before = await self.store.transition(cid, "approve", who.name, reason, rec.state)
+        if not done:
+            raise Conflict(f"candidate {cid} is {before}; it cannot be approved")
+        self._spawn(self.promote(cid, who.name, "approved"))
+        return await self._get(cid)
+
+    async def reject(self, cid: str, who: Identity, reason: str) -> Record:
+        TokenBook.require(who, "approver")
+        rec = await self._get(cid)
+        done, before = await self.store.transition(cid, "reject", who.name, reason)
+        if not done:
+            raise Conflict(f"candidate {cid} is {before}; it cannot be rejected")
+        rec = await self._get(cid)
+        await self._event(rec, "rejected", who.name, reason)
+        return rec
+
+    # -------------------------------------------------------- promotion
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def promote(self, cid: str, actor: str, decision: str) -> None:
+        rec = await self._get(cid)
+        model = rec.candidate.model
+        done, before = await self.store.transition(cid, "promote", actor, f"promoting ({decision})")
+        if not done:
+            log.warning("not promoting", extra={"candidate": cid, "state": before})
+            return
+        fence_key = f"ctrain:promoter:{model}:fence"
+        fence = await self.redis.incr(fence_key)
+        layouts = await self.layouts()
+        prior = layouts.get(model, {"versions": [], "labels": {}, "by_version": {}})
+        try:
+            version = rec.version or self._next_version(model, prior)
+            await self.store.set_fields(cid, version=version)
+            await asyncio.to_thread(self._copy, rec.candidate.model_uri, model, version)
+            stable = prior["labels"].get("stable")
+            keep = sorted({version, *(int(v) for v in [stable] if v is not None)})
+            loading = {**prior, "versions": keep}
+            await self._apply(model, loading)
+            await self.serving.wait_available(model, version, self.config.available_timeout_s)
+            examples = await asyncio.to_thread(
+                self.smoke, rec.candidate, self.config.smoke_examples
+            )
+            out = await self.serving.predict_examples(model, examples, version=version)
+            values = [x for v in out.values() for x in v]
+            if not values or any(x != x for x in values):  # NaN check
+                raise ServingError(f"smoke prediction on version {version} returned {out}")
+            if int(await self.redis.get(fence_key) or 0) != fence:
+                raise ServingError("a newer promotion of this model started; this one stops")
+            labels = {"stable": version}
+            if stable is not None:
+                labels["previous"] = int(stable)
+            final = {
+                "versions": keep,
+                "labels": labels,
+                "by_version": {**prior.get("by_version", {}), str(version): cid},
+            }
+            await self._apply(model, final)
+            await self._save_layout(model, final)
+            await self.redis.set(f"ctrain:serving:{model}:model_uri", rec.candidate.model_uri)
+            await self.redis.set(
+                f"ctrain:serving:{model}:windows", orjson.dumps(rec.candidate.windows)
+            )
+            old_cid = prior.get("by_version", {}).get(str(stable)) if stable is not None else None
+            if old_cid:
+                await self.store.transition(
+                    old_cid, "retire", actor, f"version {version} took stable"
+                )
+            await self.store.transition(cid, "served", actor, f"stable -> version {version}")
+            await self._event(await self._get(cid), decision, actor, "promoted", version, labels)
+        except Exception as e:
+            log.exception("promotion failed", extra={"candidate": cid})
+            if prior["versions"]:
+                try:
+                    await self._apply(model, prior)  # the labels as they were
+                except ServingError:
+                    log.exception("restoring the previous config failed")
+            await self.store.transition(cid, "fail", actor, f"{type(e).__name__}: {e}")
+            await self._event(await self._get(cid), "failed", actor, f"{type(e).__name__}: {e}")
+
+    def _next_version(self, model: str, prior: dict[str, Any]) -> int:
+        base = Path(self._base(model))
+        on_disk = [int(p.name) for p in base.iterdir() if p.name.isdigit()] if base.is_dir() else []
+        return max([0, *on_disk, *(int(v) for v in prior["versions"])]) + 1
+
+    def _copy(self, src: str, model: str, version: int) -> None:
+        """Copy the SavedModel beside the final place, then rename: TF Serving loads a
+        version directory as soon as it appears, so it must appear whole."""
+        dest = Path(self._base(model)) / str(version)
+        if dest.exists():
+            return  # a resumed promotion: the rename already happened
+        tmp = dest.parent / f".{version}.{os.getpid()}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp)
+        os.replace(tmp, dest)
+
+    async def resume(self) -> None:
+        """After a crash: finish promotions that were under way (or roll them back)."""
+        for rec in await self.store.find(state="promoting"):
+            self._spawn(self.promote(rec.candidate.candidate_id, "recovery", "approved"))
+        for rec in await self.store.find(state="approved"):
+            self._spawn(self.promote(rec.candidate.candidate_id, "recovery", "approved"))
+
+    # ---------------------------------------------------------- rollback
+    async def rollback(
+        self, model: str, who: Identity, reason: str, target: int | None
+    ) -> dict[str, Any]:
+        TokenBook.require(who, "approver")
+        layout = (await self.layouts()).get(model)
+        if not layout or "stable" not in layout["labels"]:
+            raise NotFound(f"model {model!r} has no stable version to roll back")
+        current = int(layout["labels"]["stable"])
+        goal = target if target is not None else layout["labels"].get("previous")
+        if goal is None:
+            raise Conflict(f"model {model} has no previous version loaded to roll back to")
+        goal = int(goal)
+        if goal not in [int(v) for v in layout["versions"]]:
+            raise Conflict(f"version {goal} of {model} is not loaded; loaded: {layout['versions']}")
+        if goal == current:
+            raise Conflict(f"version {goal} is already stable")
+        status = await self.serving.status(model)
+        if status.get(goal) != "AVAILABLE":
+            raise Conflict(f"version {goal} is {status.get(goal, 'not loaded')}, not AVAILABLE")
+        new = {**layout, "labels": {"stable": goal, "previous": current}}
+        await self._apply(model, new)
+        await self._save_layout(model, new)
+        by_version = layout.get("by_version", {})
+        if by_version.get(str(current)):
+            await self.store.transition(by_version[str(current)], "roll_back", who.name, reason)
+        target_cid = by_version.get(str(goal))
+        if target_cid:
+            await self.store.transition(target_cid, "restore", who.name, reason)
+            tgt = await self.store.get(target_cid)
+            if tgt is not None:
+                await self.redis.set(f"ctrain:serving:{model}:model_uri", tgt.candidate.model_uri)
+                await self.redis.set(
+                    f"ctrain:serving:{model}:windows", orjson.dumps(tgt.candidate.windows)
+                )
+        await self.publish(
+            PromotionEvent(
+                id=stable_id("promo", model, "rollback", current, goal, reason),
+                candidate_id=by_version.get(str(current), ""),
+                model=model,
+                decision="rolled_back",
+                actor=who.name,
+                reason=reason,
+                version=goal,
+                labels=new["labels"],
+            )
+        )
+        return {"model": model, "stable": goal, "previous": current}
+
+    async def model_view(self, model: str) -> dict[str, Any]:
+        layout = (await self.layouts()).get(model)
+        if layout is None:
+            raise NotFound(f"model {model!r} has never been promoted")
+        return {
+            "model": model,
+            "versions": layout["versions"],
+            "labels": layout["labels"],
+            "candidates": layout.get("by_version", {}),
+            "serving_reports": {str(k): v for k, v in (await self.serving.status(model)).items()},
+        }
+
+    async def _event(
+        self,
+        rec: Record,
+        decision: str,
+        actor: str,
+        reason: str,
+        version: int | None = None,
+        labels: dict[str, int] | None = None,
+    ) -> None:
+        c = rec.candidate
+        await self.publish(
+            PromotionEvent(
+                id=stable_id("promo", c.candidate_id, decision),
+                candidate_id=c.candidate_id,
+                model=c.model,
+                decision=decision,  # type: ignore[arg-type]
+                actor=actor,
+                reason=reason,
+                version=version,
+                labels=labels or {},
+            )
+        )

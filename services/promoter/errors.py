@@ -1,0 +1,33 @@
+"""promoter's exceptions; each maps to one HTTP status (registered once, in app.py)."""
+
+from __future__ import annotations
+
+
+class PromoterError(Exception):
+    """Root of every error the promoter raises on purpose."""
+
+    status_code = 500
+
+
+class Unauthorized(PromoterError):
+    status_code = 401
+
+
+class Forbidden(PromoterError):
+    status_code = 403
+
+
+class NotFound(PromoterError):
+    status_code = 404
+
+
+class Conflict(PromoterError):
+    """The action is not allowed in the candidate's current state (the message names it)."""
+
+    status_code = 409
+
+
+class ServingError(PromoterError):
+    """TF Serving refused or failed a step of a promotion."""
+
+    status_code = 502

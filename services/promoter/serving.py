@@ -1,0 +1,128 @@
+"""TF Serving through its own gRPC API: the same client for tensorflow/serving and
+the embedded stand-in (``ctrain.modelserver``).
+
+Order of a label move (DESIGN §10): a config that loads N+1 beside N → poll
+``GetModelStatus`` until N+1 is AVAILABLE → a config that moves the label. A
+model left out of a submitted config is unloaded, so configs always carry
+every version and label that must stay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import grpc
+from tensorflow_serving.apis import (
+    get_model_status_pb2,
+    model_management_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+from tensorflow_serving.config import model_server_config_pb2
+
+from services.promoter.errors import ServingError
+
+
+@dataclass(frozen=True)
+class ModelLayout:
+    name: str
+    base_path: str
+    versions: tuple[int, ...]
+    labels: dict[str, int] = field(default_factory=dict)
+
+
+def server_config(models: list[ModelLayout]) -> model_server_config_pb2.ModelServerConfig:
+    cfg = model_server_config_pb2.ModelServerConfig()
+    for m in models:
+        c = cfg.model_config_list.config.add()
+        c.name = m.name
+        c.base_path = m.base_path
+        c.model_platform = "tensorflow"
+        c.model_version_policy.specific.versions.extend(sorted(m.versions))
+        for label, version in m.labels.items():
+            c.version_labels[label] = version
+    return cfg
+
+
+class ServingClient:
+    def __init__(self, address: str, timeout_s: float = 10.0) -> None:
+        self.address = address
+        self.timeout_s = timeout_s
+        self._channel: grpc.aio.Channel | None = None
+
+    def _ch(self) -> grpc.aio.Channel:
+        if self._channel is None:
+            self._channel = grpc.aio.insecure_channel(
+                self.address, options=[("grpc.max_receive_message_length", 64 << 20)]
+            )
+        return self._channel
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+
+    async def reload(self, models: list[ModelLayout]) -> None:
+        stub = model_service_pb2_grpc.ModelServiceStub(self._ch())
+        req = model_management_pb2.ReloadConfigRequest(config=server_config(models))
+        try:
+            resp = await stub.HandleReloadConfigRequest(req, timeout=self.timeout_s)
+        except grpc.aio.AioRpcError as e:
+            raise ServingError(f"reload refused: {e.code().name}: {e.details()}") from e
+        if resp.status.error_code != 0:
+            raise ServingError(f"reload failed: {resp.status.error_message}")
+
+    async def status(self, model: str) -> dict[int, str]:
+        """Version -> state name (START, LOADING, AVAILABLE, UNLOADING, END)."""
+        stub = model_service_pb2_grpc.ModelServiceStub(self._ch())
+        req = get_model_status_pb2.GetModelStatusRequest()
+        req.model_spec.name = model
+        try:
+            resp = await stub.GetModelStatus(req, timeout=self.timeout_s)
+        except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.NOT_FOUND:
+                return {}
+            raise ServingError(f"status of {model}: {e.code().name}: {e.details()}") from e
+        names = get_model_status_pb2.ModelVersionStatus.State.Name
+        return {int(s.version): names(s.state) for s in resp.model_version_status}
+
+    async def wait_available(self, model: str, version: int, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        last: dict[int, str] = {}
+        while time.monotonic() < deadline:
+            last = await self.status(model)
+            if last.get(version) == "AVAILABLE":
+                return
+            if last.get(version) == "END":
+                raise ServingError(f"{model} version {version} failed to load (state END)")
+            await asyncio.sleep(0.1)  # poll GetModelStatus, as TF Serving requires
+        raise ServingError(f"{model} version {version} not AVAILABLE after {timeout_s}s: {last}")
+
+    async def predict_examples(
+        self,
+        model: str,
+        examples: list[bytes],
+        version: int | None = None,
+        label: str | None = None,
+        input_name: str = "examples",
+        signature: str = "serving_default",
+    ) -> dict[str, list[float]]:
+        import tensorflow as tf
+
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(self._ch())
+        req = predict_pb2.PredictRequest()
+        req.model_spec.name = model
+        req.model_spec.signature_name = signature
+        if version is not None:
+            req.model_spec.version.value = version
+        elif label is not None:
+            req.model_spec.version_label = label
+        req.inputs[input_name].CopyFrom(tf.make_tensor_proto(examples, dtype=tf.string))
+        try:
+            resp = await stub.Predict(req, timeout=self.timeout_s)
+        except grpc.aio.AioRpcError as e:
+            raise ServingError(f"predict on {model}: {e.code().name}: {e.details()}") from e
+        return {k: tf.make_ndarray(v).reshape(-1).tolist() for k, v in resp.outputs.items()}

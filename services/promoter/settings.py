@@ -1,0 +1,41 @@
+"""promoter settings: ``CTRAIN_PROMOTER_*`` plus the shared ``CTRAIN_*`` names."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from shared.settings import CommonSettings, StrictSettings
+
+
+class PromoterSettings(StrictSettings):
+    model_config = SettingsConfigDict(extra="forbid", env_prefix="CTRAIN_PROMOTER_")
+
+    group_id: str = Field(default="ctrain-promoter", description="Kafka consumer group.")
+    default_policy: Literal["auto", "manual"] = Field(
+        default="manual", description="Gate policy for models not named in POLICIES."
+    )
+    policies: dict[str, Literal["auto", "manual"]] = Field(
+        default={}, description='Per-model gate policy, JSON: {"taxi": "auto"}.'
+    )
+    two_approvers: list[str] = Field(
+        default=[], description="Models whose promotion needs two distinct approvers."
+    )
+    tokens_file: str = Field(
+        default="", description='JSON file {"<token>": {"identity": "...", "role": "..."}}.'
+    )
+    tokens: str = Field(default="", description="The same JSON inline (when no file is given).")
+    available_timeout_s: float = Field(
+        default=120.0, gt=0, description="How long a new version may take to become AVAILABLE."
+    )
+    smoke_examples: int = Field(
+        default=4, ge=1, description="Examples from the eval window sent as the smoke prediction."
+    )
+    http_host: str = Field(default="127.0.0.1", description="Bind address of the approval API.")
+    http_port: int = Field(default=8084, ge=0, description="Port of the approval API.")
+
+
+def load_settings() -> tuple[CommonSettings, PromoterSettings]:
+    return CommonSettings(), PromoterSettings()

@@ -1,0 +1,146 @@
+"""Candidates, approvals and the audit trail in Redis, with atomic transitions.
+
+A transition is a compare-and-set on the candidate's state (one Lua script), so
+two operators or two replicas can never both move the same candidate. Every
+transition appends to the audit stream with actor, reason, before and after.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+
+from services.promoter.states import next_state
+from shared.events import ModelCandidate
+
+_CAS = """
+local cur = redis.call('HGET', KEYS[1], 'state')
+if cur == false then cur = 'new' end
+if cur ~= ARGV[1] then return {0, cur} end
+redis.call('HSET', KEYS[1], 'state', ARGV[2], 'updated_at', ARGV[3])
+return {1, cur}
+"""
+
+
+@dataclass
+class Record:
+    candidate: ModelCandidate
+    state: str
+    approvals: list[str] = field(default_factory=list)
+    version: int | None = None
+    updated_at: float = 0.0
+    reason: str = ""
+
+    def to_public(self) -> dict[str, Any]:
+        c = self.candidate
+        return {
+            "candidate_id": c.candidate_id,
+            "model": c.model,
+            "state": self.state,
+            "blessed": c.blessed,
+            "failed_checks": c.failed_checks,
+            "approvals": self.approvals,
+            "version": self.version,
+            "reason": self.reason,
+            "updated_at": self.updated_at,
+        }
+
+
+class CandidateStore:
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._cas = redis.register_script(_CAS)
+
+    @staticmethod
+    def _key(cid: str) -> str:
+        return f"ctrain:promoter:candidate:{cid}"
+
+    async def add(self, c: ModelCandidate) -> bool:
+        """Store a new candidate; False if it is already known (a redelivery)."""
+        created = await self.redis.hsetnx(self._key(c.candidate_id), "candidate", c.to_bytes())
+        if not created:
+            return False
+        now = time.time()
+        await self.redis.hset(
+            self._key(c.candidate_id), mapping={"state": "new", "updated_at": now}
+        )
+        await self.redis.zadd("ctrain:promoter:candidates", {c.candidate_id: now})
+        await self.redis.zadd(f"ctrain:promoter:{c.model}:candidates", {c.candidate_id: now})
+        return True
+
+    async def get(self, cid: str) -> Record | None:
+        raw: Any = await self.redis.hgetall(self._key(cid))
+        if not raw or b"candidate" not in raw:
+            return None
+        version = raw.get(b"version")
+        return Record(
+            candidate=ModelCandidate.model_validate_json(raw[b"candidate"]),
+            state=raw.get(b"state", b"new").decode(),
+            approvals=orjson.loads(raw.get(b"approvals", b"[]")),
+            version=int(version) if version else None,
+            updated_at=float(raw.get(b"updated_at", b"0")),
+            reason=raw.get(b"reason", b"").decode(),
+        )
+
+    async def find(self, model: str | None = None, state: str | None = None) -> list[Record]:
+        key = f"ctrain:promoter:{model}:candidates" if model else "ctrain:promoter:candidates"
+        ids: Any = await self.redis.zrevrange(key, 0, 499)
+        out: list[Record] = []
+        for i in ids:
+            rec = await self.get(i.decode())
+            if rec is not None and (state is None or rec.state == state):
+                out.append(rec)
+        return out
+
+    async def transition(
+        self, cid: str, action: str, actor: str, reason: str, expected: str | None = None
+    ) -> tuple[bool, str]:
+        """Apply ``action`` atomically; returns (done, state before)."""
+        rec = await self.get(cid)
+        before = expected or (rec.state if rec else "new")
+        after = next_state(before, action)
+        if after is None:
+            return False, before
+        ok, cur = await self._cas(keys=[self._key(cid)], args=[before, after, time.time()])
+        cur_s = cur.decode() if isinstance(cur, bytes) else str(cur)
+        if not ok:
+            return False, cur_s
+        await self.redis.hset(self._key(cid), "reason", reason)
+        await self.audit(
+            cid, rec.candidate.model if rec else "", actor, action, reason, before, after
+        )
+        return True, before
+
+    async def set_fields(self, cid: str, **fields: Any) -> None:
+        await self.redis.hset(
+            self._key(cid),
+            mapping={k: orjson.dumps(v) if isinstance(v, list) else v for k, v in fields.items()},
+        )
+
+    async def audit(
+        self, cid: str, model: str, actor: str, action: str, reason: str, before: str, after: str
+    ) -> None:
+        await self.redis.xadd(
+            "ctrain:promoter:audit",
+            {
+                "candidate_id": cid,
+                "model": model,
+                "actor": actor,
+                "action": action,
+                "reason": reason,
+                "before": before,
+                "after": after,
+                "at": str(time.time()),
+            },
+        )
+
+    async def audit_log(self, count: int = 100) -> list[dict[str, str]]:
+        rows: Any = await self.redis.xrevrange("ctrain:promoter:audit", count=count)
+        return [
+            {"id": i.decode(), **{k.decode(): v.decode() for k, v in f.items()}}
+            for i, f in rows or []
+        ]
