@@ -4,10 +4,9 @@ plus a FastStream subscriber on ``ctrain.candidates``.
 Routes are thin: authenticate, call the core, shape the answer. Errors map to
 HTTP in one place: unknown id 404, a state that forbids the action 409 naming
 it, no token 401, a token without the role 403, a malformed body 422 naming the
-field (FastAPI's validation).
+field (FastAPI's validation). No `from __future__ import annotations`: FastAPI resolves
+the route signatures, which use a dependency alias local to ``create_app``.
 """
-
-from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator

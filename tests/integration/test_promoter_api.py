@@ -1,0 +1,194 @@
+"""The approval API as a real process on a real broker and Redis.
+
+Candidates arrive over Kafka. No model server runs here, so an approved
+candidate's promotion fails at the serving step: that path (restore, `failed`,
+a PromotionEvent) is asserted too. Promotion into a serving model is covered by
+the end-to-end promoter test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from shared import topics
+from shared.events import CandidateMetrics, ModelCandidate, PromotionEvent, SliceMetrics
+from shared.kafka import ensure_topics
+from shared.settings import CommonSettings
+from tests.integration.support import ingest_env, read_topic, start_service
+
+pytestmark = pytest.mark.integration
+TOKENS = {
+    "tok-viewer": {"identity": "vera", "role": "viewer"},
+    "tok-alice": {"identity": "alice", "role": "approver"},
+    "tok-bob": {"identity": "bob", "role": "approver"},
+    "tok-root": {"identity": "root", "role": "admin"},
+}
+
+
+def H(tok: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {tok}"}
+
+
+def cand(cid: str, model: str, blessed: bool = True) -> ModelCandidate:
+    return ModelCandidate(
+        candidate_id=cid,
+        model=model,
+        run_id=f"run-{cid}",
+        model_uri="/nowhere/saved_model",
+        eval_uri="/nowhere/eval",
+        blessed=blessed,
+        failed_checks=[] if blessed else ["auc: change -0.2 below -0.01"],
+        metrics=CandidateMetrics(
+            overall={"auc": 0.8},
+            slices=[SliceMetrics(slice="payment_type=Cash", metrics={"auc": 0.7})],
+        ),
+        baseline_metrics=CandidateMetrics(overall={"auc": 0.79}),
+        windows=["w1", "w2"],
+        eval_window="w3",
+        reason="drift",
+    )
+
+
+def send(kafka: str, *cs: ModelCandidate) -> None:
+    async def go() -> None:
+        p = AIOKafkaProducer(bootstrap_servers=kafka)
+        await p.start()
+        for c in cs:
+            await p.send_and_wait(topics.CANDIDATES, c.to_bytes(), key=c.key)
+        await p.stop()
+
+    asyncio.run(go())
+
+
+def until(fn, timeout: float = 60) -> Any:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = fn()
+        if got:
+            return got
+        time.sleep(0.2)  # poll interval
+    raise AssertionError("condition not met in time")
+
+
+@pytest.mark.timeout(300)
+def test_approval_api(kafka: str, redis_url: str, tmp_path: Path) -> None:
+    asyncio.run(ensure_topics(CommonSettings(kafka_bootstrap=kafka, kafka_idempotent=False)))
+    m = f"m{tmp_path.name[-6:]}"
+    env = ingest_env(
+        kafka,
+        redis_url,
+        tmp_path,
+        CTRAIN_PROMOTER_TOKENS=json.dumps(TOKENS),
+        CTRAIN_PROMOTER_TWO_APPROVERS=json.dumps([f"{m}-two"]),
+        CTRAIN_SERVING_GRPC="127.0.0.1:1",  # nothing serves: promotions fail cleanly
+        CTRAIN_SERVING_BASE=str(tmp_path / "serving"),
+        CTRAIN_PROMOTER_AVAILABLE_TIMEOUT_S="2",
+    )
+    svc = start_service("promoter", env, tmp_path / "promoter.log")
+    svc.wait_healthy()
+    url = svc.url
+    send(
+        kafka, cand("c-ok", m), cand("c-bad", f"{m}-bad", blessed=False), cand("c-two", f"{m}-two")
+    )
+    listed = until(
+        lambda: (
+            len(httpx.get(f"{url}/v1/candidates", headers=H("tok-viewer")).json()["candidates"])
+            >= 3
+        )
+    )
+    assert listed
+
+    # 401 / 403 / 404 / 422
+    assert httpx.get(f"{url}/v1/candidates").status_code == 401
+    assert httpx.get(f"{url}/v1/candidates", headers=H("tok-nope")).status_code == 401
+    r = httpx.post(
+        f"{url}/v1/candidates/c-ok/approve", json={"reason": "ok"}, headers=H("tok-viewer")
+    )
+    assert r.status_code == 403 and "approver" in r.json()["detail"]
+    r = httpx.get(f"{url}/v1/candidates/c-missing", headers=H("tok-viewer"))
+    assert r.status_code == 404 and "c-missing" in r.json()["detail"]
+    r = httpx.post(f"{url}/v1/candidates/c-ok/approve", json={}, headers=H("tok-alice"))
+    assert r.status_code == 422 and "reason" in r.text
+
+    # the gate: unblessed is rejected with its failed checks; the blessed one waits
+    bad = httpx.get(f"{url}/v1/candidates/c-bad", headers=H("tok-viewer")).json()
+    assert bad["state"] == "rejected" and "auc" in bad["reason"]
+    ok = httpx.get(f"{url}/v1/candidates/c-ok", headers=H("tok-viewer")).json()
+    assert ok["state"] == "pending_approval"
+    assert ok["metrics"]["overall"]["auc"] == {"candidate": 0.8, "baseline": 0.79}
+    assert ok["lineage"]["windows"] == ["w1", "w2"] and ok["trigger_reason"] == "drift"
+
+    # only an admin overrides a rejection; a reject of a rejected candidate is 409
+    r = httpx.post(
+        f"{url}/v1/candidates/c-bad/approve", json={"reason": "x"}, headers=H("tok-alice")
+    )
+    assert r.status_code == 403
+    r = httpx.post(
+        f"{url}/v1/candidates/c-bad/reject", json={"reason": "x"}, headers=H("tok-alice")
+    )
+    assert r.status_code == 409 and "rejected" in r.json()["detail"]
+
+    # two approvers: the same identity twice is refused, a second identity approves
+    r = httpx.post(
+        f"{url}/v1/candidates/c-two/approve", json={"reason": "looks good"}, headers=H("tok-alice")
+    )
+    assert r.status_code == 200 and r.json()["state"] == "pending_approval"
+    r = httpx.post(
+        f"{url}/v1/candidates/c-two/approve", json={"reason": "again"}, headers=H("tok-alice")
+    )
+    assert r.status_code == 409 and "already approved" in r.json()["detail"]
+    r = httpx.post(
+        f"{url}/v1/candidates/c-two/approve", json={"reason": "me too"}, headers=H("tok-bob")
+    )
+    assert r.status_code == 200 and r.json()["state"] in ("approved", "promoting", "failed")
+
+    # with nothing serving, the promotion fails and says so
+    r = httpx.post(
+        f"{url}/v1/candidates/c-ok/approve", json={"reason": "ship it"}, headers=H("tok-alice")
+    )
+    assert r.status_code == 200
+    failed = until(
+        lambda: (
+            httpx.get(f"{url}/v1/candidates/c-ok", headers=H("tok-viewer")).json()["state"]
+            == "failed"
+        )
+    )
+    assert failed
+    events = [
+        e
+        for e in asyncio.run(read_topic(kafka, topics.PROMOTIONS))
+        if isinstance(e, PromotionEvent)
+    ]
+    assert {e.decision for e in events if e.candidate_id == "c-ok"} >= {"failed"}
+    assert {e.decision for e in events if e.candidate_id == "c-bad"} >= {"rejected"}
+
+    # a newer candidate supersedes an open one of the same model
+    send(kafka, cand("c-new2", f"{m}-sup"))
+    until(
+        lambda: httpx.get(f"{url}/v1/candidates/c-new2", headers=H("tok-viewer")).status_code == 200
+    )
+    send(kafka, cand("c-new3", f"{m}-sup"))
+    until(
+        lambda: (
+            httpx.get(f"{url}/v1/candidates/c-new2", headers=H("tok-viewer")).json()["state"]
+            == "superseded"
+        )
+    )
+
+    audit = httpx.get(f"{url}/v1/audit", headers=H("tok-viewer")).json()["entries"]
+    acts = {(e["candidate_id"], e["actor"], e["before"], e["after"]) for e in audit}
+    assert ("c-two", "bob", "pending_approval", "approved") in acts
+    assert ("c-bad", "gate", "new", "rejected") in acts
+    assert httpx.get(f"{url}/v1/models/nope", headers=H("tok-viewer")).status_code == 404
+    assert "ctrain_promoter_promotions_total" in httpx.get(f"{url}/metrics").text
+    svc.proc.send_signal(signal.SIGTERM)
+    assert svc.proc.wait(timeout=60) == 0
