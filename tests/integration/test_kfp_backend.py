@@ -59,12 +59,16 @@ class FakeKfp:
             return self._view(rid)
 
         @a.get("/apis/v2beta1/runs")
-        async def list_runs(filter: str = "") -> dict[str, Any]:  # noqa: A002 - KFP's name
+        async def list_runs(filter: str = "") -> dict[str, Any]:
             wanted = None
             if filter:
                 preds = json.loads(filter).get("predicates", [])
-                wanted = next((p.get("string_value") for p in preds if p["key"] == "display_name"), None)
-            hits = [self._view(r) for r, v in self.runs.items() if wanted in (None, v["display_name"])]
+                wanted = next(
+                    (p.get("string_value") for p in preds if p["key"] == "display_name"), None
+                )
+            hits = [
+                self._view(r) for r, v in self.runs.items() if wanted in (None, v["display_name"])
+            ]
             return {"runs": hits, "total_size": len(hits)}
 
         @a.get("/apis/v2beta1/runs/{rid}")
@@ -100,7 +104,9 @@ class FakeKfp:
 def fake_kfp() -> Iterator[tuple[FakeKfp, str]]:
     fake = FakeKfp()
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(fake.app, host="127.0.0.1", port=port, log_level="error"))
+    server = uvicorn.Server(
+        uvicorn.Config(fake.app, host="127.0.0.1", port=port, log_level="error")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
@@ -128,7 +134,9 @@ PARAMS = {
 }
 
 
-def test_submit_spec_params_idempotency_and_success(fake_kfp: tuple[FakeKfp, str], tmp_path: Path) -> None:
+def test_submit_spec_params_idempotency_and_success(
+    fake_kfp: tuple[FakeKfp, str], tmp_path: Path
+) -> None:
     fake, url = fake_kfp
     package = compile_pipeline(str(tmp_path / "pipeline.yaml"))
     backend = KfpBackend(url, package, poll_s=0.05)
@@ -147,7 +155,9 @@ def test_submit_spec_params_idempotency_and_success(fake_kfp: tuple[FakeKfp, str
     assert outcome.state == "succeeded"
 
 
-def test_failed_run_names_the_failing_component(fake_kfp: tuple[FakeKfp, str], tmp_path: Path) -> None:
+def test_failed_run_names_the_failing_component(
+    fake_kfp: tuple[FakeKfp, str], tmp_path: Path
+) -> None:
     fake, url = fake_kfp
     fake.fail_task = "train"
     backend = KfpBackend(url, compile_pipeline(str(tmp_path / "p.yaml")), poll_s=0.05)

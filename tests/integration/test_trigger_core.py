@@ -69,28 +69,53 @@ class ScriptedBackend:
 
 def validation(i: int, verdict: str, blocking: bool = False) -> WindowValidated:
     start = datetime(2014, 1, 1, tzinfo=UTC) + timedelta(days=30 * i)
-    d = Distance(measure="linf", value=0.2 if verdict == "drift" else 0.01, threshold=0.06,
-                 crossed=verdict == "drift", baseline="prev")
+    d = Distance(
+        measure="linf",
+        value=0.2 if verdict == "drift" else 0.01,
+        threshold=0.06,
+        crossed=verdict == "drift",
+        baseline="prev",
+    )
     return WindowValidated(
-        id=f"val-{i}", window_id=f"win-{i}", stream="taxi", stats_uri="s", verdict=verdict,  # type: ignore[arg-type]
-        example_count=1000, features=[FeatureDistances(name="payment_type", drift=d)],
-        anomalies=[Anomaly(feature="fare", code="SCHEMA_MISSING_COLUMN", severity="blocking",
-                           description="x")] if blocking else [],
-        window_start=start, window_end=start + timedelta(days=30), data_uri=f"/w/{i}.parquet",
+        id=f"val-{i}",
+        window_id=f"win-{i}",
+        stream="taxi",
+        stats_uri="s",
+        verdict=verdict,  # type: ignore[arg-type]
+        example_count=1000,
+        features=[FeatureDistances(name="payment_type", drift=d)],
+        anomalies=[
+            Anomaly(
+                feature="fare", code="SCHEMA_MISSING_COLUMN", severity="blocking", description="x"
+            )
+        ]
+        if blocking
+        else [],
+        window_start=start,
+        window_end=start + timedelta(days=30),
+        data_uri=f"/w/{i}.parquet",
     )
 
 
-async def make(redis_url: str, tmp: Path, backend: ScriptedBackend, model: str) -> tuple[Trigger, list[Event]]:
+async def make(
+    redis_url: str, tmp: Path, backend: ScriptedBackend, model: str
+) -> tuple[Trigger, list[Event]]:
     out: list[Event] = []
 
     async def publish(e: Event) -> None:
         out.append(e)
 
     t = Trigger(
-        redis=Redis.from_url(redis_url), store=ArtifactStore(str(tmp)), backend=backend,
+        redis=Redis.from_url(redis_url),
+        store=ArtifactStore(str(tmp)),
+        backend=backend,
         metrics=TriggerMetrics(CollectorRegistry()),
-        config=TriggerConfig(model=model, module_path="m.py", schema_path="s.pbtxt",
-                             policy=pol.Policy(consecutive=2, cooldown_s=0)),
+        config=TriggerConfig(
+            model=model,
+            module_path="m.py",
+            schema_path="s.pbtxt",
+            policy=pol.Policy(consecutive=2, cooldown_s=0),
+        ),
         publish=publish,
     )
     return t, out
@@ -145,7 +170,11 @@ def test_blocking_window_never_trains_and_manual_request(redis_url: str, tmp_pat
     async def go() -> None:
         backend = ScriptedBackend()
         t, _ = await make(redis_url, tmp_path, backend, f"b-{tmp_path.name}")
-        for v in [validation(0, "ok"), validation(1, "drift"), validation(2, "drift", blocking=True)]:
+        for v in [
+            validation(0, "ok"),
+            validation(1, "drift"),
+            validation(2, "drift", blocking=True),
+        ]:
             await t.on_validation(v)
         assert backend.submitted == []
         d, run_id = await t.manual("operator asked")

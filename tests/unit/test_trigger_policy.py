@@ -84,10 +84,15 @@ def test_newest_window_with_blocking_anomalies_declines_with_reason() -> None:
 def test_new_examples_and_model_age_and_manual() -> None:
     s = pol.ModelState()
     feed(s, win(0, n=600), win(1, n=600))
-    assert pol.decide(s, 0, pol.Policy(min_new_examples=1000, cooldown_s=0)).trigger == "new_examples"
+    assert (
+        pol.decide(s, 0, pol.Policy(min_new_examples=1000, cooldown_s=0)).trigger == "new_examples"
+    )
     s2 = pol.ModelState(last_success_at=0.0)
     feed(s2, win(0), win(1))
-    assert pol.decide(s2, 2 * DAY, pol.Policy(max_model_age_s=DAY, cooldown_s=0)).trigger == "model_age"
+    assert (
+        pol.decide(s2, 2 * DAY, pol.Policy(max_model_age_s=DAY, cooldown_s=0)).trigger
+        == "model_age"
+    )
     assert pol.decide(s2, 0, pol.Policy(cooldown_s=0), manual=True).trigger == "manual"
     lonely = pol.ModelState()
     feed(lonely, win(0))
