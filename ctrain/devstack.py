@@ -31,7 +31,7 @@ class DevStackError(RuntimeError):
     """The dev stack cannot start; the message says what to do."""
 
 
-SERVICES = ("ingest", "validator", "trigger")  # grows as services land
+SERVICES = ("ingest", "validator", "trigger", "promoter")
 
 
 def state_dir() -> Path:
@@ -157,6 +157,11 @@ def service_env(state: dict[str, Any]) -> dict[str, str]:
     env["CTRAIN_SCHEMA"] = state["schema"]
     if state.get("embedded_kafka"):
         env["CTRAIN_KAFKA_IDEMPOTENT"] = "false"
+    for key in ("serving_grpc", "serving_rest", "serving_base"):
+        if key in state:
+            env[f"CTRAIN_{key.upper()}"] = state[key]
+    if "tokens_file" in state:
+        env.setdefault("CTRAIN_PROMOTER_TOKENS_FILE", state["tokens_file"])
     for k, v in TAXI_DEFAULTS.items():
         env.setdefault(k, v)
     return env
@@ -180,7 +185,9 @@ TAXI_DEFAULTS = {
 }
 
 
-def start_service(name: str, state: dict[str, Any], log_dir: Path) -> Proc:
+def spawn_service(
+    name: str, state: dict[str, Any], log_dir: Path
+) -> tuple[Proc, subprocess.Popen[bytes], int]:
     port = free_port()
     env = service_env(state)
     prefix = f"CTRAIN_{name.upper()}_"
@@ -193,8 +200,56 @@ def start_service(name: str, state: dict[str, Any], log_dir: Path) -> Proc:
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    wait_port("127.0.0.1", port, 120, proc)
-    return Proc(name, proc.pid, f"http://127.0.0.1:{port}", str(log))
+    return Proc(name, proc.pid, f"http://127.0.0.1:{port}", str(log)), proc, port
+
+
+def start_service(name: str, state: dict[str, Any], log_dir: Path) -> Proc:
+    p, proc, port = spawn_service(name, state, log_dir)
+    wait_port("127.0.0.1", port, 180, proc)
+    return p
+
+
+def start_modelserver(state: dict[str, Any], d: Path) -> Proc:
+    """The embedded TF-Serving stand-in over ``<state>/serving`` (DESIGN §7)."""
+    grpc_port, rest_port = free_port(), free_port()
+    config = d / "models.config"
+    if not config.exists():
+        config.write_text("model_config_list {\n}\n")
+    Path(state["serving_base"]).mkdir(parents=True, exist_ok=True)
+    log = d / "modelserver.log"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ctrain.modelserver",
+            f"--model_config_file={config}",
+            f"--port={grpc_port}",
+            f"--rest_api_port={rest_port}",
+        ],
+        stdout=open(log, "ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    wait_port("127.0.0.1", rest_port, 120, proc)
+    state["serving_grpc"] = f"127.0.0.1:{grpc_port}"
+    state["serving_rest"] = f"127.0.0.1:{rest_port}"
+    return Proc("serving", proc.pid, f"http://127.0.0.1:{rest_port}", str(log))
+
+
+def write_tokens(d: Path) -> str:
+    """Fresh API tokens for the dev stack's operators (printed by ``dev up``)."""
+    import secrets
+
+    path = d / "tokens.json"
+    if not path.exists():
+        tokens = {
+            secrets.token_urlsafe(24): {"identity": "operator", "role": "approver"},
+            secrets.token_urlsafe(24): {"identity": "admin", "role": "admin"},
+            secrets.token_urlsafe(24): {"identity": "viewer", "role": "viewer"},
+        }
+        path.write_bytes(orjson.dumps(tokens, option=orjson.OPT_INDENT_2))
+        path.chmod(0o600)
+    return str(path)
 
 
 def load_state() -> dict[str, Any] | None:
@@ -256,12 +311,21 @@ def up(services: tuple[str, ...] = SERVICES, echo: Any = print) -> dict[str, Any
         )
         created = asyncio.run(ensure_topics(common))
         echo(f"topics created: {', '.join(created) if created else '(all existed)'}")
-        for name in services:
-            p = start_service(name, state, d)
-            procs.append(p)
-            state["procs"] = [x.__dict__ for x in procs]
-            save_state(state)
-            echo(f"{name:<6} {p.address}  (log {p.log})")
+        state["serving_base"] = os.environ.get("CTRAIN_SERVING_BASE", str(d / "serving"))
+        state["tokens_file"] = write_tokens(d)
+        if "promoter" in services and not os.environ.get("CTRAIN_SERVING_GRPC"):
+            ms = start_modelserver(state, d)
+            procs.append(ms)
+            echo(f"serving {ms.address} (gRPC {state['serving_grpc']})")
+        # Start every service at once (TF imports take seconds), then wait for each.
+        spawned = [spawn_service(name, state, d) for name in services]
+        procs.extend(p for p, _, _ in spawned)
+        state["procs"] = [x.__dict__ for x in procs]
+        save_state(state)
+        for p, proc, port in spawned:
+            wait_port("127.0.0.1", port, 180, proc)
+            echo(f"{p.name:<9} {p.address}  (log {p.log})")
+        echo(f"API tokens: {state['tokens_file']}")
     except BaseException:
         for p in reversed(procs):
             _stop(p)
@@ -303,9 +367,11 @@ def status() -> list[tuple[str, str, bool]]:
         return []
     rows = []
     by_name = {x["name"]: Proc(**x) for x in state.get("procs", [])}
-    for part in ("kafka", "redis"):
+    for part in ("kafka", "redis", "serving"):
         p = by_name.get(part)
-        addr = state.get(part, "")
+        if part == "serving" and p is None:
+            continue
+        addr = p.address if part == "serving" and p else state.get(part, "")
         rows.append((part, addr, _reachable(addr) if p is None else p.alive() and _reachable(addr)))
     for name in SERVICES:
         p = by_name.get(name)
