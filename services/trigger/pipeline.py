@@ -42,7 +42,7 @@ def build_pipeline(images: ComponentImages | None = None) -> Any:
     def gather(run_dir: str, windows_json: str, eval_uri: str) -> str:
         import json
 
-        from services.trigger import steps
+        import services.trigger.steps as steps
 
         out = steps.gather(json.loads(windows_json), eval_uri, f"{run_dir}/gather")
         return json.dumps(out)
@@ -51,7 +51,7 @@ def build_pipeline(images: ComponentImages | None = None) -> Any:
     def validate(run_dir: str, gathered: str, schema_path: str, blocking_json: str) -> str:
         import json
 
-        from services.trigger import steps
+        import services.trigger.steps as steps
 
         data = json.loads(gathered)
         out = steps.validate_data(
@@ -65,7 +65,7 @@ def build_pipeline(images: ComponentImages | None = None) -> Any:
     ) -> str:
         import json
 
-        from services.trigger import steps
+        import services.trigger.steps as steps
 
         data = json.loads(gathered)
         out = steps.transform(
@@ -77,7 +77,7 @@ def build_pipeline(images: ComponentImages | None = None) -> Any:
     def train(run_dir: str, transformed: str, module_path: str, model_dir: str, epochs: int) -> str:
         import json
 
-        from services.trigger import steps
+        import services.trigger.steps as steps
 
         out = steps.train(json.loads(transformed), module_path, model_dir, epochs=epochs)
         return json.dumps(out, default=str)
@@ -88,7 +88,7 @@ def build_pipeline(images: ComponentImages | None = None) -> Any:
     ) -> str:
         import json
 
-        from services.trigger import steps
+        import services.trigger.steps as steps
 
         data = json.loads(gathered)
         model = json.loads(trained)["model"]
