@@ -1,0 +1,234 @@
+"""Promotion end to end: a real taxi SavedModel, the embedded TF-Serving stand-in,
+a real broker and Redis, the promoter as a process.
+
+candidate -> pending_approval -> approve -> version directory -> AVAILABLE ->
+stable label -> predictions through the label over gRPC and REST; a second
+candidate, rollback; a rejection; SIGKILL between copy and label.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaProducer
+from pyarrow import csv
+
+from services.ingest.shard import ShardWriter, arrow_schema
+from shared import topics
+from shared.events import CandidateMetrics, ModelCandidate
+from shared.kafka import ensure_topics
+from shared.schema import example_spec, load_schema
+from shared.settings import CommonSettings
+from tests.conftest import ROOT, TAXI_CSV, TAXI_SCHEMA
+from tests.integration.support import free_port, ingest_env, start_service
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+MODULE = ROOT / "examples" / "taxi" / "model.py"
+TOKENS = {
+    "tok-op": {"identity": "operator", "role": "approver"},
+    "tok-admin": {"identity": "root", "role": "admin"},
+}
+
+
+def H(tok: str = "tok-op") -> dict[str, str]:
+    return {"Authorization": f"Bearer {tok}"}
+
+
+@pytest.fixture(scope="module")
+def taxi_model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Train a small real taxi model once, with the pipeline's own steps."""
+    from services.trigger import steps
+
+    d = tmp_path_factory.mktemp("model")
+    schema = arrow_schema(example_spec(load_schema(TAXI_SCHEMA)))
+    t = csv.read_csv(TAXI_CSV, convert_options=csv.ConvertOptions(strings_can_be_null=True))
+    t = t.select(schema.names).cast(schema)
+    paths = {}
+    for name, part in (("train", t.slice(0, 6000)), ("eval", t.slice(6000, 1500))):
+        p = d / name / "data.parquet"
+        p.parent.mkdir()
+        w = ShardWriter(schema, str(p))
+        w.add(part.combine_chunks().to_batches()[0])
+        w.finish()
+        paths[name] = str(p)
+    g = steps.gather([paths["train"]], paths["eval"], str(d / "gather"))
+    tr = steps.transform(
+        str(g["train"]), str(g["eval"]), str(TAXI_SCHEMA), str(MODULE), str(d / "tf")
+    )
+    model = steps.train(tr, str(MODULE), str(d / "model"), epochs=1)
+    return {"model": str(model["model"]), "eval": paths["eval"]}
+
+
+def candidate(cid: str, model_uri: str, eval_uri: str, blessed: bool = True) -> ModelCandidate:
+    return ModelCandidate(
+        candidate_id=cid,
+        model="taxi",
+        run_id=f"run-{cid}",
+        model_uri=model_uri,
+        eval_uri="e",
+        blessed=blessed,
+        failed_checks=[] if blessed else ["auc below 0.6"],
+        metrics=CandidateMetrics(overall={"auc": 0.8}),
+        windows=[f"w-{cid}"],
+        eval_window="we",
+        eval_data_uri=eval_uri,
+    )
+
+
+def send(kafka: str, c: ModelCandidate) -> None:
+    async def go() -> None:
+        p = AIOKafkaProducer(bootstrap_servers=kafka)
+        await p.start()
+        await p.send_and_wait(topics.CANDIDATES, c.to_bytes(), key=c.key)
+        await p.stop()
+
+    asyncio.run(go())
+
+
+def until(fn: Any, timeout: float = 120, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = fn()
+        if got:
+            return got
+        time.sleep(0.1)  # poll interval
+    raise AssertionError(f"timed out: {what}")
+
+
+def state_of(url: str, cid: str) -> str:
+    r = httpx.get(f"{url}/v1/candidates/{cid}", headers=H(), timeout=10)
+    return str(r.json().get("state")) if r.status_code == 200 else ""
+
+
+def grpc_predict(grpc_addr: str, examples: list[bytes], label: str) -> list[float]:
+    import grpc
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    with grpc.insecure_channel(grpc_addr) as ch:
+        req = predict_pb2.PredictRequest()
+        req.model_spec.name = "taxi"
+        req.model_spec.version_label = label
+        req.inputs["examples"].CopyFrom(tf.make_tensor_proto(examples, dtype=tf.string))
+        resp = prediction_service_pb2_grpc.PredictionServiceStub(ch).Predict(req, timeout=30)
+    return [float(x) for v in resp.outputs.values() for x in tf.make_ndarray(v).reshape(-1)]
+
+
+@pytest.mark.timeout(900)
+def test_approve_serve_rollback_reject_and_crash(
+    kafka: str, redis_url: str, tmp_path: Path, taxi_model: dict[str, str]
+) -> None:
+    from services.ingest.shard import read_shard
+    from shared.tfexample import rows_to_examples
+
+    asyncio.run(ensure_topics(CommonSettings(kafka_bootstrap=kafka, kafka_idempotent=False)))
+    grpc_port, rest_port = free_port(), free_port()
+    config = tmp_path / "models.config"
+    config.write_text("model_config_list {\n}\n")
+    serving_base = tmp_path / "serving"
+    serving_base.mkdir()
+    ms = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ctrain.modelserver",
+            f"--model_config_file={config}",
+            f"--port={grpc_port}",
+            f"--rest_api_port={rest_port}",
+        ],
+        stdout=open(tmp_path / "ms.log", "ab"),
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+    )
+    rest = f"http://127.0.0.1:{rest_port}"
+    try:
+        env = ingest_env(
+            kafka,
+            redis_url,
+            tmp_path,
+            CTRAIN_PROMOTER_TOKENS=json.dumps(TOKENS),
+            CTRAIN_SERVING_GRPC=f"127.0.0.1:{grpc_port}",
+            CTRAIN_SERVING_REST=f"127.0.0.1:{rest_port}",
+            CTRAIN_SERVING_BASE=str(serving_base),
+        )
+        promoter = start_service("promoter", env, tmp_path / "promoter.log")
+        promoter.wait_healthy()
+        url = promoter.url
+        examples = rows_to_examples(read_shard(taxi_model["eval"]).slice(0, 3))
+
+        # 1: pending -> approve -> serving as version 1 under "stable"
+        send(kafka, candidate("c1", taxi_model["model"], taxi_model["eval"]))
+        until(lambda: state_of(url, "c1") == "pending_approval", what="c1 pending")
+        r = httpx.post(f"{url}/v1/candidates/c1/approve", json={"reason": "good"}, headers=H())
+        assert r.status_code == 200, r.text
+        until(lambda: state_of(url, "c1") == "serving", what="c1 serving")
+        assert (serving_base / "taxi" / "1" / "saved_model.pb").exists()
+        view = httpx.get(f"{url}/v1/models/taxi", headers=H()).json()
+        assert view["labels"] == {"stable": 1} and view["serving_reports"]["1"] == "AVAILABLE"
+        p1 = grpc_predict(f"127.0.0.1:{grpc_port}", examples, "stable")
+        assert len(p1) == 3 and all(0 <= x <= 1 for x in p1)
+        rr = httpx.post(
+            f"{rest}/v1/models/taxi/labels/stable:predict",
+            json={
+                "instances": [{"examples": {"b64": base64.b64encode(e).decode()}} for e in examples]
+            },
+            timeout=30,
+        )
+        assert rr.status_code == 200, rr.text
+        assert len(rr.json()["predictions"]) == 3
+
+        # 2: a second candidate; SIGKILL the promoter once its version directory appears
+        send(kafka, candidate("c2", taxi_model["model"], taxi_model["eval"]))
+        until(lambda: state_of(url, "c2") == "pending_approval", what="c2 pending")
+        httpx.post(f"{url}/v1/candidates/c2/approve", json={"reason": "newer"}, headers=H())
+        until(lambda: (serving_base / "taxi" / "2").exists(), 60, "version 2 copied")
+        promoter.proc.send_signal(signal.SIGKILL)
+        promoter.proc.wait()
+        labels = json.loads(
+            httpx.get(f"{rest}/v1/models/taxi/labels/stable", timeout=10).text or "{}"
+        )
+        assert labels  # stable still answers (version 1 or 2, both on disk)
+        promoter = start_service("promoter", env, tmp_path / "promoter.log")
+        promoter.wait_healthy()
+        url = promoter.url
+        final = until(
+            lambda: state_of(url, "c2") in ("serving", "failed") and state_of(url, "c2"),
+            what="c2 resolved",
+        )
+        view = httpx.get(f"{url}/v1/models/taxi", headers=H()).json()
+        stable = view["labels"]["stable"]
+        assert (
+            serving_base / "taxi" / str(stable)
+        ).is_dir()  # stable never names a missing version
+        if final == "serving":
+            assert view["labels"] == {"stable": 2, "previous": 1}
+            assert state_of(url, "c1") == "superseded"
+
+            # 3: rollback to the previous version
+            r = httpx.post(
+                f"{url}/v1/models/taxi/rollback", json={"reason": "regression"}, headers=H()
+            )
+            assert r.status_code == 200, r.text
+            assert httpx.get(f"{url}/v1/models/taxi", headers=H()).json()["labels"]["stable"] == 1
+            assert state_of(url, "c2") == "rolled_back" and state_of(url, "c1") == "serving"
+
+        # 4: an unblessed candidate is rejected with its reasons
+        send(kafka, candidate("c3", taxi_model["model"], taxi_model["eval"], blessed=False))
+        until(lambda: state_of(url, "c3") == "rejected", what="c3 rejected")
+        body = httpx.get(f"{url}/v1/candidates/c3", headers=H()).json()
+        assert "auc below 0.6" in body["reason"]
+        promoter.proc.send_signal(signal.SIGTERM)
+        assert promoter.proc.wait(timeout=60) == 0
+    finally:
+        ms.send_signal(signal.SIGTERM)
+        ms.wait(timeout=30)
