@@ -8,6 +8,7 @@ field (FastAPI's validation). No `from __future__ import annotations`: FastAPI r
 the route signatures, which use a dependency alias local to ``create_app``.
 """
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,6 +24,7 @@ from starlette.requests import Request
 from services.promoter.auth import Identity, TokenBook
 from services.promoter.core import Promoter, PromoterConfig
 from services.promoter.errors import NotFound, PromoterError
+from services.promoter.metrics import PromoterMetrics
 from services.promoter.serving import ServingClient
 from services.promoter.settings import PromoterSettings
 from shared import topics
@@ -57,14 +59,7 @@ def smoke_examples(c: ModelCandidate, n: int) -> list[bytes]:
 
 def create_app(common: CommonSettings, settings: PromoterSettings) -> FastAPI:
     registry = new_registry()
-    from prometheus_client import Counter
-
-    outcomes = Counter(
-        "ctrain_promoter_promotions_total",
-        "Promotion events, by decision.",
-        ["decision"],
-        registry=registry,
-    )
+    metrics = PromoterMetrics(registry)
     book = TokenBook.load(settings.tokens_file, settings.tokens)
     redis = make_redis(common)
     router = KafkaRouter(
@@ -76,7 +71,6 @@ def create_app(common: CommonSettings, settings: PromoterSettings) -> FastAPI:
     )
 
     async def publish(ev: PromotionEvent) -> None:
-        outcomes.labels(ev.decision).inc()
         await router.broker.publish(ev.to_bytes(), topic=topics.PROMOTIONS, key=ev.key)
 
     promoter = Promoter(
@@ -92,6 +86,7 @@ def create_app(common: CommonSettings, settings: PromoterSettings) -> FastAPI:
         ),
         publish=publish,
         smoke=smoke_examples,
+        metrics=metrics,
     )
 
     @router.subscriber(
@@ -114,9 +109,19 @@ def create_app(common: CommonSettings, settings: PromoterSettings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async def gauges() -> None:
+            while True:
+                try:
+                    await promoter.refresh_gauges()
+                except Exception:  # a scrape gap, not a crash
+                    log.exception("refreshing promoter gauges failed")
+                await asyncio.sleep(5)  # refresh period of the state gauges
+
         async with router.lifespan_context(app):
             await promoter.resume()
+            refresher = asyncio.create_task(gauges())
             yield
+            refresher.cancel()
         await promoter.serving.close()
 
     app = FastAPI(

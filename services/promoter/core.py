@@ -10,16 +10,19 @@ import asyncio
 import logging
 import os
 import shutil
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
+from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
 from services.promoter.auth import Identity, TokenBook
 from services.promoter.errors import Conflict, NotFound, ServingError
+from services.promoter.metrics import PromoterMetrics
 from services.promoter.serving import ModelLayout, ServingClient
 from services.promoter.store import CandidateStore, Record
 from shared.events import ModelCandidate, PromotionEvent
@@ -48,6 +51,7 @@ class Promoter:
         config: PromoterConfig,
         publish: Publish,
         smoke: Callable[[ModelCandidate, int], list[bytes]],
+        metrics: PromoterMetrics | None = None,
     ) -> None:
         self.redis = redis
         self.store = CandidateStore(redis)
@@ -55,6 +59,7 @@ class Promoter:
         self.config = config
         self.publish = publish
         self.smoke = smoke
+        self.metrics = metrics or PromoterMetrics(CollectorRegistry())
         self.tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------ layout
@@ -149,6 +154,8 @@ class Promoter:
         done, before = await self.store.transition(cid, "approve", who.name, reason, rec.state)
         if not done:
             raise Conflict(f"candidate {cid} is {before}; it cannot be approved")
+        if before == "pending_approval":
+            self.metrics.approval_wait.observe(max(0.0, time.time() - rec.updated_at))
         self._spawn(self.promote(cid, who.name, "approved"))
         return await self._get(cid)
 
@@ -175,6 +182,7 @@ class Promoter:
         if not done:
             log.warning("not promoting", extra={"candidate": cid, "state": before})
             return
+        started = time.perf_counter()
         fence_key = f"ctrain:promoter:{model}:fence"
         fence = await self.redis.incr(fence_key)
         layouts = await self.layouts()
@@ -217,6 +225,8 @@ class Promoter:
                     old_cid, "retire", actor, f"version {version} took stable"
                 )
             await self.store.transition(cid, "served", actor, f"stable -> version {version}")
+            self.metrics.promotion_seconds.observe(time.perf_counter() - started)
+            self._label_gauges(model, labels)
             await self._event(await self._get(cid), decision, actor, "promoted", version, labels)
         except Exception as e:
             log.exception("promotion failed", extra={"candidate": cid})
@@ -274,6 +284,7 @@ class Promoter:
         new = {**layout, "labels": {"stable": goal, "previous": current}}
         await self._apply(model, new)
         await self._save_layout(model, new)
+        self._label_gauges(model, new["labels"])
         by_version = layout.get("by_version", {})
         if by_version.get(str(current)):
             await self.store.transition(by_version[str(current)], "roll_back", who.name, reason)
@@ -286,6 +297,7 @@ class Promoter:
                 await self.redis.set(
                     f"ctrain:serving:{model}:windows", orjson.dumps(tgt.candidate.windows)
                 )
+        self.metrics.promotions.labels("rolled_back").inc()
         await self.publish(
             PromotionEvent(
                 id=stable_id("promo", model, "rollback", current, goal, reason),
@@ -299,6 +311,29 @@ class Promoter:
             )
         )
         return {"model": model, "stable": goal, "previous": current}
+
+    def _label_gauges(self, model: str, labels: dict[str, int]) -> None:
+        for label, version in labels.items():
+            self.metrics.serving_version.labels(model, label).set(version)
+
+    async def refresh_gauges(self) -> None:
+        """Candidates by state and the oldest pending age, from the store."""
+        counts: dict[tuple[str, str], int] = {}
+        oldest: dict[str, float] = {}
+        now = time.time()
+        for rec in await self.store.find():
+            m = rec.candidate.model
+            counts[(m, rec.state)] = counts.get((m, rec.state), 0) + 1
+            if rec.state == "pending_approval":
+                oldest[m] = max(oldest.get(m, 0.0), now - rec.updated_at)
+            oldest.setdefault(m, 0.0)
+        self.metrics.candidates.clear()
+        for (m, st), n in counts.items():
+            self.metrics.candidates.labels(m, st).set(n)
+        for m, age in oldest.items():
+            self.metrics.pending_oldest.labels(m).set(age)
+        for m, lay in (await self.layouts()).items():
+            self._label_gauges(m, {k: int(v) for k, v in lay["labels"].items()})
 
     async def model_view(self, model: str) -> dict[str, Any]:
         layout = (await self.layouts()).get(model)
@@ -322,6 +357,7 @@ class Promoter:
         labels: dict[str, int] | None = None,
     ) -> None:
         c = rec.candidate
+        self.metrics.promotions.labels(decision).inc()
         await self.publish(
             PromotionEvent(
                 id=stable_id("promo", c.candidate_id, decision),

@@ -1,0 +1,45 @@
+"""promoter's Prometheus metrics, on a registry the app injects."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class PromoterMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.promotions = Counter(
+            "ctrain_promoter_promotions_total",
+            "Promotion events, by decision (auto, approved, rejected, rolled_back, failed, ...).",
+            ["decision"],
+            registry=registry,
+        )
+        self.candidates = Gauge(
+            "ctrain_promoter_candidates",
+            "Candidates by model and state (refreshed every few seconds).",
+            ["model", "state"],
+            registry=registry,
+        )
+        self.pending_oldest = Gauge(
+            "ctrain_promoter_pending_oldest_seconds",
+            "Age of the oldest candidate waiting for approval, per model (0: none).",
+            ["model"],
+            registry=registry,
+        )
+        self.approval_wait = Histogram(
+            "ctrain_promoter_approval_wait_seconds",
+            "Time a candidate waited in pending_approval before its approval.",
+            buckets=(60, 300, 900, 3600, 4 * 3600, 12 * 3600, 86400, 3 * 86400),
+            registry=registry,
+        )
+        self.serving_version = Gauge(
+            "ctrain_promoter_serving_version",
+            "Version the promoter has put behind each label, per model.",
+            ["model", "label"],
+            registry=registry,
+        )
+        self.promotion_seconds = Histogram(
+            "ctrain_promoter_promotion_seconds",
+            "Approval to stable label on the new version.",
+            buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300),
+            registry=registry,
+        )
