@@ -115,7 +115,7 @@ def create_app(common: CommonSettings, settings: PromoterSettings) -> FastAPI:
                     await promoter.refresh_gauges()
                 except Exception:  # a scrape gap, not a crash
                     log.exception("refreshing promoter gauges failed")
-                await asyncio.sleep(5)  # refresh period of the state gauges
+                await asyncio.sleep(15)  # refresh period of the state gauges
 
         async with router.lifespan_context(app):
             await promoter.resume()

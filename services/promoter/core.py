@@ -155,7 +155,8 @@ class Promoter:
         if not done:
             raise Conflict(f"candidate {cid} is {before}; it cannot be approved")
         if before == "pending_approval":
-            self.metrics.approval_wait.observe(max(0.0, time.time() - rec.updated_at))
+            wait = max(0.0, time.time() - rec.updated_at)
+            self.metrics.approval_wait.labels(rec.candidate.model).observe(wait)
         self._spawn(self.promote(cid, who.name, "approved"))
         return await self._get(cid)
 
@@ -320,20 +321,23 @@ class Promoter:
         """Candidates by state and the oldest pending age, from the store."""
         counts: dict[tuple[str, str], int] = {}
         oldest: dict[str, float] = {}
-        now = time.time()
         for rec in await self.store.find():
             m = rec.candidate.model
             counts[(m, rec.state)] = counts.get((m, rec.state), 0) + 1
             if rec.state == "pending_approval":
-                oldest[m] = max(oldest.get(m, 0.0), now - rec.updated_at)
-            oldest.setdefault(m, 0.0)
+                oldest[m] = min(oldest.get(m, rec.updated_at), rec.updated_at)
         self.metrics.candidates.clear()
         for (m, st), n in counts.items():
             self.metrics.candidates.labels(m, st).set(n)
-        for m, age in oldest.items():
-            self.metrics.pending_oldest.labels(m).set(age)
+        self.metrics.pending_oldest.clear()
+        for m, since in oldest.items():
+            self.metrics.pending_oldest.labels(m).set(since)
         for m, lay in (await self.layouts()).items():
             self._label_gauges(m, {k: int(v) for k, v in lay["labels"].items()})
+            for label in lay["labels"]:
+                # What serving actually answers for the label (the alert compares both).
+                observed = await self.serving.label_version(m, label)
+                self.metrics.observed_version.labels(m, label).set(observed or 0)
 
     async def model_view(self, model: str) -> dict[str, Any]:
         layout = (await self.layouts()).get(model)

@@ -20,20 +20,28 @@ class PromoterMetrics:
             registry=registry,
         )
         self.pending_oldest = Gauge(
-            "ctrain_promoter_pending_oldest_seconds",
-            "Age of the oldest candidate waiting for approval, per model (0: none).",
+            "ctrain_promoter_pending_approval_oldest_timestamp_seconds",
+            "Unix time the oldest candidate now pending approval entered that state "
+            "(no series when none waits).",
             ["model"],
             registry=registry,
         )
         self.approval_wait = Histogram(
             "ctrain_promoter_approval_wait_seconds",
-            "Time a candidate waited in pending_approval before its approval.",
+            "Time from pending_approval to approved or rejected.",
+            ["model"],
             buckets=(60, 300, 900, 3600, 4 * 3600, 12 * 3600, 86400, 3 * 86400),
             registry=registry,
         )
         self.serving_version = Gauge(
             "ctrain_promoter_serving_version",
             "Version the promoter has put behind each label, per model.",
+            ["model", "label"],
+            registry=registry,
+        )
+        self.observed_version = Gauge(
+            "ctrain_promoter_serving_observed_version",
+            "Version TF Serving resolves each label to (GetModelStatus by label); 0 if none.",
             ["model", "label"],
             registry=registry,
         )

@@ -89,6 +89,19 @@ class ServingClient:
         names = get_model_status_pb2.ModelVersionStatus.State.Name
         return {int(s.version): names(s.state) for s in resp.model_version_status}
 
+    async def label_version(self, model: str, label: str) -> int | None:
+        """The version ``label`` resolves to on the server, or None."""
+        stub = model_service_pb2_grpc.ModelServiceStub(self._ch())
+        req = get_model_status_pb2.GetModelStatusRequest()
+        req.model_spec.name = model
+        req.model_spec.version_label = label
+        try:
+            resp = await stub.GetModelStatus(req, timeout=self.timeout_s)
+        except grpc.aio.AioRpcError:
+            return None
+        versions = [int(s.version) for s in resp.model_version_status]
+        return versions[0] if versions else None
+
     async def wait_available(self, model: str, version: int, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         last: dict[int, str] = {}

@@ -22,6 +22,8 @@ class TriggerMetrics:
         self.runs = Counter(
             "ctrain_trigger_runs_total", "Runs finished, by state.", ["state"], registry=registry
         )
+        for state in ("succeeded", "failed"):
+            self.runs.labels(state)  # so increase() sees the first event after a restart
         self.in_flight = Gauge(
             "ctrain_trigger_runs_in_flight", "Runs in flight.", registry=registry
         )

@@ -220,6 +220,11 @@ class Validator:
                 if d is not None and d.value is not None:
                     self.metrics.distance.labels(f.name, d.measure, kind).set(d.value)
                     self.metrics.threshold.labels(f.name, d.measure, kind).set(d.threshold)
+                    streak = self.metrics.crossed_streak.labels(f.name, d.measure, kind)
+                    if d.crossed:
+                        streak.inc()
+                    else:
+                        streak.set(0)
         log.info(
             "window validated",
             extra={"window_id": r.window_id, "verdict": r.verdict, "seconds": round(seconds, 3)},

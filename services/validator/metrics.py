@@ -19,6 +19,12 @@ class ValidatorMetrics:
             ["feature", "measure", "baseline"],
             registry=registry,
         )
+        self.crossed_streak = Gauge(
+            "ctrain_validator_feature_crossed_streak",
+            "Windows in a row, the latest included, whose distance crossed the threshold.",
+            ["feature", "measure", "baseline"],
+            registry=registry,
+        )
         self.anomalies = Counter(
             "ctrain_validator_anomalies_total",
             "Anomalies found, by severity.",

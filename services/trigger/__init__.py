@@ -1,0 +1,1 @@
+"""Trigger service: retraining decisions, the KFP training pipeline and its steps."""
