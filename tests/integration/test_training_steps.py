@@ -1,0 +1,264 @@
+"""The training steps on real taxi data: gather -> validate -> transform -> train -> evaluate.
+
+One module-scoped chain (train on everything but the latest 1,500 trips, in
+three windows; evaluate on those 1,500) feeds every test; a second fixture
+trains a label-shuffled model and evaluates it against the real one.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from pyarrow import csv
+
+from services.ingest.shard import arrow_schema
+from services.trigger import steps
+from shared.schema import example_spec, load_schema
+from tests.conftest import ROOT, TAXI_CSV, TAXI_SCHEMA
+
+pytestmark = pytest.mark.integration
+
+MODULE = str(ROOT / "examples" / "taxi" / "model.py")
+EVAL_ROWS = 1500
+EPOCHS = 3
+BLOCKING = ["SCHEMA_MISSING_COLUMN"]
+
+
+@dataclass
+class Chain:
+    root: Path
+    table: pa.Table
+    windows: list[str]
+    eval_window: str
+    gathered: dict[str, Any] = field(default_factory=dict)
+    validated: dict[str, Any] = field(default_factory=dict)
+    transformed: dict[str, str] = field(default_factory=dict)
+    trained: dict[str, Any] = field(default_factory=dict)
+    evaluated: dict[str, Any] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def timed(self, name: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        start = time.monotonic()
+        out = fn(*args, **kwargs)
+        self.seconds[name] = round(time.monotonic() - start, 1)
+        return out
+
+
+def taxi_table() -> pa.Table:
+    """All trips, typed like ingest's window shards, oldest first."""
+    schema = arrow_schema(example_spec(load_schema(TAXI_SCHEMA)))
+    table = csv.read_csv(TAXI_CSV, convert_options=csv.ConvertOptions(strings_can_be_null=True))
+    table = table.select(schema.names).cast(schema)
+    return table.take(pc.sort_indices(table, [("trip_start_timestamp", "ascending")]))
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chain]:
+    root = tmp_path_factory.mktemp("training")
+    table = taxi_table()
+    n_train = table.num_rows - EVAL_ROWS
+    # Three training windows of uneven size, as windows close on time, not count.
+    bounds = [0, 3000, 6000, n_train]
+    windows = []
+    for i, (a, b) in enumerate(itertools.pairwise(bounds)):
+        path = root / f"window-{i}.parquet"
+        pq.write_table(table.slice(a, b - a), path)
+        windows.append(str(path))
+    eval_window = root / "window-eval.parquet"
+    pq.write_table(table.slice(n_train), eval_window)
+
+    c = Chain(root, table, windows, str(eval_window))
+    c.gathered = c.timed("gather", steps.gather, windows, str(eval_window), str(root / "gather"))
+    c.validated = c.timed(
+        "validate",
+        steps.validate_data,
+        c.gathered["train"],
+        str(TAXI_SCHEMA),
+        str(root / "validate"),
+        BLOCKING,
+    )
+    c.transformed = c.timed(
+        "transform",
+        steps.transform,
+        c.gathered["train"],
+        c.gathered["eval"],
+        str(TAXI_SCHEMA),
+        MODULE,
+        str(root / "transform"),
+    )
+    c.trained = c.timed(
+        "train", steps.train, c.transformed, MODULE, str(root / "train"), epochs=EPOCHS
+    )
+    c.evaluated = c.timed(
+        "evaluate",
+        steps.evaluate,
+        c.trained["model"],
+        c.gathered["eval"],
+        MODULE,
+        str(root / "evaluate"),
+    )
+    yield c
+    print(f"\nstep wall times (s): {c.seconds}")
+
+
+@dataclass
+class Shuffled:
+    trained: dict[str, Any]
+    evaluated: dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def shuffled(chain: Chain) -> Shuffled:
+    """A model trained on permuted labels, evaluated with the real model as baseline."""
+    trained = chain.timed(
+        "train_shuffled",
+        steps.train,
+        chain.transformed,
+        MODULE,
+        str(chain.root / "train-shuffled"),
+        epochs=1,
+        shuffle_labels=True,
+    )
+    evaluated = chain.timed(
+        "evaluate_vs_baseline",
+        steps.evaluate,
+        trained["model"],
+        chain.gathered["eval"],
+        MODULE,
+        str(chain.root / "evaluate-shuffled"),
+        baseline_model_dir=chain.trained["model"],
+    )
+    for name, result in (("real", chain.evaluated), ("shuffled", evaluated)):
+        card = [s for s in result["metrics"]["slices"] if s["slice"] == "payment_type=Credit Card"]
+        print(f"\n{name} model, overall: {result['metrics']['overall']}, {card}")
+    print(f"shuffled model failed checks: {evaluated['failed_checks']}")
+    return Shuffled(trained, evaluated)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_gather_concatenates_windows(chain: Chain) -> None:
+    g = chain.gathered
+    assert g["train_rows"] == chain.table.num_rows - EVAL_ROWS
+    assert g["eval_rows"] == EVAL_ROWS
+    train = pq.read_table(g["train"])
+    assert train.num_rows == g["train_rows"]
+    assert train.schema == chain.table.schema
+    # Order preserved: the gathered set ends where the held-out window begins.
+    last_train = train.column("trip_start_timestamp")[-1].as_py()
+    first_eval = pq.read_table(g["eval"]).column("trip_start_timestamp")[0].as_py()
+    assert last_train <= first_eval
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_validate_writes_stats_and_blocks_missing_column(chain: Chain, tmp_path: Path) -> None:
+    import tensorflow_data_validation as tfdv
+
+    stats = tfdv.load_stats_binary(chain.validated["stats"])
+    assert stats.datasets[0].num_examples == chain.gathered["train_rows"]
+    # The real data has non-blocking anomalies (unseen company names), listed.
+    anomalies = chain.validated["anomalies"]
+    assert all(set(a) == {"feature", "code", "description"} for a in anomalies)
+    assert not any(a["code"] in BLOCKING for a in anomalies)
+
+    broken = tmp_path / "no_payment_type.parquet"
+    pq.write_table(pq.read_table(chain.gathered["train"]).drop(["payment_type"]), broken)
+    with pytest.raises(steps.BlockingAnomalies) as err:
+        steps.validate_data(str(broken), str(TAXI_SCHEMA), str(tmp_path / "v"), BLOCKING)
+    assert "payment_type: SCHEMA_MISSING_COLUMN" in str(err.value)
+    assert [a["feature"] for a in err.value.anomalies] == ["payment_type"]
+    # Stats are written even when the data is rejected (for the post-mortem).
+    assert (tmp_path / "v" / "stats.pb").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_transform_graph_has_vocabulary(chain: Chain) -> None:
+    import tensorflow_transform as tft
+
+    model = steps.load_module(MODULE)
+    tto = tft.TFTransformOutput(chain.transformed["transform_graph"])
+    vocab = tto.vocabulary_by_name("payment_type")
+    assert {b"Cash", b"Credit Card"} <= set(vocab)
+    # Vocabularies are ordered by frequency: cash is the most common payment.
+    assert vocab[0] == b"Cash"
+    spec = tto.transformed_feature_spec()
+    assert model.LABEL_KEY in spec
+    assert "tips" in tto.raw_feature_spec()
+    for split in ("train", "eval"):
+        assert Path(chain.transformed[split]).stat().st_size > 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_saved_model_scores_raw_examples(chain: Chain) -> None:
+    import numpy as np
+    import tensorflow as tf
+
+    model = steps.load_module(MODULE)
+    history = chain.trained["history"]
+    assert 1 <= chain.trained["epochs_run"] <= EPOCHS
+    assert history["val_auc"][-1] > 0.8
+
+    eval_table = pq.read_table(chain.gathered["eval"]).slice(0, 200)
+    examples = steps.raw_examples(eval_table, drop=model.RAW_LABEL_FEATURES)
+    assert all(b"tips" not in e for e in examples)
+    loaded = tf.saved_model.load(chain.trained["model"])
+    serve = loaded.signatures["serving_default"]
+    assert list(serve.structured_input_signature[1]) == ["examples"]
+    probs = serve(examples=tf.constant(examples))["probabilities"].numpy()
+    assert probs.shape == (200, 1)
+    assert np.all((probs >= 0) & (probs <= 1))
+    # The model learned the obvious: credit-card trips tip big far more often.
+    payment = np.array(eval_table.column("payment_type").to_pylist())
+    assert probs[payment == "Credit Card"].mean() > 3 * probs[payment == "Cash"].mean()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_evaluate_blesses_real_model(chain: Chain) -> None:
+    import tensorflow_model_analysis as tfma
+
+    e = chain.evaluated
+    assert e["blessed"] is True, e["failed_checks"]
+    assert e["failed_checks"] == []
+    assert e["baseline_metrics"] is None
+    overall = e["metrics"]["overall"]
+    assert overall["example_count"] == EVAL_ROWS
+    assert overall["auc"] > 0.85
+    assert overall["binary_accuracy"] > 0.8
+    assert 0.7 < overall["calibration"] < 1.3
+    assert all(isinstance(v, float) for v in overall.values())
+
+    slices = {s["slice"]: s["metrics"] for s in e["metrics"]["slices"]}
+    payment = {k: v for k, v in slices.items() if k.startswith("payment_type=")}
+    assert {"payment_type=Cash", "payment_type=Credit Card"} <= set(payment)
+    assert sum(m["example_count"] for m in payment.values()) == EVAL_ROWS
+    assert slices["payment_type=Cash"]["mean_label"] < 0.05
+    assert slices["payment_type=Credit Card"]["mean_label"] > 0.5
+    assert any(k.startswith("trip_start_hour=") for k in slices)
+    assert tfma.load_validation_result(e["eval_uri"]).validation_ok
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_shuffled_labels_model_is_not_blessed(chain: Chain, shuffled: Shuffled) -> None:
+    e = shuffled.evaluated
+    assert e["blessed"] is False
+    assert e["metrics"]["overall"]["auc"] < chain.evaluated["metrics"]["overall"]["auc"] - 0.1
+    # The baseline's metrics are those of the real model on the same data.
+    baseline = e["baseline_metrics"]["overall"]
+    assert baseline["auc"] == pytest.approx(chain.evaluated["metrics"]["overall"]["auc"])
+    change = [c for c in e["failed_checks"] if c.startswith("auc change vs baseline on overall")]
+    assert change, e["failed_checks"]
+    assert "change_threshold" in change[0]
