@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from services.trigger.pipeline import STEPS
-
 
 @dataclass(frozen=True)
 class Outcome:
@@ -33,17 +31,27 @@ class Backend(Protocol):
     async def wait(self, run_id: str, backend_run_id: str, run_dir: str) -> Outcome: ...
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_TASK_FAILED = re.compile(r"Task '([\w-]+)' finished with status FAILURE")
+
+
 def _tail(text: str, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def _failed_step(log: str) -> str | None:
-    """The component kfp.local reported as failed, from the run log."""
-    for step in STEPS:
-        if re.search(rf"Task '{step}' finished with status FAILURE", log):
-            return step
-    m = re.search(r"Task '([\w-]+)' finished with status FAILURE", log)
-    return m.group(1) if m else None
+def failure_of(log: str, lines: int = 40) -> tuple[str | None, str]:
+    """(failed component, the log lines that explain it) from a kfp.local run log.
+
+    kfp.local colours its messages; the explanation is what the component printed
+    just before kfp.local reported the task as failed (the step's traceback).
+    """
+    plain = _ANSI.sub("", log)
+    rows = plain.splitlines()
+    for i, row in enumerate(rows):
+        m = _TASK_FAILED.search(row)
+        if m:
+            return m.group(1), "\n".join(rows[max(0, i - lines) : i + 1])
+    return None, _tail(plain, lines)
 
 
 class LocalBackend:
@@ -86,7 +94,8 @@ class LocalBackend:
             await self.submit(run_id, params)
             return await self.wait(run_id, backend_run_id, run_dir)
         log = log_path.read_text(errors="replace") if log_path.exists() else ""
-        return Outcome("failed", _failed_step(log), _tail(log))
+        step, tail = failure_of(log)
+        return Outcome("failed", step, tail)
 
 
 KFP_TERMINAL = {

@@ -42,20 +42,29 @@ def build_pipeline(images: ComponentImages | None = None) -> Any:
     def gather(run_dir: str, windows_json: str, eval_uri: str) -> str:
         import json
 
-        import services.trigger.steps as steps
+        from services.trigger.isolate import run_step
 
-        out = steps.gather(json.loads(windows_json), eval_uri, f"{run_dir}/gather")
+        out = run_step(
+            "gather",
+            window_uris=json.loads(windows_json),
+            eval_uri=eval_uri,
+            out_dir=f"{run_dir}/gather",
+        )
         return json.dumps(out)
 
     @component("validate")
     def validate(run_dir: str, gathered: str, schema_path: str, blocking_json: str) -> str:
         import json
 
-        import services.trigger.steps as steps
+        from services.trigger.isolate import run_step
 
         data = json.loads(gathered)
-        out = steps.validate_data(
-            data["train"], schema_path, f"{run_dir}/validate", json.loads(blocking_json)
+        out = run_step(
+            "validate_data",
+            data_uri=data["train"],
+            schema_path=schema_path,
+            out_dir=f"{run_dir}/validate",
+            blocking=json.loads(blocking_json),
         )
         return json.dumps(out)
 
@@ -65,11 +74,16 @@ def build_pipeline(images: ComponentImages | None = None) -> Any:
     ) -> str:
         import json
 
-        import services.trigger.steps as steps
+        from services.trigger.isolate import run_step
 
         data = json.loads(gathered)
-        out = steps.transform(
-            data["train"], data["eval"], schema_path, module_path, f"{run_dir}/transform"
+        out = run_step(
+            "transform",
+            train_uri=data["train"],
+            eval_uri=data["eval"],
+            schema_path=schema_path,
+            module_path=module_path,
+            out_dir=f"{run_dir}/transform",
         )
         return json.dumps(out)
 
@@ -77,9 +91,15 @@ def build_pipeline(images: ComponentImages | None = None) -> Any:
     def train(run_dir: str, transformed: str, module_path: str, model_dir: str, epochs: int) -> str:
         import json
 
-        import services.trigger.steps as steps
+        from services.trigger.isolate import run_step
 
-        out = steps.train(json.loads(transformed), module_path, model_dir, epochs=epochs)
+        out = run_step(
+            "train",
+            transformed=json.loads(transformed),
+            module_path=module_path,
+            out_dir=model_dir,
+            epochs=epochs,
+        )
         return json.dumps(out, default=str)
 
     @component("evaluate")
@@ -88,12 +108,16 @@ def build_pipeline(images: ComponentImages | None = None) -> Any:
     ) -> str:
         import json
 
-        import services.trigger.steps as steps
+        from services.trigger.isolate import run_step
 
         data = json.loads(gathered)
-        model = json.loads(trained)["model"]
-        out = steps.evaluate(
-            model, data["eval"], module_path, f"{run_dir}/evaluate", baseline_model or None
+        out = run_step(
+            "evaluate",
+            model_dir=json.loads(trained)["model"],
+            eval_uri=data["eval"],
+            module_path=module_path,
+            out_dir=f"{run_dir}/evaluate",
+            baseline_model_dir=baseline_model or None,
         )
         return json.dumps(out, default=str)
 

@@ -49,7 +49,14 @@ CANDIDATE = "candidate"
 BASELINE = "baseline"
 # In-process Beam: the data of one training run fits a worker; one worker
 # avoids a second TF runtime per process on a 2-core box.
-BEAM_ARGS = ("--runner=DirectRunner", "--direct_num_workers=1", "--direct_running_mode=in_memory")
+# Beam's DirectRunner now first tries Prism, which downloads a binary (no network here)
+# and leaves gRPC threads that crash the process at exit; the in-process FnApiRunner
+# is what DirectRunner ran before and needs neither.
+BEAM_ARGS = (
+    "--runner=apache_beam.runners.portability.fn_api_runner.FnApiRunner",
+    "--direct_num_workers=1",
+    "--direct_running_mode=in_memory",
+)
 
 
 class StepError(Exception):
