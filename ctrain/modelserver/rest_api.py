@@ -110,7 +110,10 @@ def _model_spec(name: str, version: str | None, label: str | None) -> model_pb2.
 def _status(core: ServingCore, spec: model_pb2.ModelSpec) -> str:
     request = get_model_status_pb2.GetModelStatusRequest(model_spec=spec)
     response = core.get_model_status(request)
-    return json_format.MessageToJson(response, including_default_value_fields=True, indent=1)
+    # protobuf 4.25's keyword (newer stubs only know its successor's name).
+    return json_format.MessageToJson(  # type: ignore[call-arg,unused-ignore]
+        response, including_default_value_fields=True, indent=1
+    )
 
 
 def _metadata(core: ServingCore, spec: model_pb2.ModelSpec) -> str:
