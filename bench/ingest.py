@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -122,8 +123,18 @@ async def ingest(settings: CommonSettings, total: int, root: str) -> tuple[float
 async def main(rows: int, runs: int) -> None:
     bootstrap = os.environ.get("CTRAIN_KAFKA_BOOTSTRAP")
     tmp = tempfile.mkdtemp(prefix="ctrain-bench-")
+    broker = None
     if not bootstrap:
-        bootstrap = start_tansu(Path(tmp)).address
+        broker = start_tansu(Path(tmp))
+        bootstrap = broker.address
+    try:
+        await _measure(bootstrap, tmp, rows, runs)
+    finally:
+        if broker is not None:
+            os.kill(broker.pid, signal.SIGTERM)
+
+
+async def _measure(bootstrap: str, tmp: str, rows: int, runs: int) -> None:
     settings = CommonSettings(kafka_bootstrap=bootstrap, kafka_idempotent=False)
     # Consumer-group commits need a group: give the ingest consumer one per run.
     await ensure_topics(settings, partitions=1)

@@ -24,6 +24,15 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(k)
 
 
+@pytest.fixture(autouse=True)
+def _no_leftover_services() -> Iterator[None]:
+    """A failed test must not leave its service processes running."""
+    yield
+    from tests.integration.support import stop_leftovers
+
+    stop_leftovers()
+
+
 @pytest.fixture
 def kafka(tmp_path: Path) -> Iterator[str]:
     """A fresh Tansu broker (memory storage) per test: topics start empty."""

@@ -62,6 +62,18 @@ def ingest_env(kafka: str, redis_url: str, root: Path, **extra: str) -> dict[str
     return env
 
 
+# Every service a test starts; tests/conftest.py stops what a failed test left running.
+RUNNING: list[subprocess.Popen[bytes]] = []
+
+
+def stop_leftovers() -> None:
+    for proc in RUNNING:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    RUNNING.clear()
+
+
 def start_service(name: str, env: dict[str, str], log: Path) -> ServiceProc:
     port = free_port()
     env = {**env, f"CTRAIN_{name.upper()}_HTTP_PORT": str(port)}
@@ -72,6 +84,7 @@ def start_service(name: str, env: dict[str, str], log: Path) -> ServiceProc:
         stdout=open(log, "ab"),
         stderr=subprocess.STDOUT,
     )
+    RUNNING.append(proc)
     return ServiceProc(proc, f"http://127.0.0.1:{port}", log)
 
 
