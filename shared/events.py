@@ -193,6 +193,8 @@ class ModelCandidate(Event):
     eval_window: str | None = None
     eval_data_uri: str | None = None
     reason: str | None = None
+    # Per window, the distances that crossed their thresholds when the run was decided.
+    trigger_evidence: dict[str, list[str]] = Field(default_factory=dict)
 
     @property
     def key(self) -> bytes:

@@ -186,6 +186,7 @@ def create_app(common: CommonSettings, settings: PromoterSettings) -> FastAPI:
             **rec.to_public(),
             "metrics": {"overall": overall, "slices": slices},
             "trigger_reason": c.reason,
+            "trigger_evidence": c.trigger_evidence,
             "lineage": {
                 "windows": c.windows,
                 "eval_window": c.eval_window,

@@ -193,8 +193,12 @@ class Promoter:
             await self.store.set_fields(cid, version=version)
             await asyncio.to_thread(self._copy, rec.candidate.model_uri, model, version)
             stable = prior["labels"].get("stable")
+            previous = prior["labels"].get("previous")
+            # While N+1 loads: N+1, the current stable and its previous stay loaded.
+            around = [int(v) for v in (stable, previous) if v is not None]
+            loading = {**prior, "versions": sorted({version, *around})}
+            # Afterwards: N+1 and the old stable (the new "previous", for rollback).
             keep = sorted({version, *(int(v) for v in [stable] if v is not None)})
-            loading = {**prior, "versions": keep}
             await self._apply(model, loading)
             await self.serving.wait_available(model, version, self.config.available_timeout_s)
             examples = await asyncio.to_thread(

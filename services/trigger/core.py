@@ -118,6 +118,12 @@ class Trigger:
             data_uri=v.data_uri or "",
             verdict=v.verdict,
             blocking=any(a.severity == "blocking" for a in v.anomalies),
+            crossed=tuple(
+                f"{f.name} {kind} {d.measure} {d.value:.4g} > {d.threshold:.4g}"
+                for f in v.features
+                for kind, d in (("drift", f.drift), ("skew", f.skew))
+                if d is not None and d.crossed and d.value is not None
+            ),
         )
         async with self._lock:
             state = await self.load_state()
@@ -170,7 +176,12 @@ class Trigger:
             "blocking_json": orjson.dumps(list(self.config.blocking)).decode(),
             "epochs": self.config.epochs,
         }
+        # The evidence behind the decision, shown to the approver with the candidate.
+        evidence = {
+            w.window_id: list(w.crossed) for w in state.windows if w.crossed and not w.blocking
+        }
         meta = {
+            "evidence": evidence,
             "run_id": run_id,
             "candidate_id": candidate_id,
             "reason": d.reason,
@@ -283,4 +294,5 @@ class Trigger:
             eval_window=meta["eval_window"],
             eval_data_uri=meta["params"]["eval_uri"],
             reason=meta["reason"],
+            trigger_evidence=meta.get("evidence", {}),
         )

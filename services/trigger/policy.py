@@ -35,6 +35,8 @@ class WindowInfo:
     data_uri: str
     verdict: str
     blocking: bool
+    # Distances over threshold in this window: "feature drift linf 0.069 > 0.06".
+    crossed: tuple[str, ...] = ()
 
 
 @dataclass
@@ -61,7 +63,10 @@ class ModelState:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ModelState:
         d = dict(d)
-        d["windows"] = [WindowInfo(**w) for w in d.get("windows", [])]
+        d["windows"] = [
+            WindowInfo(**{**w, "crossed": tuple(w.get("crossed", ()))})
+            for w in d.get("windows", [])
+        ]
         return cls(**d)
 
 

@@ -55,6 +55,7 @@ def cand(cid: str, model: str, blessed: bool = True) -> ModelCandidate:
         windows=["w1", "w2"],
         eval_window="w3",
         reason="drift",
+        trigger_evidence={"w2": ["payment_type drift linf 0.069 > 0.06"]},
     )
 
 
@@ -126,6 +127,7 @@ def test_approval_api(kafka: str, redis_url: str, tmp_path: Path) -> None:
     assert ok["state"] == "pending_approval"
     assert ok["metrics"]["overall"]["auc"] == {"candidate": 0.8, "baseline": 0.79}
     assert ok["lineage"]["windows"] == ["w1", "w2"] and ok["trigger_reason"] == "drift"
+    assert ok["trigger_evidence"] == {"w2": ["payment_type drift linf 0.069 > 0.06"]}
 
     # only an admin overrides a rejection; a reject of a rejected candidate is 409
     r = httpx.post(

@@ -142,6 +142,7 @@ def test_drift_starts_one_run_even_when_redelivered(redis_url: str, tmp_path: Pa
         assert len(cands) == 1 and cands[0].run_id == run_id and cands[0].blessed
         assert cands[0].windows == ["win-0", "win-1"] and cands[0].eval_window == "win-2"
         assert cands[0].metrics.slices[0].slice == "payment_type=Cash"
+        assert cands[0].trigger_evidence["win-2"] == ["payment_type drift linf 0.2 > 0.06"]
         decisions = await t.decisions()
         assert any(d["taken"] == "true" and d["trigger"] == "drift" for d in decisions)
         assert any(d["taken"] == "false" and d["reason"] == "no policy fired" for d in decisions)
