@@ -77,6 +77,7 @@ class LocalBackend:
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         log.close()
+        (run_dir / "worker.pid").write_text(str(self.procs[run_id].pid))
         return f"local-{run_id}"
 
     async def wait(self, run_id: str, backend_run_id: str, run_dir: str) -> Outcome:
@@ -85,6 +86,10 @@ class LocalBackend:
         log_path = Path(run_dir) / "run.log"
         while proc is not None and proc.poll() is None:
             await asyncio.sleep(self.poll_s)  # poll the worker; the loop stays free
+        if proc is None:
+            # Re-attached after a restart: the worker may still be running on its own.
+            while _alive(Path(run_dir) / "worker.pid"):
+                await asyncio.sleep(self.poll_s)
         self.procs.pop(run_id, None)
         if result.exists():
             return Outcome("succeeded")
@@ -96,6 +101,14 @@ class LocalBackend:
         log = log_path.read_text(errors="replace") if log_path.exists() else ""
         step, tail = failure_of(log)
         return Outcome("failed", step, tail)
+
+
+def _alive(pid_file: Path) -> bool:
+    try:
+        os.kill(int(pid_file.read_text()), 0)
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 KFP_TERMINAL = {

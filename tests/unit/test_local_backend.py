@@ -1,0 +1,49 @@
+"""The local backend re-attaches to a worker that outlived a trigger restart."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from services.trigger.backends import LocalBackend, failure_of
+
+pytestmark = pytest.mark.unit
+
+
+def test_reattached_wait_follows_a_running_worker(tmp_path: Path) -> None:
+    result = tmp_path / "result.json"
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import time; time.sleep(1.5); open({str(result)!r}, 'w').write('{{}}')",
+        ]
+    )
+    # After a real restart the worker is not our child; reap it here so that its
+    # exit is visible to the backend's liveness probe, as it would be then.
+    reaper = threading.Thread(target=worker.wait)
+    reaper.start()
+    (tmp_path / "worker.pid").write_text(str(worker.pid))
+    (tmp_path / "run.log").write_text("running\n")
+    fresh = LocalBackend(poll_s=0.05)  # a new trigger process: no handle on the worker
+    outcome = asyncio.run(fresh.wait("run-1", "local-run-1", str(tmp_path)))
+    reaper.join()
+    assert outcome.state == "succeeded"
+
+
+def test_failure_of_reads_kfp_local_colours() -> None:
+    log = (
+        "    Traceback (most recent call last):\n"
+        "    BlockingAnomalies: 1 blocking anomalies: fare: SCHEMA_MISSING_COLUMN\n"
+        "\x1b[31m07:09:14 - ERROR - Task \x1b[96m'validate'\x1b[0m finished with status "
+        "\x1b[91mFAILURE\x1b[0m\n"
+        "later lines\n"
+    )
+    step, tail = failure_of(log)
+    assert step == "validate"
+    assert "fare: SCHEMA_MISSING_COLUMN" in tail and "later lines" not in tail
