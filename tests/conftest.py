@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+_EXIT = pytest.StashKey[int]()
 ROOT = Path(__file__).resolve().parent.parent
 TAXI_CSV = ROOT / "examples" / "taxi" / "data" / "taxi_2013_2014.csv"
 TAXI_SCHEMA = ROOT / "examples" / "taxi" / "data" / "schema.pbtxt"
@@ -80,3 +81,23 @@ def run_ctrain(*args: str, env: dict[str, str] | None = None, timeout: float = 3
     )
     assert out.returncode == 0, out.stdout + out.stderr
     return out.stdout
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    session.config.stash[_EXIT] = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Leave without interpreter teardown once pytest has reported.
+
+    Tests run TensorFlow Transform and TFMA in this process; their native threads
+    can crash the interpreter at exit (SIGSEGV after every test passed), which
+    would turn a green run red. The summary is already printed; the status is
+    pytest's own.
+    """
+    if _EXIT in config.stash:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(config.stash[_EXIT])

@@ -166,6 +166,14 @@ class Ingestor:
             )
         windows = part.windows
         recs = list(records)
+        if part.committed is not None and recs and recs[0].offset < part.committed:
+            # Below the checkpoint everything is durable already. The consumer may
+            # resume from Kafka's committed offset, which can trail the checkpoint
+            # (a crash between the two writes, or the client re-reading its committed
+            # offset after our seek): never process those records twice.
+            before = len(recs)
+            recs = [r for r in recs if r.offset >= part.committed]
+            self.metrics.replayed.inc(before - len(recs))
         n = len(recs)
         if not n:
             return await self._settle(tp, part, [])
