@@ -84,3 +84,45 @@ async def ensure_topics(
         return missing
     finally:
         await admin.close()
+
+
+def make_router(settings: CommonSettings) -> Any:
+    """A FastStream router for a FastAPI app, with ctrain's producer defaults."""
+    from faststream.kafka.fastapi import KafkaRouter
+
+    return KafkaRouter(
+        settings.kafka_bootstrap,
+        acks="all",
+        enable_idempotence=settings.kafka_idempotent,
+        schema_url=None,
+        include_in_schema=False,
+    )
+
+
+def one_event_at_a_time(router: Any, topic: str, group_id: str) -> Any:
+    """Subscriber decorator for services whose unit of work is one event.
+
+    Acknowledgement is manual (DESIGN §10: never ACK_FIRST): the handler commits
+    after its effects are durable; one record per poll keeps that commit exact.
+    """
+    from faststream import AckPolicy
+
+    return router.subscriber(
+        topic,
+        group_id=group_id,
+        auto_offset_reset="earliest",
+        ack_policy=AckPolicy.MANUAL,
+        max_poll_records=1,
+        include_in_schema=False,
+    )
+
+
+async def health(redis: Any, broker: Any) -> str | None:
+    """None when Redis and the broker answer, else why not (for /healthz)."""
+    try:
+        await redis.ping()
+        if not await broker.ping(timeout=2):
+            return "Kafka broker does not answer"
+    except Exception as e:  # noqa: BLE001 - health reports, it does not raise
+        return f"{type(e).__name__}: {e}"
+    return None

@@ -16,8 +16,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Query
 from fastapi.responses import JSONResponse
-from faststream import AckPolicy
-from faststream.kafka.fastapi import KafkaMessage, KafkaRouter
+from faststream.kafka.fastapi import KafkaMessage
 from pydantic import BaseModel, Field, ValidationError
 from starlette.requests import Request
 
@@ -29,6 +28,7 @@ from services.promoter.serving import ServingClient
 from services.promoter.settings import PromoterSettings
 from shared import topics
 from shared.events import ModelCandidate, PromotionEvent
+from shared.kafka import health, make_router, one_event_at_a_time
 from shared.metrics import metrics_endpoint, new_registry
 from shared.redis import make_redis
 from shared.settings import CommonSettings
@@ -62,13 +62,7 @@ def create_app(common: CommonSettings, settings: PromoterSettings) -> FastAPI:
     metrics = PromoterMetrics(registry)
     book = TokenBook.load(settings.tokens_file, settings.tokens)
     redis = make_redis(common)
-    router = KafkaRouter(
-        common.kafka_bootstrap,
-        acks="all",
-        enable_idempotence=common.kafka_idempotent,
-        schema_url=None,
-        include_in_schema=False,
-    )
+    router = make_router(common)
 
     async def publish(ev: PromotionEvent) -> None:
         await router.broker.publish(ev.to_bytes(), topic=topics.PROMOTIONS, key=ev.key)
@@ -89,14 +83,7 @@ def create_app(common: CommonSettings, settings: PromoterSettings) -> FastAPI:
         metrics=metrics,
     )
 
-    @router.subscriber(
-        topics.CANDIDATES,
-        group_id=settings.group_id,
-        auto_offset_reset="earliest",
-        ack_policy=AckPolicy.MANUAL,
-        max_poll_records=1,
-        include_in_schema=False,
-    )
+    @one_event_at_a_time(router, topics.CANDIDATES, settings.group_id)
     async def on_candidate(msg: KafkaMessage) -> None:
         try:
             c = ModelCandidate.model_validate_json(msg.body)
@@ -145,10 +132,9 @@ def create_app(common: CommonSettings, settings: PromoterSettings) -> FastAPI:
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> JSONResponse:
-        try:
-            await redis.ping()
-        except Exception as e:  # noqa: BLE001 - health reports, it does not raise
-            return JSONResponse({"status": "down", "reason": str(e)}, 503)
+        reason = await health(redis, router.broker)
+        if reason:
+            return JSONResponse({"status": "down", "reason": reason}, 503)
         return JSONResponse({"status": "ok"})
 
     @app.get("/v1/candidates")

@@ -15,8 +15,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
-from faststream import AckPolicy
-from faststream.kafka.fastapi import KafkaMessage, KafkaRouter
+from faststream.kafka.fastapi import KafkaMessage
 from pydantic import BaseModel, Field, ValidationError
 
 from services.trigger import policy as pol
@@ -28,6 +27,7 @@ from services.trigger.settings import TriggerSettings
 from shared import topics
 from shared.artifacts import ArtifactStore
 from shared.events import Event, ModelCandidate, TrainingRun, WindowValidated
+from shared.kafka import health, make_router, one_event_at_a_time
 from shared.metrics import metrics_endpoint, new_registry
 from shared.redis import make_redis
 from shared.settings import CommonSettings, SettingsError
@@ -69,13 +69,7 @@ def create_app(common: CommonSettings, settings: TriggerSettings) -> FastAPI:
     registry = new_registry()
     metrics = TriggerMetrics(registry)
     redis = make_redis(common)
-    router = KafkaRouter(
-        common.kafka_bootstrap,
-        acks="all",
-        enable_idempotence=common.kafka_idempotent,
-        schema_url=None,
-        include_in_schema=False,
-    )
+    router = make_router(common)
 
     async def publish(event: Event) -> None:
         topic = topics.CANDIDATES if isinstance(event, ModelCandidate) else topics.TRAINING
@@ -98,14 +92,7 @@ def create_app(common: CommonSettings, settings: TriggerSettings) -> FastAPI:
         publish=publish,
     )
 
-    @router.subscriber(
-        topics.VALIDATIONS,
-        group_id=settings.group_id,
-        auto_offset_reset="earliest",
-        ack_policy=AckPolicy.MANUAL,
-        max_poll_records=1,
-        include_in_schema=False,
-    )
+    @one_event_at_a_time(router, topics.VALIDATIONS, settings.group_id)
     async def on_validation(msg: KafkaMessage) -> None:
         try:
             v = WindowValidated.model_validate_json(msg.body)
@@ -132,11 +119,9 @@ def create_app(common: CommonSettings, settings: TriggerSettings) -> FastAPI:
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
-        try:
-            await redis.ping()
-            await router.broker.ping(timeout=2)
-        except Exception as e:  # noqa: BLE001 - health reports, it does not raise
-            return JSONResponse({"status": "down", "reason": f"{type(e).__name__}: {e}"}, 503)
+        reason = await health(redis, router.broker)
+        if reason:
+            return JSONResponse({"status": "down", "reason": reason}, 503)
         return JSONResponse({"status": "ok", "runs_in_flight": len(trigger.followers)})
 
     @app.post("/v1/trigger")

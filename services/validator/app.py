@@ -17,8 +17,7 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from faststream import AckPolicy
-from faststream.kafka.fastapi import KafkaMessage, KafkaRouter
+from faststream.kafka.fastapi import KafkaMessage
 from pydantic import ValidationError
 
 from services.validator import checks
@@ -31,6 +30,7 @@ from services.validator.settings import ValidatorSettings
 from shared import topics
 from shared.artifacts import ArtifactStore
 from shared.events import WindowClosed
+from shared.kafka import health, make_router, one_event_at_a_time
 from shared.metrics import metrics_endpoint, new_registry
 from shared.redis import make_redis
 from shared.settings import CommonSettings
@@ -71,13 +71,7 @@ def create_app(common: CommonSettings, settings: ValidatorSettings) -> FastAPI:
         metrics=metrics,
         config=config_from(settings),
     )
-    router = KafkaRouter(
-        common.kafka_bootstrap,
-        acks="all",
-        enable_idempotence=common.kafka_idempotent,
-        schema_url=None,
-        include_in_schema=False,
-    )
+    router = make_router(common)
 
     async def dead_letter(raw: bytes, reason: str, message: str, msg: KafkaMessage) -> None:
         rec = msg.raw_message
@@ -92,14 +86,7 @@ def create_app(common: CommonSettings, settings: ValidatorSettings) -> FastAPI:
         await router.broker.publish(orjson.dumps(letter), topic=topics.WINDOWS_DLQ)
         log.error("window dead-lettered", extra={"reason": reason, "detail": message})
 
-    @router.subscriber(
-        topics.WINDOWS,
-        group_id=settings.group_id,
-        auto_offset_reset="earliest",
-        ack_policy=AckPolicy.MANUAL,
-        max_poll_records=1,
-        include_in_schema=False,
-    )
+    @one_event_at_a_time(router, topics.WINDOWS, settings.group_id)
     async def on_window(msg: KafkaMessage) -> None:
         body: bytes = msg.body
         try:
@@ -147,11 +134,9 @@ def create_app(common: CommonSettings, settings: ValidatorSettings) -> FastAPI:
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
-        try:
-            await redis.ping()
-            await router.broker.ping(timeout=2)
-        except Exception as e:  # noqa: BLE001 - health reports, it does not raise
-            return JSONResponse({"status": "down", "reason": f"{type(e).__name__}: {e}"}, 503)
+        reason = await health(redis, router.broker)
+        if reason:
+            return JSONResponse({"status": "down", "reason": reason}, 503)
         return JSONResponse({"status": "ok"})
 
     async def find(window_id: str) -> Any:
