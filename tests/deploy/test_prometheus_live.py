@@ -48,7 +48,7 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float) -> T:
                 return got
         except OSError as e:  # not listening yet
             last = e
-        time.sleep(0.2)
+        time.sleep(0.2)  # interval between probes, not a readiness wait
     raise AssertionError(f"timed out waiting for {what} (last error: {last})")
 
 
