@@ -11,9 +11,9 @@ import logging
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Query
 from fastapi.responses import JSONResponse
 from faststream.kafka.fastapi import KafkaMessage
 from pydantic import BaseModel, Field, ValidationError
@@ -133,6 +133,17 @@ def create_app(common: CommonSettings, settings: TriggerSettings) -> FastAPI:
     @app.get("/v1/decisions")
     async def decisions(count: int = 50) -> JSONResponse:
         return JSONResponse({"model": settings.model, "decisions": await trigger.decisions(count)})
+
+    @app.get("/v1/runs")
+    async def runs(count: Annotated[int, Query(ge=1, le=500)] = 20) -> JSONResponse:
+        return JSONResponse({"model": settings.model, "runs": await trigger.runs(count)})
+
+    @app.get("/v1/runs/{run_id}")
+    async def run(run_id: str) -> JSONResponse:
+        view = await trigger.run(run_id)
+        if view is None:
+            return JSONResponse({"detail": f"no run {run_id!r} of model {settings.model!r}"}, 404)
+        return JSONResponse(view)
 
     app.state.trigger = trigger
     return app

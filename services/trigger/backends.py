@@ -33,6 +33,10 @@ class Backend(Protocol):
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _TASK_FAILED = re.compile(r"Task '([\w-]+)' finished with status FAILURE")
+_TASK_EVENT = re.compile(
+    r"^(\d\d:\d\d:\d\d\.\d+) - \w+ - "
+    r"(?:Executing task '([\w-]+)'|Task '([\w-]+)' finished with status (\w+))"
+)
 
 
 def _tail(text: str, lines: int = 40) -> str:
@@ -52,6 +56,31 @@ def failure_of(log: str, lines: int = 40) -> tuple[str | None, str]:
         if m:
             return m.group(1), "\n".join(rows[max(0, i - lines) : i + 1])
     return None, _tail(plain, lines)
+
+
+def components_of(log: str) -> list[dict[str, Any]]:
+    """Each pipeline component's state and wall-clock times from a kfp.local run log.
+
+    Times are the log's own ``HH:MM:SS.fff`` stamps (seconds since midnight, local
+    time); durations between them are what a progress view and the loop benchmark need.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for row in _ANSI.sub("", log).splitlines():
+        m = _TASK_EVENT.match(row.strip())
+        if not m:
+            continue
+        hh, mm, ss = m.group(1).split(":")
+        t = int(hh) * 3600 + int(mm) * 60 + float(ss)
+        if m.group(2):
+            out[m.group(2)] = {"name": m.group(2), "state": "running", "started": t}
+        else:
+            c = out.setdefault(m.group(3), {"name": m.group(3), "started": None})
+            c["state"] = "succeeded" if m.group(4) == "SUCCESS" else "failed"
+            c["finished"] = t
+            if c["started"] is not None:
+                # A run crossing midnight wraps the clock.
+                c["seconds"] = round((t - c["started"]) % 86400, 3)
+    return list(out.values())
 
 
 class LocalBackend:

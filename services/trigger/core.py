@@ -19,7 +19,7 @@ import orjson
 from redis.asyncio import Redis
 
 from services.trigger import policy as pol
-from services.trigger.backends import Backend
+from services.trigger.backends import Backend, components_of
 from services.trigger.metrics import TriggerMetrics
 from shared.artifacts import ArtifactStore
 from shared.events import (
@@ -107,6 +107,40 @@ class Trigger:
         rows: Any = await self.redis.xrevrange(self._key("decisions"), count=count)
         return [{_text(k): _text(v) for k, v in fields.items()} for _, fields in rows or []]
 
+    async def runs(self, count: int = 20) -> list[dict[str, Any]]:
+        """The latest runs, newest first, each with its components' progress."""
+        ids: Any = await self.redis.zrevrange(self._key("runs"), 0, count - 1)
+        views = [await self.run(_text(i)) for i in ids or []]
+        return [v for v in views if v is not None]
+
+    async def run(self, run_id: str) -> dict[str, Any] | None:
+        raw = await self.redis.get(f"ctrain:trigger:run:{run_id}:meta")
+        if raw is None:
+            return None
+        meta = orjson.loads(raw)
+        outcome_raw = await self.redis.get(f"ctrain:trigger:run:{run_id}:outcome")
+        outcome = orjson.loads(outcome_raw) if outcome_raw else {}
+        run_dir = meta["params"]["run_dir"]
+        log_path = f"{run_dir}/run.log"
+        log = (
+            self.store.read_bytes(log_path).decode(errors="replace")
+            if (self.store.exists(log_path))
+            else ""
+        )
+        return {
+            "run_id": run_id,
+            "model": self.config.model,
+            "state": outcome.get("state") or ("running" if log else "submitted"),
+            "reason": meta["reason"],
+            "windows": meta["windows"],
+            "eval_window": meta["eval_window"],
+            "candidate_id": meta["candidate_id"],
+            "submitted_at": meta["submitted_at"],
+            "finished_at": outcome.get("finished_at"),
+            "failed_component": outcome.get("failed_component"),
+            "components": components_of(log),
+        }
+
     # ------------------------------------------------------------ entry
     async def on_validation(self, v: WindowValidated) -> pol.Decision | None:
         """Fold one validation in; maybe start a run. None if already seen."""
@@ -191,6 +225,7 @@ class Trigger:
             "submitted_at": self.clock(),
         }
         await self.redis.set(f"ctrain:trigger:run:{run_id}:meta", orjson.dumps(meta))
+        await self.redis.zadd(self._key("runs"), {run_id: self.clock()})
         backend_run_id = await self.backend.submit(run_id, params)
         await self.redis.set(f"ctrain:trigger:run:{run_id}", backend_run_id.encode())
         pol.started(state, run_id, self.clock())
@@ -250,6 +285,16 @@ class Trigger:
                         log_tail=outcome.log_tail,
                     )
                 )
+            await self.redis.set(
+                f"ctrain:trigger:run:{run_id}:outcome",
+                orjson.dumps(
+                    {
+                        "state": outcome.state,
+                        "failed_component": outcome.failed_component,
+                        "finished_at": self.clock(),
+                    }
+                ),
+            )
             self.metrics.runs.labels(outcome.state).inc()
             self.metrics.duration.observe(time.perf_counter() - started)
             async with self._lock:

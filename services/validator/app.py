@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import html
 import logging
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from faststream.kafka.fastapi import KafkaMessage
 from pydantic import ValidationError
@@ -29,7 +29,7 @@ from services.validator.schemas import SchemaStore
 from services.validator.settings import ValidatorSettings
 from shared import topics
 from shared.artifacts import ArtifactStore
-from shared.events import WindowClosed
+from shared.events import WindowClosed, WindowValidated
 from shared.kafka import health, make_router, one_event_at_a_time
 from shared.metrics import metrics_endpoint, new_registry
 from shared.redis import make_redis
@@ -148,6 +148,19 @@ def create_app(common: CommonSettings, settings: ValidatorSettings) -> FastAPI:
             raise UnknownWindow(f"window {window_id!r}: no stored result")
         return result
 
+    @app.get("/v1/windows")
+    async def list_windows(
+        stream: Annotated[str, Query(min_length=1, max_length=200)],
+        limit: Annotated[int, Query(ge=1, le=500)] = 20,
+    ) -> JSONResponse:
+        """The latest validated windows of a stream (newest first) with what crossed."""
+        out = []
+        for ref in await validator.index.latest(stream, limit):
+            r = validator.load_result(ref.stream, ref.window_id)
+            if r is not None:
+                out.append(window_summary(r))
+        return JSONResponse({"stream": stream, "windows": out})
+
     @app.get("/v1/windows/{window_id}")
     async def get_window(window_id: str) -> Response:
         result = await find(window_id)
@@ -182,6 +195,34 @@ def create_app(common: CommonSettings, settings: ValidatorSettings) -> FastAPI:
     app.state.validator = validator
     app.state.registry = registry
     return app
+
+
+def window_summary(r: WindowValidated) -> dict[str, Any]:
+    """One window for lists and live views: verdict, counts, largest distances first."""
+    dists: list[dict[str, Any]] = []
+    for f in r.features:
+        for kind, d in (("drift", f.drift), ("skew", f.skew)):
+            if d is not None and d.value is not None:
+                dists.append(
+                    {
+                        "feature": f.name,
+                        "kind": kind,
+                        "measure": d.measure,
+                        "value": d.value,
+                        "threshold": d.threshold,
+                        "crossed": d.crossed,
+                    }
+                )
+    dists.sort(key=lambda d: (not d["crossed"], -d["value"] / (d["threshold"] or 1)))
+    return {
+        "window_id": r.window_id,
+        "start": r.window_start.isoformat() if r.window_start else None,
+        "end": r.window_end.isoformat() if r.window_end else None,
+        "example_count": r.example_count,
+        "verdict": r.verdict,
+        "anomalies": [a.model_dump() for a in r.anomalies],
+        "distances": dists,
+    }
 
 
 def _facets(stats: Any, base: Any, lhs: str, rhs: str) -> str:

@@ -30,6 +30,7 @@ class WindowIndex(Protocol):
     async def predecessors(self, stream: str, start_ms: int) -> list[WindowRef]: ...
     async def first(self, stream: str) -> list[WindowRef]: ...
     async def serving_windows(self, model: str) -> list[str] | None: ...
+    async def latest(self, stream: str, limit: int) -> list[WindowRef]: ...
 
 
 def serving_windows_key(model: str) -> str:
@@ -76,6 +77,12 @@ class RedisWindowIndex:
     async def first(self, stream: str) -> list[WindowRef]:
         head = await self.redis.zrange(self._zkey(stream), 0, 0, withscores=True)
         return await self._at(stream, float(head[0][1])) if head else []
+
+    async def latest(self, stream: str, limit: int) -> list[WindowRef]:
+        """The ``limit`` latest windows by event time, newest first."""
+        ids: list[Any] = await self.redis.zrevrange(self._zkey(stream), 0, limit - 1)
+        refs = [await self.get(i.decode()) for i in ids]
+        return [r for r in refs if r is not None]
 
     async def serving_windows(self, model: str) -> list[str] | None:
         raw = await self.redis.get(serving_windows_key(model))

@@ -52,6 +52,9 @@ class MemoryIndex:
     async def serving_windows(self, model: str) -> list[str] | None:
         return self.serving
 
+    async def latest(self, stream: str, limit: int) -> list[WindowRef]:
+        return sorted(self.refs.values(), key=lambda r: -r.start_ms)[:limit]
+
 
 def quarter_windows(tmp: Path) -> list[WindowClosed]:
     """The taxi data cut into calendar quarters, written as ingest would."""
