@@ -149,32 +149,18 @@ def _pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
-def _service_url(name: str) -> str:
-    from ctrain import devstack
-
-    env = os.environ.get(f"CTRAIN_{name.upper()}_URL")
-    if env:
-        return env
-    state = devstack.load_state()
-    for p in (state or {}).get("procs", []):
-        if p["name"] == name:
-            return str(p["address"])
-    raise RuntimeError(
-        f"no {name} address: start the dev stack (`ctrain dev up`) or set CTRAIN_{name.upper()}_URL"
-    )
-
-
 def _train(args: argparse.Namespace) -> int:
-    import httpx
+    from ctrain import client
 
-    r = httpx.post(
-        f"{_service_url('trigger')}/v1/trigger", json={"reason": args.reason}, timeout=30
-    )
-    body = r.json()
-    if r.status_code == 202:
+    tc = client.trigger()
+    try:
+        body = tc.train(args.reason)
+    finally:
+        tc.close()
+    if body["started"]:
         console.print(f"[green]run started[/green] {body['run_id']} ({body['reason']})")
         return 0
-    console.print(f"[yellow]no run[/yellow]: {body.get('reason', body)}")
+    console.print(f"[yellow]no run[/yellow]: {body['reason']}")
     return 1
 
 
@@ -211,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="ask the trigger for a training run now")
     tr.add_argument("--reason", default="manual request from ctrain train")
     tr.set_defaults(func=_train)
+    from ctrain.ops import add_parsers
+
+    add_parsers(sub)
     return p
 
 

@@ -95,7 +95,7 @@ def _epoch_seconds(table: pa.Table, time_column: str | None) -> list[float] | No
 
 async def replay(
     settings: CommonSettings,
-    path: str | Path,
+    path: str | Path | pa.Table,
     *,
     time_column: str | None = None,
     rate: float | None = None,
@@ -111,7 +111,8 @@ async def replay(
         raise ReplayError("use --rate or --speedup, not both")
     if speedup is not None and not time_column:
         raise ReplayError("--speedup needs --time-column")
-    table = order_by_time(read_table(path), time_column)
+    # A table lets callers (``ctrain demo``) replay a slice of a file in phases.
+    table = order_by_time(path if isinstance(path, pa.Table) else read_table(path), time_column)
     if limit is not None:
         table = table.slice(0, limit)
     payloads = encode_rows(table) * repeat
@@ -165,7 +166,7 @@ async def replay(
     finally:
         await producer.stop()
     return ReplaySummary(
-        path=str(path),
+        path="<table>" if isinstance(path, pa.Table) else str(path),
         topic=topic,
         sent=total,
         seconds=time.perf_counter() - started,

@@ -1,0 +1,399 @@
+"""``ctrain demo``: the whole loop on the bundled taxi trips, live in the terminal.
+
+Two phases over real event time. Phase 1 replays the trips up to a window
+boundary early in 2014 and trains the first model (no model serves yet, so the
+demo asks the trigger for a run, as an operator would with ``ctrain train``) and
+approves it through the API. Phase 2 replays the rest of 2014: credit cards
+gain share, the validator sees ``payment_type`` drift away from what the
+serving model was trained on, the trigger starts a run by itself, TFMA
+compares the candidate with the serving model, an operator approves (or
+``--auto-approve``), and the ``stable`` label moves. The same trips are scored
+through ``stable`` before and after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ctrain import client, devstack
+from ctrain.loop import EventTail, LoopError, LoopState, predict_stable
+from shared.events import Event, ModelCandidate, PromotionEvent, TrainingRun, WindowClosed
+from shared.settings import CommonSettings
+
+MODEL = "taxi"
+TIME_COLUMN = "trip_start_timestamp"
+BUNDLED = Path(__file__).resolve().parents[1] / "examples/taxi/data/taxi_2013_2014.csv"
+
+# The demo's settings on top of the dev stack's taxi defaults. One partition keeps a
+# quarter in one window, so drift is quarter against quarter; re-arming at once lets
+# the drift right after the first model trigger; two epochs keep a run near a minute.
+DEMO_ENV = {
+    "CTRAIN_KAFKA_PARTITIONS": "1",
+    "CTRAIN_TRIGGER_REARM_CALM": "0",
+    "CTRAIN_TRIGGER_COOLDOWN_S": "0",
+    "CTRAIN_TRIGGER_EPOCHS": "2",
+}
+
+
+@dataclass
+class DemoOptions:
+    data: str = str(BUNDLED)
+    auto_approve: bool = False
+    # The data's own clock, this much faster: two years of trips in about 20 s.
+    speedup: float = 3.0e6
+    keep: bool = True
+    approve_timeout_s: float = 3600
+    run_timeout_s: float = 1800
+    predict_rows: int = 5
+    model_module: str | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Progress:
+    """What the demo itself is doing, next to what the loop published."""
+
+    phase: str = "starting"
+    started: float = field(default_factory=time.time)
+    replayed: int = 0
+    replay_total: int = 0
+    bootstrap_run: str | None = None
+    drift_run: str | None = None
+    runs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    waiting_approval: str | None = None
+    before: tuple[int, list[float]] | None = None
+    after: tuple[int, list[float]] | None = None
+    marks: dict[str, float] = field(default_factory=dict)
+    urls: dict[str, str] = field(default_factory=dict)
+
+
+def split_at_window(table: pa.Table, window_s: int, year: int = 2014) -> tuple[pa.Table, pa.Table]:
+    """Rows before / from the first window boundary on or after 1 January ``year``.
+
+    Windows are aligned to multiples of their duration since the epoch, so a split
+    on a boundary leaves no window half in each phase.
+    """
+    import calendar
+
+    jan1 = calendar.timegm((year, 1, 1, 0, 0, 0))
+    boundary = -(-jan1 // window_s) * window_s
+    ts = table.column(TIME_COLUMN)
+    before = table.filter(pc.less(ts, boundary))
+    after = table.filter(pc.greater_equal(ts, boundary))
+    return before, after
+
+
+def prepare_state_dir(d: Path) -> None:
+    """A demo starts from nothing: old artifacts, Redis data and models are cleared."""
+    state = devstack.load_state()
+    if state and any(devstack.Proc(**p).alive() for p in state.get("procs", [])):
+        raise devstack.DevStackError(
+            f"a dev stack is already up (state {d / 'dev.json'}); `ctrain dev down` first"
+        )
+    for sub in ("artifacts", "serving", "redis"):
+        shutil.rmtree(d / sub, ignore_errors=True)
+    for f in ("models.config", "dev.json", "tokens.json"):
+        (d / f).unlink(missing_ok=True)
+
+
+class Demo:
+    """Drives the two phases; ``view`` is told about every change."""
+
+    def __init__(self, opts: DemoOptions, view: Callable[[str], None] = print) -> None:
+        self.opts = opts
+        self.say = view
+        self.progress = Progress()
+        self.tail: EventTail | None = None
+        self.state: dict[str, Any] = {}
+
+    # ------------------------------------------------------------ set-up
+    def start(self) -> None:
+        for k, v in {**DEMO_ENV, **self.opts.extra_env}.items():
+            os.environ.setdefault(k, v)
+        policy = "auto" if self.opts.auto_approve else "manual"
+        os.environ["CTRAIN_PROMOTER_DEFAULT_POLICY"] = policy
+        if self.opts.model_module:
+            os.environ["CTRAIN_TRIGGER_MODULE_PATH"] = self.opts.model_module
+        d = devstack.state_dir()
+        prepare_state_dir(d)
+        self.progress.phase = "starting the stack"
+        self.state = devstack.up(echo=lambda m: self.say(f"[dim]{m}[/dim]"))
+        self.tail = EventTail(self.state["kafka"], on_event=self._on_event)
+        self.tail.__enter__()
+        procs = {p["name"]: p["address"] for p in self.state["procs"]}
+        self.progress.urls = {
+            "approval API docs": f"{procs['promoter']}/docs",
+            **{f"{n} metrics": f"{procs[n]}/metrics" for n in devstack.SERVICES},
+            "statistics views": f"{procs['validator']}/v1/windows/<window_id>/stats.html",
+            "decisions": f"{procs['trigger']}/v1/decisions",
+        }
+
+    def stop(self) -> None:
+        if self.tail is not None:
+            self.tail.stop()
+        if not self.opts.keep:
+            devstack.down(echo=lambda m: None)
+
+    def _alive(self) -> str | None:
+        for p in self.state.get("procs", []):
+            if not devstack.Proc(**p).alive():
+                return f"{p['name']} exited (log {p['log']})"
+        return None
+
+    def _on_event(self, topic: str, ev: Event) -> None:
+        self.say(describe(ev))
+
+    # ------------------------------------------------------------ steps
+    def wait(self, pred: Callable[[LoopState], Any], timeout: float, what: str) -> Any:
+        assert self.tail is not None
+        return self.tail.wait_for(pred, timeout, what, alive=self._alive)
+
+    def replay(self, table: pa.Table, phase: str) -> None:
+        from ctrain.replay import replay
+
+        self.progress.phase = phase
+        self.progress.replayed, self.progress.replay_total = 0, table.num_rows
+        settings = CommonSettings(
+            kafka_bootstrap=self.state["kafka"], kafka_idempotent=not self.state["embedded_kafka"]
+        )
+
+        def seen(sent: int, total: int) -> None:
+            self.progress.replayed = sent
+
+        self.progress.marks[f"{phase} first example"] = time.time()
+        asyncio.run(
+            replay(
+                settings,
+                table,
+                time_column=TIME_COLUMN,
+                speedup=self.opts.speedup or None,
+                progress=seen,
+            )
+        )
+        self.progress.marks[f"{phase} replayed"] = time.time()
+
+    def settle(self, expected: int, what: str) -> None:
+        """Wait until every replayed example is in a closed, validated window or the DLQ."""
+
+        def done(s: LoopState) -> bool:
+            return s.examples_accounted() >= expected and set(s.validations) >= set(s.windows)
+
+        self.wait(done, 300, what)
+
+    def follow_run(self, run_id: str) -> TrainingRun:
+        """Poll the trigger for component progress until the run ends."""
+        tc = client.trigger(self.state)
+        deadline = time.monotonic() + self.opts.run_timeout_s
+        try:
+            while time.monotonic() < deadline:
+                problem = self._alive()
+                if problem:
+                    raise LoopError(f"run {run_id}: {problem}")
+                view = tc.run(run_id)
+                self.progress.runs[run_id] = view
+                if view["state"] in ("succeeded", "failed"):
+                    break
+                time.sleep(1.0)  # poll interval of the progress view
+        finally:
+            tc.close()
+        return self.wait(
+            lambda s: next(
+                (e for e in s.runs.get(run_id, []) if e.state in ("succeeded", "failed")), None
+            ),
+            60,
+            f"the end of run {run_id}",
+        )
+
+    def candidate_of(self, run_id: str) -> ModelCandidate:
+        c: ModelCandidate = self.wait(
+            lambda s: next((c for c in s.candidates.values() if c.run_id == run_id), None),
+            120,
+            f"the candidate of run {run_id}",
+        )
+        return c
+
+    def approve(self, cand: ModelCandidate, reason: str, by_demo: bool) -> PromotionEvent:
+        """Approval through the approval API: by the demo, the operator, or the auto policy."""
+        if by_demo and not self.opts.auto_approve:
+            pc_ = client.promoter("approver", self.state)
+            try:
+                self._await_pending(pc_, cand.candidate_id)
+                pc_.approve(cand.candidate_id, reason)
+            finally:
+                pc_.close()
+        elif not self.opts.auto_approve:
+            self.progress.waiting_approval = cand.candidate_id
+            self.say(
+                f"[bold yellow]approval needed[/bold yellow]: `ctrain candidates show "
+                f"{cand.candidate_id}` then `ctrain candidates approve {cand.candidate_id}` "
+                f"(or POST {self.progress.urls['approval API docs'][:-5]}/v1/candidates/"
+                f"{cand.candidate_id}/approve)"
+            )
+        promo: PromotionEvent = self.wait(
+            lambda s: next(
+                (
+                    p
+                    for p in s.promotions
+                    if p.candidate_id == cand.candidate_id and p.decision in ("auto", "approved")
+                ),
+                None,
+            ),
+            self.opts.approve_timeout_s,
+            f"approval and promotion of {cand.candidate_id}",
+        )
+        self.progress.waiting_approval = None
+        return promo
+
+    def _await_pending(self, pc_: client.PromoterClient, cid: str) -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if pc_.candidate(cid)["state"] == "pending_approval":
+                    return
+            except client.ApiError as e:
+                if e.status != 404:
+                    raise
+            time.sleep(0.2)  # poll interval: the promoter gates the candidate on its own
+        raise LoopError(f"candidate {cid} never reached pending_approval")
+
+    def predict(self, rows: pa.Table) -> tuple[int, list[float]]:
+        from services.ingest.shard import arrow_schema
+        from shared.schema import example_spec, load_schema
+        from shared.tfexample import rows_to_examples
+
+        # The same typed columns ingest writes, so ints and floats match the model's spec.
+        schema = arrow_schema(example_spec(load_schema(self.state["schema"])))
+        fields = [f for f in schema if f.name in rows.column_names]
+        cols = [rows.column(f.name).cast(f.type) for f in fields]
+        typed = pa.table(cols, schema=pa.schema(fields))
+        examples = rows_to_examples(typed)
+        return predict_stable(self.state["serving_grpc"], MODEL, examples)
+
+    # ------------------------------------------------------------ the story
+    def run(self) -> Progress:
+        from ctrain.replay import order_by_time, read_table
+
+        table = order_by_time(read_table(self.opts.data), TIME_COLUMN)
+        window_s = int(os.environ.get("CTRAIN_INGEST_WINDOW_DURATION_S", 91 * 86400))
+        first, second = split_at_window(table, window_s)
+        sample = second.slice(0, self.opts.predict_rows)
+        self.start()
+        # Phase 1: history, and the first model.
+        self.replay(first, "phase 1: replaying 2013")
+        self.progress.phase = "phase 1: windows closing"
+        self.settle(first.num_rows, "every 2013 window validated")
+        tc = client.trigger(self.state)
+        try:
+            runs = tc.runs()
+            if runs:
+                run_id = runs[0]["run_id"]  # drift inside the history already started one
+            else:
+                resp = tc.train("first model: nothing serves yet")
+                if not resp.get("started"):
+                    raise LoopError(f"the trigger declined the first run: {resp.get('reason')}")
+                run_id = resp["run_id"]
+        finally:
+            tc.close()
+        self.progress.bootstrap_run = run_id
+        self.progress.phase = "phase 1: training the first model"
+        ended = self.follow_run(run_id)
+        if ended.state != "succeeded":
+            raise LoopError(f"the first run failed in {ended.failed_component}: {ended.log_tail}")
+        cand = self.candidate_of(run_id)
+        self.progress.phase = "phase 1: promoting the first model"
+        self.approve(cand, "demo: the first model", by_demo=True)
+        self.progress.before = self.predict(sample)
+        # Phase 2: the drift, and the loop closing by itself.
+        self.replay(second, "phase 2: replaying 2014")
+        self.progress.phase = "phase 2: waiting for the trigger"
+        run_ev: TrainingRun = self.wait(
+            lambda s: next((e for rid, evs in s.runs.items() if rid != run_id for e in evs), None),
+            300,
+            "a drift-triggered run",
+        )
+        self.progress.drift_run = run_ev.run_id
+        self.progress.phase = f"phase 2: retraining ({run_ev.reason})"
+        ended = self.follow_run(run_ev.run_id)
+        if ended.state != "succeeded":
+            raise LoopError(f"the retraining failed in {ended.failed_component}: {ended.log_tail}")
+        cand = self.candidate_of(run_ev.run_id)
+        self.progress.phase = "phase 2: approval"
+        if not cand.blessed:
+            raise LoopError(f"the candidate was not blessed: {'; '.join(cand.failed_checks)}")
+        self.approve(cand, "", by_demo=False)
+        self.progress.marks["stable moved"] = time.time()
+        self.progress.after = self.predict(sample)
+        self.progress.phase = "done"
+        return self.progress
+
+
+def describe(ev: Event) -> str:
+    """One line per event for the demo's log."""
+    from shared.events import DeadLetter, WindowValidated
+
+    if isinstance(ev, WindowClosed):
+        return (
+            f"[cyan]window[/cyan] {ev.start:%Y-%m-%d}..{ev.end:%Y-%m-%d} closed "
+            f"({ev.example_count:,} trips, {ev.close_reason})"
+        )
+    if isinstance(ev, WindowValidated):
+        crossed = [
+            f"{f.name} {k} {d.measure} {d.value:.3f}>{d.threshold:g}"
+            for f in ev.features
+            for k, d in (("drift", f.drift), ("skew", f.skew))
+            if d is not None and d.crossed and d.value is not None
+        ]
+        colour = {"ok": "green", "insufficient_data": "dim"}.get(ev.verdict, "yellow")
+        detail = f": {', '.join(crossed[:3])}" if crossed else ""
+        start = f"{ev.window_start:%Y-%m-%d}" if ev.window_start else ev.window_id
+        return f"[{colour}]validated[/{colour}] {start} {ev.verdict}{detail}"
+    if isinstance(ev, TrainingRun):
+        extra = f" in {ev.failed_component}" if ev.failed_component else ""
+        return f"[magenta]run[/magenta] {ev.run_id} {ev.state}{extra} (reason: {ev.reason})"
+    if isinstance(ev, ModelCandidate):
+        auc = next((v for k, v in ev.metrics.overall.items() if "auc" in k.lower()), None)
+        base = (
+            next((v for k, v in ev.baseline_metrics.overall.items() if "auc" in k.lower()), None)
+            if ev.baseline_metrics
+            else None
+        )
+        vs = f" vs serving {base:.3f}" if base is not None else " (no model serving to compare)"
+        verdict = "blessed" if ev.blessed else "NOT blessed: " + "; ".join(ev.failed_checks)
+        return (
+            f"[magenta]candidate[/magenta] {ev.candidate_id} AUC "
+            f"{auc if auc is None else f'{auc:.3f}'}{vs}; {verdict}"
+        )
+    if isinstance(ev, PromotionEvent):
+        labels = ", ".join(f"{k}=v{v}" for k, v in ev.labels.items())
+        return (
+            f"[bold green]promotion[/bold green] {ev.candidate_id} {ev.decision} by {ev.actor}"
+            f"{f' -> {labels}' if labels else ''} ({ev.reason})"
+        )
+    if isinstance(ev, DeadLetter):
+        return f"[red]dead letter[/red] {ev.reason}: {ev.message}"
+    return f"{type(ev).__name__}"
+
+
+def run_in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:
+    out: dict[str, Any] = {}
+
+    def go() -> None:
+        try:
+            out["result"] = fn()
+        except BaseException as e:  # noqa: BLE001 - the caller's thread re-raises it
+            out["error"] = e
+
+    t = threading.Thread(target=go, name="ctrain-demo", daemon=True)
+    t.start()
+    return t, out

@@ -1,0 +1,252 @@
+"""Operator commands: ``ctrain demo``, ``status``, ``candidates``, ``rollback``.
+
+``candidates`` and ``rollback`` are clients of the promoter's approval API and
+nothing else: what they can do, any HTTP client with a token can do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from ctrain import client
+
+console = Console()
+
+
+def demo(args: argparse.Namespace) -> int:
+    from ctrain.demo import Demo, DemoOptions, run_in_thread
+    from ctrain.loop import LoopState
+    from ctrain.view import demo_screen
+
+    opts = DemoOptions(
+        data=args.data or DemoOptions.data,
+        auto_approve=args.auto_approve,
+        speedup=args.speedup,
+        keep=not args.stop,
+    )
+    d = Demo(opts)
+    with Live(console=console, refresh_per_second=2, transient=False) as live:
+        d.say = live.console.print
+        worker, out = run_in_thread(d.run)
+        try:
+            while worker.is_alive():
+                loop = d.tail.state if d.tail else LoopState()
+                live.update(demo_screen(d.progress, loop))
+                worker.join(timeout=0.5)
+            live.update(demo_screen(d.progress, d.tail.state if d.tail else LoopState()))
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted[/yellow]; stopping the stack")
+            d.opts.keep = False
+            d.stop()
+            return 130
+    d.stop()
+    if "error" in out:
+        console.print(f"[red]the loop did not close:[/red] {out['error']}")
+        console.print("logs: " + ", ".join(p["log"] for p in d.state.get("procs", [])))
+        return 1
+    summary(d)
+    return 0
+
+
+def summary(d: Any) -> None:
+    p, loop = d.progress, d.tail.state
+    t = Table(title="summary", show_header=False)
+    drifted = sum(1 for v in loop.validations.values() if v.verdict in ("drift", "skew"))
+    t.add_row("windows", f"{len(loop.windows)} ({drifted} drifted or skewed)")
+    t.add_row("dead letters", str(len(loop.dlq)))
+    t.add_row("training runs", ", ".join(f"{r} ({loop.run_state(r)})" for r in loop.runs))
+    for c in loop.candidates.values():
+        t.add_row("candidate", f"{c.candidate_id}: {'blessed' if c.blessed else 'not blessed'}")
+    t.add_row("stable", f"v{loop.stable_version('taxi')}")
+    first = p.marks.get("phase 2: replaying 2014 first example")
+    if first and "stable moved" in p.marks:
+        t.add_row(
+            "drift → stable",
+            f"{p.marks['stable moved'] - first:.0f}s from the first 2014 trip to the new model "
+            "serving (incl. the wait for approval)",
+        )
+    for name, url in p.urls.items():
+        t.add_row(name, url)
+    console.print(t)
+    if d.opts.keep:
+        console.print("the stack is still up: `ctrain status`, `ctrain dev down` to stop it")
+
+
+def status(args: argparse.Namespace) -> int:
+    """Windows, latest drift, runs, candidates and serving versions in one view."""
+    from ctrain import devstack
+
+    state = devstack.load_state()
+    rows = devstack.status() if state else []
+    if rows:
+        t = Table("part", "address", "state", title="stack")
+        for name, addr, ok in rows:
+            t.add_row(name, addr, "[green]up[/green]" if ok else "[red]down[/red]")
+        console.print(t)
+    v = client.validator(state)
+    try:
+        wins = v.windows(args.stream, limit=args.windows)
+    finally:
+        v.close()
+    t = Table("window", "trips", "verdict", "largest distances", title=f"windows of {args.stream}")
+    for w in wins:
+        dist = ", ".join(
+            f"{'[red]' if d['crossed'] else ''}{d['feature']} {d['kind']} {d['value']:.3f}"
+            f"{'[/red]' if d['crossed'] else ''}"
+            for d in w["distances"][:3]
+        )
+        t.add_row(
+            f"{w['start'][:10]}..{w['end'][:10]}", f"{w['example_count']:,}", w["verdict"], dist
+        )
+    console.print(t)
+    tc = client.trigger(state)
+    try:
+        runs = tc.runs(args.runs)
+        decisions = tc.decisions(5)
+    finally:
+        tc.close()
+    t = Table("run", "reason", "state", "components", "candidate", title="training runs")
+    for r in runs:
+        comps = " ".join(f"{c['name']}:{c['state'][:4]}" for c in r["components"])
+        t.add_row(r["run_id"], r["reason"], r["state"], comps, r["candidate_id"])
+    console.print(t)
+    if decisions:
+        d = decisions[0]
+        console.print(f"latest decision: taken={d['taken']} reason={d['reason']!r} ({d['source']})")
+    pc = client.promoter("viewer", state)
+    try:
+        cands = pc.candidates(model=args.model)
+        model = pc.model(args.model)
+    finally:
+        pc.close()
+    _candidates_table(cands)
+    if model is None:
+        console.print(f"serving: {args.model!r} has never been promoted")
+    else:
+        labels = ", ".join(f"{k}=v{v}" for k, v in model["labels"].items())
+        states = ", ".join(f"v{k} {s}" for k, s in model["serving_reports"].items())
+        console.print(f"serving {args.model}: versions {model['versions']}; {labels}; {states}")
+    return 0
+
+
+def _candidates_table(cands: list[Any]) -> None:
+    t = Table("candidate", "model", "state", "blessed", "version", "reason", title="candidates")
+    for c in cands:
+        t.add_row(
+            c["candidate_id"],
+            c["model"],
+            c["state"],
+            "yes" if c["blessed"] else "no",
+            str(c.get("version") or ""),
+            c.get("reason") or "",
+        )
+    console.print(t)
+
+
+def candidates(args: argparse.Namespace) -> int:
+    role = "approver" if args.action in ("approve", "reject") else "viewer"
+    pc = client.promoter(role)
+    try:
+        if args.action == "list":
+            _candidates_table(pc.candidates(state=args.state, model=args.model))
+            return 0
+        if not args.candidate_id:
+            console.print(f"candidates {args.action} needs a CANDIDATE_ID")
+            return 2
+        if args.action == "show":
+            _show(pc.candidate(args.candidate_id))
+            return 0
+        if args.action == "approve":
+            rec = pc.approve(args.candidate_id, args.reason or "approved from the CLI")
+            console.print(f"[green]approved[/green] {rec['candidate_id']}: state {rec['state']}")
+            if args.wait:
+                return _wait_promoted(pc, args.candidate_id, args.wait)
+            return 0
+        rec = pc.reject(args.candidate_id, args.reason or "rejected from the CLI")
+        console.print(f"[yellow]rejected[/yellow] {rec['candidate_id']}: {rec['reason']}")
+        return 0
+    finally:
+        pc.close()
+
+
+def _wait_promoted(pc: client.PromoterClient, cid: str, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rec = pc.candidate(cid)
+        if rec["state"] in ("promoted", "failed", "rejected"):
+            console.print(f"{cid}: {rec['state']} (version {rec.get('version')})")
+            return 0 if rec["state"] == "promoted" else 1
+        time.sleep(0.5)  # poll interval
+    console.print(f"{cid}: not promoted after {timeout:.0f}s")
+    return 1
+
+
+def _show(c: dict[str, Any]) -> None:
+    console.print(
+        f"[bold]{c['candidate_id']}[/bold] model {c['model']} · state {c['state']} · "
+        f"blessed {c['blessed']} · version {c.get('version')}"
+    )
+    if c.get("failed_checks"):
+        console.print("[red]failed checks:[/red] " + "; ".join(c["failed_checks"]))
+    console.print(f"why it was trained: {c.get('trigger_reason')}")
+    for window, crossed in (c.get("trigger_evidence") or {}).items():
+        console.print(f"  {window}: {'; '.join(crossed)}")
+    t = Table(
+        "slice", "metric", "candidate", "serving", "change", title="TFMA vs the serving model"
+    )
+    rows = [("overall", c["metrics"]["overall"])] + [
+        (s["slice"], s["metrics"]) for s in c["metrics"]["slices"]
+    ]
+    for slice_name, metrics in rows:
+        for k, v in metrics.items():
+            cand, base = v["candidate"], v["baseline"]
+            change = f"{cand - base:+.4f}" if base is not None else "-"
+            t.add_row(slice_name, k, f"{cand:.4f}", "-" if base is None else f"{base:.4f}", change)
+    console.print(t)
+    lin = c.get("lineage", {})
+    console.print(f"trained on {lin.get('windows')}; evaluated on {lin.get('eval_window')}")
+    console.print(f"run {lin.get('run_id')}; model {lin.get('model_uri')}")
+
+
+def rollback(args: argparse.Namespace) -> int:
+    pc = client.promoter("approver")
+    try:
+        out = pc.rollback(args.model, args.reason, args.version)
+    finally:
+        pc.close()
+    console.print(f"[yellow]rolled back[/yellow] {args.model}: {out}")
+    return 0
+
+
+def add_parsers(sub: Any) -> None:
+    dm = sub.add_parser("demo", help="the whole loop on the bundled taxi trips, live")
+    dm.add_argument("--auto-approve", action="store_true", help="no operator: the gate decides")
+    dm.add_argument("--speedup", type=float, default=3.0e6, help="replay the data's clock faster")
+    dm.add_argument("--data", help="CSV/Parquet of taxi trips (default: the bundled sample)")
+    dm.add_argument("--stop", action="store_true", help="stop the stack at the end")
+    dm.set_defaults(func=demo)
+    st = sub.add_parser("status", help="windows, drift, runs, candidates, serving in one view")
+    st.add_argument("--stream", default="taxi")
+    st.add_argument("--model", default="taxi")
+    st.add_argument("--windows", type=int, default=8)
+    st.add_argument("--runs", type=int, default=5)
+    st.set_defaults(func=status)
+    ca = sub.add_parser("candidates", help="list, show, approve or reject model candidates")
+    ca.add_argument("action", choices=["list", "show", "approve", "reject"])
+    ca.add_argument("candidate_id", nargs="?")
+    ca.add_argument("--reason", help="recorded in the audit trail")
+    ca.add_argument("--state", help="list only candidates in this state")
+    ca.add_argument("--model")
+    ca.add_argument("--wait", type=float, default=0, help="approve: wait N s for the promotion")
+    ca.set_defaults(func=candidates)
+    rb = sub.add_parser("rollback", help="move `stable` back to the previous (or a given) version")
+    rb.add_argument("--model", default="taxi")
+    rb.add_argument("--version", type=int)
+    rb.add_argument("--reason", required=True, help="recorded in the audit trail")
+    rb.set_defaults(func=rollback)

@@ -1,0 +1,122 @@
+"""Rich renderings of the loop for ``ctrain demo`` and ``ctrain status``."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.console import Group, RenderableType
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from ctrain.loop import LoopState
+
+PIPELINE = ("gather", "validate", "transform", "train", "evaluate", "publish")
+MARK = {"succeeded": "[green]✓[/green]", "failed": "[red]✗[/red]", "running": "[yellow]…[/yellow]"}
+
+
+def windows_table(loop: LoopState, last: int = 8) -> Table:
+    t = Table(title="windows (latest by event time)", expand=True, title_justify="left")
+    for col in ("window", "trips", "verdict", "largest distances (value > threshold)"):
+        t.add_column(col)
+    rows = sorted(loop.windows.values(), key=lambda w: (w.start, w.window_id))[-last:]
+    for w in rows:
+        v = loop.validations.get(w.window_id)
+        verdict, detail = "[dim]validating…[/dim]", ""
+        if v is not None:
+            colour = {"ok": "green", "insufficient_data": "dim"}.get(v.verdict, "yellow")
+            verdict = f"[{colour}]{v.verdict}[/{colour}]"
+            dists = [
+                (d.value / (d.threshold or 1), f"{f.name} {k} {d.value:.3f}", d.crossed)
+                for f in v.features
+                for k, d in (("drift", f.drift), ("skew", f.skew))
+                if d is not None and d.value is not None
+            ]
+            dists.sort(reverse=True)
+            detail = ", ".join(
+                f"[bold red]{txt}[/bold red]" if crossed else txt for _, txt, crossed in dists[:3]
+            )
+        t.add_row(f"{w.start:%Y-%m-%d}..{w.end:%Y-%m-%d}", f"{w.example_count:,}", verdict, detail)
+    return t
+
+
+def run_panel(run: dict[str, Any] | None, title: str) -> RenderableType:
+    if not run:
+        return Text(f"{title}: not started", style="dim")
+    comps = {c["name"]: c for c in run.get("components", [])}
+    parts = []
+    for name in PIPELINE:
+        c = comps.get(name)
+        if c is None:
+            parts.append(f"[dim]{name}[/dim]")
+        elif c["state"] == "running":
+            parts.append(f"{MARK['running']} {name}")
+        else:
+            parts.append(f"{MARK[c['state']]} {name} {c.get('seconds', 0):.0f}s")
+    return Text.from_markup(
+        f"[bold]{title}[/bold] {run['run_id']} ({run['reason']}): {run['state']}\n  "
+        + "  →  ".join(parts)
+    )
+
+
+def candidate_panel(loop: LoopState) -> RenderableType:
+    if not loop.candidates:
+        return Text("no candidate yet", style="dim")
+    t = Table(title="candidates (TFMA against the serving model)", expand=True)
+    for col in ("candidate", "blessed", "AUC", "serving AUC", "failed checks"):
+        t.add_column(col)
+    for c in loop.candidates.values():
+        auc = next((v for k, v in c.metrics.overall.items() if "auc" in k.lower()), None)
+        base = None
+        if c.baseline_metrics:
+            base = next(
+                (v for k, v in c.baseline_metrics.overall.items() if "auc" in k.lower()), None
+            )
+        t.add_row(
+            c.candidate_id,
+            "[green]yes[/green]" if c.blessed else "[red]no[/red]",
+            f"{auc:.3f}" if auc is not None else "-",
+            f"{base:.3f}" if base is not None else "-",
+            "; ".join(c.failed_checks) or "",
+        )
+    return t
+
+
+def predictions_table(before: tuple[int, list[float]] | None, after: Any) -> RenderableType:
+    if before is None:
+        return Text("predictions: no model serving yet", style="dim")
+    t = Table(title="P(big tip) for the first 2014 trips, through the `stable` label")
+    t.add_column("trip")
+    t.add_column(f"before: v{before[0]}")
+    t.add_column(f"after: v{after[0]}" if after else "after: (not yet)")
+    for i, score in enumerate(before[1]):
+        t.add_row(str(i + 1), f"{score:.3f}", f"{after[1][i]:.3f}" if after else "")
+    return t
+
+
+def demo_screen(progress: Any, loop: LoopState) -> RenderableType:
+    elapsed = time.time() - progress.started
+    head = Text.from_markup(
+        f"[bold]ctrain demo[/bold] · {progress.phase} · {elapsed:,.0f}s · "
+        f"replayed {progress.replayed:,}/{progress.replay_total:,} · "
+        f"windows {len(loop.windows)} · dead letters {len(loop.dlq)} · "
+        f"stable v{loop.stable_version('taxi') or '-'}"
+    )
+    runs = progress.runs
+    parts: list[RenderableType] = [
+        head,
+        windows_table(loop),
+        run_panel(runs.get(progress.bootstrap_run), "first model"),
+        run_panel(runs.get(progress.drift_run), "retraining"),
+        candidate_panel(loop),
+        predictions_table(progress.before, progress.after),
+    ]
+    if progress.waiting_approval:
+        parts.append(
+            Panel(
+                f"waiting for an operator: ctrain candidates approve {progress.waiting_approval}",
+                style="yellow",
+            )
+        )
+    return Group(*parts)
