@@ -21,8 +21,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import httpx
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -31,6 +32,7 @@ from ctrain.loop import EventTail, LoopError, LoopState, predict_stable
 from shared.events import Event, ModelCandidate, PromotionEvent, TrainingRun, WindowClosed
 from shared.settings import CommonSettings
 
+T = TypeVar("T")
 MODEL = "taxi"
 TIME_COLUMN = "trip_start_timestamp"
 BUNDLED = Path(__file__).resolve().parents[1] / "examples/taxi/data/taxi_2013_2014.csv"
@@ -57,6 +59,11 @@ class DemoOptions:
     run_timeout_s: float = 1800
     predict_rows: int = 5
     model_module: str | None = None
+    # Called with the drift candidate instead of asking at the terminal (tests approve
+    # through the API from here).
+    operator: Callable[[ModelCandidate, dict[str, Any]], None] | None = None
+    # Give up when a service process dies (off for chaos tests, which restart them).
+    watch_processes: bool = True
     extra_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -146,6 +153,8 @@ class Demo:
             devstack.down(echo=lambda m: None)
 
     def _alive(self) -> str | None:
+        if not self.opts.watch_processes:
+            return None
         for p in self.state.get("procs", []):
             if not devstack.Proc(**p).alive():
                 return f"{p['name']} exited (log {p['log']})"
@@ -200,10 +209,16 @@ class Demo:
                 problem = self._alive()
                 if problem:
                     raise LoopError(f"run {run_id}: {problem}")
-                view = tc.run(run_id)
-                self.progress.runs[run_id] = view
-                if view["state"] in ("succeeded", "failed"):
-                    break
+                try:
+                    view = tc.run(run_id)
+                except (httpx.TransportError, client.ApiError) as e:
+                    if isinstance(e, client.ApiError) and e.status < 500:
+                        raise
+                    view = None  # the trigger is restarting; the run goes on in its worker
+                if view is not None:
+                    self.progress.runs[run_id] = view
+                    if view["state"] in ("succeeded", "failed"):
+                        break
                 time.sleep(1.0)  # poll interval of the progress view
         finally:
             tc.close()
@@ -228,11 +243,11 @@ class Demo:
         if by_demo and not self.opts.auto_approve:
             pc_ = client.promoter("approver", self.state)
             try:
-                self._await_pending(pc_, cand.candidate_id)
+                self.await_pending(pc_, cand.candidate_id)
                 pc_.approve(cand.candidate_id, reason)
             finally:
                 pc_.close()
-        elif not self.opts.auto_approve:
+        elif not self.opts.auto_approve and self.opts.operator is None:
             self.progress.waiting_approval = cand.candidate_id
             self.say(
                 f"[bold yellow]approval needed[/bold yellow]: `ctrain candidates show "
@@ -255,12 +270,13 @@ class Demo:
         self.progress.waiting_approval = None
         return promo
 
-    def _await_pending(self, pc_: client.PromoterClient, cid: str) -> None:
+    def await_pending(self, pc_: client.PromoterClient, cid: str) -> dict[str, Any]:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:
-                if pc_.candidate(cid)["state"] == "pending_approval":
-                    return
+                view = pc_.candidate(cid)
+                if view["state"] == "pending_approval":
+                    return view
             except client.ApiError as e:
                 if e.status != 404:
                     raise
@@ -281,44 +297,66 @@ class Demo:
         return predict_stable(self.state["serving_grpc"], MODEL, examples)
 
     # ------------------------------------------------------------ the story
-    def run(self) -> Progress:
+    def load(self) -> tuple[pa.Table, pa.Table]:
         from ctrain.replay import order_by_time, read_table
 
         table = order_by_time(read_table(self.opts.data), TIME_COLUMN)
         window_s = int(os.environ.get("CTRAIN_INGEST_WINDOW_DURATION_S", 91 * 86400))
-        first, second = split_at_window(table, window_s)
-        sample = second.slice(0, self.opts.predict_rows)
-        self.start()
-        # Phase 1: history, and the first model.
+        return split_at_window(table, window_s)
+
+    def history(self, first: pa.Table) -> ModelCandidate:
+        """Phase 1: replay the history and train the first model; its candidate."""
         self.replay(first, "phase 1: replaying 2013")
         self.progress.phase = "phase 1: windows closing"
         self.settle(first.num_rows, "every 2013 window validated")
-        tc = client.trigger(self.state)
-        try:
-            runs = tc.runs()
-            if runs:
-                run_id = runs[0]["run_id"]  # drift inside the history already started one
-            else:
-                resp = tc.train("first model: nothing serves yet")
-                if not resp.get("started"):
-                    raise LoopError(f"the trigger declined the first run: {resp.get('reason')}")
-                run_id = resp["run_id"]
-        finally:
-            tc.close()
+        assert self.tail is not None
+        retrying(lambda: self._trigger_caught_up(set(self.tail.state.validations)), 300, "trigger")
+        run_id = retrying(self._first_run, 300, "the first run's request")
         self.progress.bootstrap_run = run_id
         self.progress.phase = "phase 1: training the first model"
         ended = self.follow_run(run_id)
         if ended.state != "succeeded":
             raise LoopError(f"the first run failed in {ended.failed_component}: {ended.log_tail}")
-        cand = self.candidate_of(run_id)
-        self.progress.phase = "phase 1: promoting the first model"
-        self.approve(cand, "demo: the first model", by_demo=True)
-        self.progress.before = self.predict(sample)
-        # Phase 2: the drift, and the loop closing by itself.
+        return self.candidate_of(run_id)
+
+    def _trigger_caught_up(self, window_ids: set[str]) -> None:
+        """Wait until the trigger has decided on every validated window.
+
+        The first run trains on the windows the trigger knows; asking before it has
+        read the last validation would leave that window out.
+        """
+        tc = client.trigger(self.state)
+        deadline = time.monotonic() + 120
+        try:
+            while time.monotonic() < deadline:
+                seen = {d["source"].removeprefix("validation:") for d in tc.decisions(500)}
+                if window_ids <= seen:
+                    return
+                time.sleep(0.2)  # poll interval: the trigger reads validations on its own
+        finally:
+            tc.close()
+        raise LoopError(f"the trigger has not read windows {sorted(window_ids - seen)}")
+
+    def _first_run(self) -> str:
+        tc = client.trigger(self.state)
+        try:
+            runs = tc.runs()
+            if runs:
+                return str(runs[0]["run_id"])  # drift inside the history already started one
+            resp = tc.train("first model: nothing serves yet")
+            if not resp.get("started"):
+                raise LoopError(f"the trigger declined the first run: {resp.get('reason')}")
+            return str(resp["run_id"])
+        finally:
+            tc.close()
+
+    def drift(self, second: pa.Table) -> ModelCandidate:
+        """Phase 2: replay the drifted period; the candidate of the run it triggers."""
+        known = set(self.tail.state.runs) if self.tail else set()
         self.replay(second, "phase 2: replaying 2014")
         self.progress.phase = "phase 2: waiting for the trigger"
         run_ev: TrainingRun = self.wait(
-            lambda s: next((e for rid, evs in s.runs.items() if rid != run_id for e in evs), None),
+            lambda s: next((evs[0] for rid, evs in s.runs.items() if rid not in known), None),
             300,
             "a drift-triggered run",
         )
@@ -327,13 +365,28 @@ class Demo:
         ended = self.follow_run(run_ev.run_id)
         if ended.state != "succeeded":
             raise LoopError(f"the retraining failed in {ended.failed_component}: {ended.log_tail}")
-        cand = self.candidate_of(run_ev.run_id)
+        return self.candidate_of(run_ev.run_id)
+
+    def run(self) -> Progress:
+        first, second = self.load()
+        self.start()
+        return self.run_started(first, second)
+
+    def run_started(self, first: pa.Table, second: pa.Table) -> Progress:
+        sample = second.slice(0, self.opts.predict_rows)
+        cand = self.history(first)
+        self.progress.phase = "phase 1: promoting the first model"
+        self.approve(cand, "demo: the first model", by_demo=True)
+        self.progress.before = retrying(lambda: self.predict(sample), 120, "predictions")
+        cand = self.drift(second)
         self.progress.phase = "phase 2: approval"
         if not cand.blessed:
             raise LoopError(f"the candidate was not blessed: {'; '.join(cand.failed_checks)}")
+        if self.opts.operator is not None:
+            self.opts.operator(cand, self.state)
         self.approve(cand, "", by_demo=False)
         self.progress.marks["stable moved"] = time.time()
-        self.progress.after = self.predict(sample)
+        self.progress.after = retrying(lambda: self.predict(sample), 120, "predictions")
         self.progress.phase = "done"
         return self.progress
 
@@ -383,6 +436,22 @@ def describe(ev: Event) -> str:
     if isinstance(ev, DeadLetter):
         return f"[red]dead letter[/red] {ev.reason}: {ev.message}"
     return f"{type(ev).__name__}"
+
+
+def retrying(fn: Callable[[], T], timeout: float, what: str) -> T:
+    """Call ``fn`` until a service that is restarting answers (connection errors, 5xx)."""
+    import grpc
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return fn()
+        except (httpx.TransportError, client.ApiError, grpc.RpcError) as e:
+            if isinstance(e, client.ApiError) and e.status < 500:
+                raise
+            if time.monotonic() > deadline:
+                raise LoopError(f"{what}: no answer in {timeout:.0f}s: {e}") from e
+            time.sleep(0.5)  # back-off before asking again
 
 
 def run_in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:

@@ -22,6 +22,7 @@ import asyncio
 import base64
 import os
 import random
+import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -232,7 +233,13 @@ async def _produce(bootstrap: str, seq: list[tuple[bytes | None, Variant | None]
     try:
         parts = sorted(await producer.partitions_for(topics.EXAMPLES))
         futures = [
-            await producer.send(topics.EXAMPLES, value, partition=parts[i % len(parts)])
+            await producer.send(
+                topics.EXAMPLES,
+                value,
+                # Kafka allows a null value only with a key (a compaction tombstone).
+                key=b"tombstone" if value is None else None,
+                partition=parts[i % len(parts)],
+            )
             for i, (value, _) in enumerate(seq)
         ]
         metas = await asyncio.gather(*futures)
@@ -284,7 +291,37 @@ def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str,
     try:
         yield devstack.up(echo=lambda *a: None)
     finally:
+        state = devstack.load_state() or {}
         devstack.down(echo=lambda *a: None)
+        _stop_groups([p["pid"] for p in state.get("procs", [])])
+
+
+def _stop_groups(leaders: list[int], timeout: float = 15) -> None:
+    """End what the stack's processes left behind once they themselves are stopped.
+
+    ``devstack.down`` stops the processes it started, but the trigger's local
+    training workers (kfp.local subprocesses) outlive it by design so a restarted
+    trigger can re-attach to them. Each stack process leads its own session
+    (``start_new_session``), so its process group holds exactly its descendants:
+    signalling those groups ends this test's workers and nothing else.
+    """
+    groups = set(leaders)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for g in list(groups):
+            try:
+                os.killpg(g, sig)
+            except ProcessLookupError:
+                groups.discard(g)  # the group is empty
+        deadline = time.monotonic() + timeout
+        while groups and time.monotonic() < deadline:
+            for g in list(groups):
+                try:
+                    os.killpg(g, 0)
+                except ProcessLookupError:
+                    groups.discard(g)
+            time.sleep(0.1)  # poll interval while the workers exit
+        if not groups:
+            return
 
 
 @pytest.mark.timeout(600)
@@ -336,7 +373,7 @@ def test_malformed_records_are_dead_lettered_without_loss_or_restart(
         msg = letter.message
         assert msg.strip() and msg.isprintable() and len(msg) <= 500, (s.variant.label, msg)
     print("\nreasons by injected variant:")
-    for label, counts in observed.items():
+    for label, counts in sorted(observed.items()):
         print(f"  {label:<55} {dict(counts)}")
     assert not wrong, "bad records not dead-lettered as expected:\n" + "\n".join(wrong)
 

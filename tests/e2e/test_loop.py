@@ -1,0 +1,135 @@
+"""The closed loop, end to end: the four services as processes, a real broker, real
+Redis, the embedded model server and kfp.local.
+
+1. History replayed, first model trained and approved; 2014 replayed; drift starts
+   a run by itself; its blessed candidate is approved through the API; `stable`
+   moves; the new version answers predictions.
+2. A candidate that fails TFMA's thresholds is rejected by the gate with its reasons
+   and never serves.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ctrain import client
+from ctrain.demo import Demo, DemoOptions
+from shared.events import ModelCandidate
+from tests.conftest import ROOT
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def _no_duplicates(d: Demo) -> None:
+    assert d.tail is not None
+    s = d.tail.state
+    assert s.conflicts == [], s.conflicts
+    assert s.unreadable == [], s.unreadable
+    # One run per decision: the runs' window sets are all different.
+    sets = [tuple(evs[0].windows) for evs in s.runs.values()]
+    assert len(sets) == len(set(sets))
+
+
+@pytest.mark.timeout(1500)
+def test_drift_retrains_and_the_approved_model_serves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CTRAIN_DEV_STATE_DIR", str(tmp_path / "dev"))
+    seen: dict[str, Any] = {}
+
+    def operator(cand: ModelCandidate, state: dict[str, Any]) -> None:
+        """An approver reads the candidate through the API, then approves it there."""
+        pc = client.promoter("approver", state)
+        try:
+            view = d.await_pending(pc, cand.candidate_id)
+            seen["view"] = view
+            seen["approved"] = pc.approve(cand.candidate_id, "drift confirmed; metrics hold")
+        finally:
+            pc.close()
+
+    d = Demo(DemoOptions(speedup=0, keep=False, operator=operator), view=lambda m: None)
+    try:
+        progress = d.run()
+        assert d.tail is not None
+        s = d.tail.state
+        # Every replayed trip is in exactly one window or the DLQ (two real trips lack
+        # pickup_community_area).
+        total = progress.replay_total + d.load()[0].num_rows
+        assert s.examples_accounted() == total
+        assert {x.reason for x in s.dlq} == {"missing_feature"}
+        # The second run was started by the data, not by a person.
+        drift_run = progress.drift_run
+        assert drift_run is not None and drift_run != progress.bootstrap_run
+        reason = s.runs[drift_run][0].reason
+        assert reason in ("drift", "skew"), reason
+        cand = next(c for c in s.candidates.values() if c.run_id == drift_run)
+        assert cand.blessed, cand.failed_checks
+        assert cand.baseline_metrics is not None  # TFMA compared it with the serving model
+        assert cand.trigger_evidence, "the approver sees which distances fired"
+        view = seen["view"]
+        assert view["state"] == "pending_approval"
+        assert view["metrics"]["overall"], view
+        assert seen["approved"]["approvals"] == ["operator"]
+        # `stable` moved from the first model to the retrained one, which now answers.
+        assert progress.before is not None and progress.after is not None
+        promo = next(p for p in s.promotions if p.candidate_id == cand.candidate_id)
+        assert promo.decision == "approved" and promo.actor == "operator"
+        assert progress.before[0] == 1
+        assert progress.after[0] == promo.version == 2
+        assert len(progress.after[1]) == len(progress.before[1]) == 5
+        assert all(0.0 <= p <= 1.0 for p in progress.after[1])
+        pc = client.promoter("viewer", d.state)
+        try:
+            model = pc.model("taxi")
+        finally:
+            pc.close()
+        assert model is not None and model["labels"]["stable"] == 2
+        assert model["serving_reports"]["2"] == "AVAILABLE"
+        _no_duplicates(d)
+    finally:
+        d.stop()
+
+
+@pytest.mark.timeout(900)
+def test_a_candidate_failing_tfma_is_rejected_with_its_reasons(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CTRAIN_DEV_STATE_DIR", str(tmp_path / "dev"))
+    # The real taxi model with an AUC floor no model reaches on this data.
+    src = (ROOT / "examples" / "taxi" / "model.py").read_text()
+    assert "AUC_LOWER_BOUND = 0.6" in src
+    module = tmp_path / "strict_model.py"
+    module.write_text(src.replace("AUC_LOWER_BOUND = 0.6", "AUC_LOWER_BOUND = 0.999"))
+    d = Demo(
+        DemoOptions(speedup=0, keep=False, auto_approve=True, model_module=str(module)),
+        view=lambda m: None,
+    )
+    try:
+        first, _ = d.load()
+        d.start()
+        cand = d.history(first)
+        assert not cand.blessed
+        assert any("auc" in c.lower() for c in cand.failed_checks), cand.failed_checks
+        assert d.tail is not None
+        promo = d.tail.wait_for(
+            lambda s: next((p for p in s.promotions if p.candidate_id == cand.candidate_id), None),
+            60,
+            "the gate's decision",
+        )
+        assert promo.decision == "rejected" and promo.actor == "gate"
+        assert "auc" in promo.reason.lower()
+        pc = client.promoter("viewer", d.state)
+        try:
+            rec = pc.candidate(cand.candidate_id)
+            assert rec["state"] == "rejected"
+            assert rec["failed_checks"] == cand.failed_checks
+            # Even under the auto policy, nothing was promoted.
+            assert pc.model("taxi") is None
+        finally:
+            pc.close()
+        _no_duplicates(d)
+    finally:
+        d.stop()
