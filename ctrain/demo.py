@@ -310,7 +310,8 @@ class Demo:
         self.progress.phase = "phase 1: windows closing"
         self.settle(first.num_rows, "every 2013 window validated")
         assert self.tail is not None
-        retrying(lambda: self._trigger_caught_up(set(self.tail.state.validations)), 300, "trigger")
+        validated = set(self.tail.state.validations)
+        retrying(lambda: self._trigger_caught_up(validated), 300, "the trigger")
         run_id = retrying(self._first_run, 300, "the first run's request")
         self.progress.bootstrap_run = run_id
         self.progress.phase = "phase 1: training the first model"
