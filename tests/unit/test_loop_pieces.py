@@ -1,0 +1,153 @@
+"""The pure pieces behind ``ctrain demo``, ``status`` and the loop tests."""
+
+from __future__ import annotations
+
+import calendar
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+import pyarrow as pa
+import pytest
+
+from ctrain import client
+from ctrain.demo import split_at_window
+from ctrain.loop import LoopState
+from services.trigger.backends import components_of
+from services.validator.app import window_summary
+from shared.events import (
+    Distance,
+    FeatureDistances,
+    OffsetRange,
+    PromotionEvent,
+    TrainingRun,
+    WindowClosed,
+    WindowValidated,
+)
+
+pytestmark = pytest.mark.unit
+
+LOG = """\
+\x1b[1m08:42:12.581 - INFO - Executing task \x1b[96m'gather'\x1b[0m
+08:42:13.313 - INFO - Task \x1b[96m'gather'\x1b[0m finished with status \x1b[92mSUCCESS\x1b[0m
+some component output
+08:42:13.317 - INFO - Executing task 'validate'
+08:42:18.158 - INFO - Task 'validate' finished with status FAILURE
+23:59:59.000 - INFO - Executing task 'train'
+00:00:09.500 - INFO - Task 'train' finished with status SUCCESS
+08:50:00.000 - INFO - Executing task 'evaluate'
+"""
+
+
+def test_components_are_read_from_the_kfp_local_log() -> None:
+    comps = {c["name"]: c for c in components_of(LOG)}
+    assert list(comps) == ["gather", "validate", "train", "evaluate"]
+    assert comps["gather"]["state"] == "succeeded"
+    assert comps["gather"]["seconds"] == pytest.approx(0.732)
+    assert comps["validate"]["state"] == "failed"
+    assert comps["train"]["seconds"] == pytest.approx(10.5)  # across midnight
+    assert comps["evaluate"]["state"] == "running" and "seconds" not in comps["evaluate"]
+    assert components_of("") == []
+
+
+def _window(wid: str, sha: str = "a", count: int = 10) -> WindowClosed:
+    t = datetime(2014, 1, 1, tzinfo=UTC)
+    return WindowClosed(
+        window_id=wid,
+        stream="taxi",
+        start=t,
+        end=t,
+        example_count=count,
+        offsets=[OffsetRange(topic="x", partition=0, first=0, last=count - 1)],
+        data_uri="u",
+        sha256=sha,
+    )
+
+
+def test_loop_state_accepts_redelivery_and_flags_a_second_content() -> None:
+    s = LoopState()
+    s.add(_window("w1"), 1.0)
+    s.add(_window("w1"), 2.0)  # the same window again after a restart: fine
+    assert s.conflicts == [] and s.published[("window", "w1")] == 2
+    s.add(_window("w1", sha="b"), 3.0)
+    assert s.conflicts == ["window w1 published with different contents"]
+    assert s.examples_accounted() == 10
+
+
+def test_loop_state_tracks_runs_and_the_stable_label() -> None:
+    s = LoopState()
+    for state in ("submitted", "running", "succeeded"):
+        s.add(
+            TrainingRun(
+                run_id="r", model="taxi", reason="skew", windows=["a"], state=state, backend="local"
+            ),
+            0.0,
+        )
+    assert s.run_state("r") == "succeeded"
+    assert s.stable_version("taxi") is None
+    s.add(
+        PromotionEvent(
+            id="p",
+            candidate_id="c",
+            model="taxi",
+            decision="auto",
+            actor="gate",
+            reason="",
+            version=2,
+            labels={"stable": 2},
+        ),
+        0.0,
+    )
+    assert s.stable_version("taxi") == 2
+
+
+def test_the_demo_splits_on_a_window_boundary() -> None:
+    day = 86400
+    ts = [calendar.timegm((2013, 12, 1, 0, 0, 0)), calendar.timegm((2014, 3, 1, 0, 0, 0))]
+    table = pa.table({"trip_start_timestamp": ts})
+    before, after = split_at_window(table, 91 * day)
+    boundary = calendar.timegm((2014, 2, 6, 0, 0, 0))  # first multiple of 91 days in 2014
+    assert boundary % (91 * day) == 0
+    assert before.column(0).to_pylist() == ts[:1] and after.column(0).to_pylist() == ts[1:]
+
+
+def test_tokens_are_the_least_powerful_that_suffices(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    f = tmp_path / "tokens.json"
+    f.write_bytes(
+        orjson.dumps(
+            {
+                "adm": {"identity": "root", "role": "admin"},
+                "app": {"identity": "op", "role": "approver"},
+                "view": {"identity": "v", "role": "viewer"},
+            }
+        )
+    )
+    state = {"tokens_file": str(f)}
+    assert client.token_for("viewer", state) == "view"
+    assert client.token_for("approver", state) == "app"
+    assert client.token_for("admin", state) == "adm"
+    monkeypatch.setenv("CTRAIN_TOKEN", "mine")
+    assert client.token_for("admin", state) == "mine"
+
+
+def test_window_summary_lists_crossed_distances_first() -> None:
+    def dist(v: float, thr: float) -> Distance:
+        return Distance(measure="linf", value=v, threshold=thr, crossed=v > thr, baseline="b")
+
+    v = WindowValidated(
+        id="v",
+        window_id="w",
+        stream="taxi",
+        stats_uri="s",
+        verdict="skew",
+        example_count=100,
+        features=[
+            FeatureDistances(name="company", drift=dist(0.09, 0.1)),
+            FeatureDistances(name="payment_type", skew=dist(0.07, 0.06)),
+        ],
+    )
+    out = window_summary(v)
+    assert [d["feature"] for d in out["distances"]] == ["payment_type", "company"]
+    assert out["distances"][0]["crossed"] is True and out["verdict"] == "skew"
