@@ -10,12 +10,14 @@ Redis, the embedded model server and kfp.local.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 
-from ctrain import client
+from ctrain import cli, client, ops
 from ctrain.demo import Demo, DemoOptions
 from shared.events import ModelCandidate
 from tests.conftest import ROOT
@@ -39,16 +41,20 @@ def test_drift_retrains_and_the_approved_model_serves(
 ) -> None:
     monkeypatch.setenv("CTRAIN_DEV_STATE_DIR", str(tmp_path / "dev"))
     seen: dict[str, Any] = {}
+    # The CLI's output, wide enough that ids are never folded.
+    screen = io.StringIO()
+    monkeypatch.setattr(ops, "console", Console(file=screen, width=300))
 
     def operator(cand: ModelCandidate, state: dict[str, Any]) -> None:
-        """An approver reads the candidate through the API, then approves it there."""
-        pc = client.promoter("approver", state)
+        """An approver reads the candidate through the API, then approves it from the CLI."""
+        pc = client.promoter("viewer", state)
         try:
-            view = d.await_pending(pc, cand.candidate_id)
-            seen["view"] = view
-            seen["approved"] = pc.approve(cand.candidate_id, "drift confirmed; metrics hold")
+            seen["view"] = d.await_pending(pc, cand.candidate_id)
         finally:
             pc.close()
+        assert cli.main(["candidates", "show", cand.candidate_id]) == 0
+        reason = "drift confirmed; metrics hold"
+        assert cli.main(["candidates", "approve", cand.candidate_id, "--reason", reason]) == 0
 
     d = Demo(DemoOptions(speedup=0, keep=False, operator=operator), view=lambda m: None)
     try:
@@ -72,7 +78,8 @@ def test_drift_retrains_and_the_approved_model_serves(
         view = seen["view"]
         assert view["state"] == "pending_approval"
         assert view["metrics"]["overall"], view
-        assert seen["approved"]["approvals"] == ["operator"]
+        shown = screen.getvalue()
+        assert cand.candidate_id in shown and "TFMA vs the serving model" in shown
         # `stable` moved from the first model to the retrained one, which now answers.
         assert progress.before is not None and progress.after is not None
         promo = next(p for p in s.promotions if p.candidate_id == cand.candidate_id)
@@ -89,6 +96,12 @@ def test_drift_retrains_and_the_approved_model_serves(
         assert model is not None and model["labels"]["stable"] == 2
         assert model["serving_reports"]["2"] == "AVAILABLE"
         _no_duplicates(d)
+        # The operator's one view, then a rollback from the CLI: v1 answers again.
+        assert cli.main(["status"]) == 0
+        out = screen.getvalue()
+        assert "skew" in out and "stable=v2" in out and drift_run in out
+        assert cli.main(["rollback", "--reason", "e2e: back to v1"]) == 0
+        assert d.predict(d.load()[1].slice(0, 2))[0] == 1
     finally:
         d.stop()
 
