@@ -202,6 +202,12 @@ class Decoder:
             except orjson.JSONDecodeError as e:
                 msg = str(e)
                 if "utf-8" in msg.lower() or "surrogate" in msg.lower():
+                    # orjson's text names the wrong cause for invalid bytes; Python's
+                    # codec gives the byte offset an operator can look up.
+                    try:
+                        value.decode("utf-8")
+                    except UnicodeDecodeError as ue:
+                        msg = f"byte {ue.start}: {ue.reason}"
                     bad[i] = Rejected(Reason.NOT_UTF8, f"record is not valid UTF-8: {msg}")
                 else:
                     bad[i] = Rejected(Reason.NOT_JSON, f"record is not JSON: {msg}")

@@ -81,6 +81,12 @@ def test_structural_rejects(decoder: Decoder, raw: bytes, reason: str) -> None:
     assert isinstance(res, Rejected) and res.reason == reason, res
 
 
+def test_invalid_utf8_names_the_byte(decoder: Decoder) -> None:
+    res = decoder.decode(b'{"company": "\xff\xfe"}', NOW, NOW)
+    assert isinstance(res, Rejected) and res.reason == Reason.NOT_UTF8
+    assert "byte 13: invalid start byte" in res.message, res.message
+
+
 @pytest.mark.parametrize(
     ("over", "reason", "needle"),
     [
