@@ -83,6 +83,7 @@ class Progress:
     after: tuple[int, list[float]] | None = None
     marks: dict[str, float] = field(default_factory=dict)
     urls: dict[str, str] = field(default_factory=dict)
+    decision: str = ""
 
 
 def split_at_window(table: pa.Table, window_s: int, year: int = 2014) -> tuple[pa.Table, pa.Table]:
@@ -319,6 +320,23 @@ class Demo:
         if ended.state != "succeeded":
             raise LoopError(f"the first run failed in {ended.failed_component}: {ended.log_tail}")
         return self.candidate_of(run_id)
+
+    def refresh_decision(self) -> None:
+        """The trigger's latest decision and its reason, for the live view."""
+        if not self.state:
+            return
+        try:
+            tc = client.trigger(self.state)
+            try:
+                rows = tc.decisions(1)
+            finally:
+                tc.close()
+        except (httpx.TransportError, client.ApiError, RuntimeError):
+            return  # not up yet, or restarting: keep showing the last one
+        if rows:
+            d = rows[0]
+            verb = "started a run" if d["taken"] == "true" else "no run"
+            self.progress.decision = f"{verb}: {d['reason']} ({d['source']})"
 
     def _trigger_caught_up(self, window_ids: set[str]) -> None:
         """Wait until the trigger has decided on every validated window.

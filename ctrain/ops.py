@@ -35,7 +35,11 @@ def demo(args: argparse.Namespace) -> int:
         d.say = live.console.print
         worker, out = run_in_thread(d.run)
         try:
+            ticks = 0
             while worker.is_alive():
+                if ticks % 4 == 0:
+                    d.refresh_decision()
+                ticks += 1
                 loop = d.tail.state if d.tail else LoopState()
                 live.update(demo_screen(d.progress, loop))
                 worker.join(timeout=0.5)

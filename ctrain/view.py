@@ -107,6 +107,7 @@ def demo_screen(progress: Any, loop: LoopState) -> RenderableType:
     parts: list[RenderableType] = [
         head,
         windows_table(loop),
+        Text.from_markup(f"[bold]trigger[/bold]: {progress.decision or 'no decision yet'}"),
         run_panel(runs.get(progress.bootstrap_run), "first model"),
         run_panel(runs.get(progress.drift_run), "retraining"),
         candidate_panel(loop),
