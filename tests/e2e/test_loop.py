@@ -143,6 +143,15 @@ def test_a_candidate_failing_tfma_is_rejected_with_its_reasons(
             assert pc.model("taxi") is None
         finally:
             pc.close()
+        # From the shell: listed as rejected; an approver cannot override the gate
+        # (only an admin can), and the CLI says why.
+        screen = io.StringIO()
+        monkeypatch.setattr(ops, "console", Console(file=screen, width=300))
+        monkeypatch.setattr(cli, "console", ops.console)
+        assert cli.main(["candidates", "list", "--state", "rejected"]) == 0
+        assert cand.candidate_id in screen.getvalue()
+        assert cli.main(["candidates", "approve", cand.candidate_id]) == 2
+        assert "403" in screen.getvalue() and "admin" in screen.getvalue()
         _no_duplicates(d)
     finally:
         d.stop()
