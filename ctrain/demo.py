@@ -285,6 +285,12 @@ class Demo:
         raise LoopError(f"candidate {cid} never reached pending_approval")
 
     def predict(self, rows: pa.Table) -> tuple[int, list[float]]:
+        import warnings
+
+        # TensorFlow loads here, in the demo's own process: keep its start-up chatter
+        # out of the live view (the services log to their own files).
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        warnings.filterwarnings("ignore", category=FutureWarning, module="google.api_core")
         from services.ingest.shard import arrow_schema
         from shared.schema import example_spec, load_schema
         from shared.tfexample import rows_to_examples

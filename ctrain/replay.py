@@ -140,6 +140,11 @@ async def replay(
                 batch = producer.create_batch()
                 j = i
                 while j < total:
+                    # A paced replay never runs ahead of its clock: a batch that spans
+                    # months of event time would arrive as one burst, then go silent
+                    # long enough for ingest to close windows as idle.
+                    if j > i and _due(started, j + 1, rate, speedup, times) > time.perf_counter():
+                        break
                     if batch.append(key=None, value=payloads[j], timestamp=None) is None:
                         break
                     j += 1
@@ -176,6 +181,17 @@ async def replay(
     )
 
 
+def _due(
+    started: float, j: int, rate: float | None, speedup: float | None, times: list[float] | None
+) -> float:
+    """When the first ``j`` rows are due to have been sent (0: no pacing)."""
+    if rate:
+        return started + j / rate
+    if speedup and times:
+        return started + (times[j - 1] - times[0]) / speedup
+    return 0.0
+
+
 async def _pace(
     started: float,
     i: int,
@@ -184,12 +200,6 @@ async def _pace(
     speedup: float | None,
     times: list[float] | None,
 ) -> None:
-    if rate:
-        due = started + j / rate
-    elif speedup and times:
-        due = started + (times[j - 1] - times[0]) / speedup
-    else:
-        return
-    delay = due - time.perf_counter()
+    delay = _due(started, j, rate, speedup, times) - time.perf_counter()
     if delay > 0:
         await asyncio.sleep(delay)
