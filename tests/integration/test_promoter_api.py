@@ -100,10 +100,17 @@ def test_approval_api(kafka: str, redis_url: str, tmp_path: Path) -> None:
     send(
         kafka, cand("c-ok", m), cand("c-bad", f"{m}-bad", blessed=False), cand("c-two", f"{m}-two")
     )
+    # The session's Redis may hold other tests' candidates: wait for these three.
+    mine = {"c-ok", "c-bad", "c-two"}
     listed = until(
         lambda: (
-            len(httpx.get(f"{url}/v1/candidates", headers=H("tok-viewer")).json()["candidates"])
-            >= 3
+            mine
+            <= {
+                c["candidate_id"]
+                for c in httpx.get(f"{url}/v1/candidates", headers=H("tok-viewer")).json()[
+                    "candidates"
+                ]
+            }
         )
     )
     assert listed
