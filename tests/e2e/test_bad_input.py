@@ -22,7 +22,6 @@ import asyncio
 import base64
 import os
 import random
-import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -291,37 +290,8 @@ def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str,
     try:
         yield devstack.up(echo=lambda *a: None)
     finally:
-        state = devstack.load_state() or {}
+        # Also ends the trigger's pipeline workers (they lead no group of their own).
         devstack.down(echo=lambda *a: None)
-        _stop_groups([p["pid"] for p in state.get("procs", [])])
-
-
-def _stop_groups(leaders: list[int], timeout: float = 15) -> None:
-    """End what the stack's processes left behind once they themselves are stopped.
-
-    ``devstack.down`` stops the processes it started, but the trigger's local
-    training workers (kfp.local subprocesses) outlive it by design so a restarted
-    trigger can re-attach to them. Each stack process leads its own session
-    (``start_new_session``), so its process group holds exactly its descendants:
-    signalling those groups ends this test's workers and nothing else.
-    """
-    groups = set(leaders)
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for g in list(groups):
-            try:
-                os.killpg(g, sig)
-            except ProcessLookupError:
-                groups.discard(g)  # the group is empty
-        deadline = time.monotonic() + timeout
-        while groups and time.monotonic() < deadline:
-            for g in list(groups):
-                try:
-                    os.killpg(g, 0)
-                except ProcessLookupError:
-                    groups.discard(g)
-            time.sleep(0.1)  # poll interval while the workers exit
-        if not groups:
-            return
 
 
 @pytest.mark.timeout(600)

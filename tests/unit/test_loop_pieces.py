@@ -151,3 +151,12 @@ def test_window_summary_lists_crossed_distances_first() -> None:
     out = window_summary(v)
     assert [d["feature"] for d in out["distances"]] == ["payment_type", "company"]
     assert out["distances"][0]["crossed"] is True and out["verdict"] == "skew"
+
+
+def test_paced_replay_due_times() -> None:
+    from ctrain.replay import _due
+
+    assert _due(100.0, 3, 10.0, None, None) == pytest.approx(100.3)
+    # Row j is due when the data's clock since the first row, sped up, has passed.
+    assert _due(100.0, 2, None, 10.0, [0.0, 10.0, 20.0]) == pytest.approx(101.0)
+    assert _due(100.0, 3, None, None, None) == 0.0  # unpaced: always due
