@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ctrain import client, devstack
-from ctrain.loop import EventTail, LoopError, LoopState, predict_stable
+from ctrain.loop import EventTail, LoopError, LoopState, auc_of, predict_stable
 from shared.events import Event, ModelCandidate, PromotionEvent, TrainingRun, WindowClosed
 from shared.settings import CommonSettings
 
@@ -81,7 +81,9 @@ class Progress:
     waiting_approval: str | None = None
     before: tuple[int, list[float]] | None = None
     after: tuple[int, list[float]] | None = None
-    marks: dict[str, float] = field(default_factory=dict)
+    # Wall clock when the first drifted (2014) example was sent, and when `stable` moved.
+    drift_started: float | None = None
+    stable_moved: float | None = None
     urls: dict[str, str] = field(default_factory=dict)
     decision: str = ""
 
@@ -169,7 +171,8 @@ class Demo:
         assert self.tail is not None
         return self.tail.wait_for(pred, timeout, what, alive=self._alive)
 
-    def replay(self, table: pa.Table, phase: str) -> None:
+    def replay(self, table: pa.Table, phase: str) -> float:
+        """Send ``table``; returns when its first example went out."""
         from ctrain.replay import replay
 
         self.progress.phase = phase
@@ -181,7 +184,7 @@ class Demo:
         def seen(sent: int, total: int) -> None:
             self.progress.replayed = sent
 
-        self.progress.marks[f"{phase} first example"] = time.time()
+        sent_at = time.time()
         asyncio.run(
             replay(
                 settings,
@@ -191,7 +194,7 @@ class Demo:
                 progress=seen,
             )
         )
-        self.progress.marks[f"{phase} replayed"] = time.time()
+        return sent_at
 
     def settle(self, expected: int, what: str) -> None:
         """Wait until every replayed example is in a closed, validated window or the DLQ."""
@@ -210,16 +213,12 @@ class Demo:
                 problem = self._alive()
                 if problem:
                     raise LoopError(f"run {run_id}: {problem}")
-                try:
-                    view = tc.run(run_id)
-                except (httpx.TransportError, client.ApiError) as e:
-                    if isinstance(e, client.ApiError) and e.status < 500:
-                        raise
-                    view = None  # the trigger is restarting; the run goes on in its worker
-                if view is not None:
-                    self.progress.runs[run_id] = view
-                    if view["state"] in ("succeeded", "failed"):
-                        break
+                # A restarting trigger is waited for; the run goes on in its worker.
+                left = max(0.0, deadline - time.monotonic())
+                view = retrying(lambda: tc.run(run_id), left, f"run {run_id}")
+                self.progress.runs[run_id] = view
+                if view["state"] in ("succeeded", "failed"):
+                    break
                 time.sleep(1.0)  # poll interval of the progress view
         finally:
             tc.close()
@@ -382,7 +381,7 @@ class Demo:
     def drift(self, second: pa.Table) -> ModelCandidate:
         """Phase 2: replay the drifted period; the candidate of the run it triggers."""
         known = set(self.tail.state.runs) if self.tail else set()
-        self.replay(second, "phase 2: replaying 2014")
+        self.progress.drift_started = self.replay(second, "phase 2: replaying 2014")
         self.progress.phase = "phase 2: waiting for the trigger"
         run_ev: TrainingRun = self.wait(
             lambda s: next((evs[0] for rid, evs in s.runs.items() if rid not in known), None),
@@ -414,7 +413,7 @@ class Demo:
         if self.opts.operator is not None:
             self.opts.operator(cand, self.state)
         self.approve(cand, "", by_demo=False)
-        self.progress.marks["stable moved"] = time.time()
+        self.progress.stable_moved = time.time()
         self.progress.after = retrying(lambda: self.predict(sample), 120, "predictions")
         self.progress.phase = "done"
         return self.progress
@@ -444,12 +443,7 @@ def describe(ev: Event) -> str:
         extra = f" in {ev.failed_component}" if ev.failed_component else ""
         return f"[magenta]run[/magenta] {ev.run_id} {ev.state}{extra} (reason: {ev.reason})"
     if isinstance(ev, ModelCandidate):
-        auc = next((v for k, v in ev.metrics.overall.items() if "auc" in k.lower()), None)
-        base = (
-            next((v for k, v in ev.baseline_metrics.overall.items() if "auc" in k.lower()), None)
-            if ev.baseline_metrics
-            else None
-        )
+        auc, base = auc_of(ev.metrics), auc_of(ev.baseline_metrics)
         vs = f" vs serving {base:.3f}" if base is not None else " (no model serving to compare)"
         verdict = "blessed" if ev.blessed else "NOT blessed: " + "; ".join(ev.failed_checks)
         return (

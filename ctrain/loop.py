@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from shared import topics
 from shared.events import (
+    CandidateMetrics,
     DeadLetter,
     Event,
     ModelCandidate,
@@ -98,6 +99,13 @@ class LoopState:
             if p.model == model and "stable" in p.labels:
                 return p.labels["stable"]
         return None
+
+
+def auc_of(metrics: CandidateMetrics | None) -> float | None:
+    """The overall AUC of TFMA metrics (its key carries the metric's name), if any."""
+    if metrics is None:
+        return None
+    return next((v for k, v in metrics.overall.items() if "auc" in k.lower()), None)
 
 
 def _identity(ev: Event) -> tuple[str, str] | None:

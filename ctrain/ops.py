@@ -68,11 +68,10 @@ def summary(d: Any) -> None:
     for c in loop.candidates.values():
         t.add_row("candidate", f"{c.candidate_id}: {'blessed' if c.blessed else 'not blessed'}")
     t.add_row("stable", f"v{loop.stable_version('taxi')}")
-    first = p.marks.get("phase 2: replaying 2014 first example")
-    if first and "stable moved" in p.marks:
+    if p.drift_started and p.stable_moved:
         t.add_row(
             "drift → stable",
-            f"{p.marks['stable moved'] - first:.0f}s from the first 2014 trip to the new model "
+            f"{p.stable_moved - p.drift_started:.0f}s from the first 2014 trip to the new model "
             "serving (incl. the wait for approval)",
         )
     for name, url in p.urls.items():

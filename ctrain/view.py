@@ -10,7 +10,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from ctrain.loop import LoopState
+from ctrain.loop import LoopState, auc_of
 
 PIPELINE = ("gather", "validate", "transform", "train", "evaluate", "publish")
 MARK = {"succeeded": "[green]✓[/green]", "failed": "[red]✗[/red]", "running": "[yellow]…[/yellow]"}
@@ -67,12 +67,7 @@ def candidate_panel(loop: LoopState) -> RenderableType:
     for col in ("candidate", "blessed", "AUC", "serving AUC", "failed checks"):
         t.add_column(col)
     for c in loop.candidates.values():
-        auc = next((v for k, v in c.metrics.overall.items() if "auc" in k.lower()), None)
-        base = None
-        if c.baseline_metrics:
-            base = next(
-                (v for k, v in c.baseline_metrics.overall.items() if "auc" in k.lower()), None
-            )
+        auc, base = auc_of(c.metrics), auc_of(c.baseline_metrics)
         t.add_row(
             c.candidate_id,
             "[green]yes[/green]" if c.blessed else "[red]no[/red]",

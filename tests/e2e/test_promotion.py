@@ -23,6 +23,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from pyarrow import csv
 
+from ctrain.loop import predict_stable
 from services.ingest.shard import ShardWriter, arrow_schema
 from shared import topics
 from shared.events import CandidateMetrics, ModelCandidate
@@ -110,20 +111,6 @@ def state_of(url: str, cid: str) -> str:
     return str(r.json().get("state")) if r.status_code == 200 else ""
 
 
-def grpc_predict(grpc_addr: str, examples: list[bytes], label: str) -> list[float]:
-    import grpc
-    import tensorflow as tf
-    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
-
-    with grpc.insecure_channel(grpc_addr) as ch:
-        req = predict_pb2.PredictRequest()
-        req.model_spec.name = "taxi"
-        req.model_spec.version_label = label
-        req.inputs["examples"].CopyFrom(tf.make_tensor_proto(examples, dtype=tf.string))
-        resp = prediction_service_pb2_grpc.PredictionServiceStub(ch).Predict(req, timeout=30)
-    return [float(x) for v in resp.outputs.values() for x in tf.make_ndarray(v).reshape(-1)]
-
-
 @pytest.mark.timeout(900)
 def test_approve_serve_rollback_reject_and_crash(
     kafka: str, redis_url: str, tmp_path: Path, taxi_model: dict[str, str]
@@ -175,7 +162,7 @@ def test_approve_serve_rollback_reject_and_crash(
         assert (serving_base / "taxi" / "1" / "saved_model.pb").exists()
         view = httpx.get(f"{url}/v1/models/taxi", headers=H()).json()
         assert view["labels"] == {"stable": 1} and view["serving_reports"]["1"] == "AVAILABLE"
-        p1 = grpc_predict(f"127.0.0.1:{grpc_port}", examples, "stable")
+        p1 = predict_stable(f"127.0.0.1:{grpc_port}", "taxi", examples)[1]
         assert len(p1) == 3 and all(0 <= x <= 1 for x in p1)
         rr = httpx.post(
             f"{rest}/v1/models/taxi/labels/stable:predict",

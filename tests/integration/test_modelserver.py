@@ -369,7 +369,7 @@ def test_model_removed_from_config_is_unloaded(served: Served) -> None:
     deadline = time.monotonic() + 60
     while served.states("other") != {2: END}:
         assert time.monotonic() < deadline, served.states("other")
-        time.sleep(0.05)
+        time.sleep(0.05)  # poll interval while the version unloads
     err = rpc_error(lambda: grpc_probs(served, [1.0], name="other"))
     assert err.code() == grpc.StatusCode.NOT_FOUND
     assert err.details() == "Servable not found for request: Latest(other)"
