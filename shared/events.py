@@ -124,6 +124,14 @@ class Anomaly(BaseModel):
 Verdict = Literal["ok", "drift", "skew", "anomalous", "insufficient_data"]
 
 
+class MemberWindow(BaseModel):
+    """One window shard inside a judged period."""
+
+    window_id: str
+    data_uri: str
+    example_count: int
+
+
 class WindowValidated(Event):
     event_type: Literal["window_validated"] = "window_validated"
     id: str
@@ -139,6 +147,14 @@ class WindowValidated(Event):
     window_start: datetime | None = None
     window_end: datetime | None = None
     data_uri: str | None = None
+    # "window": one partition's window, profiled on its own (views, per-window metrics).
+    # "period": the unit the trigger acts on: every window of one stream and one event-time
+    # period (whatever partition it came from), or a run of small periods judged together.
+    scope: Literal["window", "period"] = "window"
+    members: list[MemberWindow] = Field(default_factory=list)
+    # The validator's judgement covers all the period's partitions (False: judged after the
+    # grace time with some partitions still silent).
+    complete: bool = True
 
     @property
     def key(self) -> bytes:
@@ -193,6 +209,10 @@ class ModelCandidate(Event):
     eval_window: str | None = None
     eval_data_uri: str | None = None
     reason: str | None = None
+    # Every held-out window (eval_window is the newest) and the example counts of both sides.
+    eval_windows: list[str] = Field(default_factory=list)
+    train_examples: int | None = None
+    eval_examples: int | None = None
     # Per window, the distances that crossed their thresholds when the run was decided.
     trigger_evidence: dict[str, list[str]] = Field(default_factory=dict)
 

@@ -26,7 +26,7 @@ from services.trigger.pipeline import ComponentImages, compile_pipeline
 from services.trigger.settings import TriggerSettings
 from shared import topics
 from shared.artifacts import ArtifactStore
-from shared.events import Event, ModelCandidate, TrainingRun, WindowValidated
+from shared.events import Event, ModelCandidate, PromotionEvent, TrainingRun, WindowValidated
 from shared.kafka import health, make_router, one_event_at_a_time
 from shared.metrics import metrics_endpoint, new_registry
 from shared.redis import make_redis
@@ -54,12 +54,16 @@ def make_backend(s: TriggerSettings) -> Backend:
 def policy_from(s: TriggerSettings) -> pol.Policy:
     return pol.Policy(
         consecutive=s.consecutive,
-        rearm_calm=s.rearm_calm,
         min_new_examples=s.min_new_examples,
         max_model_age_s=s.max_model_age_s,
         cooldown_s=s.cooldown_s,
+        backoff=s.backoff,
+        max_wait_s=s.max_wait_s,
         daily_budget=s.daily_budget,
-        training_windows=s.training_windows,
+        min_train_examples=s.min_train_examples,
+        max_train_examples=s.max_train_examples,
+        min_eval_examples=s.min_eval_examples,
+        clock=s.clock,
     )
 
 
@@ -105,6 +109,17 @@ def create_app(common: CommonSettings, settings: TriggerSettings) -> FastAPI:
             log.info("decision", extra={"window": v.window_id, "take": d.take, "why": d.reason})
         await msg.ack()
 
+    @one_event_at_a_time(router, topics.PROMOTIONS, settings.group_id)
+    async def on_promotion(msg: KafkaMessage) -> None:
+        try:
+            ev = PromotionEvent.model_validate_json(msg.body)
+        except ValidationError as e:
+            log.error("not a PromotionEvent; skipped", extra={"err": str(e)})
+            await msg.ack()
+            return
+        await trigger.on_promotion(ev)
+        await msg.ack()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with router.lifespan_context(app):
@@ -133,6 +148,10 @@ def create_app(common: CommonSettings, settings: TriggerSettings) -> FastAPI:
     @app.get("/v1/decisions")
     async def decisions(count: int = 50) -> JSONResponse:
         return JSONResponse({"model": settings.model, "decisions": await trigger.decisions(count)})
+
+    @app.get("/v1/state")
+    async def state() -> JSONResponse:
+        return JSONResponse(await trigger.state_view())
 
     @app.get("/v1/runs")
     async def runs(count: Annotated[int, Query(ge=1, le=500)] = 20) -> JSONResponse:

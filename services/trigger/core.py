@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -25,7 +26,9 @@ from shared.artifacts import ArtifactStore
 from shared.events import (
     CandidateMetrics,
     Event,
+    MemberWindow,
     ModelCandidate,
+    PromotionEvent,
     SliceMetrics,
     TrainingRun,
     WindowValidated,
@@ -55,6 +58,39 @@ def _text(raw: bytes | str | None) -> str:
 def serving_model_key(model: str) -> str:
     """The model directory now serving; written by the promoter."""
     return f"ctrain:serving:{model}:model_uri"
+
+
+def _epoch(t: datetime | None) -> float:
+    return t.timestamp() if t else 0.0
+
+
+def period_info(v: WindowValidated) -> pol.WindowInfo:
+    """A judged period as the policy sees it: verdict, crossings, member shards, its end."""
+    members = v.members or (
+        [MemberWindow(window_id=v.window_id, data_uri=v.data_uri, example_count=v.example_count)]
+        if v.data_uri
+        else []
+    )
+    crossed = tuple(
+        f"{f.name} {kind} {d.measure} {d.value:.4g} > {d.threshold:.4g}"
+        for f in v.features
+        for kind, d in (("drift", f.drift), ("skew", f.skew))
+        if d is not None and d.crossed and d.value is not None
+    )
+    return pol.WindowInfo(
+        window_id=v.window_id,
+        start=(v.window_start.isoformat() if v.window_start else v.produced_at.isoformat()),
+        example_count=v.example_count,
+        verdict=v.verdict,
+        blocking=any(a.severity == "blocking" for a in v.anomalies),
+        crossed=crossed,
+        drift=any(f.drift is not None and f.drift.crossed for f in v.features),
+        skew=any(f.skew is not None and f.skew.crossed for f in v.features),
+        end_s=_epoch(v.window_end) or _epoch(v.window_start),
+        members=tuple(m.window_id for m in members),
+        data_uris=tuple(m.data_uri for m in members),
+        member_counts=tuple(m.example_count for m in members),
+    )
 
 
 class Trigger:
@@ -96,6 +132,7 @@ class Trigger:
             "reason": d.reason,
             "trigger": d.trigger or "",
             "run_id": run_id or "",
+            "guard": d.guard or "",
             "source": source,
             "inputs": orjson.dumps(d.inputs).decode(),
             "at": str(self.clock()),
@@ -134,6 +171,10 @@ class Trigger:
             "reason": meta["reason"],
             "windows": meta["windows"],
             "eval_window": meta["eval_window"],
+            "eval_windows": meta.get("eval_windows", [meta["eval_window"]]),
+            "train_examples": meta.get("train_examples"),
+            "eval_examples": meta.get("eval_examples"),
+            "why": meta.get("why", meta["reason"]),
             "candidate_id": meta["candidate_id"],
             "submitted_at": meta["submitted_at"],
             "finished_at": outcome.get("finished_at"),
@@ -142,48 +183,102 @@ class Trigger:
         }
 
     # ------------------------------------------------------------ entry
+    def now(self, state: pol.ModelState) -> float:
+        return pol.now_of(state, self.config.policy, self.clock())
+
     async def on_validation(self, v: WindowValidated) -> pol.Decision | None:
-        """Fold one validation in; maybe start a run. None if already seen."""
+        """Fold one judged period in; maybe start a run. None if already seen or not a period."""
+        if v.scope != "period":
+            return None  # one partition's window: the period it belongs to is judged whole
         received = time.perf_counter()
-        info = pol.WindowInfo(
-            window_id=v.window_id,
-            start=(v.window_start.isoformat() if v.window_start else v.produced_at.isoformat()),
-            example_count=v.example_count,
-            data_uri=v.data_uri or "",
-            verdict=v.verdict,
-            blocking=any(a.severity == "blocking" for a in v.anomalies),
-            crossed=tuple(
-                f"{f.name} {kind} {d.measure} {d.value:.4g} > {d.threshold:.4g}"
-                for f in v.features
-                for kind, d in (("drift", f.drift), ("skew", f.skew))
-                if d is not None and d.crossed and d.value is not None
-            ),
-        )
+        info = period_info(v)
         async with self._lock:
             state = await self.load_state()
             if not pol.observe(state, info):
                 return None
-            d = pol.decide(state, self.clock(), self.config.policy, newest=info)
+            serving = _text(await self.redis.get(serving_model_key(self.config.model)))
+            if pol.new_episode(state, serving, self.now(state)):
+                await self._note(f"new episode: {serving or 'nothing'} serves; counts start afresh")
+            d = pol.decide(state, self.now(state), self.config.policy, newest=info)
             run_id = await self._maybe_start(state, d, f"validation:{v.window_id}")
             await self._save(state)
         if run_id:
             self.metrics.submit_latency.observe(time.perf_counter() - received)
         return d
 
+    async def on_promotion(self, ev: PromotionEvent) -> bool:
+        """The promoter decided on a candidate: a rejection or failure re-arms the trigger."""
+        if ev.model != self.config.model:
+            return False
+        promoted = ev.decision in ("auto", "approved")
+        async with self._lock:
+            state = await self.load_state()
+            if not pol.resolved(state, ev.candidate_id, promoted):
+                return False
+            await self._save(state)
+        if not promoted:
+            await self._note(f"re-armed: candidate {ev.candidate_id} {ev.decision} ({ev.reason})")
+        return True
+
+    async def _note(self, text: str) -> None:
+        await self._record(pol.Decision(False, text), None, "state")
+
     async def manual(self, reason: str = "manual") -> tuple[pol.Decision, str | None]:
         async with self._lock:
             state = await self.load_state()
-            d = pol.decide(state, self.clock(), self.config.policy, manual=True)
+            d = pol.decide(state, self.now(state), self.config.policy, manual=True)
             run_id = await self._maybe_start(state, d, f"manual:{reason}")
             await self._save(state)
         return d, run_id
+
+    async def state_view(self) -> dict[str, Any]:
+        """What an operator asks first: armed or not and why, streaks, time and budget left."""
+        state = await self.load_state()
+        p = self.config.policy
+        now = self.now(state)
+        left = 0.0
+        if state.last_run_at is not None:
+            left = max(0.0, p.wait_s(state.attempts) - (now - state.last_run_at))
+        recent = [t for t in state.run_times if now - t < pol.BUDGET_PERIOD_S]
+        why = "armed"
+        if state.in_flight:
+            why = f"run {state.in_flight} in flight"
+        elif state.disarmed_by:
+            why = f"disarmed since run {state.disarmed_by}" + (
+                f": candidate {state.awaiting} awaits a decision" if state.awaiting else ""
+            )
+        return {
+            "model": self.config.model,
+            "armed": state.armed and not state.in_flight,
+            "why": why,
+            "episode": state.episode,
+            "episode_started": state.episode_started,
+            "consecutive_drift": state.consecutive_drift,
+            "consecutive_skew": state.consecutive_skew,
+            "consecutive_needed": p.consecutive,
+            "attempts": state.attempts,
+            "in_flight": state.in_flight,
+            "awaiting": state.awaiting,
+            "cooldown_left_s": round(left, 1),
+            "budget_left": max(0, p.daily_budget - len(recent)),
+            "new_examples": state.new_examples,
+            "clock": p.clock,
+            "now": now,
+            "periods": len(state.windows),
+        }
 
     async def _maybe_start(self, state: pol.ModelState, d: pol.Decision, source: str) -> str | None:
         if not d.take:
             await self._record(d, None, source)
             return None
         run_id = stable_id(
-            "run", self.config.model, list(d.train_windows), d.eval_window, d.trigger
+            "run",
+            self.config.model,
+            [w.window_id for w in d.train],
+            [w.window_id for w in d.evaluation],
+            d.trigger,
+            state.episode,
+            state.attempts,
         )
         claimed = await self.redis.set(f"ctrain:trigger:run:{run_id}", b"claimed", nx=True)
         if not claimed:
@@ -193,16 +288,15 @@ class Trigger:
             )
             return None
         await self._record(d, run_id, source)
-        by_id = {w.window_id: w for w in state.windows}
-        train_uris = [by_id[w].data_uri for w in d.train_windows]
-        eval_uri = by_id[d.eval_window].data_uri if d.eval_window else ""
+        train_uris = [u for w in d.train for u in w.data_uris]
+        eval_uris = [u for w in d.evaluation for u in w.data_uris]
         baseline = await self.redis.get(serving_model_key(self.config.model))
         candidate_id = stable_id("cand", run_id)
         run_dir = self.store.uri("runs", run_id)
         params = {
             "run_dir": run_dir,
             "windows_json": orjson.dumps(train_uris).decode(),
-            "eval_uri": eval_uri,
+            "eval_json": orjson.dumps(eval_uris).decode(),
             "schema_path": self.config.schema_path,
             "module_path": self.config.module_path,
             "model_dir": self.store.uri("models", self.config.model, candidate_id),
@@ -212,15 +306,23 @@ class Trigger:
         }
         # The evidence behind the decision, shown to the approver with the candidate.
         evidence = {
-            w.window_id: list(w.crossed) for w in state.windows if w.crossed and not w.blocking
+            w.window_id: list(w.crossed)
+            for w in state.windows[-2 * self.config.policy.consecutive :]
+            if w.crossed and not w.blocking
         }
         meta = {
             "evidence": evidence,
             "run_id": run_id,
             "candidate_id": candidate_id,
-            "reason": d.reason,
+            "reason": d.trigger,
+            "why": d.reason,
             "windows": list(d.train_windows),
-            "eval_window": d.eval_window,
+            "eval_windows": list(d.eval_windows),
+            "eval_window": d.eval_windows[-1],
+            "train_periods": [w.window_id for w in d.train],
+            "eval_periods": [w.window_id for w in d.evaluation],
+            "train_examples": d.train_examples,
+            "eval_examples": d.eval_examples,
             "params": params,
             "submitted_at": self.clock(),
         }
@@ -228,8 +330,8 @@ class Trigger:
         await self.redis.zadd(self._key("runs"), {run_id: self.clock()})
         backend_run_id = await self.backend.submit(run_id, params)
         await self.redis.set(f"ctrain:trigger:run:{run_id}", backend_run_id.encode())
-        pol.started(state, run_id, self.clock())
-        self.metrics.triggers.labels(d.reason).inc()
+        pol.started(state, run_id, self.now(state))
+        self.metrics.triggers.labels(d.trigger or "none").inc()
         self.metrics.in_flight.inc()
         await self.publish(self._run_event(meta, "submitted", backend_run_id))
         self.followers[run_id] = asyncio.create_task(self._follow(meta, backend_run_id))
@@ -242,7 +344,7 @@ class Trigger:
             run_id=meta["run_id"],
             model=self.config.model,
             reason=meta["reason"],
-            windows=[*meta["windows"], meta["eval_window"]],
+            windows=[*meta["windows"], *meta.get("eval_windows", [meta["eval_window"]])],
             state=state,  # type: ignore[arg-type]
             backend=self.backend.name,  # type: ignore[arg-type]
             backend_run_id=backend_run_id,
@@ -268,8 +370,10 @@ class Trigger:
             await self.publish(self._run_event(meta, "running", backend_run_id))
             outcome = await self.backend.wait(run_id, backend_run_id, meta["params"]["run_dir"])
             ok = outcome.state == "succeeded"
+            blessed: str | None = None
             if ok:
                 candidate = self._candidate(meta)
+                blessed = candidate.candidate_id if candidate.blessed else None
                 await self.redis.set(
                     f"ctrain:trigger:candidate:{candidate.candidate_id}", candidate.to_bytes()
                 )
@@ -299,7 +403,7 @@ class Trigger:
             self.metrics.duration.observe(time.perf_counter() - started)
             async with self._lock:
                 state = await self.load_state()
-                pol.finished(state, run_id, ok, self.clock())
+                pol.finished(state, run_id, ok, self.now(state), blessed)
                 await self._save(state)
         except Exception:
             log.exception("following run failed", extra={"run_id": run_id})
@@ -337,7 +441,10 @@ class Trigger:
             baseline_metrics=metrics(ev.get("baseline_metrics")),
             windows=list(meta["windows"]),
             eval_window=meta["eval_window"],
-            eval_data_uri=meta["params"]["eval_uri"],
+            eval_data_uri=orjson.loads(meta["params"]["eval_json"])[-1],
+            eval_windows=list(meta.get("eval_windows", [])),
+            train_examples=meta.get("train_examples"),
+            eval_examples=meta.get("eval_examples"),
             reason=meta["reason"],
             trigger_evidence=meta.get("evidence", {}),
         )

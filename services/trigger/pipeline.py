@@ -39,7 +39,7 @@ def build_pipeline(images: ComponentImages | None = None) -> Any:
         )
 
     @component("gather")
-    def gather(run_dir: str, windows_json: str, eval_uri: str) -> str:
+    def gather(run_dir: str, windows_json: str, eval_json: str) -> str:
         import json
 
         from services.trigger.isolate import run_step
@@ -47,7 +47,7 @@ def build_pipeline(images: ComponentImages | None = None) -> Any:
         out = run_step(
             "gather",
             window_uris=json.loads(windows_json),
-            eval_uri=eval_uri,
+            eval_uris=json.loads(eval_json),
             out_dir=f"{run_dir}/gather",
         )
         return json.dumps(out)
@@ -137,7 +137,7 @@ def build_pipeline(images: ComponentImages | None = None) -> Any:
     def ctrain_pipeline(
         run_dir: str,
         windows_json: str,
-        eval_uri: str,
+        eval_json: str,
         schema_path: str,
         module_path: str,
         model_dir: str,
@@ -145,7 +145,7 @@ def build_pipeline(images: ComponentImages | None = None) -> Any:
         blocking_json: str = '["SCHEMA_MISSING_COLUMN", "UNEXPECTED_DATA_TYPE"]',
         epochs: int = 3,
     ) -> None:
-        g = gather(run_dir=run_dir, windows_json=windows_json, eval_uri=eval_uri)
+        g = gather(run_dir=run_dir, windows_json=windows_json, eval_json=eval_json)
         g.set_display_name("gather windows")
         v = validate(
             run_dir=run_dir, gathered=g.output, schema_path=schema_path, blocking_json=blocking_json

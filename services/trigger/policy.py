@@ -1,59 +1,100 @@
-"""Training decisions: pure functions of the model's state and one validation.
+"""Training decisions: pure functions of a model's state and one judged period.
 
-Policies: drift or skew over threshold for N consecutive windows (re-armed only
-after M calm windows: hysteresis), enough new examples since the last run, a
-model older than its maximum age, and manual requests. Guards: never train on
-windows with blocking anomalies, a cooldown, one run in flight per model, a
-daily run budget. Every decision, taken or declined, carries its reason.
+The validator judges event-time *periods* (all windows of one stream and one
+period, whatever partition they came from; or a run of small periods measured
+together). The trigger folds each judged period into the model's state and
+decides whether to start a run, on which periods, and why, or why not.
+
+Episodes follow the model, not the calendar: a promotion (the serving model
+changes) starts a new episode, streaks count afresh and skew is measured
+against the new model's training data. Within an episode a run disarms the
+trigger until its outcome is known: a failed run, an unblessed or rejected
+candidate re-arms it, and a condition that still holds starts the next attempt
+after the cooldown, stretched by ``backoff`` per unresolved attempt, within the
+budget. Every decision names the policy that held and the guard that stopped
+it; "no policy fired" only when no condition holds.
+
+Policies, first that holds wins: manual, drift for N judged periods in a row,
+skew likewise, enough new examples, model too old. Guards, in order: blocking
+anomalies in the newest period, a run in flight, disarmed by a run whose
+outcome is awaited, cooldown/back-off, budget, not enough data.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 Reason = Literal["drift", "skew", "new_examples", "model_age", "manual"]
+ClockKind = Literal["wall", "event"]
+BUDGET_PERIOD_S = 86_400.0
 
 
 @dataclass(frozen=True)
 class Policy:
     consecutive: int = 2
-    rearm_calm: int = 1
     min_new_examples: int = 0  # 0: this policy is off
     max_model_age_s: float = 0  # 0: off
     cooldown_s: float = 600
-    daily_budget: int = 4
-    training_windows: int = 4
+    backoff: float = 2.0  # the wait grows by this factor per unresolved attempt
+    max_wait_s: float = 7 * 86_400.0
+    daily_budget: int = 4  # runs in any 24 h of the policy's clock
+    min_train_examples: int = 5_000
+    max_train_examples: int = 200_000
+    min_eval_examples: int = 2_000
+    clock: ClockKind = "wall"
+
+    def wait_s(self, attempts: int) -> float:
+        """Minimum time since the last run, after ``attempts`` unresolved runs this episode."""
+        return min(self.cooldown_s * self.backoff ** max(0, attempts - 1), self.max_wait_s)
 
 
 @dataclass(frozen=True)
 class WindowInfo:
+    """One judged unit: a period (its windows from every partition) or a group of small ones."""
+
     window_id: str
     start: str  # ISO 8601: sorts in event-time order
     example_count: int
-    data_uri: str
     verdict: str
     blocking: bool
-    # Distances over threshold in this window: "feature drift linf 0.069 > 0.06".
+    # Distances over threshold: "feature skew linf 0.12 > 0.06".
     crossed: tuple[str, ...] = ()
+    drift: bool = False
+    skew: bool = False
+    end_s: float = 0.0  # event time (epoch s) of the unit's end: the data's clock
+    members: tuple[str, ...] = ()  # the window shards it is made of
+    data_uris: tuple[str, ...] = ()
+    member_counts: tuple[int, ...] = ()
+
+    @property
+    def usable(self) -> bool:
+        return not self.blocking and bool(self.data_uris)
 
 
 @dataclass
 class ModelState:
     """Per model; persisted as JSON in Redis between events."""
 
+    episode: str = ""  # model now serving ("": nothing yet)
+    episode_started: float | None = None
     consecutive_drift: int = 0
     consecutive_skew: int = 0
-    armed: bool = True
-    calm_streak: int = 0
+    attempts: int = 0  # runs this episode that did not resolve it
+    disarmed_by: str | None = None  # the run whose outcome is awaited
+    awaiting: str | None = None  # its candidate, waiting for the promoter's decision
     new_examples: int = 0
     last_run_at: float | None = None
     last_success_at: float | None = None
     in_flight: str | None = None
-    runs_by_day: dict[str, int] = field(default_factory=dict)
+    run_times: list[float] = field(default_factory=list)
+    event_now: float | None = None
     windows: list[WindowInfo] = field(default_factory=list)
     seen: list[str] = field(default_factory=list)
+
+    @property
+    def armed(self) -> bool:
+        return self.disarmed_by is None
 
     def to_json(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -62,45 +103,151 @@ class ModelState:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ModelState:
-        d = dict(d)
-        d["windows"] = [
-            WindowInfo(**{**w, "crossed": tuple(w.get("crossed", ()))})
-            for w in d.get("windows", [])
-        ]
+        known = {f.name for f in fields(cls)}
+        wknown = {f.name for f in fields(WindowInfo)}
+        d = {k: v for k, v in d.items() if k in known}
+        windows: list[WindowInfo] = []
+        for w in d.get("windows", []):
+            kw: dict[str, Any] = {
+                k: (tuple(v) if isinstance(v, list) else v) for k, v in w.items() if k in wknown
+            }
+            windows.append(WindowInfo(**kw))
+        d["windows"] = windows
         return cls(**d)
 
 
 @dataclass(frozen=True)
 class Decision:
     take: bool
-    reason: str  # why it ran, or why it did not
+    reason: str  # why it ran, or which policy held and which guard stopped it
     trigger: Reason | None = None
-    train_windows: tuple[str, ...] = ()
-    eval_window: str | None = None
+    guard: str | None = None  # blocking, in_flight, disarmed, cooldown, budget, data
+    train: tuple[WindowInfo, ...] = ()
+    evaluation: tuple[WindowInfo, ...] = ()
     inputs: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def train_windows(self) -> tuple[str, ...]:
+        return tuple(m for w in self.train for m in w.members)
 
-def _day(now: float) -> str:
-    return datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d")
+    @property
+    def eval_windows(self) -> tuple[str, ...]:
+        return tuple(m for w in self.evaluation for m in w.members)
+
+    @property
+    def train_examples(self) -> int:
+        return sum(w.example_count for w in self.train)
+
+    @property
+    def eval_examples(self) -> int:
+        return sum(w.example_count for w in self.evaluation)
 
 
-def observe(state: ModelState, w: WindowInfo, keep: int = 64) -> bool:
-    """Fold a validated window into the state; False if it was already seen."""
+def now_of(state: ModelState, policy: Policy, wall: float) -> float:
+    """The policy's clock: wall time, or the data's (the newest judged period's end)."""
+    if policy.clock == "event":
+        return state.event_now if state.event_now is not None else 0.0
+    return wall
+
+
+def observe(state: ModelState, w: WindowInfo, keep: int = 256) -> bool:
+    """Fold a judged unit into the state; False if it was already seen."""
     if w.window_id in state.seen:
         return False
     state.seen = [*state.seen, w.window_id][-4 * keep :]
-    state.windows = sorted([*state.windows, w], key=lambda x: (x.start, x.window_id))[-keep:]
+    if w.end_s and (state.event_now is None or w.end_s > state.event_now):
+        state.event_now = w.end_s
+    # A group of small periods replaces the periods it was measured from.
+    covered = set(w.members)
+    kept = [x for x in state.windows if not (x.members and set(x.members) <= covered)]
+    state.windows = sorted([*kept, w], key=lambda x: (x.start, x.window_id))[-keep:]
     if w.blocking:
-        return True  # an anomalous window neither counts as drift nor as new data
+        return True  # an anomalous period counts neither as drift nor as new data
     state.new_examples += w.example_count
-    drift, skew = w.verdict == "drift", w.verdict == "skew"
-    state.consecutive_drift = state.consecutive_drift + 1 if drift else 0
-    state.consecutive_skew = state.consecutive_skew + 1 if skew else 0
-    if drift or skew:
-        state.calm_streak = 0
-    else:
-        state.calm_streak += 1
+    if w.verdict == "insufficient_data":
+        return True  # too small to judge: neither calm nor drifted
+    state.consecutive_drift = state.consecutive_drift + 1 if w.drift else 0
+    state.consecutive_skew = state.consecutive_skew + 1 if w.skew else 0
     return True
+
+
+def new_episode(state: ModelState, serving: str, now: float) -> bool:
+    """The serving model changed (a promotion or rollback): counts start afresh."""
+    if serving == state.episode:
+        return False
+    state.episode = serving
+    state.episode_started = now
+    state.consecutive_drift = state.consecutive_skew = 0
+    state.attempts = 0
+    state.disarmed_by = state.awaiting = None
+    state.new_examples = 0
+    return True
+
+
+def _held(state: ModelState, now: float, policy: Policy, manual: bool) -> list[tuple[Reason, str]]:
+    held: list[tuple[Reason, str]] = []
+    if manual:
+        held.append(("manual", "an operator asked"))
+    k = policy.consecutive
+    if state.consecutive_drift >= k:
+        held.append(
+            ("drift", f"drift in {state.consecutive_drift} judged periods in a row (>= {k})")
+        )
+    if state.consecutive_skew >= k:
+        held.append(("skew", f"skew in {state.consecutive_skew} judged periods in a row (>= {k})"))
+    if policy.min_new_examples and state.new_examples >= policy.min_new_examples:
+        held.append(
+            ("new_examples", f"{state.new_examples} new examples (>= {policy.min_new_examples})")
+        )
+    if policy.max_model_age_s and state.last_success_at is not None:
+        age = now - state.last_success_at
+        if age >= policy.max_model_age_s:
+            held.append(("model_age", f"model {age:.0f}s old (>= {policy.max_model_age_s:.0f}s)"))
+    return held
+
+
+def select(
+    state: ModelState, policy: Policy
+) -> tuple[tuple[WindowInfo, ...], tuple[WindowInfo, ...], str | None]:
+    """(train, eval, problem): the newest usable periods sized by examples, newest first.
+
+    Evaluation takes the newest periods until they hold ``min_eval_examples`` and
+    at least one was large enough to judge alone; training takes the periods
+    before them until ``min_train_examples``, never past ``max_train_examples``.
+    """
+    usable = [w for w in state.windows if w.usable]
+    ev: list[WindowInfo] = []
+    n = 0
+    for w in reversed(usable):
+        ev.insert(0, w)
+        n += w.example_count
+        if n >= policy.min_eval_examples and any(x.verdict != "insufficient_data" for x in ev):
+            break
+    else:
+        return (
+            (),
+            (),
+            (f"need {policy.min_eval_examples} evaluation examples in judged periods, have {n}"),
+        )
+    tr: list[WindowInfo] = []
+    m = 0
+    for w in reversed(usable[: len(usable) - len(ev)]):
+        if tr and m + w.example_count > policy.max_train_examples:
+            break
+        tr.insert(0, w)
+        m += w.example_count
+        if m >= policy.min_train_examples:
+            break
+    if m < policy.min_train_examples:
+        return (
+            (),
+            (),
+            (
+                f"need {policy.min_train_examples} training examples before the "
+                f"{n} evaluation examples, have {m}"
+            ),
+        )
+    return tuple(tr), tuple(ev), None
 
 
 def decide(
@@ -110,78 +257,107 @@ def decide(
     manual: bool = False,
     newest: WindowInfo | None = None,
 ) -> Decision:
-    """Whether to start a run now, on which windows, and why (or why not)."""
-    if not state.armed and state.calm_streak >= policy.rearm_calm:
-        state.armed = True
-    trigger: Reason | None = None
-    if manual:
-        trigger = "manual"
-    elif state.armed and state.consecutive_drift >= policy.consecutive:
-        trigger = "drift"
-    elif state.armed and state.consecutive_skew >= policy.consecutive:
-        trigger = "skew"
-    elif policy.min_new_examples and state.new_examples >= policy.min_new_examples:
-        trigger = "new_examples"
-    elif policy.max_model_age_s and state.last_success_at is not None:
-        if now - state.last_success_at >= policy.max_model_age_s:
-            trigger = "model_age"
-    inputs = {
+    """Whether to start a run now, on which periods, and why (or why not)."""
+    inputs: dict[str, Any] = {
         "consecutive_drift": state.consecutive_drift,
         "consecutive_skew": state.consecutive_skew,
         "new_examples": state.new_examples,
         "armed": state.armed,
+        "attempts": state.attempts,
+        "episode": state.episode,
+        "now": now,
         "newest": newest.window_id if newest else None,
     }
-    if trigger is None:
-        return Decision(False, "no policy fired", inputs=inputs)
+    held = _held(state, now, policy, manual)
+    if not held:
+        streaks = f"drift streak {state.consecutive_drift}, skew streak {state.consecutive_skew}"
+        if newest is not None and newest.verdict == "insufficient_data":
+            return Decision(
+                False,
+                f"no policy fired: {newest.window_id} too small to judge ({streaks})",
+                inputs=inputs,
+            )
+        return Decision(
+            False, f"no policy fired ({streaks}, need {policy.consecutive})", inputs=inputs
+        )
+    trigger, why = held[0]
+    inputs["held"] = [r for r, _ in held]
+
+    def stop(guard: str, text: str) -> Decision:
+        return Decision(
+            False, f"{trigger} held ({why}); stopped: {text}", trigger, guard, inputs=inputs
+        )
+
     if newest is not None and newest.blocking and not manual:
-        return Decision(
-            False, f"{trigger}: newest window has blocking anomalies", trigger, inputs=inputs
-        )
+        return stop("blocking", f"the newest period {newest.window_id} has blocking anomalies")
     if state.in_flight:
-        return Decision(
-            False, f"{trigger}: run {state.in_flight} still in flight", trigger, inputs=inputs
+        return stop("in_flight", f"run {state.in_flight} still in flight")
+    if state.disarmed_by and not manual:
+        waiting = (
+            f"candidate {state.awaiting} awaits a decision"
+            if state.awaiting
+            else "its outcome is awaited"
         )
-    if state.last_run_at is not None and now - state.last_run_at < policy.cooldown_s:
-        left = policy.cooldown_s - (now - state.last_run_at)
-        return Decision(False, f"{trigger}: cooldown, {left:.0f}s left", trigger, inputs=inputs)
-    if state.runs_by_day.get(_day(now), 0) >= policy.daily_budget:
-        return Decision(
-            False,
-            f"{trigger}: daily budget of {policy.daily_budget} runs spent",
-            trigger,
-            inputs=inputs,
-        )
-    usable = [w for w in state.windows if not w.blocking]
-    if len(usable) < 2:
-        return Decision(
-            False, f"{trigger}: need 2 clean windows, have {len(usable)}", trigger, inputs=inputs
-        )
-    eval_w = usable[-1]
-    train = usable[-1 - policy.training_windows : -1]
+        return stop("disarmed", f"disarmed since run {state.disarmed_by} ({waiting})")
+    if state.last_run_at is not None:
+        wait = policy.wait_s(state.attempts)
+        left = wait - (now - state.last_run_at)
+        if left > 0:
+            what = (
+                "cooldown" if state.attempts <= 1 else f"back-off after {state.attempts} attempts"
+            )
+            return stop("cooldown", f"{what}, {left:.0f}s of {wait:.0f}s left")
+    recent = [t for t in state.run_times if now - t < BUDGET_PERIOD_S]
+    if len(recent) >= policy.daily_budget:
+        return stop("budget", f"budget of {policy.daily_budget} runs per 24 h spent")
+    train, ev, problem = select(state, policy)
+    if problem:
+        return stop("data", problem)
     return Decision(
         True,
+        f"{trigger}: {why}",
         trigger,
-        trigger,
-        tuple(w.window_id for w in train),
-        eval_w.window_id,
-        inputs,
+        None,
+        train,
+        ev,
+        {
+            **inputs,
+            "train_examples": sum(w.example_count for w in train),
+            "eval_examples": sum(w.example_count for w in ev),
+        },
     )
 
 
-def started(state: ModelState, run_id: str, now: float) -> None:
+def started(state: ModelState, run_id: str, now: float, manual: bool = False) -> None:
     state.in_flight = run_id
+    state.disarmed_by = run_id
+    state.awaiting = None
     state.last_run_at = now
-    day = _day(now)
-    state.runs_by_day = {day: state.runs_by_day.get(day, 0) + 1}
+    state.run_times = [t for t in state.run_times if now - t < BUDGET_PERIOD_S] + [now]
     state.new_examples = 0
-    state.armed = False
-    state.consecutive_drift = state.consecutive_skew = 0
-    state.calm_streak = 0
+    state.attempts += 1
 
 
-def finished(state: ModelState, run_id: str, ok: bool, now: float) -> None:
+def finished(
+    state: ModelState, run_id: str, ok: bool, now: float, candidate: str | None = None
+) -> None:
+    """A run ended: a blessed candidate keeps the trigger disarmed until the promoter decides."""
     if state.in_flight == run_id:
         state.in_flight = None
     if ok:
         state.last_success_at = now
+    if state.disarmed_by == run_id:
+        if ok and candidate:
+            state.awaiting = candidate
+        else:
+            state.disarmed_by = state.awaiting = None
+
+
+def resolved(state: ModelState, candidate: str, promoted: bool) -> bool:
+    """The promoter decided on a candidate: rejected or failed re-arms; promoted waits
+    for the episode change (the serving model the next validation sees)."""
+    if state.awaiting != candidate:
+        return False
+    if not promoted:
+        state.disarmed_by = state.awaiting = None
+    return True

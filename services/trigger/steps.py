@@ -148,34 +148,36 @@ def _write_parquet(table: pa.Table, path: str) -> None:
     os.replace(tmp, path)  # a retried step never sees a half-written file
 
 
-def gather(window_uris: list[str], eval_uri: str, out_dir: str) -> dict[str, str | int]:
-    """Concatenate training window shards into out_dir/train.parquet, copy the held-out
-    window to out_dir/eval.parquet. Returns {"train", "eval", "train_rows", "eval_rows"}."""
+def _concat(uris: list[str], what: str) -> Any:
     import pyarrow as pa
 
     from services.ingest.shard import read_shard
 
-    if not window_uris:
-        raise StepError("no training windows to gather")
-    os.makedirs(out_dir, exist_ok=True)
     tables = []
-    for uri in window_uris:
+    for uri in uris:
         try:
             tables.append(read_shard(uri))
         except (OSError, pa.ArrowException) as e:
-            raise StepError(f"cannot read window shard {uri}: {e}") from e
+            raise StepError(f"cannot read {what} shard {uri}: {e}") from e
     try:
-        train_table = pa.concat_tables(tables)
+        table = pa.concat_tables(tables)
     except pa.ArrowInvalid as e:
-        raise StepError(f"window shards have different schemas: {e}") from e
-    try:
-        eval_table = read_shard(eval_uri)
-    except (OSError, pa.ArrowException) as e:
-        raise StepError(f"cannot read held-out window {eval_uri}: {e}") from e
-    if train_table.num_rows == 0:
-        raise StepError(f"the {len(window_uris)} training windows hold no rows")
-    if eval_table.num_rows == 0:
-        raise StepError(f"the held-out window {eval_uri} holds no rows")
+        raise StepError(f"{what} shards have different schemas: {e}") from e
+    if table.num_rows == 0:
+        raise StepError(f"the {len(uris)} {what} shards hold no rows")
+    return table
+
+
+def gather(window_uris: list[str], eval_uris: list[str], out_dir: str) -> dict[str, str | int]:
+    """Concatenate the training shards into out_dir/train.parquet and the held-out shards
+    into out_dir/eval.parquet. Returns {"train", "eval", "train_rows", "eval_rows"}."""
+    if not window_uris:
+        raise StepError("no training windows to gather")
+    if not eval_uris:
+        raise StepError("no held-out windows to evaluate on")
+    os.makedirs(out_dir, exist_ok=True)
+    train_table = _concat(window_uris, "training")
+    eval_table = _concat(eval_uris, "held-out")
     train_path = os.path.join(out_dir, "train.parquet")
     eval_path = os.path.join(out_dir, "eval.parquet")
     _write_parquet(train_table, train_path)
