@@ -88,6 +88,10 @@ class WindowClosed(Event):
     close_reason: Literal["count", "watermark", "idle", "shutdown"] = "count"
     min_event_time: datetime | None = None
     max_event_time: datetime | None = None
+    # Length of the tumbling event-time period (None: cut by count alone). Windows of the
+    # same period from different partitions share start and end; the validator judges them
+    # together.
+    period_ms: int | None = None
 
     @property
     def key(self) -> bytes:

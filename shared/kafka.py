@@ -64,6 +64,20 @@ def make_consumer(
     return AIOKafkaConsumer(*topic_names, **opts)
 
 
+async def partition_count(settings: CommonSettings, topic: str) -> int:
+    """How many partitions ``topic`` has (0 if it does not exist)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    for t in described:
+        if t.get("topic") == topic and not t.get("error_code"):
+            return len(t.get("partitions", []))
+    return 0
+
+
 async def ensure_topics(
     settings: CommonSettings, names: tuple[str, ...] = topics.ALL, partitions: int | None = None
 ) -> list[str]:

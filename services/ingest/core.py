@@ -298,6 +298,7 @@ class Ingestor:
             close_reason=reason,
             min_event_time=_ts(w.min_t) if w.min_t is not None else None,
             max_event_time=_ts(w.max_t) if w.max_t is not None else None,
+            period_ms=self.policy.duration_ms,
         )
         self.store.write_bytes(f"{self.window_dir(w.window_id)}/window.json", event.to_bytes())
         return event

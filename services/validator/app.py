@@ -12,6 +12,9 @@ from __future__ import annotations
 import asyncio
 import html
 import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import orjson
@@ -30,7 +33,7 @@ from services.validator.settings import ValidatorSettings
 from shared import topics
 from shared.artifacts import ArtifactStore
 from shared.events import WindowClosed, WindowValidated
-from shared.kafka import health, make_router, one_event_at_a_time
+from shared.kafka import health, make_router, one_event_at_a_time, partition_count
 from shared.metrics import metrics_endpoint, new_registry
 from shared.redis import make_redis
 from shared.settings import CommonSettings
@@ -56,6 +59,8 @@ def config_from(s: ValidatorSettings) -> ValidatorConfig:
         stats_runner=s.stats_runner,
         beam_runner=s.beam_runner,
         beam_options=tuple(s.beam_options),
+        period_grace_s=s.period_grace_s,
+        max_group_periods=s.max_group_periods,
     )
 
 
@@ -64,14 +69,50 @@ def create_app(common: CommonSettings, settings: ValidatorSettings) -> FastAPI:
     metrics = ValidatorMetrics(registry)
     store = ArtifactStore(common.artifact_root)
     redis = make_redis(common)
+    counts: dict[str, tuple[float, int]] = {}
+
+    async def partitions_of(topic: str) -> int:
+        # Partitions are added rarely; ask the broker at most once a minute per topic.
+        at, n = counts.get(topic, (0.0, 0))
+        if time.monotonic() - at > 60 or not n:
+            n = await partition_count(common, topic)
+            counts[topic] = (time.monotonic(), n)
+        return n
+
     validator = Validator(
         store=store,
         schemas=SchemaStore(store, common.schema_path),
         index=RedisWindowIndex(redis),
         metrics=metrics,
         config=config_from(settings),
+        redis=redis,
+        partition_count=partitions_of,
     )
     router = make_router(common)
+
+    async def publish_once(r: WindowValidated) -> None:
+        marker = f"ctrain:validator:published:{r.id}"
+        if not await redis.exists(marker):
+            await router.broker.publish(r.to_bytes(), topic=topics.VALIDATIONS, key=r.key)
+            await redis.set(marker, b"1")
+
+    async def publish_periods(stream: str, event: WindowClosed | None) -> None:
+        """Judge the periods this window completes; publish them, then empty the outbox."""
+        results = await validator.assemble(stream, event, time.time())
+        for r in results:
+            await publish_once(r)
+        if results:
+            await validator.sent(stream, [r.window_id for r in results])
+
+    async def grace_loop() -> None:
+        """Periods with a silent partition are judged once their grace time is over."""
+        while True:
+            await asyncio.sleep(max(1.0, min(10.0, settings.period_grace_s / 4)))  # poll interval
+            try:
+                for stream in await validator.streams():
+                    await publish_periods(stream, None)
+            except Exception:  # an outage: the next tick tries again
+                log.exception("judging periods after their grace time failed")
 
     async def dead_letter(raw: bytes, reason: str, message: str, msg: KafkaMessage) -> None:
         rec = msg.raw_message
@@ -98,6 +139,11 @@ def create_app(common: CommonSettings, settings: ValidatorSettings) -> FastAPI:
         for attempt in range(1, settings.max_attempts + 1):
             try:
                 result = await validator.handle(event)
+                # Published once: a redelivered window whose result already went out is
+                # only committed. (A crash between publish and marker republishes the
+                # same id, which consumers deduplicate.)
+                await publish_once(result)
+                await publish_periods(event.stream, event)
             except ValidatorError as e:
                 if not e.retryable or attempt == settings.max_attempts:
                     await dead_letter(body, type(e).__name__, str(e), msg)
@@ -111,20 +157,20 @@ def create_app(common: CommonSettings, settings: ValidatorSettings) -> FastAPI:
                     break
                 log.exception("validation error, retrying", extra={"attempt": attempt})
             else:
-                # Published once: a redelivered window whose result already went out is
-                # only committed. (A crash between publish and marker republishes the
-                # same id, which consumers deduplicate.)
-                marker = f"ctrain:validator:published:{result.id}"
-                if not await redis.exists(marker):
-                    await router.broker.publish(
-                        result.to_bytes(), topic=topics.VALIDATIONS, key=result.key
-                    )
-                    await redis.set(marker, b"1")
                 break
             await asyncio.sleep(0.5 * 2**attempt)  # back-off between retries
         await msg.ack()
 
-    app = FastAPI(title="ctrain validator", version="0.1.0", lifespan=router.lifespan_context)
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with router.lifespan_context(app):
+            task = asyncio.create_task(grace_loop())
+            try:
+                yield
+            finally:
+                task.cancel()
+
+    app = FastAPI(title="ctrain validator", version="0.1.0", lifespan=lifespan)
     app.include_router(router)
     app.add_route("/metrics", metrics_endpoint(registry), methods=["GET"])
 

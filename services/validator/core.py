@@ -10,24 +10,30 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 import pyarrow as pa
+from redis.asyncio import Redis
 from tensorflow_metadata.proto.v0 import schema_pb2, statistics_pb2
 
 from services.ingest.shard import read_shard
 from services.validator import checks
-from services.validator.errors import ShardUnreadable
+from services.validator import periods as per
+from services.validator.errors import ShardUnreadable, UnknownWindow
 from services.validator.index import WindowIndex, WindowRef
 from services.validator.metrics import ValidatorMetrics
 from services.validator.schemas import SchemaStore
 from services.validator.stats import dataset, statistics_beam, statistics_in_memory
 from shared.artifacts import ArtifactStore
-from shared.events import Distance, WindowClosed, WindowValidated
+from shared.events import Distance, MemberWindow, WindowClosed, WindowValidated
 from shared.ids import stable_id
 
 log = logging.getLogger(__name__)
+PartitionCount = Callable[[str], Awaitable[int]]
 
 
 @dataclass(frozen=True)
@@ -43,10 +49,18 @@ class ValidatorConfig:
     stats_runner: str = "inprocess"
     beam_runner: str = "DirectRunner"
     beam_options: tuple[str, ...] = ()
+    # A period is judged when every partition moved past it, or this long after its first
+    # window arrived (a partition that fell silent must not stall the loop).
+    period_grace_s: float = 120.0
+    max_group_periods: int = 8
 
 
 def _ms(ev: WindowClosed) -> tuple[int, int]:
     return int(ev.start.timestamp() * 1000), int(ev.end.timestamp() * 1000)
+
+
+def _dt(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
 
 
 class Validator:
@@ -58,12 +72,17 @@ class Validator:
         index: WindowIndex,
         metrics: ValidatorMetrics,
         config: ValidatorConfig,
+        redis: Redis | None = None,
+        partition_count: PartitionCount | None = None,
     ) -> None:
         self.store = store
         self.schemas = schemas
         self.index = index
         self.metrics = metrics
         self.config = config
+        self.redis = redis
+        self.partition_count = partition_count
+        self._book_lock = asyncio.Lock()
 
     # ----------------------------------------------------------- layout
     def dir(self, stream: str, window_id: str) -> str:
@@ -119,7 +138,7 @@ class Validator:
             window_end=ev.end,
             data_uri=ev.data_uri,
         )
-        self._write_artifacts(ev, result, stats)
+        self._write_artifacts(ev.stream, ev.window_id, result, stats)
         await self.index.add(ref)
         self._observe(result, time.perf_counter() - t0)
         return result
@@ -179,18 +198,20 @@ class Validator:
         uri = self.store.uri("validations", stream, "_baselines", f"{stable_id('base', *ids)}.pb")
         if self.store.exists(uri):
             return self.load_stats(uri)
-        table = pa.concat_tables([read_shard(r.data_uri) for r in refs], promote=True)
+        ordered = sorted(refs, key=lambda r: r.window_id)
+        table = pa.concat_tables([read_shard(r.data_uri) for r in ordered], promote=True)
         stats = statistics_in_memory(table)
         self.store.write_bytes(uri, stats.SerializeToString())
         return stats
 
     def _write_artifacts(
         self,
-        ev: WindowClosed,
+        stream: str,
+        window_id: str,
         result: WindowValidated,
         stats: statistics_pb2.DatasetFeatureStatisticsList,
     ) -> None:
-        d = self.dir(ev.stream, ev.window_id)
+        d = self.dir(stream, window_id)
         self.store.write_bytes(f"{d}/stats.pb", stats.SerializeToString())
         self.store.write_bytes(
             f"{d}/anomalies.json",
@@ -200,7 +221,7 @@ class Validator:
             f"{d}/drift.json",
             orjson.dumps(
                 {
-                    "window_id": ev.window_id,
+                    "window_id": window_id,
                     "drift_baseline": result.drift_baseline,
                     "skew_baseline": result.skew_baseline,
                     "features": [f.model_dump(mode="json") for f in result.features],
@@ -208,7 +229,7 @@ class Validator:
             ),
         )
         # Last: its presence means the window is done (the idempotency marker).
-        self.store.write_bytes(self.result_uri(ev.stream, ev.window_id), result.to_bytes())
+        self.store.write_bytes(self.result_uri(stream, window_id), result.to_bytes())
 
     def _observe(self, r: WindowValidated, seconds: float) -> None:
         self.metrics.seconds.observe(seconds)
@@ -228,4 +249,140 @@ class Validator:
         log.info(
             "window validated",
             extra={"window_id": r.window_id, "verdict": r.verdict, "seconds": round(seconds, 3)},
+        )
+
+    # ----------------------------------------------------------- periods
+    def _book_key(self, stream: str) -> str:
+        return f"ctrain:validator:{stream}:periods"
+
+    async def _load_book(self, stream: str) -> per.Book:
+        assert self.redis is not None, "periods need Redis"
+        raw = await self.redis.get(self._book_key(stream))
+        return per.Book.from_json(orjson.loads(raw)) if raw else per.Book()
+
+    async def _partitions(self, topics: list[str]) -> list[str]:
+        out: list[str] = []
+        for topic in sorted(topics):
+            n = await self.partition_count(topic) if self.partition_count else 1
+            out.extend(f"{topic}:{p}" for p in range(n))
+        return out
+
+    async def streams(self) -> list[str]:
+        assert self.redis is not None
+        names: Any = await self.redis.smembers("ctrain:validator:streams")
+        return sorted(n.decode() if isinstance(n, bytes) else n for n in names or [])
+
+    async def assemble(
+        self, stream: str, ev: WindowClosed | None, now: float
+    ) -> list[WindowValidated]:
+        """Add a validated window to its period; judge every period now complete.
+
+        Returns the period verdicts still to publish (an outbox kept in Redis, so a
+        crash between judging and publishing republishes the same ids); call
+        :meth:`sent` once they are out.
+        """
+        assert self.redis is not None, "periods need Redis"
+        async with self._book_lock:
+            book = await self._load_book(stream)
+            raw_topics: Any = await self.redis.smembers(f"ctrain:validator:{stream}:topics")
+            topics = {t.decode() if isinstance(t, bytes) else t for t in raw_topics or []}
+            if ev is not None:
+                new = {o.topic for o in ev.offsets} - topics
+                if new:
+                    await self.redis.sadd(f"ctrain:validator:{stream}:topics", *new)
+                    topics |= new
+                await self.redis.sadd("ctrain:validator:streams", stream)
+                start_ms, end_ms = _ms(ev)
+                if not per.add(
+                    book,
+                    ev.window_id,
+                    start_ms,
+                    end_ms,
+                    ev.example_count,
+                    [f"{o.topic}:{o.partition}" for o in ev.offsets],
+                    ev.period_ms is not None,
+                    now,
+                ):
+                    self.metrics.late_windows.inc()
+                    log.warning(
+                        "window arrived after its period was judged",
+                        extra={"window_id": ev.window_id},
+                    )
+            partitions = await self._partitions(sorted(topics))
+            outbox = list(book.outbox)
+            for period in per.complete(book, partitions, now, self.config.period_grace_s):
+                prev_last = list(book.last)
+                for unit in per.judge(
+                    book,
+                    stream,
+                    period,
+                    partitions,
+                    self.config.min_examples,
+                    self.config.max_group_periods,
+                ):
+                    await self._judge_unit(stream, unit, prev_last)
+                    outbox.append(unit.unit_id)
+            book.outbox = outbox
+            await self.redis.set(self._book_key(stream), orjson.dumps(book.to_json()))
+        results = [self.load_result(stream, uid) for uid in outbox]
+        return [r for r in results if r is not None]
+
+    async def sent(self, stream: str, ids: list[str]) -> None:
+        async with self._book_lock:
+            book = await self._load_book(stream)
+            book.outbox = [u for u in book.outbox if u not in set(ids)]
+            assert self.redis is not None
+            await self.redis.set(self._book_key(stream), orjson.dumps(book.to_json()))
+
+    async def _judge_unit(self, stream: str, unit: per.Unit, prev_last: list[str]) -> None:
+        if self.load_result(stream, unit.unit_id) is not None:
+            return  # judged before a crash: the stored verdict stands
+        refs = [r for r in [await self.index.get(m) for m in unit.members] if r is not None]
+        if not refs:
+            raise UnknownWindow(f"period {unit.unit_id}: none of its windows is indexed")
+        stats = await asyncio.to_thread(self._baseline_stats, refs, stream)
+        schema = await asyncio.to_thread(self.schemas.ensure, stream, stats)
+        anomalies = await asyncio.to_thread(
+            checks.find_anomalies, stats, schema, self.config.policy, self.config.environment
+        )
+        last = [r for r in [await self.index.get(m) for m in prev_last] if r is not None]
+        drift_refs = last or await self.index.predecessors(stream, unit.start_ms)
+        drift_refs = [r for r in drift_refs if r.window_id not in set(unit.members)]
+        skew_refs, skew_name = await self._skew_baseline(stream, unit.unit_id)
+        drift, drift_id = await self._distances(stats, drift_refs, schema, "drift", stream)
+        skew, skew_id = await self._distances(stats, skew_refs, schema, "skew", stream)
+        features = checks.merge_features(drift, skew)
+        result = WindowValidated(
+            id=stable_id("val", unit.unit_id),
+            window_id=unit.unit_id,
+            stream=stream,
+            stats_uri=f"{self.dir(stream, unit.unit_id)}/stats.pb",
+            verdict=checks.verdict(unit.count, self.config.min_examples, anomalies, features),
+            example_count=unit.count,
+            features=features,
+            anomalies=anomalies,
+            drift_baseline=drift_id,
+            skew_baseline=skew_name if skew_id else None,
+            window_start=_dt(unit.start_ms),
+            window_end=_dt(unit.end_ms),
+            scope="period",
+            members=[
+                MemberWindow(
+                    window_id=r.window_id, data_uri=r.data_uri, example_count=r.example_count
+                )
+                for r in sorted(refs, key=lambda r: r.window_id)
+            ],
+            complete=unit.complete,
+        )
+        self._write_artifacts(stream, unit.unit_id, result, stats)
+        self.metrics.periods.labels(result.verdict).inc()
+        log.info(
+            "period judged",
+            extra={
+                "period": unit.unit_id,
+                "verdict": result.verdict,
+                "examples": unit.count,
+                "windows": len(refs),
+                "complete": unit.complete,
+            },
         )

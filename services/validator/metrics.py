@@ -54,4 +54,15 @@ class ValidatorMetrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
             registry=registry,
         )
+        self.periods = Counter(
+            "ctrain_validator_periods_total",
+            "Judged periods (all partitions' windows of one event-time period) by verdict.",
+            ["verdict"],
+            registry=registry,
+        )
+        self.late_windows = Counter(
+            "ctrain_validator_late_windows_total",
+            "Windows that arrived after their period was judged (grace time ran out).",
+            registry=registry,
+        )
         self.rows = Counter("ctrain_validator_rows_total", "Rows profiled.", registry=registry)

@@ -80,6 +80,17 @@ class ValidatorSettings(StrictSettings):
     beam_options: list[str] = Field(
         default=[], description="Extra Beam pipeline options (e.g. --project=..., --region=...)."
     )
+    period_grace_s: float = Field(
+        default=120.0,
+        ge=0,
+        description="Judge a period this long after its first window arrived even if some "
+        "partitions have not moved past it (a silent partition must not stall the loop).",
+    )
+    max_group_periods: int = Field(
+        default=8,
+        ge=1,
+        description="At most this many consecutive small periods are measured together.",
+    )
     max_attempts: int = Field(
         default=3, ge=1, description="Tries per window before it goes to ctrain.windows.dlq."
     )

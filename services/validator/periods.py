@@ -1,0 +1,188 @@
+"""Which windows make one judged period, and when a period is complete: pure state.
+
+Ingest cuts windows per partition, so one event-time period of a stream arrives
+as one window per partition, in an order that varies from run to run. Judging
+each window alone would make verdicts depend on the partition count and
+streaks on the arrival order. The validator judges a *period* instead: every
+window of one stream with the same event-time bounds, once each partition of
+the source topic has moved past the period's end (its frontier, the largest
+window end it has published), or once ``grace_s`` of wall time passed since the
+period's first window arrived (a silent partition must not stall the loop).
+Periods are judged in event-time order.
+
+Falling volume must not blind the loop either: a period too small to judge is
+kept *pending* and measured again together with the following small periods
+once they add up to the minimum (a *group*). Count-only windows (no duration)
+have no shared period: each is judged on its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.ids import stable_id
+
+
+@dataclass
+class Period:
+    key: str
+    start_ms: int
+    end_ms: int
+    members: list[str]
+    counts: list[int]
+    arrived: float
+    bucketed: bool = True
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """What gets one verdict: a period, or a group of consecutive small periods."""
+
+    unit_id: str
+    start_ms: int
+    end_ms: int
+    members: tuple[str, ...]
+    count: int
+    periods: tuple[str, ...]
+    complete: bool
+
+
+@dataclass
+class Book:
+    """Per stream; persisted as JSON in Redis after each window."""
+
+    frontier: dict[str, int] = field(default_factory=dict)
+    open: dict[str, Period] = field(default_factory=dict)
+    judged: dict[str, str] = field(default_factory=dict)  # period key -> unit id
+    by_window: dict[str, list[str]] = field(default_factory=dict)  # window -> unit ids
+    pending: list[Period] = field(default_factory=list)
+    last: list[str] = field(default_factory=list)  # members of the last unit judged whole
+    outbox: list[str] = field(default_factory=list)  # judged units not yet published
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "frontier": self.frontier,
+            "open": {k: p.__dict__ for k, p in self.open.items()},
+            "judged": self.judged,
+            "by_window": self.by_window,
+            "pending": [p.__dict__ for p in self.pending],
+            "last": self.last,
+            "outbox": self.outbox,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Book:
+        return cls(
+            frontier=dict(d.get("frontier", {})),
+            open={k: Period(**p) for k, p in d.get("open", {}).items()},
+            judged=dict(d.get("judged", {})),
+            by_window={k: list(v) for k, v in d.get("by_window", {}).items()},
+            pending=[Period(**p) for p in d.get("pending", [])],
+            last=list(d.get("last", [])),
+            outbox=list(d.get("outbox", [])),
+        )
+
+
+def period_key(start_ms: int, end_ms: int, bucketed: bool, window_id: str) -> str:
+    return f"{start_ms}:{end_ms}" if bucketed else f"{start_ms}:{end_ms}:{window_id}"
+
+
+def add(
+    book: Book,
+    window_id: str,
+    start_ms: int,
+    end_ms: int,
+    count: int,
+    partitions: list[str],
+    bucketed: bool,
+    now: float,
+) -> bool:
+    """Add a validated window; False if its period was judged already (a late window)."""
+    for tp in partitions:
+        book.frontier[tp] = max(book.frontier.get(tp, end_ms), end_ms)
+    key = period_key(start_ms, end_ms, bucketed, window_id)
+    if key in book.judged:
+        return False
+    p = book.open.get(key)
+    if p is None:
+        p = book.open[key] = Period(key, start_ms, end_ms, [], [], now, bucketed)
+    if window_id not in p.members:
+        p.members.append(window_id)
+        p.counts.append(count)
+    return True
+
+
+def complete(book: Book, partitions: list[str], now: float, grace_s: float) -> list[Period]:
+    """Open periods every partition has moved past (or whose grace ran out), oldest first."""
+    out = []
+    for p in sorted(book.open.values(), key=lambda p: (p.start_ms, p.end_ms, p.key)):
+        whole = not p.bucketed or all(book.frontier.get(tp, -1) >= p.end_ms for tp in partitions)
+        if whole or now - p.arrived >= grace_s:
+            out.append(p)
+    return out
+
+
+def judge(
+    book: Book,
+    stream: str,
+    period: Period,
+    partitions: list[str],
+    min_examples: int,
+    max_group: int = 8,
+) -> list[Unit]:
+    """Close ``period``: the units to judge now (itself, and maybe a group with pending ones)."""
+    del book.open[period.key]
+    members = sorted(period.members)
+    whole = not period.bucketed or all(
+        book.frontier.get(tp, -1) >= period.end_ms for tp in partitions
+    )
+    unit = Unit(
+        stable_id("period", stream, period.start_ms, period.end_ms, members),
+        period.start_ms,
+        period.end_ms,
+        tuple(members),
+        period.count,
+        (period.key,),
+        whole,
+    )
+    book.judged[period.key] = unit.unit_id
+    units = [unit]
+    if period.count >= min_examples:
+        book.pending = []
+    elif sum(p.count for p in book.pending) + period.count >= min_examples:
+        group = [*book.pending, period]
+        gm = tuple(sorted(m for p in group for m in p.members))
+        units.append(
+            Unit(
+                stable_id("group", stream, gm),
+                group[0].start_ms,
+                period.end_ms,
+                gm,
+                sum(p.count for p in group),
+                tuple(p.key for p in group),
+                whole,
+            )
+        )
+        book.pending = []
+    else:
+        book.pending = [*book.pending, period][-max_group:]
+    for u in units:
+        for m in u.members:
+            book.by_window[m] = [*book.by_window.get(m, []), u.unit_id]
+    if units[-1].count >= min_examples:
+        book.last = list(units[-1].members)
+    _trim(book)
+    return units
+
+
+def _trim(book: Book, keep: int = 2048) -> None:
+    """Bound the state: old judged keys only matter for windows arriving very late."""
+    if len(book.judged) > keep:
+        book.judged = dict(sorted(book.judged.items())[-keep:])
+    if len(book.by_window) > keep:
+        book.by_window = dict(list(book.by_window.items())[-keep:])
