@@ -194,11 +194,12 @@ class Trigger:
         info = period_info(v)
         async with self._lock:
             state = await self.load_state()
-            if not pol.observe(state, info):
+            if info.window_id in state.seen:
                 return None
             serving = _text(await self.redis.get(serving_model_key(self.config.model)))
             if pol.new_episode(state, serving, self.now(state)):
                 await self._note(f"new episode: {serving or 'nothing'} serves; counts start afresh")
+            pol.observe(state, info)
             d = pol.decide(state, self.now(state), self.config.policy, newest=info)
             run_id = await self._maybe_start(state, d, f"validation:{v.window_id}")
             await self._save(state)

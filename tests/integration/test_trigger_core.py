@@ -27,7 +27,9 @@ from shared.events import (
     Distance,
     Event,
     FeatureDistances,
+    MemberWindow,
     ModelCandidate,
+    PromotionEvent,
     TrainingRun,
     WindowValidated,
 )
@@ -71,19 +73,23 @@ def validation(i: int, verdict: str, blocking: bool = False) -> WindowValidated:
     start = datetime(2014, 1, 1, tzinfo=UTC) + timedelta(days=30 * i)
     d = Distance(
         measure="linf",
-        value=0.2 if verdict == "drift" else 0.01,
+        value=0.2 if verdict in ("drift", "skew") else 0.01,
         threshold=0.06,
-        crossed=verdict == "drift",
+        crossed=verdict in ("drift", "skew"),
         baseline="prev",
     )
     return WindowValidated(
         id=f"val-{i}",
-        window_id=f"win-{i}",
+        window_id=f"per-{i}",
         stream="taxi",
         stats_uri="s",
         verdict=verdict,  # type: ignore[arg-type]
         example_count=1000,
-        features=[FeatureDistances(name="payment_type", drift=d)],
+        features=[
+            FeatureDistances(name="payment_type", skew=d)
+            if verdict == "skew"
+            else FeatureDistances(name="payment_type", drift=d)
+        ],
         anomalies=[
             Anomaly(
                 feature="fare", code="SCHEMA_MISSING_COLUMN", severity="blocking", description="x"
@@ -93,7 +99,13 @@ def validation(i: int, verdict: str, blocking: bool = False) -> WindowValidated:
         else [],
         window_start=start,
         window_end=start + timedelta(days=30),
-        data_uri=f"/w/{i}.parquet",
+        scope="period",
+        members=[
+            MemberWindow(
+                window_id=f"win-{i}-p{p}", data_uri=f"/w/{i}-{p}.parquet", example_count=500
+            )
+            for p in range(2)
+        ],
     )
 
 
@@ -114,7 +126,9 @@ async def make(
             model=model,
             module_path="m.py",
             schema_path="s.pbtxt",
-            policy=pol.Policy(consecutive=2, cooldown_s=0),
+            policy=pol.Policy(
+                consecutive=2, cooldown_s=0, min_train_examples=2000, min_eval_examples=1000
+            ),
         ),
         publish=publish,
     )
@@ -134,18 +148,29 @@ def test_drift_starts_one_run_even_when_redelivered(redis_url: str, tmp_path: Pa
         await asyncio.gather(*t.followers.values())
         assert len(backend.submitted) == 1
         run_id, params = backend.submitted[0]
-        assert json.loads(params["windows_json"]) == ["/w/0.parquet", "/w/1.parquet"]
-        assert params["eval_uri"] == "/w/2.parquet"
+        assert json.loads(params["windows_json"]) == [
+            "/w/0-0.parquet",
+            "/w/0-1.parquet",
+            "/w/1-0.parquet",
+            "/w/1-1.parquet",
+        ]
+        assert json.loads(params["eval_json"]) == ["/w/2-0.parquet", "/w/2-1.parquet"]
         states = [e.state for e in out if isinstance(e, TrainingRun)]
         assert states == ["submitted", "running", "succeeded"]
         cands = [e for e in out if isinstance(e, ModelCandidate)]
         assert len(cands) == 1 and cands[0].run_id == run_id and cands[0].blessed
-        assert cands[0].windows == ["win-0", "win-1"] and cands[0].eval_window == "win-2"
-        assert cands[0].metrics.slices[0].slice == "payment_type=Cash"
-        assert cands[0].trigger_evidence["win-2"] == ["payment_type drift linf 0.2 > 0.06"]
+        c = cands[0]
+        assert c.windows == ["win-0-p0", "win-0-p1", "win-1-p0", "win-1-p1"]
+        assert c.eval_windows == ["win-2-p0", "win-2-p1"] and c.eval_window == "win-2-p1"
+        assert c.train_examples == 2000 and c.eval_examples == 1000
+        assert c.metrics.slices[0].slice == "payment_type=Cash"
+        assert c.trigger_evidence["per-2"] == ["payment_type drift linf 0.2 > 0.06"]
         decisions = await t.decisions()
         assert any(d["taken"] == "true" and d["trigger"] == "drift" for d in decisions)
-        assert any(d["taken"] == "false" and d["reason"] == "no policy fired" for d in decisions)
+        assert any(d["reason"].startswith("no policy fired") for d in decisions)
+        view = await t.run(run_id)
+        assert view is not None and view["train_examples"] == 2000
+        assert view["eval_windows"] == ["win-2-p0", "win-2-p1"]
         state = await t.load_state()
         assert state.in_flight is None and state.last_success_at is not None
         assert out2 == []
@@ -173,8 +198,9 @@ def test_blocking_window_never_trains_and_manual_request(redis_url: str, tmp_pat
         t, _ = await make(redis_url, tmp_path, backend, f"b-{tmp_path.name}")
         for v in [
             validation(0, "ok"),
-            validation(1, "drift"),
-            validation(2, "drift", blocking=True),
+            validation(1, "ok"),
+            validation(3, "drift"),
+            validation(4, "drift", blocking=True),
         ]:
             await t.on_validation(v)
         assert backend.submitted == []
@@ -182,6 +208,58 @@ def test_blocking_window_never_trains_and_manual_request(redis_url: str, tmp_pat
         assert d.take and run_id
         await asyncio.gather(*t.followers.values())
         _, params = backend.submitted[0]
-        assert "/w/2.parquet" not in params["windows_json"] and params["eval_uri"] != "/w/2.parquet"
+        assert "/w/4-" not in params["windows_json"] + params["eval_json"]
+
+    asyncio.run(go())
+
+
+def test_persistent_skew_retrains_after_a_rejection_and_after_a_promotion(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """The case users hit: a shift that persists must not leave the trigger silent."""
+
+    async def go() -> None:
+        backend = ScriptedBackend()
+        model = f"p-{tmp_path.name}"
+        t, out = await make(redis_url, tmp_path, backend, model)
+        # A window of one partition is not a judged period: the trigger ignores it.
+        single = validation(0, "skew").model_copy(update={"scope": "window"})
+        assert await t.on_validation(single) is None
+        for i, v in enumerate(["ok", "ok", "skew", "skew"]):
+            await t.on_validation(validation(i, v))
+        await asyncio.gather(*t.followers.values())
+        assert len(backend.submitted) == 1
+        cand = [e for e in out if isinstance(e, ModelCandidate)][-1]
+        d = await t.on_validation(validation(4, "skew"))
+        assert d is not None and not d.take and d.guard == "disarmed"
+        assert f"candidate {cand.candidate_id} awaits a decision" in d.reason
+        view = await t.state_view()
+        assert not view["armed"] and view["consecutive_skew"] == 3 and view["budget_left"] == 3
+        # An operator rejects the candidate: the shift still holds, the next period retrains.
+        rejected = PromotionEvent(
+            id="p1",
+            candidate_id=cand.candidate_id,
+            model=model,
+            decision="rejected",
+            actor="alice",
+            reason="worse on cards",
+        )
+        assert await t.on_promotion(rejected)
+        assert not await t.on_promotion(rejected.model_copy(update={"model": "other"}))
+        assert (await t.state_view())["armed"]
+        await t.on_validation(validation(5, "skew"))
+        await asyncio.gather(*t.followers.values())
+        assert len(backend.submitted) == 2
+        # The second candidate is promoted: a new episode; skew counts afresh.
+        await t.redis.set(f"ctrain:serving:{model}:model_uri", b"/models/v2")
+        d = await t.on_validation(validation(6, "skew"))
+        assert d is not None and not d.take and d.reason.startswith("no policy fired")
+        d = await t.on_validation(validation(7, "skew"))
+        assert d is not None and d.take and d.trigger == "skew"
+        await asyncio.gather(*t.followers.values())
+        assert len(backend.submitted) == 3
+        notes = [x["reason"] for x in await t.decisions(100)]
+        assert any(n.startswith("new episode: /models/v2 serves") for n in notes)
+        assert any(n.startswith("re-armed: candidate") for n in notes)
 
     asyncio.run(go())

@@ -31,6 +31,6 @@ def test_compiled_pipeline_loads_with_kfps_own_loader(tmp_path: Path) -> None:
     assert "extra-pkg==1.0" in train_cmd
     assert executors["exec-train"]["container"]["resources"]["accelerator"]["resourceCount"] == "1"
     params = spec["root"]["inputDefinitions"]["parameters"]
-    assert {"run_dir", "windows_json", "eval_uri", "module_path", "model_dir", "epochs"} <= set(
+    assert {"run_dir", "windows_json", "eval_json", "module_path", "model_dir", "epochs"} <= set(
         params
     )
