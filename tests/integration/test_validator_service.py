@@ -60,12 +60,21 @@ def test_windows_are_validated_viewable_and_deduplicated(
         windows = asyncio.run(read_topic(kafka, topics.WINDOWS))
         vals = asyncio.run(read_topic(kafka, topics.VALIDATIONS))
         ids = {w.window_id for w in windows}  # type: ignore[attr-defined]
-        if len(ids) >= 8 and ids <= {v.window_id for v in vals}:  # type: ignore[attr-defined]
+        judged = {m.window_id for v in vals if v.scope == "period" for m in v.members}  # type: ignore[attr-defined]
+        if len(ids) >= 8 and ids <= {v.window_id for v in vals} and ids <= judged:  # type: ignore[attr-defined]
             return windows, vals  # type: ignore[return-value]
         return None
 
-    windows, vals = wait_for(all_validated, 300, "every window validated")
-    by_window = {v.window_id: v for v in vals}
+    windows, vals = wait_for(all_validated, 300, "every window validated and judged")
+    by_window = {v.window_id: v for v in vals if v.scope == "window"}
+    # One partition: every period is one window, judged once, complete, with its examples.
+    periods = [v for v in vals if v.scope == "period" and v.window_id.startswith("period-")]
+    member_of = Counter(m.window_id for p in periods for m in p.members)
+    assert set(member_of) == set(by_window) and set(member_of.values()) == {1}
+    for p in periods:
+        w = by_window[p.members[0].window_id]
+        assert p.complete and p.example_count == w.example_count
+        assert p.window_start == w.window_start
     ordered = sorted(by_window.values(), key=lambda v: v.window_start)  # type: ignore[arg-type, return-value]
     assert ordered[0].drift_baseline is None
     for prev, cur in itertools.pairwise(ordered):
