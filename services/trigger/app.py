@@ -7,6 +7,7 @@ skipped and run ids are claimed in Redis before submission.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import tempfile
 from collections.abc import AsyncIterator
@@ -120,11 +121,23 @@ def create_app(common: CommonSettings, settings: TriggerSettings) -> FastAPI:
         await trigger.on_promotion(ev)
         await msg.ack()
 
+    async def ticker() -> None:
+        while True:
+            await asyncio.sleep(settings.tick_s)  # poll interval of the retry clock
+            try:
+                d = await trigger.tick()
+                if d is not None and d.take:
+                    log.info("decision on a tick", extra={"why": d.reason})
+            except Exception:  # an outage: the next tick tries again
+                log.exception("deciding on a tick failed")
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with router.lifespan_context(app):
             await trigger.resume()
+            tick = asyncio.create_task(ticker())
             yield
+            tick.cancel()
             for task in list(trigger.followers.values()):
                 task.cancel()  # the run goes on in its worker; a restart re-attaches
 

@@ -207,6 +207,21 @@ class Trigger:
             self.metrics.submit_latency.observe(time.perf_counter() - received)
         return d
 
+    async def tick(self) -> pol.Decision | None:
+        """Decide again without a new period: a condition that still holds after a rejection
+        or a failed run starts the next attempt once the cooldown is over, even when no
+        data arrives. Only a run started here is logged (a decline repeats every tick)."""
+        async with self._lock:
+            state = await self.load_state()
+            if state.in_flight or state.disarmed_by or not state.windows:
+                return None
+            d = pol.decide(state, self.now(state), self.config.policy, newest=state.windows[-1])
+            if not d.take:
+                return d
+            run_id = await self._maybe_start(state, d, "tick")
+            await self._save(state)
+        return d if run_id else None
+
     async def on_promotion(self, ev: PromotionEvent) -> bool:
         """The promoter decided on a candidate: a rejection or failure re-arms the trigger."""
         if ev.model != self.config.model:

@@ -61,6 +61,12 @@ class TriggerSettings(StrictSettings):
         description="Clock of cooldowns, budgets and model age: wall time, or the data's event "
         "time (a replay of two years then behaves as the two years would live).",
     )
+    tick_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often the trigger decides again without new data (a retry whose "
+        "cooldown ran out starts without waiting for the next period).",
+    )
     epochs: int = Field(default=3, ge=1, description="Trainer epochs (early stopping may cut).")
     blocking_anomalies: list[str] = Field(
         default=["SCHEMA_MISSING_COLUMN", "UNEXPECTED_DATA_TYPE"],

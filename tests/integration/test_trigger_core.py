@@ -263,3 +263,24 @@ def test_persistent_skew_retrains_after_a_rejection_and_after_a_promotion(
         assert any(n.startswith("re-armed: candidate") for n in notes)
 
     asyncio.run(go())
+
+
+def test_a_failed_run_is_retried_on_a_tick_without_new_data(redis_url: str, tmp_path: Path) -> None:
+    async def go() -> None:
+        backend = ScriptedBackend(fail=True)
+        t, out = await make(redis_url, tmp_path, backend, f"t-{tmp_path.name}")
+        assert await t.tick() is None  # nothing known yet
+        for i, v in enumerate(["ok", "ok", "skew", "skew"]):
+            await t.on_validation(validation(i, v))
+        assert await t.tick() is None  # in flight
+        await asyncio.gather(*t.followers.values())
+        assert len(backend.submitted) == 1
+        d = await t.tick()  # the shift still holds and the run failed: try again
+        assert d is not None and d.take and d.trigger == "skew"
+        await asyncio.gather(*t.followers.values())
+        assert len(backend.submitted) == 2 and backend.submitted[0][0] != backend.submitted[1][0]
+        assert (await t.state_view())["attempts"] == 2
+        sources = [x["source"] for x in await t.decisions(10) if x["taken"] == "true"]
+        assert sources[0] == "tick"
+
+    asyncio.run(go())
