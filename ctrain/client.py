@@ -130,6 +130,9 @@ class TriggerClient(_Api):
     def runs(self, count: int = 10) -> list[Any]:
         return list(self.call("GET", "/v1/runs", params={"count": count})["runs"])
 
+    def state(self) -> dict[str, Any]:
+        return dict(self.call("GET", "/v1/state"))
+
     def run(self, run_id: str) -> dict[str, Any]:
         return dict(self.call("GET", f"/v1/runs/{run_id}"))
 

@@ -61,7 +61,8 @@ class DemoOptions:
     model_module: str | None = None
     # Called with the drift candidate instead of asking at the terminal (tests approve
     # through the API from here).
-    operator: Callable[[ModelCandidate, dict[str, Any]], None] | None = None
+    # Returning False rejects it: the demo then waits for the trigger's next run.
+    operator: Callable[[ModelCandidate, dict[str, Any]], bool | None] | None = None
     # Give up when a service process dies (off for chaos tests, which restart them).
     watch_processes: bool = True
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -86,6 +87,8 @@ class Progress:
     stable_moved: float | None = None
     urls: dict[str, str] = field(default_factory=dict)
     decision: str = ""
+    trigger: dict[str, Any] = field(default_factory=dict)  # the trigger's /v1/state
+    rejected: list[str] = field(default_factory=list)
 
 
 def split_at_window(table: pa.Table, window_s: int, year: int = 2014) -> tuple[pa.Table, pa.Table]:
@@ -200,7 +203,11 @@ class Demo:
         """Wait until every replayed example is in a closed, validated window or the DLQ."""
 
         def done(s: LoopState) -> bool:
-            return s.examples_accounted() >= expected and set(s.validations) >= set(s.windows)
+            return (
+                s.examples_accounted() >= expected
+                and set(s.validations) >= set(s.windows)
+                and s.judged_windows() >= set(s.windows)
+            )
 
         self.wait(done, 300, what)
 
@@ -260,7 +267,8 @@ class Demo:
                 (
                     p
                     for p in s.promotions
-                    if p.candidate_id == cand.candidate_id and p.decision in ("auto", "approved")
+                    if p.candidate_id == cand.candidate_id
+                    and p.decision in ("auto", "approved", "rejected")
                 ),
                 None,
             ),
@@ -268,6 +276,8 @@ class Demo:
             f"approval and promotion of {cand.candidate_id}",
         )
         self.progress.waiting_approval = None
+        if promo.decision == "rejected" and by_demo:
+            raise LoopError(f"{cand.candidate_id} was rejected by {promo.actor}: {promo.reason}")
         return promo
 
     def await_pending(self, pc_: client.PromoterClient, cid: str) -> dict[str, Any]:
@@ -316,8 +326,8 @@ class Demo:
         self.progress.phase = "phase 1: windows closing"
         self.settle(first.num_rows, "every 2013 window validated")
         assert self.tail is not None
-        validated = set(self.tail.state.validations)
-        retrying(lambda: self._trigger_caught_up(validated), 300, "the trigger")
+        judged = set(self.tail.state.periods)
+        retrying(lambda: self._trigger_caught_up(judged), 300, "the trigger")
         run_id = retrying(self._first_run, 300, "the first run's request")
         self.progress.bootstrap_run = run_id
         self.progress.phase = "phase 1: training the first model"
@@ -342,12 +352,20 @@ class Demo:
             d = rows[0]
             verb = "started a run" if d["taken"] == "true" else "no run"
             self.progress.decision = f"{verb}: {d['reason']} ({d['source']})"
+        try:
+            tc = client.trigger(self.state)
+            try:
+                self.progress.trigger = tc.state()
+            finally:
+                tc.close()
+        except (httpx.TransportError, client.ApiError, RuntimeError):
+            return
 
     def _trigger_caught_up(self, window_ids: set[str]) -> None:
-        """Wait until the trigger has decided on every validated window.
+        """Wait until the trigger has decided on every judged period.
 
-        The first run trains on the windows the trigger knows; asking before it has
-        read the last validation would leave that window out.
+        The first run trains on the periods the trigger knows; asking before it has
+        read the last one would leave that period out.
         """
         tc = client.trigger(self.state)
         deadline = time.monotonic() + 120
@@ -382,6 +400,10 @@ class Demo:
         """Phase 2: replay the drifted period; the candidate of the run it triggers."""
         known = set(self.tail.state.runs) if self.tail else set()
         self.progress.drift_started = self.replay(second, "phase 2: replaying 2014")
+        return self.next_run(known)
+
+    def next_run(self, known: set[str]) -> ModelCandidate:
+        """The candidate of the next run the trigger starts by itself."""
         self.progress.phase = "phase 2: waiting for the trigger"
         run_ev: TrainingRun = self.wait(
             lambda s: next((evs[0] for rid, evs in s.runs.items() if rid not in known), None),
@@ -410,9 +432,16 @@ class Demo:
         self.progress.phase = "phase 2: approval"
         if not cand.blessed:
             raise LoopError(f"the candidate was not blessed: {'; '.join(cand.failed_checks)}")
-        if self.opts.operator is not None:
-            self.opts.operator(cand, self.state)
-        self.approve(cand, "", by_demo=False)
+        # An operator who rejects a candidate leaves the shift unresolved: the trigger
+        # retries by itself after its cooldown, and the operator judges the next one.
+        while True:
+            said = self.opts.operator(cand, self.state) if self.opts.operator else None
+            if said is not False and self.approve(cand, "", by_demo=False).decision != "rejected":
+                break
+            self.progress.rejected.append(cand.candidate_id)
+            cand = self.next_run(set(self.tail.state.runs) if self.tail else set())
+            if not cand.blessed:
+                raise LoopError(f"the candidate was not blessed: {'; '.join(cand.failed_checks)}")
         self.progress.stable_moved = time.time()
         self.progress.after = retrying(lambda: self.predict(sample), 120, "predictions")
         self.progress.phase = "done"

@@ -49,6 +49,8 @@ class LoopState:
 
     windows: dict[str, WindowClosed] = field(default_factory=dict)
     validations: dict[str, WindowValidated] = field(default_factory=dict)
+    # Judged periods (every partition's window of one period, or a group of small ones).
+    periods: dict[str, WindowValidated] = field(default_factory=dict)
     runs: dict[str, list[TrainingRun]] = field(default_factory=dict)
     candidates: dict[str, ModelCandidate] = field(default_factory=dict)
     promotions: list[PromotionEvent] = field(default_factory=list)
@@ -73,6 +75,8 @@ class LoopState:
                 self.conflicts.append(f"{key[0]} {key[1]} published with different contents")
         if isinstance(ev, WindowClosed):
             self.windows.setdefault(ev.window_id, ev)
+        elif isinstance(ev, WindowValidated) and ev.scope == "period":
+            self.periods.setdefault(ev.window_id, ev)
         elif isinstance(ev, WindowValidated):
             self.validations.setdefault(ev.window_id, ev)
         elif isinstance(ev, TrainingRun):
@@ -90,6 +94,10 @@ class LoopState:
         order = {"submitted": 0, "running": 1, "succeeded": 2, "failed": 2}
         evs = self.runs.get(run_id, [])
         return max((e.state for e in evs), key=lambda s: order[s], default="")
+
+    def judged_windows(self) -> set[str]:
+        """Windows whose period has been judged."""
+        return {m.window_id for p in self.periods.values() for m in p.members}
 
     def examples_accounted(self) -> int:
         return sum(w.example_count for w in self.windows.values()) + len(self.dlq)

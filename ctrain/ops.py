@@ -15,6 +15,7 @@ from rich.live import Live
 from rich.table import Table
 
 from ctrain import client
+from ctrain.view import trigger_line
 
 console = Console()
 
@@ -112,12 +113,23 @@ def status(args: argparse.Namespace) -> int:
     try:
         runs = tc.runs(args.runs)
         decisions = tc.decisions(5)
+        trig = tc.state()
     finally:
         tc.close()
-    t = Table("run", "reason", "state", "components", "candidate", title="training runs")
+    console.print(f"trigger of {trig['model']}: {trigger_line(trig)}")
+    t = Table(
+        "run",
+        "reason",
+        "train/eval examples",
+        "state",
+        "components",
+        "candidate",
+        title="training runs",
+    )
     for r in runs:
         comps = " ".join(f"{c['name']}:{c['state'][:4]}" for c in r["components"])
-        t.add_row(r["run_id"], r["reason"], r["state"], comps, r["candidate_id"])
+        sizes = f"{r.get('train_examples') or '?'}/{r.get('eval_examples') or '?'}"
+        t.add_row(r["run_id"], r["reason"], sizes, r["state"], comps, r["candidate_id"])
     console.print(t)
     if decisions:
         d = decisions[0]

@@ -17,28 +17,55 @@ MARK = {"succeeded": "[green]✓[/green]", "failed": "[red]✗[/red]", "running"
 
 
 def windows_table(loop: LoopState, last: int = 8) -> Table:
-    t = Table(title="windows (latest by event time)", expand=True, title_justify="left")
-    for col in ("window", "trips", "verdict", "largest distances (value > threshold)"):
+    """Judged periods (all partitions' windows of one period), latest by event time."""
+    t = Table(title="periods (latest by event time)", expand=True, title_justify="left")
+    for col in ("period", "trips", "windows", "verdict", "largest distances (value > threshold)"):
         t.add_column(col)
-    rows = sorted(loop.windows.values(), key=lambda w: (w.start, w.window_id))[-last:]
-    for w in rows:
-        v = loop.validations.get(w.window_id)
-        verdict, detail = "[dim]validating…[/dim]", ""
-        if v is not None:
-            colour = {"ok": "green", "insufficient_data": "dim"}.get(v.verdict, "yellow")
-            verdict = f"[{colour}]{v.verdict}[/{colour}]"
-            dists = [
-                (d.value / (d.threshold or 1), f"{f.name} {k} {d.value:.3f}", d.crossed)
-                for f in v.features
-                for k, d in (("drift", f.drift), ("skew", f.skew))
-                if d is not None and d.value is not None
-            ]
-            dists.sort(reverse=True)
-            detail = ", ".join(
-                f"[bold red]{txt}[/bold red]" if crossed else txt for _, txt, crossed in dists[:3]
-            )
-        t.add_row(f"{w.start:%Y-%m-%d}..{w.end:%Y-%m-%d}", f"{w.example_count:,}", verdict, detail)
+    rows = sorted(
+        loop.periods.values(), key=lambda p: (p.window_end or p.produced_at, p.window_id)
+    )[-last:]
+    for v in rows:
+        colour = {"ok": "green", "insufficient_data": "dim"}.get(v.verdict, "yellow")
+        dists = [
+            (d.value / (d.threshold or 1), f"{f.name} {k} {d.value:.3f}", d.crossed)
+            for f in v.features
+            for k, d in (("drift", f.drift), ("skew", f.skew))
+            if d is not None and d.value is not None
+        ]
+        dists.sort(reverse=True)
+        detail = ", ".join(
+            f"[bold red]{txt}[/bold red]" if crossed else txt for _, txt, crossed in dists[:3]
+        )
+        span = (
+            f"{v.window_start:%Y-%m-%d}..{v.window_end:%Y-%m-%d}"
+            if v.window_start and v.window_end
+            else v.window_id
+        )
+        t.add_row(
+            span,
+            f"{v.example_count:,}",
+            str(len(v.members)),
+            f"[{colour}]{v.verdict}[/{colour}]",
+            detail,
+        )
+    waiting = len(set(loop.windows) - loop.judged_windows())
+    if waiting:
+        t.add_row("[dim]…[/dim]", "", f"{waiting}", "[dim]waiting for their period[/dim]", "")
     return t
+
+
+def trigger_line(state: dict[str, Any]) -> str:
+    """The trigger's state in one line: armed or why not, streaks, cooldown, budget."""
+    if not state:
+        return "[dim]trigger state: not known yet[/dim]"
+    armed = "[green]armed[/green]" if state["armed"] else f"[yellow]{state['why']}[/yellow]"
+    need = state["consecutive_needed"]
+    return (
+        f"{armed} · drift streak {state['consecutive_drift']}/{need} · "
+        f"skew streak {state['consecutive_skew']}/{need} · attempts {state['attempts']} · "
+        f"cooldown left {state['cooldown_left_s']:.0f}s · budget left {state['budget_left']} · "
+        f"clock {state['clock']}"
+    )
 
 
 def run_panel(run: dict[str, Any] | None, title: str) -> RenderableType:
@@ -102,7 +129,8 @@ def demo_screen(progress: Any, loop: LoopState) -> RenderableType:
     parts: list[RenderableType] = [
         head,
         windows_table(loop),
-        Text.from_markup(f"[bold]trigger[/bold]: {progress.decision or 'no decision yet'}"),
+        Text.from_markup(f"[bold]trigger[/bold]: {trigger_line(progress.trigger)}"),
+        Text.from_markup(f"[bold]latest decision[/bold]: {progress.decision or 'none yet'}"),
         run_panel(runs.get(progress.bootstrap_run), "first model"),
         run_panel(runs.get(progress.drift_run), "retraining"),
         candidate_panel(loop),

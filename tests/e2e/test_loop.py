@@ -30,9 +30,13 @@ def _no_duplicates(d: Demo) -> None:
     s = d.tail.state
     assert s.conflicts == [], s.conflicts
     assert s.unreadable == [], s.unreadable
-    # One run per decision: the runs' window sets are all different.
-    sets = [tuple(evs[0].windows) for evs in s.runs.values()]
-    assert len(sets) == len(set(sets))
+    # One run per decision: every run published is one decision the trigger took.
+    tc = client.trigger(d.state)
+    try:
+        taken = [x["run_id"] for x in tc.decisions(1000) if x["taken"] == "true"]
+    finally:
+        tc.close()
+    assert sorted(taken) == sorted(s.runs), (taken, list(s.runs))
 
 
 @pytest.mark.timeout(1500)
@@ -45,8 +49,14 @@ def test_drift_retrains_and_the_approved_model_serves(
     screen = io.StringIO()
     monkeypatch.setattr(ops, "console", Console(file=screen, width=300))
 
-    def operator(cand: ModelCandidate, state: dict[str, Any]) -> None:
-        """An approver reads the candidate through the API, then approves it from the CLI."""
+    def operator(cand: ModelCandidate, state: dict[str, Any]) -> bool:
+        """An approver rejects the first retrained candidate from the CLI; the shift
+        persists, so the trigger retries by itself; the approver reads the next one
+        through the API and approves it from the CLI."""
+        if not seen.get("rejected"):
+            seen["rejected"] = cand
+            assert cli.main(["candidates", "reject", cand.candidate_id, "--reason", "e2e"]) == 0
+            return False
         pc = client.promoter("viewer", state)
         try:
             seen["view"] = d.await_pending(pc, cand.candidate_id)
@@ -55,7 +65,10 @@ def test_drift_retrains_and_the_approved_model_serves(
         assert cli.main(["candidates", "show", cand.candidate_id]) == 0
         reason = "drift confirmed; metrics hold"
         assert cli.main(["candidates", "approve", cand.candidate_id, "--reason", reason]) == 0
+        return True
 
+    # A short cooldown: the retry after the rejection starts within seconds.
+    monkeypatch.setenv("CTRAIN_TRIGGER_COOLDOWN_S", "5")
     d = Demo(DemoOptions(speedup=0, keep=False, operator=operator), view=lambda m: None)
     try:
         progress = d.run()
@@ -73,6 +86,27 @@ def test_drift_retrains_and_the_approved_model_serves(
         assert reason in ("drift", "skew"), reason
         cand = next(c for c in s.candidates.values() if c.run_id == drift_run)
         assert cand.blessed, cand.failed_checks
+        # The first retrained candidate was rejected; the shift persisted and the trigger
+        # started the next run by itself, judged on at least a quarter of trips.
+        rejected = seen["rejected"]
+        assert progress.rejected == [rejected.candidate_id] and rejected.run_id != drift_run
+        assert s.runs[rejected.run_id][0].reason in ("drift", "skew")
+        for c in (rejected, cand):
+            assert c.eval_examples is not None and c.eval_examples >= 1000, c
+            assert c.train_examples is not None and c.train_examples >= 3000, c
+            assert len(c.eval_windows) >= 3  # a quarter from every partition
+        tc = client.trigger(d.state)
+        try:
+            log = tc.decisions(1000)
+            trig = tc.state()
+        finally:
+            tc.close()
+        assert any(x["reason"].startswith("re-armed: candidate") for x in log)
+        assert any(x["reason"].startswith("new episode:") for x in log)
+        # While skew held, no decision said "no policy fired".
+        held = [x for x in log if "skew held" in x["reason"] or "drift held" in x["reason"]]
+        assert held and all(x["guard"] for x in held)
+        assert trig["model"] == "taxi" and trig["budget_left"] >= 0
         assert cand.baseline_metrics is not None  # TFMA compared it with the serving model
         assert cand.trigger_evidence, "the approver sees which distances fired"
         view = seen["view"]
@@ -100,6 +134,7 @@ def test_drift_retrains_and_the_approved_model_serves(
         assert cli.main(["status"]) == 0
         out = screen.getvalue()
         assert "skew" in out and "stable=v2" in out and drift_run in out
+        assert "trigger of taxi:" in out and "budget left" in out
         assert cli.main(["rollback", "--reason", "e2e: back to v1"]) == 0
         assert d.predict(d.load()[1].slice(0, 2))[0] == 1
     finally:

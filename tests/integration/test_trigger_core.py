@@ -268,7 +268,7 @@ def test_persistent_skew_retrains_after_a_rejection_and_after_a_promotion(
 def test_a_failed_run_is_retried_on_a_tick_without_new_data(redis_url: str, tmp_path: Path) -> None:
     async def go() -> None:
         backend = ScriptedBackend(fail=True)
-        t, out = await make(redis_url, tmp_path, backend, f"t-{tmp_path.name}")
+        t, _ = await make(redis_url, tmp_path, backend, f"t-{tmp_path.name}")
         assert await t.tick() is None  # nothing known yet
         for i, v in enumerate(["ok", "ok", "skew", "skew"]):
             await t.on_validation(validation(i, v))
