@@ -197,9 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="ask the trigger for a training run now")
     tr.add_argument("--reason", default="manual request from ctrain train")
     tr.set_defaults(func=_train)
+    from ctrain.backtest_cmd import add_parser as add_backtest
     from ctrain.ops import add_parsers
 
     add_parsers(sub)
+    add_backtest(sub)
     return p
 
 

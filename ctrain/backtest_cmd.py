@@ -1,0 +1,293 @@
+"""``ctrain backtest``: which thresholds and policy to set before going live.
+
+Settings come from the configuration (``CTRAIN_TRIGGER_*`` and ``CTRAIN_VALIDATOR_*``
+as the services read them); every flag overrides one. ``--sweep NAME=V1,V2,...``
+repeats the backtest for each value and prints one line per value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from rich.console import Console
+from rich.table import Table
+
+from ctrain.backtest import (
+    Judge,
+    Outcome,
+    RecordedJudge,
+    Report,
+    WindowJudge,
+    load_validations,
+    load_windows,
+    simulate,
+)
+
+console = Console()
+THRESHOLDS = ("drift_linf", "drift_jsd", "skew_linf", "skew_jsd")
+POLICY_FLAGS = (
+    "consecutive",
+    "cooldown_s",
+    "backoff",
+    "daily_budget",
+    "min_train_examples",
+    "max_train_examples",
+    "min_eval_examples",
+)
+
+
+def add_parser(sub: Any) -> None:
+    bt = sub.add_parser(
+        "backtest", help="replay recorded periods through the trigger's policy, offline"
+    )
+    bt.add_argument("--stream", required=True, help="the stream to replay")
+    bt.add_argument(
+        "--source",
+        choices=["windows", "validations", "topic"],
+        default="windows",
+        help="window shards (distances recomputed), or the validator's recorded verdicts "
+        "from the artifact store or from ctrain.validations",
+    )
+    bt.add_argument("--root", help="artifact root (default: CTRAIN_ARTIFACT_ROOT or the dev stack)")
+    bt.add_argument("--schema", help="schema.pbtxt (default: CTRAIN_SCHEMA)")
+    bt.add_argument("--min-examples", type=int, help="validator: smaller periods are not judged")
+    bt.add_argument("--ignore", help="validator: comma-separated features left out")
+    for name in THRESHOLDS:
+        bt.add_argument(f"--{name.replace('_', '-')}", type=float, help=f"validator {name}")
+    for name in POLICY_FLAGS:
+        kind = float if name in ("cooldown_s", "backoff") else int
+        bt.add_argument(f"--{name.replace('_', '-')}", type=kind, help=f"trigger {name}")
+    bt.add_argument(
+        "--outcomes",
+        default="promote",
+        help="what each simulated run ends in, cycled: promote, reject, fail (comma-separated)",
+    )
+    bt.add_argument("--delay", type=int, default=1, help="periods from a run's start to its end")
+    bt.add_argument("--sweep", help="NAME=V1,V2,... : one backtest per value (a flag name above)")
+    bt.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    bt.set_defaults(func=command)
+
+
+INT_FLAGS = {
+    "consecutive",
+    "daily_budget",
+    "min_train_examples",
+    "max_train_examples",
+    "min_eval_examples",
+}
+
+
+def _dev_config() -> None:
+    """Against the dev stack, its services' configuration is the configuration."""
+    from ctrain import devstack
+
+    state = devstack.load_state()
+    if not state:
+        return
+    for k, v in devstack.service_env(state).items():
+        if k.startswith(("CTRAIN_TRIGGER_", "CTRAIN_VALIDATOR_")) or k in (
+            "CTRAIN_SCHEMA",
+            "CTRAIN_ARTIFACT_ROOT",
+        ):
+            os.environ.setdefault(k, v)
+
+
+def command(args: argparse.Namespace) -> int:
+    from ctrain.cli import _artifact_root
+    from services.trigger.app import policy_from
+    from services.trigger.settings import TriggerSettings
+    from services.validator.app import config_from
+    from services.validator.settings import ValidatorSettings
+    from shared.settings import CommonSettings
+
+    _dev_config()
+    common, vs, ts = CommonSettings(), ValidatorSettings(), TriggerSettings()
+    root = args.root or _artifact_root()
+    schema = args.schema or common.schema_path
+    outcomes = tuple(o.strip() for o in args.outcomes.split(",") if o.strip())
+    bad = [o for o in outcomes if o not in ("promote", "reject", "fail")]
+    if bad or not outcomes:
+        console.print(f"[red]--outcomes[/red]: {bad or 'empty'}; use promote, reject, fail")
+        return 2
+    sweep: list[tuple[str, Any]] = [("", None)]
+    if args.sweep:
+        name, _, values = args.sweep.partition("=")
+        name = name.replace("-", "_")
+        if name not in THRESHOLDS + POLICY_FLAGS or not values:
+            console.print(
+                f"[red]--sweep[/red] {args.sweep!r}: use NAME=V1,V2 with NAME one of "
+                f"{', '.join(THRESHOLDS + POLICY_FLAGS)}"
+            )
+            return 2
+        sweep = [(name, float(v)) for v in values.split(",")]
+    reports: list[tuple[str, Any, Report]] = []
+    for name, value in sweep:
+        over = {k: getattr(args, k) for k in THRESHOLDS + POLICY_FLAGS if getattr(args, k)}
+        if name:
+            over[name] = int(value) if name in INT_FLAGS else value
+        policy = policy_from(ts)
+        policy = replace(policy, **{k: v for k, v in over.items() if k in POLICY_FLAGS})
+        cfg = config_from(vs)
+        defaults = replace(cfg.defaults, **{k: v for k, v in over.items() if k in THRESHOLDS})
+        if args.ignore:
+            defaults = replace(defaults, ignore=frozenset(args.ignore.split(",")))
+        min_examples = args.min_examples or cfg.min_examples
+        judge: Judge
+        if args.source == "windows":
+            windows = load_windows(root, args.stream)
+            if not windows:
+                console.print(f"[red]no windows[/red] of stream {args.stream!r} under {root}")
+                return 1
+            wj = WindowJudge(windows, schema, min_examples, defaults, cfg.max_group_periods)
+            judge, n = wj, len(wj)
+        else:
+            vals = (
+                _from_topic(common, args.stream)
+                if args.source == "topic"
+                else load_validations(root, args.stream)
+            )
+            thresholds = {
+                (k.split("_")[0], "linf" if k.endswith("linf") else "jensen_shannon"): v
+                for k, v in over.items()
+                if k in THRESHOLDS
+            }
+            rj = RecordedJudge(vals, min_examples, thresholds)
+            judge, n = rj, len(rj)
+        if n == 0:
+            console.print(f"[red]no judged periods[/red] of stream {args.stream!r}")
+            return 1
+        typed = cast(tuple[Outcome, ...], outcomes)
+        reports.append((name, value, simulate(n, judge, policy, typed, args.delay)))
+    if args.output == "json":
+        out = [{"sweep": {n: v} if n else {}, **r.to_json()} for n, v, r in reports]
+        print(json.dumps(out if args.sweep else out[0], indent=2, default=str))
+        return 0
+    if args.sweep:
+        _print_sweep(reports)
+    else:
+        _print_report(reports[0][2])
+    return 0
+
+
+def _when(s: float) -> str:
+    return datetime.fromtimestamp(s, UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def _print_report(r: Report) -> None:
+    t = Table("#", "period start", "examples", "verdict", "largest distance", "decision")
+    for p in r.periods:
+        style = "bold green" if p["started"] else ""
+        t.add_row(
+            str(p["index"]),
+            _when(p["start_s"]),
+            f"{p['examples']:,}",
+            p["verdict"],
+            p["top"],
+            f"[{style}]{p['decision']}[/{style}]" if style else p["decision"],
+        )
+    console.print(t)
+    runs = Table(
+        "run at",
+        "trigger",
+        "episode",
+        "periods since episode",
+        "since streak start",
+        "train/eval examples",
+        "outcome",
+        "false alarm",
+        title="runs",
+    )
+    for run in r.runs:
+        runs.add_row(
+            str(run.index),
+            run.trigger,
+            str(run.episode),
+            str(run.since_episode),
+            str(run.since_crossing),
+            f"{run.train_examples:,}/{run.eval_examples:,}",
+            run.outcome or "(open)",
+            "yes" if run.false_alarm else "no",
+        )
+    console.print(runs)
+    eps = ", ".join(
+        f"#{e['episode']}: {e['periods']} periods, {len(e['runs'])} runs" for e in r.episodes
+    )
+    console.print(
+        f"{len(r.periods)} periods · {len(r.runs)} runs · {r.false_alarms} false alarms · "
+        f"episodes {eps}"
+    )
+
+
+def _print_sweep(reports: list[tuple[str, Any, Report]]) -> None:
+    t = Table(
+        "setting", "runs", "false alarms", "first run at", "median periods to run", title="sweep"
+    )
+    for name, value, r in reports:
+        gaps = sorted(run.since_crossing for run in r.runs)
+        t.add_row(
+            f"{name}={value:g}",
+            str(len(r.runs)),
+            str(r.false_alarms),
+            str(r.runs[0].index) if r.runs else "-",
+            str(gaps[len(gaps) // 2]) if gaps else "-",
+        )
+    console.print(t)
+
+
+def _from_topic(common: Any, stream: str) -> list[Any]:
+    """Every period verdict of ``stream`` on ctrain.validations, read without a group."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from pydantic import ValidationError
+
+    from shared import topics
+    from shared.events import WindowValidated
+
+    skipped: list[str] = []
+
+    async def read() -> list[WindowValidated]:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=common.kafka_bootstrap,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
+        await consumer.start()
+        try:
+            await consumer.topics()  # fetches the cluster's metadata
+            parts = consumer.partitions_for_topic(topics.VALIDATIONS) or set()
+            tps = [TopicPartition(topics.VALIDATIONS, p) for p in sorted(parts)]
+            if not tps:
+                return []
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            end = await consumer.end_offsets(tps)
+            out: list[WindowValidated] = []
+
+            async def behind() -> bool:
+                return any([await consumer.position(tp) < end[tp] for tp in tps])
+
+            while await behind():
+                batch = await consumer.getmany(timeout_ms=1000)
+                for recs in batch.values():
+                    for rec in recs:
+                        try:
+                            v = WindowValidated.model_validate_json(rec.value or b"{}")
+                        except ValidationError:
+                            skipped.append(f"{rec.partition}:{rec.offset}")
+                            continue
+                        if v.stream == stream and v.scope == "period":
+                            out.append(v)
+            return out
+        finally:
+            await consumer.stop()
+
+    vals = asyncio.run(read())
+    if skipped:
+        console.print(f"[yellow]skipped {len(skipped)} records that are not validations[/yellow]")
+    return vals
