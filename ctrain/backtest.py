@@ -252,10 +252,16 @@ class WindowJudge:
         min_examples: int,
         defaults: checks.Defaults,
         max_group: int = 8,
+        override: frozenset[str] = frozenset(),
     ) -> None:
+        """``override``: kinds ("drift", "skew") whose thresholds come from ``defaults``
+        for every feature, the schema's comparators included (what-if thresholds)."""
         from shared.schema import load_schema
 
         self.schema = load_schema(schema_path)
+        for f in self.schema.feature:
+            for kind in override:
+                f.ClearField(f"{kind}_comparator")
         self.min_examples = min_examples
         self.defaults = defaults
         self.uri = {w.window_id: w.data_uri for w in windows}

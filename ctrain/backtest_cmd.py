@@ -143,7 +143,9 @@ def command(args: argparse.Namespace) -> int:
             if not windows:
                 console.print(f"[red]no windows[/red] of stream {args.stream!r} under {root}")
                 return 1
-            wj = WindowJudge(windows, schema, min_examples, defaults, cfg.max_group_periods)
+            # A threshold given here wins over the schema's comparators of its kind.
+            kinds = frozenset(k.split("_")[0] for k in over if k in THRESHOLDS)
+            wj = WindowJudge(windows, schema, min_examples, defaults, cfg.max_group_periods, kinds)
             judge, n = wj, len(wj)
         else:
             vals = (
