@@ -52,7 +52,7 @@ def plain(train: list[str], ev: str, out: Path, epochs: int) -> tuple[float, dic
 
     marks: dict[str, float] = {}
     t0 = time.perf_counter()
-    g = steps.gather(train, ev, str(out / "gather"))
+    g = steps.gather(train, [ev], str(out / "gather"))
     marks["gather"] = time.perf_counter() - t0
     t = time.perf_counter()
     steps.validate_data(
@@ -77,7 +77,7 @@ def kfp_local(train: list[str], ev: str, out: Path, epochs: int) -> float:
     params = {
         "run_dir": str(out / "run"),
         "windows_json": json.dumps(train),
-        "eval_uri": ev,
+        "eval_json": json.dumps([ev]),
         "schema_path": str(SCHEMA),
         "module_path": str(MODULE),
         "model_dir": str(out / "model"),

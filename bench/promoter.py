@@ -58,7 +58,7 @@ def train_model(d: Path) -> tuple[str, str]:
         w.add(part.combine_chunks().to_batches()[0])
         w.finish()
         paths[name] = str(p)
-    g = steps.gather([paths["train"]], paths["eval"], str(d / "gather"))
+    g = steps.gather([paths["train"]], [paths["eval"]], str(d / "gather"))
     tr = steps.transform(str(g["train"]), str(g["eval"]), str(SCHEMA), str(MODULE), str(d / "tf"))
     return str(steps.train(tr, str(MODULE), str(d / "model"), epochs=1)["model"]), paths["eval"]
 

@@ -54,7 +54,7 @@ def params(tmp: Path, train: list[str], eval_uri: str) -> dict[str, object]:
     return {
         "run_dir": str(tmp / "run"),
         "windows_json": json.dumps(train),
-        "eval_uri": eval_uri,
+        "eval_json": json.dumps([eval_uri]),
         "schema_path": str(TAXI_SCHEMA),
         "module_path": str(MODULE),
         "model_dir": str(tmp / "models" / "cand"),

@@ -62,7 +62,7 @@ def taxi_model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         w.add(part.combine_chunks().to_batches()[0])
         w.finish()
         paths[name] = str(p)
-    g = steps.gather([paths["train"]], paths["eval"], str(d / "gather"))
+    g = steps.gather([paths["train"]], [paths["eval"]], str(d / "gather"))
     tr = steps.transform(
         str(g["train"]), str(g["eval"]), str(TAXI_SCHEMA), str(MODULE), str(d / "tf")
     )

@@ -77,7 +77,7 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chain]:
     pq.write_table(table.slice(n_train), eval_window)
 
     c = Chain(root, table, windows, str(eval_window))
-    c.gathered = c.timed("gather", steps.gather, windows, str(eval_window), str(root / "gather"))
+    c.gathered = c.timed("gather", steps.gather, windows, [str(eval_window)], str(root / "gather"))
     c.validated = c.timed(
         "validate",
         steps.validate_data,
