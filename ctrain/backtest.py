@@ -83,6 +83,8 @@ class Run:
     eval_examples: int
     outcome: Outcome | None = None
     false_alarm: bool | None = None
+    train_windows: tuple[str, ...] = ()
+    eval_windows: tuple[str, ...] = ()
 
 
 @dataclass
@@ -187,6 +189,8 @@ def simulate(
                 train_examples=d.train_examples,
                 eval_examples=d.eval_examples,
                 false_alarm=None if d.trigger in ("drift", "skew") else False,
+                train_windows=d.train_windows,
+                eval_windows=d.eval_windows,
             )
         )
         decided_under[i] = serving

@@ -125,6 +125,10 @@ class Trigger:
 
     async def _save(self, state: pol.ModelState) -> None:
         await self.redis.set(self._key("state"), orjson.dumps(state.to_json()))
+        self.metrics.armed.set(1 if state.armed and not state.in_flight else 0)
+        self.metrics.streak.labels("drift").set(state.consecutive_drift)
+        self.metrics.streak.labels("skew").set(state.consecutive_skew)
+        self.metrics.attempts.set(state.attempts)
 
     async def _record(self, d: pol.Decision, run_id: str | None, source: str) -> None:
         entry = {
@@ -139,6 +143,8 @@ class Trigger:
         }
         await self.redis.xadd(self._key("decisions"), entry, maxlen=10_000)  # type: ignore[arg-type]
         self.metrics.decisions.labels(d.trigger or "none", str(d.take).lower()).inc()
+        if d.guard:
+            self.metrics.blocked.labels(d.guard).inc()
 
     async def decisions(self, count: int = 50) -> list[dict[str, str]]:
         rows: Any = await self.redis.xrevrange(self._key("decisions"), count=count)

@@ -39,3 +39,25 @@ class TriggerMetrics:
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5),
             registry=registry,
         )
+        self.armed = Gauge(
+            "ctrain_trigger_armed",
+            "1 while a condition that holds would start a run (no run in flight or awaited).",
+            registry=registry,
+        )
+        self.streak = Gauge(
+            "ctrain_trigger_streak",
+            "Judged periods in a row over threshold, by kind (drift, skew).",
+            ["kind"],
+            registry=registry,
+        )
+        self.attempts = Gauge(
+            "ctrain_trigger_episode_attempts",
+            "Runs started in this episode (since the serving model last changed).",
+            registry=registry,
+        )
+        self.blocked = Counter(
+            "ctrain_trigger_held_but_stopped_total",
+            "Decisions where a policy held and a guard stopped it, by guard.",
+            ["guard"],
+            registry=registry,
+        )

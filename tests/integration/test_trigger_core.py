@@ -235,6 +235,9 @@ def test_persistent_skew_retrains_after_a_rejection_and_after_a_promotion(
         assert f"candidate {cand.candidate_id} awaits a decision" in d.reason
         view = await t.state_view()
         assert not view["armed"] and view["consecutive_skew"] == 3 and view["budget_left"] == 3
+        assert t.metrics.streak.labels("skew")._value.get() == 3  # type: ignore[attr-defined]
+        assert t.metrics.armed._value.get() == 0  # type: ignore[attr-defined]
+        assert t.metrics.blocked.labels("disarmed")._value.get() == 1  # type: ignore[attr-defined]
         # An operator rejects the candidate: the shift still holds, the next period retrains.
         rejected = PromotionEvent(
             id="p1",
