@@ -282,6 +282,7 @@ class WindowJudge:
                 parts,
                 w.period_ms is not None,
                 0.0,
+                w.close_reason != "count",
             )
         self.units: list[tuple[per.Unit, tuple[str, ...]]] = []
         for period in per.complete(book, [], 0.0, float("inf")):

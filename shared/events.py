@@ -128,6 +128,26 @@ class Anomaly(BaseModel):
 Verdict = Literal["ok", "drift", "skew", "anomalous", "insufficient_data"]
 
 
+class PartitionIdle(Event):
+    """A source partition has no open window and nothing new to read (published by ingest
+    on ``ctrain.windows``, after that partition's windows, so it never overtakes them).
+
+    The validator judges a period without waiting for a partition that announced it is
+    idle, as long as nothing was written to that partition after ``next_offset``."""
+
+    event_type: Literal["partition_idle"] = "partition_idle"
+    id: str
+    stream: str
+    topic: str
+    partition: int
+    next_offset: int
+    watermark_ms: int | None = None
+
+    @property
+    def key(self) -> bytes:
+        return self.stream.encode()
+
+
 class MemberWindow(BaseModel):
     """One window shard inside a judged period."""
 
@@ -246,7 +266,13 @@ class PromotionEvent(Event):
 
 
 AnyEvent = Annotated[
-    DeadLetter | WindowClosed | WindowValidated | TrainingRun | ModelCandidate | PromotionEvent,
+    DeadLetter
+    | WindowClosed
+    | PartitionIdle
+    | WindowValidated
+    | TrainingRun
+    | ModelCandidate
+    | PromotionEvent,
     Field(discriminator="event_type"),
 ]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
@@ -64,18 +64,33 @@ def make_consumer(
     return AIOKafkaConsumer(*topic_names, **opts)
 
 
-async def partition_count(settings: CommonSettings, topic: str) -> int:
-    """How many partitions ``topic`` has (0 if it does not exist)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await admin.start()
-    try:
-        described = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
-    for t in described:
-        if t.get("topic") == topic and not t.get("error_code"):
-            return len(t.get("partitions", []))
-    return 0
+class SourceOffsets:
+    """Log end offsets of a topic's partitions, read with a group-less consumer that is
+    started on first use (nothing connects at import or construction time)."""
+
+    def __init__(self, settings: CommonSettings) -> None:
+        self.settings = settings
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def end_offsets(self, topic: str) -> dict[int, int]:
+        if self._consumer is None:
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False
+            )
+            await consumer.start()
+            self._consumer = consumer
+        await self._consumer.topics()  # refreshes metadata: partitions may have been added
+        parts = self._consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        if not tps:
+            return {}
+        ends = await self._consumer.end_offsets(tps)
+        return {tp.partition: int(off) for tp, off in ends.items()}
+
+    async def close(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
 
 
 async def ensure_topics(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -32,7 +32,8 @@ from services.ingest.windowing import (
     WindowPolicy,
 )
 from shared.artifacts import ArtifactStore
-from shared.events import DeadLetter, DlqSource, OffsetRange, WindowClosed
+from shared.events import DeadLetter, DlqSource, OffsetRange, PartitionIdle, WindowClosed
+from shared.ids import stable_id
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ class Sink(Protocol):
     async def dead_letter(self, letter: DeadLetter) -> None: ...
     async def flush(self) -> None: ...
     async def window_closed(self, event: WindowClosed) -> None: ...
+    async def partition_idle(self, event: PartitionIdle) -> None: ...
 
 
 TopicPartition = tuple[str, int]
@@ -64,6 +66,7 @@ class _Partition:
     last_read_wall: float = 0.0
     next_offset: int | None = None
     committed: int | None = None
+    idle_announced: bool = False
 
 
 def dead_letter(
@@ -229,6 +232,7 @@ class Ingestor:
             accepted += len(idx)
         if n:
             part.last_read_wall = self.clock()
+            part.idle_announced = False
         self.metrics.accepted.inc(accepted)
         if windows.watermark is not None:
             self.metrics.watermark.labels(str(tp[1])).set(windows.watermark / 1000)
@@ -248,6 +252,32 @@ class Ingestor:
                 if commit is not None:
                     out[tp] = commit
         return out
+
+    async def announce_idle(self, position: Callable[[TopicPartition], Awaitable[int]]) -> int:
+        """Tell the validator which partitions are quiet with no open window (once per quiet
+        spell): a period need not wait for a partition that has nothing for it. Returns how
+        many were announced. ``position``: the consumer's next offset of a partition."""
+        now = self.clock()
+        n = 0
+        for tp, part in list(self.parts.items()):
+            if part.idle_announced or part.windows.open:
+                continue
+            if now - part.last_read_wall < self.idle_timeout_s:
+                continue
+            nxt = await position(tp)
+            await self.sink.partition_idle(
+                PartitionIdle(
+                    id=stable_id("idle", self.stream, tp[0], tp[1], nxt),
+                    stream=self.stream,
+                    topic=tp[0],
+                    partition=tp[1],
+                    next_offset=nxt,
+                    watermark_ms=part.windows.watermark,
+                )
+            )
+            part.idle_announced = True
+            n += 1
+        return n
 
     async def drain(self) -> dict[TopicPartition, int]:
         """On shutdown: make the DLQ durable, checkpoint, return offsets to commit.

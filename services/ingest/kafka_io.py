@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 
 from services.ingest.core import Ingestor
 from shared import topics
-from shared.events import DeadLetter, WindowClosed
+from shared.events import DeadLetter, PartitionIdle, WindowClosed
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,9 @@ class KafkaSink:
         if self._inflight:
             pending, self._inflight = self._inflight, []
             await asyncio.gather(*pending)
+
+    async def partition_idle(self, event: PartitionIdle) -> None:
+        await self.producer.send_and_wait(topics.WINDOWS, event.to_bytes(), key=event.key)
 
     async def window_closed(self, event: WindowClosed) -> None:
         await self.producer.send_and_wait(topics.WINDOWS, event.to_bytes(), key=event.key)
@@ -81,8 +84,12 @@ class ConsumeLoop:
                         await self.consumer.commit({tp: commit})
                 for (t, p), commit in (await self.ingestor.close_idle()).items():
                     await self.consumer.commit({TopicPartition(t, p): commit})
+                await self.ingestor.announce_idle(self._position)
         finally:
             self.running = False
+
+    async def _position(self, tp: tuple[str, int]) -> int:
+        return int(await self.consumer.position(TopicPartition(*tp)))
 
     def stop(self) -> None:
         self._stopping.set()

@@ -32,13 +32,20 @@ from services.validator.schemas import SchemaStore
 from services.validator.settings import ValidatorSettings
 from shared import topics
 from shared.artifacts import ArtifactStore
-from shared.events import WindowClosed, WindowValidated
-from shared.kafka import health, make_router, one_event_at_a_time, partition_count
+from shared.events import PartitionIdle, WindowClosed, WindowValidated
+from shared.kafka import SourceOffsets, health, make_router, one_event_at_a_time
 from shared.metrics import metrics_endpoint, new_registry
 from shared.redis import make_redis
 from shared.settings import CommonSettings
 
 log = logging.getLogger(__name__)
+
+
+def _partition_idle(body: bytes) -> PartitionIdle | None:
+    try:
+        return PartitionIdle.model_validate_json(body)
+    except ValidationError:
+        return None
 
 
 def config_from(s: ValidatorSettings) -> ValidatorConfig:
@@ -69,15 +76,7 @@ def create_app(common: CommonSettings, settings: ValidatorSettings) -> FastAPI:
     metrics = ValidatorMetrics(registry)
     store = ArtifactStore(common.artifact_root)
     redis = make_redis(common)
-    counts: dict[str, tuple[float, int]] = {}
-
-    async def partitions_of(topic: str) -> int:
-        # Partitions are added rarely; ask the broker at most once a minute per topic.
-        at, n = counts.get(topic, (0.0, 0))
-        if time.monotonic() - at > 60 or not n:
-            n = await partition_count(common, topic)
-            counts[topic] = (time.monotonic(), n)
-        return n
+    offsets = SourceOffsets(common)
 
     validator = Validator(
         store=store,
@@ -86,7 +85,7 @@ def create_app(common: CommonSettings, settings: ValidatorSettings) -> FastAPI:
         metrics=metrics,
         config=config_from(settings),
         redis=redis,
-        partition_count=partitions_of,
+        end_offsets=offsets.end_offsets,
     )
     router = make_router(common)
 
@@ -96,7 +95,7 @@ def create_app(common: CommonSettings, settings: ValidatorSettings) -> FastAPI:
             await router.broker.publish(r.to_bytes(), topic=topics.VALIDATIONS, key=r.key)
             await redis.set(marker, b"1")
 
-    async def publish_periods(stream: str, event: WindowClosed | None) -> None:
+    async def publish_periods(stream: str, event: WindowClosed | PartitionIdle | None) -> None:
         """Judge the periods this window completes; publish them, then empty the outbox."""
         results = await validator.assemble(stream, event, time.time())
         for r in results:
@@ -133,6 +132,12 @@ def create_app(common: CommonSettings, settings: ValidatorSettings) -> FastAPI:
         try:
             event = WindowClosed.model_validate_json(body)
         except ValidationError as e:
+            idle = _partition_idle(body)
+            if idle is not None:
+                # A source partition has nothing open: periods may not need to wait for it.
+                await publish_periods(idle.stream, idle)
+                await msg.ack()
+                return
             await dead_letter(body, "invalid_event", str(e), msg)
             await msg.ack()
             return
@@ -169,6 +174,7 @@ def create_app(common: CommonSettings, settings: ValidatorSettings) -> FastAPI:
                 yield
             finally:
                 task.cancel()
+                await offsets.close()
 
     app = FastAPI(title="ctrain validator", version="0.1.0", lifespan=lifespan)
     app.include_router(router)

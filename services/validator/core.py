@@ -29,11 +29,12 @@ from services.validator.metrics import ValidatorMetrics
 from services.validator.schemas import SchemaStore
 from services.validator.stats import dataset, statistics_beam, statistics_in_memory
 from shared.artifacts import ArtifactStore
-from shared.events import Distance, MemberWindow, WindowClosed, WindowValidated
+from shared.events import Distance, MemberWindow, PartitionIdle, WindowClosed, WindowValidated
 from shared.ids import stable_id
 
 log = logging.getLogger(__name__)
-PartitionCount = Callable[[str], Awaitable[int]]
+# The log end offset of each partition of a topic (its partitions are the keys).
+EndOffsets = Callable[[str], Awaitable[dict[int, int]]]
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ class Validator:
         metrics: ValidatorMetrics,
         config: ValidatorConfig,
         redis: Redis | None = None,
-        partition_count: PartitionCount | None = None,
+        end_offsets: EndOffsets | None = None,
     ) -> None:
         self.store = store
         self.schemas = schemas
@@ -81,7 +82,7 @@ class Validator:
         self.metrics = metrics
         self.config = config
         self.redis = redis
-        self.partition_count = partition_count
+        self.end_offsets = end_offsets
         self._book_lock = asyncio.Lock()
 
     # ----------------------------------------------------------- layout
@@ -260,12 +261,15 @@ class Validator:
         raw = await self.redis.get(self._book_key(stream))
         return per.Book.from_json(orjson.loads(raw)) if raw else per.Book()
 
-    async def _partitions(self, topics: list[str]) -> list[str]:
-        out: list[str] = []
+    async def _partitions(self, topics: list[str]) -> tuple[list[str], dict[str, int] | None]:
+        """Every source partition ("topic:partition") and its log end offset now."""
+        if self.end_offsets is None:
+            return [f"{t}:0" for t in sorted(topics)], None
+        ends: dict[str, int] = {}
         for topic in sorted(topics):
-            n = await self.partition_count(topic) if self.partition_count else 1
-            out.extend(f"{topic}:{p}" for p in range(n))
-        return out
+            for p, end in (await self.end_offsets(topic)).items():
+                ends[f"{topic}:{p}"] = end
+        return sorted(ends), ends
 
     async def streams(self) -> list[str]:
         assert self.redis is not None
@@ -273,7 +277,7 @@ class Validator:
         return sorted(n.decode() if isinstance(n, bytes) else n for n in names or [])
 
     async def assemble(
-        self, stream: str, ev: WindowClosed | None, now: float
+        self, stream: str, ev: WindowClosed | PartitionIdle | None, now: float
     ) -> list[WindowValidated]:
         """Add a validated window to its period; judge every period now complete.
 
@@ -287,11 +291,16 @@ class Validator:
             raw_topics: Any = await self.redis.smembers(f"ctrain:validator:{stream}:topics")
             topics = {t.decode() if isinstance(t, bytes) else t for t in raw_topics or []}
             if ev is not None:
-                new = {o.topic for o in ev.offsets} - topics
-                if new:
-                    await self.redis.sadd(f"ctrain:validator:{stream}:topics", *new)
-                    topics |= new
+                seen = (
+                    {ev.topic} if isinstance(ev, PartitionIdle) else {o.topic for o in ev.offsets}
+                )
+                if seen - topics:
+                    await self.redis.sadd(f"ctrain:validator:{stream}:topics", *(seen - topics))
+                    topics |= seen
                 await self.redis.sadd("ctrain:validator:streams", stream)
+            if isinstance(ev, PartitionIdle):
+                book.idle[f"{ev.topic}:{ev.partition}"] = ev.next_offset
+            elif ev is not None:
                 start_ms, end_ms = _ms(ev)
                 if not per.add(
                     book,
@@ -302,15 +311,17 @@ class Validator:
                     [f"{o.topic}:{o.partition}" for o in ev.offsets],
                     ev.period_ms is not None,
                     now,
+                    ev.close_reason != "count",
                 ):
                     self.metrics.late_windows.inc()
                     log.warning(
                         "window arrived after its period was judged",
                         extra={"window_id": ev.window_id},
                     )
-            partitions = await self._partitions(sorted(topics))
+            partitions, ends = await self._partitions(sorted(topics))
             outbox = list(book.outbox)
-            for period in per.complete(book, partitions, now, self.config.period_grace_s):
+            grace = self.config.period_grace_s
+            for period in per.complete(book, partitions, now, grace, ends):
                 prev_last = list(book.last)
                 for unit in per.judge(
                     book,
@@ -319,6 +330,7 @@ class Validator:
                     partitions,
                     self.config.min_examples,
                     self.config.max_group_periods,
+                    ends,
                 ):
                     await self._judge_unit(stream, unit, prev_last)
                     outbox.append(unit.unit_id)

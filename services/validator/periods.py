@@ -63,6 +63,8 @@ class Book:
     pending: list[Period] = field(default_factory=list)
     last: list[str] = field(default_factory=list)  # members of the last unit judged whole
     outbox: list[str] = field(default_factory=list)  # judged units not yet published
+    # Partitions ingest announced idle: "topic:partition" -> the next offset it would read.
+    idle: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -73,6 +75,7 @@ class Book:
             "pending": [p.__dict__ for p in self.pending],
             "last": self.last,
             "outbox": self.outbox,
+            "idle": self.idle,
         }
 
     @classmethod
@@ -85,6 +88,7 @@ class Book:
             pending=[Period(**p) for p in d.get("pending", [])],
             last=list(d.get("last", [])),
             outbox=list(d.get("outbox", [])),
+            idle=dict(d.get("idle", {})),
         )
 
 
@@ -101,10 +105,16 @@ def add(
     partitions: list[str],
     bucketed: bool,
     now: float,
+    final: bool = True,
 ) -> bool:
-    """Add a validated window; False if its period was judged already (a late window)."""
+    """Add a validated window; False if its period was judged already (a late window).
+
+    ``final``: the partition has finished this period (closed by watermark, idleness or
+    shutdown); a window cut by count may be followed by more of the same period."""
+    reach = end_ms if final else end_ms - 1
     for tp in partitions:
-        book.frontier[tp] = max(book.frontier.get(tp, end_ms), end_ms)
+        book.frontier[tp] = max(book.frontier.get(tp, reach), reach)
+        book.idle.pop(tp, None)  # it had data after all
     key = period_key(start_ms, end_ms, bucketed, window_id)
     if key in book.judged:
         return False
@@ -117,11 +127,27 @@ def add(
     return True
 
 
-def complete(book: Book, partitions: list[str], now: float, grace_s: float) -> list[Period]:
+def passed(book: Book, tp: str, end_ms: int, ends: dict[str, int] | None) -> bool:
+    """Partition ``tp`` has nothing more for a period ending at ``end_ms``: it published a
+    window ending there or later, or it announced it is idle and nothing was written to
+    it since (``ends``: the partitions' log end offsets now)."""
+    if book.frontier.get(tp, -1) >= end_ms:
+        return True
+    idle = book.idle.get(tp)
+    return idle is not None and ends is not None and tp in ends and ends[tp] <= idle
+
+
+def complete(
+    book: Book,
+    partitions: list[str],
+    now: float,
+    grace_s: float,
+    ends: dict[str, int] | None = None,
+) -> list[Period]:
     """Open periods every partition has moved past (or whose grace ran out), oldest first."""
     out = []
     for p in sorted(book.open.values(), key=lambda p: (p.start_ms, p.end_ms, p.key)):
-        whole = not p.bucketed or all(book.frontier.get(tp, -1) >= p.end_ms for tp in partitions)
+        whole = not p.bucketed or all(passed(book, tp, p.end_ms, ends) for tp in partitions)
         if whole or now - p.arrived >= grace_s:
             out.append(p)
     return out
@@ -134,13 +160,12 @@ def judge(
     partitions: list[str],
     min_examples: int,
     max_group: int = 8,
+    ends: dict[str, int] | None = None,
 ) -> list[Unit]:
     """Close ``period``: the units to judge now (itself, and maybe a group with pending ones)."""
     del book.open[period.key]
     members = sorted(period.members)
-    whole = not period.bucketed or all(
-        book.frontier.get(tp, -1) >= period.end_ms for tp in partitions
-    )
+    whole = not period.bucketed or all(passed(book, tp, period.end_ms, ends) for tp in partitions)
     unit = Unit(
         stable_id("period", stream, period.start_ms, period.end_ms, members),
         period.start_ms,

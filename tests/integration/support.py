@@ -127,7 +127,11 @@ def windows_and_dlq(
     async def go() -> tuple[list[WindowClosed], list[DeadLetter]]:
         deadline = time.monotonic() + timeout
         while True:
-            windows = await read_topic(kafka, "ctrain.windows")
+            windows = [
+                w
+                for w in await read_topic(kafka, "ctrain.windows")
+                if isinstance(w, WindowClosed)  # not ingest's partition-idle notices
+            ]
             dlq = await read_topic(kafka, "ctrain.examples.dlq")
             if done(windows, dlq) or time.monotonic() > deadline:  # type: ignore[operator]
                 return windows, dlq  # type: ignore[return-value]

@@ -54,8 +54,8 @@ async def judge_and_decide(
     redis = Redis.from_url(redis_url)
     store = ArtifactStore(str(root))
 
-    async def count(topic: str) -> int:
-        return partitions
+    async def ends(topic: str) -> dict[int, int]:
+        return {p: 10**9 for p in range(partitions)}
 
     v = Validator(
         store=store,
@@ -70,7 +70,7 @@ async def judge_and_decide(
             ),
         ),
         redis=redis,
-        partition_count=count,
+        end_offsets=ends,
     )
     published: list[Event] = []
 

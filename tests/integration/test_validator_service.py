@@ -57,7 +57,9 @@ def test_windows_are_validated_viewable_and_deduplicated(
     asyncio.run(replay(common, TAXI_CSV, time_column="trip_start_timestamp"))
 
     def all_validated() -> tuple[list[WindowClosed], list[WindowValidated]] | None:
-        windows = asyncio.run(read_topic(kafka, topics.WINDOWS))
+        windows = [
+            w for w in asyncio.run(read_topic(kafka, topics.WINDOWS)) if isinstance(w, WindowClosed)
+        ]
         vals = asyncio.run(read_topic(kafka, topics.VALIDATIONS))
         ids = {w.window_id for w in windows}  # type: ignore[attr-defined]
         judged = {m.window_id for v in vals if v.scope == "period" for m in v.members}  # type: ignore[attr-defined]

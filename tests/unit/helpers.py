@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from shared.events import DeadLetter, WindowClosed
+from shared.events import DeadLetter, PartitionIdle, WindowClosed
 
 
 @dataclass
@@ -27,6 +27,10 @@ class ListSink:
     windows: list[WindowClosed] = field(default_factory=list)
     buffered: list[DeadLetter] = field(default_factory=list)
     crash_on_publish: int | None = None  # crash before the Nth window publish
+    idle: list[PartitionIdle] = field(default_factory=list)
+
+    async def partition_idle(self, event: PartitionIdle) -> None:
+        self.idle.append(event)
 
     async def dead_letter(self, letter: DeadLetter) -> None:
         self.buffered.append(letter)

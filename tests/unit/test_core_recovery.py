@@ -191,3 +191,31 @@ def test_records_delivered_again_to_the_same_owner_count_once(tmp_path: Path) ->
     assert sorted(
         x for w in sink.windows for x in read_shard(w.data_uri).column("x").to_pylist()
     ) == [r * 0.5 for r in range(50)]
+
+
+def test_quiet_partitions_with_nothing_open_are_announced_idle_once(tmp_path: Path) -> None:
+    async def go() -> None:
+        sink, clock = ListSink(), [NOW]
+        core = ingestor(ArtifactStore(str(tmp_path)), sink, WindowPolicy(None, 1000), clock)
+        empty = ("ctrain.examples", 1)
+        await core.assign(TP)
+        await core.assign(empty)
+
+        async def position(tp: tuple[str, int]) -> int:
+            return {TP: 3, empty: 0}[tp]
+
+        await core.process(TP, make_records([(10, True), (20, True), (30, True)]))
+        clock[0] += 11
+        assert await core.announce_idle(position) == 1  # partition 0 still has a window open
+        assert [(i.partition, i.next_offset, i.watermark_ms) for i in sink.idle] == [(1, 0, None)]
+        await core.close_idle()  # partition 0's window closes as idle...
+        assert await core.announce_idle(position) == 1  # ...then partition 0 is idle too
+        assert (sink.idle[-1].partition, sink.idle[-1].next_offset) == (0, 3)
+        assert sink.idle[-1].watermark_ms == 30
+        assert await core.announce_idle(position) == 0  # once per quiet spell
+        await core.process(TP, [Rec(TP[0], 0, 3, None, orjson.dumps({"x": 1, "t": 40}), 0)])
+        clock[0] += 11
+        await core.close_idle()
+        assert await core.announce_idle(position) == 1  # quiet again after new data
+
+    asyncio.run(go())
