@@ -225,7 +225,11 @@ def _show(c: dict[str, Any]) -> None:
             t.add_row(slice_name, k, f"{cand:.4f}", "-" if base is None else f"{base:.4f}", change)
     console.print(t)
     lin = c.get("lineage", {})
-    console.print(f"trained on {lin.get('windows')}; evaluated on {lin.get('eval_window')}")
+    evals = lin.get("eval_windows") or [lin.get("eval_window")]
+    console.print(
+        f"trained on {lin.get('train_examples') or '?'} examples of windows {lin.get('windows')}; "
+        f"evaluated on {lin.get('eval_examples') or '?'} examples of windows {evals}"
+    )
     console.print(f"run {lin.get('run_id')}; model {lin.get('model_uri')}")
 
 

@@ -176,6 +176,9 @@ def create_app(common: CommonSettings, settings: PromoterSettings) -> FastAPI:
             "lineage": {
                 "windows": c.windows,
                 "eval_window": c.eval_window,
+                "eval_windows": c.eval_windows,
+                "train_examples": c.train_examples,
+                "eval_examples": c.eval_examples,
                 "run_id": c.run_id,
                 "model_uri": c.model_uri,
                 "eval_uri": c.eval_uri,
