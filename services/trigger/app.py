@@ -30,6 +30,7 @@ from shared.artifacts import ArtifactStore
 from shared.events import Event, ModelCandidate, PromotionEvent, TrainingRun, WindowValidated
 from shared.kafka import health, make_router, one_event_at_a_time
 from shared.metrics import metrics_endpoint, new_registry
+from shared.periodic import every
 from shared.redis import make_redis
 from shared.settings import CommonSettings, SettingsError
 
@@ -121,23 +122,20 @@ def create_app(common: CommonSettings, settings: TriggerSettings) -> FastAPI:
         await trigger.on_promotion(ev)
         await msg.ack()
 
-    async def ticker() -> None:
-        while True:
-            await asyncio.sleep(settings.tick_s)  # poll interval of the retry clock
-            try:
-                d = await trigger.tick()
-                if d is not None and d.take:
-                    log.info("decision on a tick", extra={"why": d.reason})
-            except Exception:  # an outage: the next tick tries again
-                log.exception("deciding on a tick failed")
+    async def tick() -> None:
+        d = await trigger.tick()
+        if d is not None and d.take:
+            log.info("decision on a tick", extra={"why": d.reason})
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with router.lifespan_context(app):
             await trigger.resume()
-            tick = asyncio.create_task(ticker())
+            ticker = asyncio.create_task(
+                every(settings.tick_s, tick, "deciding on a tick", metrics.tick_failures.inc)
+            )
             yield
-            tick.cancel()
+            ticker.cancel()
             for task in list(trigger.followers.values()):
                 task.cancel()  # the run goes on in its worker; a restart re-attaches
 

@@ -55,6 +55,11 @@ class TriggerMetrics:
             "Runs started in this episode (since the serving model last changed).",
             registry=registry,
         )
+        self.tick_failures = Counter(
+            "ctrain_trigger_tick_failures_total",
+            "Failed rounds of the retry tick (an outage; the next round retries).",
+            registry=registry,
+        )
         self.blocked = Counter(
             "ctrain_trigger_held_but_stopped_total",
             "Decisions where a policy held and a guard stopped it, by guard.",

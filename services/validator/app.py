@@ -35,6 +35,7 @@ from shared.artifacts import ArtifactStore
 from shared.events import PartitionIdle, WindowClosed, WindowValidated
 from shared.kafka import SourceOffsets, health, make_router, one_event_at_a_time
 from shared.metrics import metrics_endpoint, new_registry
+from shared.periodic import every
 from shared.redis import make_redis
 from shared.settings import CommonSettings
 
@@ -103,15 +104,10 @@ def create_app(common: CommonSettings, settings: ValidatorSettings) -> FastAPI:
         if results:
             await validator.sent(stream, [r.window_id for r in results])
 
-    async def grace_loop() -> None:
+    async def judge_stale_periods() -> None:
         """Periods with a silent partition are judged once their grace time is over."""
-        while True:
-            await asyncio.sleep(max(1.0, min(10.0, settings.period_grace_s / 4)))  # poll interval
-            try:
-                for stream in await validator.streams():
-                    await publish_periods(stream, None)
-            except Exception:  # an outage: the next tick tries again
-                log.exception("judging periods after their grace time failed")
+        for stream in await validator.streams():
+            await publish_periods(stream, None)
 
     async def dead_letter(raw: bytes, reason: str, message: str, msg: KafkaMessage) -> None:
         rec = msg.raw_message
@@ -169,7 +165,14 @@ def create_app(common: CommonSettings, settings: ValidatorSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with router.lifespan_context(app):
-            task = asyncio.create_task(grace_loop())
+            task = asyncio.create_task(
+                every(
+                    max(1.0, min(10.0, settings.period_grace_s / 4)),
+                    judge_stale_periods,
+                    "judging periods after their grace time",
+                    metrics.timer_failures.inc,
+                )
+            )
             try:
                 yield
             finally:

@@ -1,4 +1,6 @@
-"""The validator core: one WindowClosed in, one WindowValidated out.
+"""The validator core: each WindowClosed profiled on its own (``scope: "window"``), and
+each event-time period judged once on all its partitions' windows (``scope: "period"``,
+the verdict the trigger acts on; see ``periods.py``).
 
 No Kafka and no HTTP: the adapter hands events in and publishes what comes
 back. Heavy work (shard read, TFDV) runs in a worker thread so the service's

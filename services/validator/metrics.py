@@ -60,6 +60,11 @@ class ValidatorMetrics:
             ["verdict"],
             registry=registry,
         )
+        self.timer_failures = Counter(
+            "ctrain_validator_timer_failures_total",
+            "Failed rounds of the grace-time timer (an outage; the next round retries).",
+            registry=registry,
+        )
         self.late_windows = Counter(
             "ctrain_validator_late_windows_total",
             "Windows that arrived after their period was judged (grace time ran out).",

@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaProducer
 
 from ctrain.replay import replay
 from shared import topics
-from shared.events import WindowClosed, WindowValidated
+from shared.events import PartitionIdle, WindowClosed, WindowValidated
 from shared.kafka import ensure_topics
 from shared.settings import CommonSettings
 from tests.conftest import TAXI_CSV
@@ -126,6 +126,13 @@ def test_windows_are_validated_viewable_and_deduplicated(
     vals = asyncio.run(read_topic(kafka, topics.VALIDATIONS))
     counts = Counter(v.id for v in vals)  # type: ignore[attr-defined]
     assert max(counts.values()) == 1, counts
+    # Ingest announced its quiet partition in order on ctrain.windows; the validator took
+    # the notice (nothing dead-lettered as an invalid window).
+    notices = [
+        e for e in asyncio.run(read_topic(kafka, topics.WINDOWS)) if isinstance(e, PartitionIdle)
+    ]
+    assert notices and notices[-1].partition == 0 and notices[-1].stream == "taxi"
+    assert asyncio.run(read_topic(kafka, topics.WINDOWS_DLQ)) == []
 
     for svc in (validator, ingest):
         svc.proc.send_signal(signal.SIGTERM)
