@@ -9,6 +9,7 @@ and is not timed.
 Stages, each from the end of the one before:
   window close   first 2014 example produced -> the window that fired closed
   validation     -> its WindowValidated published
+  period judged  -> the verdict of its period (all partitions' windows) published
   decision       -> the TrainingRun submitted
   pipeline start -> the first component started (worker + kfp.local start-up)
   <component>    each pipeline component's own wall time (gather ... publish)
@@ -57,7 +58,10 @@ def breakdown(d: Demo) -> list[tuple[str, float]]:
     t0 = d.progress.drift_started
     assert t0 is not None
     closed = s.windows[eval_window].produced_at.timestamp()
-    validated = s.validations[eval_window].produced_at.timestamp()
+    window_validated = s.validations[eval_window].produced_at.timestamp()
+    # The trigger acts on the judged period the eval window belongs to.
+    period = next(p for p in s.periods.values() if eval_window in {m.window_id for m in p.members})
+    validated = period.produced_at.timestamp()
     decided = submitted.produced_at.timestamp()
     cand = next(c for c in s.candidates.values() if c.run_id == run_id)
     promo = next(
@@ -76,7 +80,8 @@ def breakdown(d: Demo) -> list[tuple[str, float]]:
     comps = d.progress.runs[run_id]["components"]
     stages = [
         ("window close", closed - t0),
-        ("validation", validated - closed),
+        ("validation", window_validated - closed),
+        ("period judged", validated - window_validated),
         ("decision", decided - validated),
     ]
     first_start = _log_clock(comps[0]["started"], decided)
