@@ -245,51 +245,22 @@ def _from_topic(common: Any, stream: str) -> list[Any]:
     """Every period verdict of ``stream`` on ctrain.validations, read without a group."""
     import asyncio
 
-    from aiokafka import AIOKafkaConsumer, TopicPartition
     from pydantic import ValidationError
 
     from shared import topics
     from shared.events import WindowValidated
+    from shared.kafka import read_to_end
 
-    skipped: list[str] = []
-
-    async def read() -> list[WindowValidated]:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=common.kafka_bootstrap,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-        )
-        await consumer.start()
+    vals: list[WindowValidated] = []
+    skipped = 0
+    for rec in asyncio.run(read_to_end(common.kafka_bootstrap, topics.VALIDATIONS)):
         try:
-            await consumer.topics()  # fetches the cluster's metadata
-            parts = consumer.partitions_for_topic(topics.VALIDATIONS) or set()
-            tps = [TopicPartition(topics.VALIDATIONS, p) for p in sorted(parts)]
-            if not tps:
-                return []
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            end = await consumer.end_offsets(tps)
-            out: list[WindowValidated] = []
-
-            async def behind() -> bool:
-                return any([await consumer.position(tp) < end[tp] for tp in tps])
-
-            while await behind():
-                batch = await consumer.getmany(timeout_ms=1000)
-                for recs in batch.values():
-                    for rec in recs:
-                        try:
-                            v = WindowValidated.model_validate_json(rec.value or b"{}")
-                        except ValidationError:
-                            skipped.append(f"{rec.partition}:{rec.offset}")
-                            continue
-                        if v.stream == stream and v.scope == "period":
-                            out.append(v)
-            return out
-        finally:
-            await consumer.stop()
-
-    vals = asyncio.run(read())
+            v = WindowValidated.model_validate_json(rec.value or b"{}")
+        except ValidationError:
+            skipped += 1
+            continue
+        if v.stream == stream and v.scope == "period":
+            vals.append(v)
     if skipped:
-        console.print(f"[yellow]skipped {len(skipped)} records that are not validations[/yellow]")
+        console.print(f"[yellow]skipped {skipped} records that are not validations[/yellow]")
     return vals

@@ -93,6 +93,31 @@ class SourceOffsets:
             self._consumer = None
 
 
+async def read_to_end(bootstrap: str, topic: str) -> list[Any]:
+    """Every record of ``topic`` from the beginning up to its end offsets now (no group,
+    nothing committed): for tools and tests that look at a topic's history."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        await consumer.topics()  # fetches the cluster's metadata
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        if not tps:
+            return []
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        out: list[Any] = []
+        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+            batch = await consumer.getmany(timeout_ms=500)
+            for recs in batch.values():
+                out.extend(recs)
+        return out
+    finally:
+        await consumer.stop()
+
+
 async def ensure_topics(
     settings: CommonSettings, names: tuple[str, ...] = topics.ALL, partitions: int | None = None
 ) -> list[str]:

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from aiokafka import AIOKafkaConsumer
 
 from shared.events import DeadLetter, WindowClosed, parse_event
+from shared.kafka import read_to_end
 from tests.conftest import ROOT, TAXI_SCHEMA
 
 
@@ -94,29 +94,7 @@ def start_ingest(env: dict[str, str], log: Path) -> ServiceProc:
 
 async def read_topic(bootstrap: str, topic: str) -> list[object]:
     """Every event on ``topic`` from the beginning up to its current end offsets."""
-    from aiokafka import TopicPartition
-
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
-    )
-    await consumer.start()
-    try:
-        parts = consumer.partitions_for_topic(topic)
-        while not parts:
-            await consumer._client.force_metadata_update()
-            parts = consumer.partitions_for_topic(topic)
-        tps = [TopicPartition(topic, p) for p in parts]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        events: list[object] = []
-        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
-            batch = await consumer.getmany(timeout_ms=500)
-            for recs in batch.values():
-                events.extend(parse_event(r.value) for r in recs)
-        return events
-    finally:
-        await consumer.stop()
+    return [parse_event(r.value) for r in await read_to_end(bootstrap, topic)]
 
 
 def windows_and_dlq(
