@@ -7,7 +7,7 @@ then, for the first run of each scenario, the pipeline's own steps train a candi
 on the run's training windows and TFMA evaluates it beside the serving model (trained
 on the scenario's first six periods) on the run's evaluation windows.
 
-    python bench/backtest.py [--scenario step] [--epochs 2] [--no-train]
+    python bench/backtest.py [--scenario step] [--epochs 2] [--min-train-examples N] [--no-train]
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,6 +55,12 @@ def main() -> None:
     ap.add_argument("--scenario", action="append", help="default: all")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--no-train", action="store_true", help="decisions only")
+    ap.add_argument(
+        "--min-train-examples",
+        type=int,
+        default=5000,
+        help="the trigger's training size (default: the product's default)",
+    )
     args = ap.parse_args()
 
     import numpy as np
@@ -89,7 +96,8 @@ def main() -> None:
             ),
         )
         outcomes = ("reject", "promote") if name == "persistent" else ("promote",)
-        r = simulate(len(judge), judge, POLICY, outcomes)  # type: ignore[arg-type]
+        policy = replace(POLICY, min_train_examples=args.min_train_examples)
+        r = simulate(len(judge), judge, policy, outcomes)  # type: ignore[arg-type]
         decided = time.perf_counter() - t0
         print(
             f"== {name}: {len(r.periods)} periods, {len(r.runs)} runs, "
