@@ -194,9 +194,10 @@ def _wait_promoted(pc: client.PromoterClient, cid: str, timeout: float) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         rec = pc.candidate(cid)
-        if rec["state"] in ("promoted", "failed", "rejected"):
+        # A promotion ends in `serving`; the others are ends where it did not get there.
+        if rec["state"] in ("serving", "failed", "rejected", "superseded", "rolled_back"):
             console.print(f"{cid}: {rec['state']} (version {rec.get('version')})")
-            return 0 if rec["state"] == "promoted" else 1
+            return 0 if rec["state"] == "serving" else 1
         time.sleep(0.5)  # poll interval
     console.print(f"{cid}: not promoted after {timeout:.0f}s")
     return 1

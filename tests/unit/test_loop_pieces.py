@@ -160,3 +160,29 @@ def test_paced_replay_due_times() -> None:
     # Row j is due when the data's clock since the first row, sped up, has passed.
     assert _due(100.0, 2, None, 10.0, [0.0, 10.0, 20.0]) == pytest.approx(101.0)
     assert _due(100.0, 3, None, None, None) == 0.0  # unpaced: always due
+
+
+def test_approve_wait_ends_when_the_candidate_serves(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from rich.console import Console
+
+    from ctrain import ops
+
+    class Promoter:
+        def __init__(self, states: list[str]) -> None:
+            self.states = states
+
+        def candidate(self, cid: str) -> dict[str, object]:
+            return {
+                "state": self.states.pop(0) if len(self.states) > 1 else self.states[0],
+                "version": 2,
+            }
+
+    screen = io.StringIO()
+    monkeypatch.setattr(ops, "console", Console(file=screen, width=200))
+    monkeypatch.setattr(ops.time, "sleep", lambda s: None)
+    ok = Promoter(["approved", "promoting", "serving"])
+    assert ops._wait_promoted(ok, "cand-1", 5) == 0  # type: ignore[arg-type]
+    assert "cand-1: serving (version 2)" in screen.getvalue()
+    assert ops._wait_promoted(Promoter(["promoting", "failed"]), "cand-2", 5) == 1  # type: ignore[arg-type]
