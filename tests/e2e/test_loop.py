@@ -53,11 +53,15 @@ def test_drift_retrains_and_the_approved_model_serves(
         """An approver rejects the first retrained candidate from the CLI; the shift
         persists, so the trigger retries by itself; the approver reads the next one
         through the API and approves it from the CLI."""
+        pc = client.promoter("viewer", state)
         if not seen.get("rejected"):
             seen["rejected"] = cand
+            try:
+                d.await_pending(pc, cand.candidate_id)  # the promoter has it
+            finally:
+                pc.close()
             assert cli.main(["candidates", "reject", cand.candidate_id, "--reason", "e2e"]) == 0
             return False
-        pc = client.promoter("viewer", state)
         try:
             seen["view"] = d.await_pending(pc, cand.candidate_id)
         finally:
