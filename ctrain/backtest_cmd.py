@@ -127,7 +127,9 @@ def command(args: argparse.Namespace) -> int:
         sweep = [(name, float(v)) for v in values.split(",")]
     reports: list[tuple[str, Any, Report]] = []
     for name, value in sweep:
-        over = {k: getattr(args, k) for k in THRESHOLDS + POLICY_FLAGS if getattr(args, k)}
+        over = {
+            k: getattr(args, k) for k in THRESHOLDS + POLICY_FLAGS if getattr(args, k) is not None
+        }
         if name:
             over[name] = int(value) if name in INT_FLAGS else value
         policy = policy_from(ts)

@@ -109,6 +109,12 @@ def test_recorded_validations_rethresholded(
     assert [r["index"] for r in runs][:1] == [7] and runs[0]["trigger"] == "skew"
     assert cli.main([*base, *flags, "--skew-linf", "0.3"]) == 0
     assert json.loads(capsys.readouterr().out)["runs"] == []
+    # Failed runs are retried: at once with no cooldown (a 0 flag counts), within the budget.
+    retry = [*base, *flags, "--outcomes", "fail", "--daily-budget", "4"]
+    assert cli.main([*retry, "--cooldown-s", "0"]) == 0
+    assert [r["index"] for r in json.loads(capsys.readouterr().out)["runs"]] == [7, 8, 9, 10]
+    assert cli.main([*retry, "--cooldown-s", "7200", "--backoff", "1"]) == 0
+    assert [r["index"] for r in json.loads(capsys.readouterr().out)["runs"]] == [7, 9, 11]
 
 
 def test_bad_flags_and_missing_data_say_what_is_wrong(tmp_path: Path, screen: io.StringIO) -> None:
