@@ -62,8 +62,11 @@ def demo(args: argparse.Namespace) -> int:
 def summary(d: Any) -> None:
     p, loop = d.progress, d.tail.state
     t = Table(title="summary", show_header=False)
-    drifted = sum(1 for v in loop.validations.values() if v.verdict in ("drift", "skew"))
-    t.add_row("windows", f"{len(loop.windows)} ({drifted} drifted or skewed)")
+    crossed = sum(1 for v in loop.periods.values() if v.verdict in ("drift", "skew"))
+    t.add_row(
+        "periods",
+        f"{len(loop.periods)} judged ({crossed} drifted or skewed), {len(loop.windows)} windows",
+    )
     t.add_row("dead letters", str(len(loop.dlq)))
     t.add_row("training runs", ", ".join(f"{r} ({loop.run_state(r)})" for r in loop.runs))
     for c in loop.candidates.values():

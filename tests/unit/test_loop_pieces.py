@@ -186,3 +186,33 @@ def test_approve_wait_ends_when_the_candidate_serves(monkeypatch: pytest.MonkeyP
     assert ops._wait_promoted(ok, "cand-1", 5) == 0  # type: ignore[arg-type]
     assert "cand-1: serving (version 2)" in screen.getvalue()
     assert ops._wait_promoted(Promoter(["promoting", "failed"]), "cand-2", 5) == 1  # type: ignore[arg-type]
+
+
+def test_demo_summary_counts_judged_periods(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from ctrain import ops
+    from ctrain.demo import Progress
+    from ctrain.loop import LoopState
+    from shared.events import MemberWindow, WindowValidated
+
+    loop = LoopState()
+    for i, verdict in enumerate(["ok", "skew", "insufficient_data"]):
+        loop.add(
+            WindowValidated(
+                id=f"v{i}", window_id=f"period-{i}", stream="s", stats_uri="x",
+                verdict=verdict, example_count=10, scope="period",  # type: ignore[arg-type]
+                members=[MemberWindow(window_id=f"w{i}", data_uri="d", example_count=10)],
+            ),
+            0.0,
+        )  # fmt: skip
+    screen = io.StringIO()
+    monkeypatch.setattr(ops, "console", Console(file=screen, width=200))
+    demo = SimpleNamespace(progress=Progress(), tail=SimpleNamespace(state=loop),
+                           opts=SimpleNamespace(keep=False))  # fmt: skip
+    ops.summary(demo)
+    assert "3 judged (1 drifted or skewed), 0 windows" in screen.getvalue()
+    assert loop.judged_windows() == {"w0", "w1", "w2"} and loop.validations == {}
