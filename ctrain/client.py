@@ -123,21 +123,32 @@ class PromoterClient(_Api):
             raise
 
 
+def _model(model: str | None, **params: Any) -> dict[str, Any]:
+    return {**params, **({"model": model} if model else {})}
+
+
 class TriggerClient(_Api):
-    def decisions(self, count: int = 20) -> list[Any]:
-        return list(self.call("GET", "/v1/decisions", params={"count": count})["decisions"])
+    """The trigger's API; ``model`` may be left out where the trigger trains one model."""
 
-    def runs(self, count: int = 10) -> list[Any]:
-        return list(self.call("GET", "/v1/runs", params={"count": count})["runs"])
+    def decisions(self, count: int = 20, model: str | None = None) -> list[Any]:
+        params = _model(model, count=count)
+        return list(self.call("GET", "/v1/decisions", params=params)["decisions"])
 
-    def state(self) -> dict[str, Any]:
-        return dict(self.call("GET", "/v1/state"))
+    def runs(self, count: int = 10, model: str | None = None) -> list[Any]:
+        return list(self.call("GET", "/v1/runs", params=_model(model, count=count))["runs"])
+
+    def state(self, model: str | None = None) -> dict[str, Any]:
+        return dict(self.call("GET", "/v1/state", params=_model(model)))
 
     def run(self, run_id: str) -> dict[str, Any]:
         return dict(self.call("GET", f"/v1/runs/{run_id}"))
 
-    def train(self, reason: str) -> dict[str, Any]:
-        return dict(self.call("POST", "/v1/trigger", ok=(202, 409), json={"reason": reason}))
+    def train(self, reason: str, model: str | None = None) -> dict[str, Any]:
+        return dict(
+            self.call(
+                "POST", "/v1/trigger", ok=(202, 409), json={"reason": reason}, params=_model(model)
+            )
+        )
 
 
 class ValidatorClient(_Api):

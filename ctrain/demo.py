@@ -24,20 +24,21 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from ctrain import client, devstack
 from ctrain.loop import EventTail, LoopError, LoopState, auc_of, predict_stable
+from shared.config import load_config
 from shared.events import Event, ModelCandidate, PromotionEvent, TrainingRun, WindowClosed
 from shared.settings import CommonSettings
 
 T = TypeVar("T")
-MODEL = "taxi"
 TIME_COLUMN = "trip_start_timestamp"
 BUNDLED = Path(__file__).resolve().parents[1] / "examples/taxi/data/taxi_2013_2014.csv"
 
-# The demo's settings on top of the dev stack's taxi defaults: no cooldown (the drift
+# The demo's settings on top of the example's models file: no cooldown (the drift
 # right after the first model may retrain at once, and so may a retry after a
 # rejection); two epochs keep a run near a minute.
 DEMO_ENV = {
@@ -57,6 +58,8 @@ class DemoOptions:
     run_timeout_s: float = 1800
     predict_rows: int = 5
     model_module: str | None = None
+    # The models file (one model); default: the bundled taxi example's.
+    config: str = field(default_factory=devstack.bundled_config)
     # Called with the drift candidate instead of asking at the terminal (tests approve
     # through the API from here).
     # Returning False rejects it: the demo then waits for the trigger's next run.
@@ -71,6 +74,7 @@ class Progress:
     """What the demo itself is doing, next to what the loop published."""
 
     phase: str = "starting"
+    model: str = ""
     started: float = field(default_factory=time.time)
     replayed: int = 0
     replay_total: int = 0
@@ -127,19 +131,39 @@ class Demo:
         self.progress = Progress()
         self.tail: EventTail | None = None
         self.state: dict[str, Any] = {}
+        cfg = load_config(opts.config)
+        only = cfg.only()
+        if only is None:
+            raise LoopError(f"the demo runs one model; {opts.config} declares {len(cfg.models)}")
+        self.model = only
+        self.spec = cfg.models[only]
+        self.progress.model = only
+
+    def _config(self, d: Path) -> str:
+        """The models file the stack runs: the option's, with ``model_module`` swapped in."""
+        if not self.opts.model_module:
+            return self.opts.config
+        import yaml
+
+        raw = yaml.safe_load(Path(self.opts.config).read_text())
+        entry = raw["models"][self.model]
+        entry["module"] = str(Path(self.opts.model_module).resolve())
+        entry["schema"] = self.spec.schema_path
+        out = d / "ctrain.yaml"
+        out.write_text(yaml.safe_dump(raw, sort_keys=False))
+        return str(out)
 
     # ------------------------------------------------------------ set-up
     def start(self) -> None:
         for k, v in {**DEMO_ENV, **self.opts.extra_env}.items():
             os.environ.setdefault(k, v)
-        policy = "auto" if self.opts.auto_approve else "manual"
-        os.environ["CTRAIN_PROMOTER_DEFAULT_POLICY"] = policy
-        if self.opts.model_module:
-            os.environ["CTRAIN_TRIGGER_MODULE_PATH"] = self.opts.model_module
         d = devstack.state_dir()
         prepare_state_dir(d)
+        config = self._config(d)
+        policy = "auto" if self.opts.auto_approve else "manual"
+        os.environ["CTRAIN_PROMOTER_POLICIES"] = orjson.dumps({self.model: policy}).decode()
         self.progress.phase = "starting the stack"
-        self.state = devstack.up(echo=lambda m: self.say(f"[dim]{m}[/dim]"))
+        self.state = devstack.up(echo=lambda m: self.say(f"[dim]{m}[/dim]"), config=config)
         self.tail = EventTail(self.state["kafka"], on_event=self._on_event)
         self.tail.__enter__()
         procs = {p["name"]: p["address"] for p in self.state["procs"]}
@@ -303,12 +327,12 @@ class Demo:
         from shared.tfexample import rows_to_examples
 
         # The same typed columns ingest writes, so ints and floats match the model's spec.
-        schema = arrow_schema(example_spec(load_schema(self.state["schema"])))
+        schema = arrow_schema(example_spec(load_schema(self.spec.schema_path)))
         fields = [f for f in schema if f.name in rows.column_names]
         cols = [rows.column(f.name).cast(f.type) for f in fields]
         typed = pa.table(cols, schema=pa.schema(fields))
         examples = rows_to_examples(typed)
-        return predict_stable(self.state["serving_grpc"], MODEL, examples)
+        return predict_stable(self.state["serving_grpc"], self.model, examples)
 
     # ------------------------------------------------------------ the story
     def load(self) -> tuple[pa.Table, pa.Table]:

@@ -24,6 +24,8 @@ from typing import Any
 
 import orjson
 
+from shared import topics
+from shared.config import load_config
 from shared.kafka import ensure_topics
 from shared.settings import CommonSettings
 
@@ -163,7 +165,9 @@ def service_env(state: dict[str, Any]) -> dict[str, str]:
     env["CTRAIN_KAFKA_BOOTSTRAP"] = state["kafka"]
     env["CTRAIN_REDIS_URL"] = state["redis"]
     env["CTRAIN_ARTIFACT_ROOT"] = state["artifact_root"]
-    env["CTRAIN_SCHEMA"] = state["schema"]
+    # Every model, stream and policy comes from the models file: the dev stack
+    # applies no model's settings of its own.
+    env["CTRAIN_CONFIG"] = state["config"]
     if state.get("embedded_kafka"):
         env["CTRAIN_KAFKA_IDEMPOTENT"] = "false"
     for key in ("serving_grpc", "serving_rest", "serving_base"):
@@ -171,32 +175,12 @@ def service_env(state: dict[str, Any]) -> dict[str, str]:
             env[f"CTRAIN_{key.upper()}"] = state[key]
     if "tokens_file" in state:
         env.setdefault("CTRAIN_PROMOTER_TOKENS_FILE", state["tokens_file"])
-    for k, v in TAXI_DEFAULTS.items():
-        env.setdefault(k, v)
     return env
 
 
-# The bundled example's stream: event time from the data, quarter-year windows.
-TAXI_DEFAULTS = {
-    "CTRAIN_INGEST_STREAM": "taxi",
-    "CTRAIN_INGEST_EVENT_TIME_FIELD": "trip_start_timestamp",
-    "CTRAIN_INGEST_WINDOW_DURATION_S": str(91 * 86400),
-    "CTRAIN_INGEST_WINDOW_MAX_COUNT": "50000",
-    "CTRAIN_INGEST_ALLOWED_LATENESS_S": str(86400),
-    "CTRAIN_INGEST_IDLE_TIMEOUT_S": "5",
-    "CTRAIN_VALIDATOR_MODEL": "taxi",
-    "CTRAIN_TRIGGER_MODEL": "taxi",
-    "CTRAIN_TRIGGER_MODULE_PATH": str(
-        Path(__file__).resolve().parent.parent / "examples" / "taxi" / "model.py"
-    ),
-    "CTRAIN_TRIGGER_COOLDOWN_S": "60",
-    # The bundled sample holds about 1,100 trips a quarter: evaluate on at least one
-    # quarter (AUC standard error about 0.013), train on about three.
-    "CTRAIN_TRIGGER_MIN_TRAIN_EXAMPLES": "3000",
-    "CTRAIN_TRIGGER_MIN_EVAL_EXAMPLES": "1000",
-    # Calendar features differ between quarters by construction: not drift.
-    "CTRAIN_VALIDATOR_IGNORE_FEATURES": '["trip_start_timestamp", "trip_start_month"]',
-}
+def bundled_config() -> str:
+    """The bundled example's models file (the taxi trips): used when none is named."""
+    return str(Path(__file__).resolve().parent.parent / "examples" / "taxi" / "ctrain.yaml")
 
 
 def spawn_service(
@@ -297,12 +281,9 @@ def save_state(state: dict[str, Any]) -> None:
     os.replace(tmp, d / "dev.json")
 
 
-def default_schema() -> str:
-    here = Path(__file__).resolve().parent.parent / "examples" / "taxi" / "data" / "schema.pbtxt"
-    return str(here)
-
-
-def up(services: tuple[str, ...] = SERVICES, echo: Any = print) -> dict[str, Any]:
+def up(
+    services: tuple[str, ...] = SERVICES, echo: Any = print, config: str | None = None
+) -> dict[str, Any]:
     existing = load_state()
     if existing and any(Proc(**p).alive() for p in existing.get("procs", [])):
         raise DevStackError(
@@ -315,10 +296,14 @@ def up(services: tuple[str, ...] = SERVICES, echo: Any = print) -> dict[str, Any
     procs: list[Proc] = []
     state: dict[str, Any] = {
         "artifact_root": os.environ.get("CTRAIN_ARTIFACT_ROOT", str(d / "artifacts")),
-        "schema": os.environ.get("CTRAIN_SCHEMA", default_schema()),
+        "config": str(
+            Path(config or os.environ.get("CTRAIN_CONFIG") or bundled_config()).resolve()
+        ),
         "embedded_kafka": env_kafka is None,
         "procs": [],
     }
+    models = load_config(state["config"])  # a broken file stops here, before anything starts
+    echo(f"models {', '.join(models.models)}  (config {state['config']})")
     try:
         if env_kafka:
             state["kafka"] = env_kafka
@@ -341,7 +326,8 @@ def up(services: tuple[str, ...] = SERVICES, echo: Any = print) -> dict[str, Any
             redis_url=state["redis"],
             kafka_idempotent=not state["embedded_kafka"],
         )
-        created = asyncio.run(ensure_topics(common))
+        streams = tuple(m.topic for m in models.models.values() if m.topic not in topics.ALL)
+        created = asyncio.run(ensure_topics(common, topics.ALL + streams))
         echo(f"topics created: {', '.join(created) if created else '(all existed)'}")
         state["serving_base"] = os.environ.get("CTRAIN_SERVING_BASE", str(d / "serving"))
         state["tokens_file"] = write_tokens(d)

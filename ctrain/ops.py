@@ -16,6 +16,7 @@ from rich.table import Table
 
 from ctrain import client
 from ctrain.view import trigger_line
+from shared.config import CtrainConfig, load_config, pick_model
 
 console = Console()
 
@@ -71,7 +72,7 @@ def summary(d: Any) -> None:
     t.add_row("training runs", ", ".join(f"{r} ({loop.run_state(r)})" for r in loop.runs))
     for c in loop.candidates.values():
         t.add_row("candidate", f"{c.candidate_id}: {'blessed' if c.blessed else 'not blessed'}")
-    t.add_row("stable", f"v{loop.stable_version('taxi')}")
+    t.add_row("stable", f"v{loop.stable_version(p.model)}")
     if p.drift_started and p.stable_moved:
         t.add_row(
             "drift → stable",
@@ -85,11 +86,30 @@ def summary(d: Any) -> None:
         console.print("the stack is still up: `ctrain status`, `ctrain dev down` to stop it")
 
 
+def models_file(state: dict[str, Any] | None) -> CtrainConfig | None:
+    """The models file in force: ``CTRAIN_CONFIG``, else the dev stack's."""
+    import os
+
+    path = os.environ.get("CTRAIN_CONFIG") or (state or {}).get("config")
+    return load_config(path) if path else None
+
+
+def resolve(args: argparse.Namespace, state: dict[str, Any] | None) -> tuple[str, str]:
+    """(model, stream) a command means: ``--model``, else the file's only model."""
+    cfg = models_file(state)
+    model = pick_model(cfg, getattr(args, "model", None))
+    stream = getattr(args, "stream", None)
+    if not stream:
+        stream = cfg.models[model].stream if cfg and model in cfg.models else model
+    return model, stream
+
+
 def status(args: argparse.Namespace) -> int:
     """Windows, latest drift, runs, candidates and serving versions in one view."""
     from ctrain import devstack
 
     state = devstack.load_state()
+    args.model, args.stream = resolve(args, state)
     rows = devstack.status() if state else []
     if rows:
         t = Table("part", "address", "state", title="stack")
@@ -114,9 +134,9 @@ def status(args: argparse.Namespace) -> int:
     console.print(t)
     tc = client.trigger(state)
     try:
-        runs = tc.runs(args.runs)
-        decisions = tc.decisions(5)
-        trig = tc.state()
+        runs = tc.runs(args.runs, model=args.model)
+        decisions = tc.decisions(5, model=args.model)
+        trig = tc.state(model=args.model)
     finally:
         tc.close()
     console.print(f"trigger of {trig['model']}: {trigger_line(trig)}")
@@ -238,6 +258,9 @@ def _show(c: dict[str, Any]) -> None:
 
 
 def rollback(args: argparse.Namespace) -> int:
+    from ctrain import devstack
+
+    args.model, _ = resolve(args, devstack.load_state())
     pc = client.promoter("approver")
     try:
         out = pc.rollback(args.model, args.reason, args.version)
@@ -255,8 +278,8 @@ def add_parsers(sub: Any) -> None:
     dm.add_argument("--stop", action="store_true", help="stop the stack at the end")
     dm.set_defaults(func=demo)
     st = sub.add_parser("status", help="windows, drift, runs, candidates, serving in one view")
-    st.add_argument("--stream", default="taxi")
-    st.add_argument("--model", default="taxi")
+    st.add_argument("--model", help="default: the models file's only model")
+    st.add_argument("--stream", help="default: the model's stream")
     st.add_argument("--windows", type=int, default=8)
     st.add_argument("--runs", type=int, default=5)
     st.set_defaults(func=status)
@@ -269,7 +292,7 @@ def add_parsers(sub: Any) -> None:
     ca.add_argument("--wait", type=float, default=0, help="approve: wait N s for the promotion")
     ca.set_defaults(func=candidates)
     rb = sub.add_parser("rollback", help="move `stable` back to the previous (or a given) version")
-    rb.add_argument("--model", default="taxi")
+    rb.add_argument("--model", help="default: the models file's only model")
     rb.add_argument("--version", type=int)
     rb.add_argument("--reason", required=True, help="recorded in the audit trail")
     rb.set_defaults(func=rollback)

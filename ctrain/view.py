@@ -123,7 +123,7 @@ def demo_screen(progress: Any, loop: LoopState) -> RenderableType:
         f"[bold]ctrain demo[/bold] · {progress.phase} · {elapsed:,.0f}s · "
         f"replayed {progress.replayed:,}/{progress.replay_total:,} · "
         f"windows {len(loop.windows)} · dead letters {len(loop.dlq)} · "
-        f"stable v{loop.stable_version('taxi') or '-'}"
+        f"stable v{loop.stable_version(progress.model) or '-'}"
     )
     runs = progress.runs
     parts: list[RenderableType] = [

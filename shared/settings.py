@@ -105,6 +105,12 @@ class CommonSettings(StrictSettings):
         default="./artifacts",
         description="Root of the artifact store: a local path, or gs:// / s3:// via tf.io.gfile.",
     )
+    config_path: str = Field(
+        default="",
+        validation_alias="CTRAIN_CONFIG",
+        description="The models file (ctrain.yaml, docs/config.md): every model's stream, "
+        "schema, module and policies. Empty: one model from the environment alone.",
+    )
     schema_path: str = Field(
         default="",
         validation_alias="CTRAIN_SCHEMA",

@@ -11,6 +11,12 @@ TRAINING: Final = "ctrain.training"
 CANDIDATES: Final = "ctrain.candidates"
 PROMOTIONS: Final = "ctrain.promotions"
 
+
+def stream_topic(stream: str) -> str:
+    """The default topic of a stream declared in the configuration file."""
+    return f"{EXAMPLES}.{stream}"
+
+
 ALL: Final = (
     EXAMPLES,
     EXAMPLES_DLQ,

@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -19,28 +20,51 @@ from fastapi.responses import JSONResponse
 
 from services.ingest.core import Ingestor, dead_letter
 from services.ingest.decode import Decoder, DecoderConfig, Rejected
-from services.ingest.errors import BodyTooLarge, IngestError, NotReady
+from services.ingest.errors import BodyTooLarge, IngestError, NotReady, UnknownStream
 from services.ingest.kafka_io import ConsumeLoop, KafkaSink
 from services.ingest.metrics import IngestMetrics
 from services.ingest.settings import IngestSettings
+from services.ingest.streams import Streams
 from services.ingest.windowing import WindowPolicy
 from shared import topics
 from shared.artifacts import ArtifactStore
+from shared.config import config_of, model_settings
 from shared.kafka import make_consumer, make_producer
 from shared.metrics import metrics_endpoint, new_registry
 from shared.schema import example_spec, load_schema
-from shared.settings import CommonSettings
+from shared.settings import CommonSettings, SettingsError
 
 log = logging.getLogger(__name__)
 
 
-def decoder_from(common: CommonSettings, s: IngestSettings) -> Decoder:
-    if not common.schema_path:
-        from shared.settings import SettingsError
+@dataclass(frozen=True)
+class StreamSetup:
+    """One stream this process windows: where it arrives and how it is cut."""
 
-        raise SettingsError("ingest needs CTRAIN_SCHEMA (path of schema.pbtxt)")
+    stream: str
+    topic: str
+    schema_path: str
+    settings: IngestSettings
+
+
+def streams_from(common: CommonSettings, settings: IngestSettings) -> list[StreamSetup]:
+    """Every model's stream from the models file, or the one stream of the environment."""
+    cfg = config_of(common)
+    if cfg is None:
+        if not common.schema_path:
+            raise SettingsError(
+                "ingest needs CTRAIN_CONFIG (a models file) or CTRAIN_SCHEMA (path of schema.pbtxt)"
+            )
+        return [StreamSetup(settings.stream, topics.EXAMPLES, common.schema_path, settings)]
+    per = model_settings(cfg, settings, lambda m: m.windows.given())
+    return [
+        StreamSetup(m.stream, m.topic, m.schema_path, per[name]) for name, m in cfg.models.items()
+    ]
+
+
+def decoder_from(schema_path: str, s: IngestSettings) -> Decoder:
     return Decoder(
-        example_spec(load_schema(common.schema_path)),
+        example_spec(load_schema(schema_path)),
         DecoderConfig(
             max_bytes=s.max_example_bytes,
             reject_unknown=s.reject_unknown_features,
@@ -62,32 +86,44 @@ def policy_from(s: IngestSettings) -> WindowPolicy:
 def create_app(common: CommonSettings, settings: IngestSettings) -> FastAPI:
     registry = new_registry()
     metrics = IngestMetrics(registry)
-    decoder = decoder_from(common, settings)
+    setups = streams_from(common, settings)
+    decoders = {s.stream: decoder_from(s.schema_path, s.settings) for s in setups}
+    topic_of = {s.stream: s.topic for s in setups}
     store = ArtifactStore(common.artifact_root)
     state: dict[str, Any] = {}
+
+    def build(sink: KafkaSink) -> Streams:
+        return Streams(
+            {
+                s.topic: Ingestor(
+                    stream=s.stream,
+                    decoder=decoders[s.stream],
+                    policy=policy_from(s.settings),
+                    store=store,
+                    sink=sink,
+                    metrics=metrics,
+                    batch_rows=s.settings.batch_rows,
+                    idle_timeout_s=s.settings.idle_timeout_s,
+                )
+                for s in setups
+            }
+        )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         producer = make_producer(common)
         await producer.start()
         consumer = make_consumer(common, settings.group_id)
-        sink = KafkaSink(producer)
-        ingestor = Ingestor(
-            stream=settings.stream,
-            decoder=decoder,
-            policy=policy_from(settings),
-            store=store,
-            sink=sink,
-            metrics=metrics,
-            batch_rows=settings.batch_rows,
-            idle_timeout_s=settings.idle_timeout_s,
-        )
-        loop = ConsumeLoop(consumer, ingestor, settings.poll_max_records)
+        streams = build(KafkaSink(producer))
+        loop = ConsumeLoop(consumer, streams, settings.poll_max_records)
         loop.subscribe()
         await consumer.start()
         task = asyncio.create_task(loop.run(), name="ingest-poll")
         state.update(producer=producer, loop=loop, task=task)
-        log.info("ingest started", extra={"stream": settings.stream, "group": settings.group_id})
+        log.info(
+            "ingest started",
+            extra={"streams": {s.stream: s.topic for s in setups}, "group": settings.group_id},
+        )
         try:
             yield
         finally:
@@ -122,11 +158,22 @@ def create_app(common: CommonSettings, settings: IngestSettings) -> FastAPI:
         return JSONResponse({"status": "ok", "partitions": len(loop.ingestor.parts)})
 
     @app.post("/v1/examples")
-    async def post_examples(request: Request) -> JSONResponse:
-        """JSON lines in; valid lines go to ctrain.examples, invalid ones to the DLQ.
+    async def post_examples(request: Request, stream: str | None = None) -> JSONResponse:
+        """JSON lines in; valid lines go to the stream's topic, invalid ones to the DLQ.
 
         Answers with the outcome of every line, so a client knows which to fix.
+        ``stream`` may be left out when this ingest serves one stream.
         """
+        if stream is None and len(decoders) == 1:
+            stream = next(iter(decoders))
+        if stream not in decoders:
+            raise UnknownStream(
+                f"no stream {stream!r}; this ingest serves: {', '.join(sorted(decoders))}"
+                if stream
+                else f"name the stream (?stream=...): this ingest serves "
+                f"{', '.join(sorted(decoders))}"
+            )
+        decoder = decoders[stream]
         producer = state.get("producer")
         if producer is None:
             raise NotReady("ingest is starting; retry shortly")
@@ -150,7 +197,7 @@ def create_app(common: CommonSettings, settings: IngestSettings) -> FastAPI:
                 futures.append(await producer.send(topics.EXAMPLES_DLQ, letter.to_bytes()))
                 metrics.http_lines.labels("rejected").inc()
                 continue
-            futures.append(await producer.send(topics.EXAMPLES, line.strip()))
+            futures.append(await producer.send(topic_of[stream], line.strip()))
             accepted += 1
             metrics.http_lines.labels("accepted").inc()
         await asyncio.gather(*futures)

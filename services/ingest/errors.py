@@ -15,3 +15,9 @@ class BodyTooLarge(IngestError):
 
 class NotReady(IngestError):
     status_code = 503
+
+
+class UnknownStream(IngestError):
+    """A request named a stream this ingest does not serve."""
+
+    status_code = 404

@@ -13,7 +13,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 
-from services.ingest.core import Ingestor
+from services.ingest.streams import Streams
 from shared import topics
 from shared.events import DeadLetter, PartitionIdle, WindowClosed
 
@@ -58,9 +58,9 @@ class _Rebalance(ConsumerRebalanceListener):
 
 
 class ConsumeLoop:
-    """Polls ``ctrain.examples`` and hands each partition's batch to the core."""
+    """Polls every stream's topic and hands each partition's batch to its stream's core."""
 
-    def __init__(self, consumer: AIOKafkaConsumer, ingestor: Ingestor, max_records: int) -> None:
+    def __init__(self, consumer: AIOKafkaConsumer, ingestor: Streams, max_records: int) -> None:
         self.consumer = consumer
         self.ingestor = ingestor
         self.max_records = max_records
@@ -69,7 +69,7 @@ class ConsumeLoop:
         self.listener = _Rebalance(self)
 
     def subscribe(self) -> None:
-        self.consumer.subscribe([topics.EXAMPLES], listener=self.listener)
+        self.consumer.subscribe(self.ingestor.topics, listener=self.listener)
 
     async def run(self) -> None:
         self.running = True

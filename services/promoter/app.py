@@ -27,6 +27,7 @@ from services.promoter.metrics import PromoterMetrics
 from services.promoter.serving import ServingClient
 from services.promoter.settings import PromoterSettings
 from shared import topics
+from shared.config import CtrainConfig, config_of
 from shared.events import ModelCandidate, PromotionEvent
 from shared.kafka import health, make_router, one_event_at_a_time
 from shared.metrics import metrics_endpoint, new_registry
@@ -57,6 +58,26 @@ def smoke_examples(c: ModelCandidate, n: int) -> list[bytes]:
     return rows_to_examples(read_shard(c.eval_data_uri).slice(0, n))
 
 
+def gate_from(
+    cfg: CtrainConfig | None, settings: PromoterSettings
+) -> tuple[dict[str, str], frozenset[str], dict[str, frozenset[str]]]:
+    """Each model's gate: the models file's promotion section, then the environment's
+    POLICIES / TWO_APPROVERS on top (they name models, so they stay per model)."""
+    policies: dict[str, str] = {}
+    two: set[str] = set()
+    approvers: dict[str, frozenset[str]] = {}
+    for name, m in cfg.models.items() if cfg else []:
+        if m.promotion.policy:
+            policies[name] = m.promotion.policy
+        if m.promotion.two_approvers:
+            two.add(name)
+        if m.promotion.approvers:
+            approvers[name] = frozenset(m.promotion.approvers)
+    policies.update(settings.policies)
+    two.update(settings.two_approvers)
+    return policies, frozenset(two), approvers
+
+
 def create_app(common: CommonSettings, settings: PromoterSettings) -> FastAPI:
     registry = new_registry()
     metrics = PromoterMetrics(registry)
@@ -67,14 +88,16 @@ def create_app(common: CommonSettings, settings: PromoterSettings) -> FastAPI:
     async def publish(ev: PromotionEvent) -> None:
         await router.broker.publish(ev.to_bytes(), topic=topics.PROMOTIONS, key=ev.key)
 
+    policies, two, approvers = gate_from(config_of(common), settings)
     promoter = Promoter(
         redis=redis,
         serving=ServingClient(common.serving_grpc),
         config=PromoterConfig(
             serving_base=common.serving_base,
-            policies=dict(settings.policies),
+            policies=policies,
             default_policy=settings.default_policy,
-            two_approvers=frozenset(settings.two_approvers),
+            two_approvers=two,
+            approvers=approvers,
             available_timeout_s=settings.available_timeout_s,
             smoke_examples=settings.smoke_examples,
         ),

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
 from services.promoter.auth import Identity, TokenBook
-from services.promoter.errors import Conflict, NotFound, ServingError
+from services.promoter.errors import Conflict, Forbidden, NotFound, ServingError
 from services.promoter.metrics import PromoterMetrics
 from services.promoter.serving import ModelLayout, ServingClient
 from services.promoter.store import CandidateStore, Record
@@ -38,6 +38,8 @@ class PromoterConfig:
     policies: dict[str, str] = field(default_factory=dict)  # model -> auto | manual
     default_policy: str = "manual"
     two_approvers: frozenset[str] = frozenset()
+    # model -> identities allowed to decide on it (absent: any approver; an admin always may)
+    approvers: dict[str, frozenset[str]] = field(default_factory=dict)
     available_timeout_s: float = 120.0
     smoke_examples: int = 4
 
@@ -133,12 +135,21 @@ class Promoter:
         return rec
 
     # -------------------------------------------------------- approvals
+    def _may_decide(self, model: str, who: Identity) -> None:
+        allowed = self.config.approvers.get(model)
+        if allowed and who.role != "admin" and who.name not in allowed:
+            raise Forbidden(
+                f"{who.name} is not an approver of model {model!r} "
+                f"(its approvers: {', '.join(sorted(allowed))})"
+            )
+
     async def approve(self, cid: str, who: Identity, reason: str) -> Record:
         rec = await self._get(cid)
         if rec.state == "rejected":
             TokenBook.require(who, "admin")  # only an admin overrides the gate
         else:
             TokenBook.require(who, "approver")
+        self._may_decide(rec.candidate.model, who)
         if rec.state not in ("pending_approval", "rejected"):
             raise Conflict(f"candidate {cid} is {rec.state}; only pending_approval can be approved")
         if who.name in rec.approvals:
@@ -163,6 +174,7 @@ class Promoter:
     async def reject(self, cid: str, who: Identity, reason: str) -> Record:
         TokenBook.require(who, "approver")
         rec = await self._get(cid)
+        self._may_decide(rec.candidate.model, who)
         done, before = await self.store.transition(cid, "reject", who.name, reason)
         if not done:
             raise Conflict(f"candidate {cid} is {before}; it cannot be rejected")
@@ -271,6 +283,7 @@ class Promoter:
         self, model: str, who: Identity, reason: str, target: int | None
     ) -> dict[str, Any]:
         TokenBook.require(who, "approver")
+        self._may_decide(model, who)
         layout = (await self.layouts()).get(model)
         if not layout or "stable" not in layout["labels"]:
             raise NotFound(f"model {model!r} has no stable version to roll back")

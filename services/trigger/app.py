@@ -12,9 +12,10 @@ import logging
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Query
+from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 from faststream.kafka.fastapi import KafkaMessage
 from pydantic import BaseModel, Field, ValidationError
@@ -27,6 +28,7 @@ from services.trigger.pipeline import ComponentImages, compile_pipeline
 from services.trigger.settings import TriggerSettings
 from shared import topics
 from shared.artifacts import ArtifactStore
+from shared.config import config_of, model_settings
 from shared.events import Event, ModelCandidate, PromotionEvent, TrainingRun, WindowValidated
 from shared.kafka import health, make_router, one_event_at_a_time
 from shared.metrics import metrics_endpoint, new_registry
@@ -69,34 +71,92 @@ def policy_from(s: TriggerSettings) -> pol.Policy:
     )
 
 
+@dataclass(frozen=True)
+class ModelSetup:
+    """One model this trigger trains: its stream, code, schema and effective settings."""
+
+    model: str
+    stream: str
+    module_path: str
+    schema_path: str
+    settings: TriggerSettings
+
+
+def models_from(common: CommonSettings, settings: TriggerSettings) -> list[ModelSetup]:
+    cfg = config_of(common)
+    if cfg is None:
+        if not settings.module_path:
+            raise SettingsError(
+                "trigger needs CTRAIN_CONFIG (a models file) or CTRAIN_TRIGGER_MODULE_PATH "
+                "(the model module file)"
+            )
+        stream = settings.stream or settings.model
+        return [
+            ModelSetup(settings.model, stream, settings.module_path, common.schema_path, settings)
+        ]
+    per = model_settings(cfg, settings, lambda m: m.trigger.given())
+    return [
+        ModelSetup(name, m.stream, m.module, m.schema_path, per[name])
+        for name, m in cfg.models.items()
+    ]
+
+
+class UnknownModel(Exception):
+    """A request named no model of this trigger (HTTP 404), or none where several run (400)."""
+
+    def __init__(self, detail: str, status: int) -> None:
+        super().__init__(detail)
+        self.status = status
+
+
 def create_app(common: CommonSettings, settings: TriggerSettings) -> FastAPI:
-    if not settings.module_path:
-        raise SettingsError("trigger needs CTRAIN_TRIGGER_MODULE_PATH (the model module file)")
+    setups = models_from(common, settings)
     registry = new_registry()
     metrics = TriggerMetrics(registry)
     redis = make_redis(common)
     router = make_router(common)
+    backend = make_backend(settings)
+    store = ArtifactStore(common.artifact_root)
 
     async def publish(event: Event) -> None:
         topic = topics.CANDIDATES if isinstance(event, ModelCandidate) else topics.TRAINING
         assert isinstance(event, ModelCandidate | TrainingRun)
         await router.broker.publish(event.to_bytes(), topic=topic, key=event.key)
 
-    trigger = Trigger(
-        redis=redis,
-        store=ArtifactStore(common.artifact_root),
-        backend=make_backend(settings),
-        metrics=metrics,
-        config=TriggerConfig(
-            model=settings.model,
-            module_path=settings.module_path,
-            schema_path=common.schema_path,
-            policy=policy_from(settings),
-            epochs=settings.epochs,
-            blocking=tuple(settings.blocking_anomalies),
-        ),
-        publish=publish,
-    )
+    triggers = {
+        s.model: Trigger(
+            redis=redis,
+            store=store,
+            backend=backend,
+            metrics=metrics,
+            config=TriggerConfig(
+                model=s.model,
+                module_path=s.module_path,
+                schema_path=s.schema_path,
+                policy=policy_from(s.settings),
+                epochs=s.settings.epochs,
+                blocking=tuple(s.settings.blocking_anomalies),
+            ),
+            publish=publish,
+        )
+        for s in setups
+    }
+    # Validations are routed by their stream: another stream's drift is not this model's.
+    by_stream = {s.stream: triggers[s.model] for s in setups}
+
+    def pick(model: str | None) -> Trigger:
+        if model is None:
+            if len(triggers) == 1:
+                return next(iter(triggers.values()))
+            raise UnknownModel(
+                f"name the model (?model=...); this trigger trains {', '.join(sorted(triggers))}",
+                400,
+            )
+        if model not in triggers:
+            raise UnknownModel(
+                f"no model {model!r}; this trigger trains {', '.join(sorted(triggers))}", 404
+            )
+        return triggers[model]
 
     @one_event_at_a_time(router, topics.VALIDATIONS, settings.group_id)
     async def on_validation(msg: KafkaMessage) -> None:
@@ -106,9 +166,22 @@ def create_app(common: CommonSettings, settings: TriggerSettings) -> FastAPI:
             log.error("not a WindowValidated; skipped", extra={"err": str(e)})
             await msg.ack()
             return
+        trigger = by_stream.get(v.stream)
+        if trigger is None:
+            metrics.foreign.inc()
+            await msg.ack()
+            return
         d = await trigger.on_validation(v)
         if d is not None:
-            log.info("decision", extra={"window": v.window_id, "take": d.take, "why": d.reason})
+            log.info(
+                "decision",
+                extra={
+                    "model": trigger.config.model,
+                    "window": v.window_id,
+                    "take": d.take,
+                    "why": d.reason,
+                },
+            )
         await msg.ack()
 
     @one_event_at_a_time(router, topics.PROMOTIONS, settings.group_id)
@@ -119,61 +192,98 @@ def create_app(common: CommonSettings, settings: TriggerSettings) -> FastAPI:
             log.error("not a PromotionEvent; skipped", extra={"err": str(e)})
             await msg.ack()
             return
-        await trigger.on_promotion(ev)
+        if ev.model in triggers:
+            await triggers[ev.model].on_promotion(ev)
         await msg.ack()
 
     async def tick() -> None:
-        d = await trigger.tick()
-        if d is not None and d.take:
-            log.info("decision on a tick", extra={"why": d.reason})
+        for model, trigger in triggers.items():
+            d = await trigger.tick()
+            if d is not None and d.take:
+                log.info("decision on a tick", extra={"model": model, "why": d.reason})
+
+    def followers() -> list[asyncio.Task[None]]:
+        return [t for tr in triggers.values() for t in tr.followers.values()]
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with router.lifespan_context(app):
-            await trigger.resume()
+            for trigger in triggers.values():
+                await trigger.resume()
             ticker = asyncio.create_task(
                 every(settings.tick_s, tick, "deciding on a tick", metrics.tick_failures.inc)
             )
             yield
             ticker.cancel()
-            for task in list(trigger.followers.values()):
+            for task in followers():
                 task.cancel()  # the run goes on in its worker; a restart re-attaches
 
     app = FastAPI(title="ctrain trigger", version="0.1.0", lifespan=lifespan)
     app.include_router(router)
     app.add_route("/metrics", metrics_endpoint(registry), methods=["GET"])
 
+    @app.exception_handler(UnknownModel)
+    async def _unknown_model(_: Request, exc: UnknownModel) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, exc.status)
+
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
         reason = await health(redis, router.broker)
         if reason:
             return JSONResponse({"status": "down", "reason": reason}, 503)
-        return JSONResponse({"status": "ok", "runs_in_flight": len(trigger.followers)})
+        return JSONResponse(
+            {"status": "ok", "models": sorted(triggers), "runs_in_flight": len(followers())}
+        )
+
+    @app.get("/v1/models")
+    async def models() -> JSONResponse:
+        return JSONResponse(
+            {
+                "models": [
+                    {"model": s.model, "stream": s.stream, "module": s.module_path} for s in setups
+                ]
+            }
+        )
 
     @app.post("/v1/trigger")
-    async def manual(req: TriggerRequest) -> JSONResponse:
+    async def manual(req: TriggerRequest, model: str | None = None) -> JSONResponse:
+        trigger = pick(model)
         d, run_id = await trigger.manual(req.reason)
-        body: dict[str, Any] = {"started": d.take, "reason": d.reason, "run_id": run_id}
+        body: dict[str, Any] = {
+            "model": trigger.config.model,
+            "started": d.take,
+            "reason": d.reason,
+            "run_id": run_id,
+        }
         return JSONResponse(body, 202 if d.take else 409)
 
     @app.get("/v1/decisions")
-    async def decisions(count: int = 50) -> JSONResponse:
-        return JSONResponse({"model": settings.model, "decisions": await trigger.decisions(count)})
+    async def decisions(count: int = 50, model: str | None = None) -> JSONResponse:
+        trigger = pick(model)
+        return JSONResponse(
+            {"model": trigger.config.model, "decisions": await trigger.decisions(count)}
+        )
 
     @app.get("/v1/state")
-    async def state() -> JSONResponse:
-        return JSONResponse(await trigger.state_view())
+    async def state(model: str | None = None) -> JSONResponse:
+        return JSONResponse(await pick(model).state_view())
 
     @app.get("/v1/runs")
-    async def runs(count: Annotated[int, Query(ge=1, le=500)] = 20) -> JSONResponse:
-        return JSONResponse({"model": settings.model, "runs": await trigger.runs(count)})
+    async def runs(
+        count: Annotated[int, Query(ge=1, le=500)] = 20, model: str | None = None
+    ) -> JSONResponse:
+        trigger = pick(model)
+        return JSONResponse({"model": trigger.config.model, "runs": await trigger.runs(count)})
 
     @app.get("/v1/runs/{run_id}")
     async def run(run_id: str) -> JSONResponse:
-        view = await trigger.run(run_id)
-        if view is None:
-            return JSONResponse({"detail": f"no run {run_id!r} of model {settings.model!r}"}, 404)
-        return JSONResponse(view)
+        for trigger in triggers.values():
+            view = await trigger.run(run_id)
+            if view is not None:
+                return JSONResponse(view)
+        return JSONResponse(
+            {"detail": f"no run {run_id!r} of model(s) {', '.join(sorted(triggers))}"}, 404
+        )
 
-    app.state.trigger = trigger
+    app.state.triggers = triggers
     return app

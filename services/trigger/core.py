@@ -108,7 +108,7 @@ class Trigger:
         self.redis = redis
         self.store = store
         self.backend = backend
-        self.metrics = metrics
+        self.metrics = metrics.for_model(config.model)
         self.config = config
         self.publish = publish
         self.clock = clock

@@ -15,6 +15,11 @@ class TriggerSettings(StrictSettings):
 
     group_id: str = Field(default="ctrain-trigger", description="Kafka consumer group.")
     model: str = Field(default="default", description="Name of the model this trigger trains.")
+    stream: str = Field(
+        default="",
+        description="Stream whose validations this model follows (empty: the model's name). "
+        "Without a models file only; the file names each model's stream.",
+    )
     module_path: str = Field(
         default="", description="Model module file (preprocessing_fn, build_model, eval_config)."
     )

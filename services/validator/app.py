@@ -32,6 +32,7 @@ from services.validator.schemas import SchemaStore
 from services.validator.settings import ValidatorSettings
 from shared import topics
 from shared.artifacts import ArtifactStore
+from shared.config import config_of, model_settings
 from shared.events import PartitionIdle, WindowClosed, WindowValidated
 from shared.kafka import SourceOffsets, health, make_router, one_event_at_a_time
 from shared.metrics import metrics_endpoint, new_registry
@@ -49,10 +50,10 @@ def _partition_idle(body: bytes) -> PartitionIdle | None:
         return None
 
 
-def config_from(s: ValidatorSettings) -> ValidatorConfig:
+def config_from(s: ValidatorSettings, model: str | None = None) -> ValidatorConfig:
     return ValidatorConfig(
         min_examples=s.min_examples,
-        model=s.model,
+        model=model or s.model,
         baseline_window=s.baseline_window,
         environment=s.environment,
         defaults=checks.Defaults(
@@ -79,14 +80,23 @@ def create_app(common: CommonSettings, settings: ValidatorSettings) -> FastAPI:
     redis = make_redis(common)
     offsets = SourceOffsets(common)
 
+    cfg = config_of(common)
+    per_stream: dict[str, ValidatorConfig] = {}
+    schemas: dict[str, str] = {}
+    if cfg is not None:
+        per = model_settings(cfg, settings, lambda m: m.validation.given())
+        for name, m in cfg.models.items():
+            per_stream[m.stream] = config_from(per[name], model=name)
+            schemas[m.stream] = m.schema_path
     validator = Validator(
         store=store,
-        schemas=SchemaStore(store, common.schema_path),
+        schemas=SchemaStore(store, common.schema_path, schemas),
         index=RedisWindowIndex(redis),
         metrics=metrics,
         config=config_from(settings),
         redis=redis,
         end_offsets=offsets.end_offsets,
+        per_stream=per_stream,
     )
     router = make_router(common)
 

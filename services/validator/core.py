@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -77,15 +77,21 @@ class Validator:
         config: ValidatorConfig,
         redis: Redis | None = None,
         end_offsets: EndOffsets | None = None,
+        per_stream: Mapping[str, ValidatorConfig] | None = None,
     ) -> None:
         self.store = store
         self.schemas = schemas
         self.index = index
         self.metrics = metrics
         self.config = config
+        # A models file gives each stream its own thresholds, policy and model.
+        self.per_stream = dict(per_stream or {})
         self.redis = redis
         self.end_offsets = end_offsets
         self._book_lock = asyncio.Lock()
+
+    def cfg(self, stream: str) -> ValidatorConfig:
+        return self.per_stream.get(stream, self.config)
 
     # ----------------------------------------------------------- layout
     def dir(self, stream: str, window_id: str) -> str:
@@ -111,10 +117,11 @@ class Validator:
             self.metrics.duplicates.inc()
             return done
         t0 = time.perf_counter()
+        cfg = self.cfg(ev.stream)
         stats = await asyncio.to_thread(self._window_stats, ev)
         schema = await asyncio.to_thread(self.schemas.ensure, ev.stream, stats)
         anomalies = await asyncio.to_thread(
-            checks.find_anomalies, stats, schema, self.config.policy, self.config.environment
+            checks.find_anomalies, stats, schema, cfg.policy, cfg.environment
         )
         start_ms, end_ms = _ms(ev)
         stats_uri = f"{self.dir(ev.stream, ev.window_id)}/stats.pb"
@@ -131,7 +138,7 @@ class Validator:
             window_id=ev.window_id,
             stream=ev.stream,
             stats_uri=stats_uri,
-            verdict=checks.verdict(ev.example_count, self.config.min_examples, anomalies, features),
+            verdict=checks.verdict(ev.example_count, cfg.min_examples, anomalies, features),
             example_count=ev.example_count,
             features=features,
             anomalies=anomalies,
@@ -161,13 +168,14 @@ class Validator:
         return statistics_in_memory(table)
 
     async def _skew_baseline(self, stream: str, window_id: str) -> tuple[list[WindowRef], str]:
-        serving = await self.index.serving_windows(self.config.model)
+        cfg = self.cfg(stream)
+        serving = await self.index.serving_windows(cfg.model)
         if serving:
             refs = [r for r in [await self.index.get(w) for w in serving] if r is not None]
-            return refs, f"serving:{self.config.model}"
-        if self.config.baseline_window:
-            ref = await self.index.get(self.config.baseline_window)
-            return ([ref] if ref else []), f"window:{self.config.baseline_window}"
+            return refs, f"serving:{cfg.model}"
+        if cfg.baseline_window:
+            ref = await self.index.get(cfg.baseline_window)
+            return ([ref] if ref else []), f"window:{cfg.baseline_window}"
         first = await self.index.first(stream)
         return first, "first-window"
 
@@ -186,7 +194,7 @@ class Validator:
         baseline_id = ids[0] if len(ids) == 1 else stable_id("base", *ids)
         return (
             checks.measure(
-                dataset(stats), dataset(base), schema, kind, baseline_id, self.config.defaults
+                dataset(stats), dataset(base), schema, kind, baseline_id, self.cfg(stream).defaults
             ),
             baseline_id,
         )
@@ -322,7 +330,8 @@ class Validator:
                     )
             partitions, ends = await self._partitions(sorted(topics))
             outbox = list(book.outbox)
-            grace = self.config.period_grace_s
+            cfg = self.cfg(stream)
+            grace = cfg.period_grace_s
             for period in per.complete(book, partitions, now, grace, ends):
                 prev_last = list(book.last)
                 for unit in per.judge(
@@ -330,8 +339,8 @@ class Validator:
                     stream,
                     period,
                     partitions,
-                    self.config.min_examples,
-                    self.config.max_group_periods,
+                    cfg.min_examples,
+                    cfg.max_group_periods,
                     ends,
                 ):
                     await self._judge_unit(stream, unit, prev_last)
@@ -354,10 +363,11 @@ class Validator:
         refs = [r for r in [await self.index.get(m) for m in unit.members] if r is not None]
         if not refs:
             raise UnknownWindow(f"period {unit.unit_id}: none of its windows is indexed")
+        cfg = self.cfg(stream)
         stats = await asyncio.to_thread(self._baseline_stats, refs, stream)
         schema = await asyncio.to_thread(self.schemas.ensure, stream, stats)
         anomalies = await asyncio.to_thread(
-            checks.find_anomalies, stats, schema, self.config.policy, self.config.environment
+            checks.find_anomalies, stats, schema, cfg.policy, cfg.environment
         )
         last = [r for r in [await self.index.get(m) for m in prev_last] if r is not None]
         drift_refs = last or await self.index.predecessors(stream, unit.start_ms)
@@ -371,7 +381,7 @@ class Validator:
             window_id=unit.unit_id,
             stream=stream,
             stats_uri=f"{self.dir(stream, unit.unit_id)}/stats.pb",
-            verdict=checks.verdict(unit.count, self.config.min_examples, anomalies, features),
+            verdict=checks.verdict(unit.count, cfg.min_examples, anomalies, features),
             example_count=unit.count,
             features=features,
             anomalies=anomalies,

@@ -15,9 +15,13 @@ from shared.schema import load_schema
 
 
 class SchemaStore:
-    def __init__(self, store: ArtifactStore, curated_path: str = "") -> None:
+    def __init__(
+        self, store: ArtifactStore, curated_path: str = "", per_stream: dict[str, str] | None = None
+    ) -> None:
         self.store = store
         self.curated = load_schema(curated_path) if curated_path else None
+        # A models file names each stream's own curated schema.
+        self.per_stream = {s: load_schema(p) for s, p in (per_stream or {}).items()}
 
     def _dir(self, stream: str) -> str:
         return self.store.uri("schemas", stream)
@@ -27,6 +31,8 @@ class SchemaStore:
         return int(self.store.read_bytes(uri)) if self.store.exists(uri) else None
 
     def load(self, stream: str) -> schema_pb2.Schema | None:
+        if stream in self.per_stream:
+            return self.per_stream[stream]
         if self.curated is not None:
             return self.curated
         v = self.current_version(stream)
