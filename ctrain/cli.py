@@ -53,10 +53,26 @@ def _common_from_dev() -> object:
     return CommonSettings(**kwargs)
 
 
+def _replay_topic(args: argparse.Namespace) -> str:
+    """``--topic``, else the topic of ``--model`` (or of the models file's only model)."""
+    from ctrain import devstack
+    from ctrain.ops import models_file
+    from shared import topics
+    from shared.config import pick_model
+
+    if args.topic:
+        return str(args.topic)
+    cfg = models_file(devstack.load_state())
+    if cfg is None:
+        return topics.EXAMPLES
+    return cfg.models[pick_model(cfg, args.model)].topic
+
+
 def _replay(args: argparse.Namespace) -> int:
     from ctrain.replay import replay
 
     settings = _common_from_dev()
+    topic = _replay_topic(args)
     with Progress(
         TextColumn("[bold]replay"),
         BarColumn(),
@@ -85,6 +101,7 @@ def _replay(args: argparse.Namespace) -> int:
                 limit=args.limit,
                 repeat=args.repeat,
                 key_column=args.key_column,
+                topic=topic,
                 progress=progress,
             )
         )
@@ -170,8 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     dev = sub.add_parser("dev", help="the embedded dev stack")
     dev.add_argument("action", choices=["up", "down", "status"])
     dev.set_defaults(func=_dev)
-    rp = sub.add_parser("replay", help="stream a CSV/Parquet/JSON-lines file into ctrain.examples")
+    rp = sub.add_parser("replay", help="stream a CSV/Parquet/JSON-lines file into a model's stream")
     rp.add_argument("path")
+    rp.add_argument("--model", help="send to this model's topic (default: the file's only model)")
+    rp.add_argument("--topic", help="send to this topic (overrides --model)")
     rp.add_argument("--time-column", help="send rows in this column's order (event time)")
     rp.add_argument("--rate", type=float, help="examples per second")
     rp.add_argument("--speedup", type=float, help="replay the data's own clock this much faster")

@@ -1,0 +1,208 @@
+"""Two streams and two models through one stack (issue: any stream, any model).
+
+The taxi trips and a machine-sensor stream the test generates (its own schema and a
+module written from docs/models.md) are replayed at the same time into one
+deployment of the four services, configured by one models file. Each model trains
+only on its own stream's windows, both are promoted and serve side by side, and
+drift in the sensor stream starts a sensor run and nothing for taxi.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from ctrain import client, devstack
+from ctrain.loop import EventTail, LoopState, predict_stable
+from ctrain.replay import read_table, replay
+from services.ingest.shard import arrow_schema
+from shared.config import load_config
+from shared.schema import example_spec, load_schema
+from shared.settings import CommonSettings
+from shared.tfexample import rows_to_examples
+from tests.conftest import ROOT, TAXI_CSV
+
+pytestmark = pytest.mark.e2e
+SENSORS = Path(__file__).resolve().parent / "sensors"
+DAY = 86_400
+START = 1_704_067_200  # 2024-01-01
+
+
+def sensor_days(first: int, days: int, shifted: bool, seed: int) -> pa.Table:
+    """``days`` days of readings; ``shifted`` moves temperature and the site mix."""
+    rng = random.Random(seed)
+    sites, weights = ["north", "south", "east"], [0.5, 0.3, 0.2]
+    if shifted:
+        weights = [0.15, 0.25, 0.6]
+    rows: dict[str, list[Any]] = {k: [] for k in ("site", "temperature", "vibration", "ts")}
+    rows["failure"] = []
+    for d in range(first, first + days):
+        for i in range(700):
+            site = rng.choices(sites, weights)[0]
+            temp = rng.gauss(72.0 + (9.0 if shifted else 0.0), 6.0)
+            vib = rng.gauss(1.0, 0.3)
+            z = (
+                0.35 * (temp - 72.0) / 6.0
+                + 2.0 * (vib - 1.0) / 0.3
+                + (0.8 if site == "east" else 0)
+            )
+            rows["failure"].append(int(rng.random() < 1 / (1 + math.exp(-(z - 1.0)))))
+            rows["site"].append(site)
+            rows["temperature"].append(temp)
+            rows["vibration"].append(vib)
+            rows["ts"].append(START + d * DAY + int(i * DAY / 700))
+    return pa.table(rows)
+
+
+def models_file(tmp: Path) -> Path:
+    taxi = ROOT / "examples" / "taxi"
+    f = tmp / "ctrain.yaml"
+    f.write_text(
+        f"""
+version: 1
+models:
+  taxi:
+    stream: taxi
+    topic: ctrain.examples
+    schema: {taxi / "data/schema.pbtxt"}
+    module: {taxi / "model.py"}
+    windows: {{event_time_field: trip_start_timestamp, window_duration_s: 7862400,
+               allowed_lateness_s: 86400, idle_timeout_s: 5}}
+    validation: {{ignore_features: [trip_start_timestamp, trip_start_month]}}
+    trigger: {{cooldown_s: 0, epochs: 1, min_train_examples: 3000, min_eval_examples: 1000}}
+    promotion: {{policy: auto}}
+  sensors:
+    stream: sensors
+    schema: {SENSORS / "schema.pbtxt"}
+    module: {SENSORS / "model.py"}
+    windows: {{event_time_field: ts, window_duration_s: 86400, allowed_lateness_s: 3600,
+               idle_timeout_s: 5}}
+    validation: {{ignore_features: [ts]}}
+    trigger: {{cooldown_s: 0, epochs: 2, consecutive: 2, min_train_examples: 2000,
+               min_eval_examples: 1000}}
+    promotion: {{policy: auto}}
+"""
+    )
+    return f
+
+
+def stream_of(loop: LoopState, window_ids: list[str]) -> set[str]:
+    """Streams of the windows a run names (periods name their member windows)."""
+    members = {p.window_id: [m.window_id for m in p.members] for p in loop.periods.values()}
+    ids = [m for w in window_ids for m in members.get(w, [w])]
+    return {loop.windows[w].stream for w in ids if w in loop.windows}
+
+
+def predict(state: dict[str, Any], model: str, schema_path: str, rows: pa.Table) -> list[float]:
+    schema = arrow_schema(example_spec(load_schema(schema_path)))
+    fields = [f for f in schema if f.name in rows.column_names]
+    typed = pa.table([rows.column(f.name).cast(f.type) for f in fields], schema=pa.schema(fields))
+    version, scores = predict_stable(state["serving_grpc"], model, rows_to_examples(typed))
+    assert version >= 1
+    return scores
+
+
+@pytest.mark.timeout(1500)
+def test_two_streams_two_models_one_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CTRAIN_DEV_STATE_DIR", str(tmp_path / "dev"))
+    config = models_file(tmp_path)
+    cfg = load_config(config)
+    taxi = read_table(TAXI_CSV)
+    years = pa.compute.year(  # type: ignore[attr-defined]
+        pa.compute.cast(taxi.column("trip_start_timestamp"), pa.timestamp("s"))  # type: ignore[attr-defined]
+    )
+    taxi_2013 = taxi.filter(pa.compute.equal(years, 2013))  # type: ignore[attr-defined]
+    calm = sensor_days(0, 8, shifted=False, seed=1)
+    moved = sensor_days(8, 4, shifted=True, seed=2)
+
+    state = devstack.up(echo=lambda m: None, config=str(config))
+    tail = EventTail(state["kafka"])
+    tail.__enter__()
+    try:
+        common = CommonSettings(kafka_bootstrap=state["kafka"], kafka_idempotent=False)
+
+        async def both() -> None:
+            await asyncio.gather(
+                replay(common, taxi_2013, time_column="trip_start_timestamp",
+                       topic=cfg.models["taxi"].topic),
+                replay(common, calm, time_column="ts", topic=cfg.models["sensors"].topic),
+            )  # fmt: skip
+
+        asyncio.run(both())
+        expected = taxi_2013.num_rows + calm.num_rows
+
+        def settled(s: LoopState) -> bool:
+            return (
+                s.examples_accounted() >= expected
+                and set(s.validations) >= set(s.windows)
+                and s.judged_windows() >= set(s.windows)
+            )
+
+        tail.wait_for(settled, 300, "both streams windowed and judged")
+        streams = {w.stream for w in tail.state.windows.values()}
+        assert streams == {"taxi", "sensors"}
+        assert not tail.state.dlq, tail.state.dlq[:3]
+
+        tc = client.trigger(state)
+        try:
+            first = {m: tc.train("first model", model=m)["run_id"] for m in ("taxi", "sensors")}
+        finally:
+            tc.close()
+        assert all(first.values()), first
+
+        def both_serving(s: LoopState) -> bool:
+            return all(s.stable_version(m) for m in ("taxi", "sensors"))
+
+        tail.wait_for(both_serving, 900, "both first models promoted")
+        pc = client.promoter("viewer", state)
+        try:
+            views = {m: pc.model(m) for m in ("taxi", "sensors")}
+        finally:
+            pc.close()
+        for m, view in views.items():
+            assert view is not None and "stable" in view["labels"], (m, view)
+        taxi_scores = predict(state, "taxi", cfg.models["taxi"].schema_path, taxi_2013.slice(0, 4))
+        sensor_scores = predict(state, "sensors", cfg.models["sensors"].schema_path, moved[:4])
+        assert len(taxi_scores) == 4 and len(sensor_scores) == 4
+        assert all(0 <= p <= 1 for p in taxi_scores + sensor_scores)
+
+        # Drift in the sensor stream: a sensor run, nothing for taxi.
+        taxi_runs = {r for r, evs in tail.state.runs.items() if evs[0].model == "taxi"}
+        asyncio.run(replay(common, moved, time_column="ts", topic=cfg.models["sensors"].topic))
+
+        def sensor_drift_run(s: LoopState) -> str | None:
+            return next(
+                (
+                    r
+                    for r, evs in s.runs.items()
+                    if evs[0].model == "sensors" and evs[0].reason in ("drift", "skew")
+                ),
+                None,
+            )
+
+        tail.wait_for(sensor_drift_run, 300, "a drift run of the sensor model")
+        tail.wait_for(
+            lambda s: (
+                s.examples_accounted() >= expected + moved.num_rows
+                and s.judged_windows() >= set(s.windows)
+            ),
+            300,
+            "the drifted days judged",
+        )
+        loop = tail.state
+        assert {r for r, evs in loop.runs.items() if evs[0].model == "taxi"} == taxi_runs
+        for run_id, evs in loop.runs.items():
+            model = evs[0].model
+            assert stream_of(loop, evs[0].windows) == {cfg.models[model].stream}, (run_id, model)
+        for c in loop.candidates.values():
+            assert stream_of(loop, c.eval_windows) <= {cfg.models[c.model].stream}
+        assert not loop.conflicts, loop.conflicts
+    finally:
+        tail.stop()
+        devstack.down(echo=lambda m: None)
