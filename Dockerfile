@@ -57,14 +57,15 @@ RUN groupadd --system --gid ${UID} ctrain \
  && mkdir -p /app /artifacts /models \
  && chown ctrain:ctrain /artifacts /models
 WORKDIR /app
-# The bundled example: its schema (CTRAIN_SCHEMA) and model module
-# (CTRAIN_TRIGGER_MODULE_PATH). The replay CSV stays out (.dockerignore).
+# The bundled example: its models file (CTRAIN_CONFIG), schema and model module.
+# The replay CSV stays out (.dockerignore).
+COPY --chown=root:root examples/taxi/ctrain.yaml /app/examples/taxi/ctrain.yaml
 COPY --chown=root:root examples/taxi/data/schema.pbtxt /app/examples/taxi/data/schema.pbtxt
 COPY --chown=root:root examples/taxi/model.py /app/examples/taxi/model.py
 COPY --chown=root:root deploy/docker/healthz.py /usr/local/bin/ctrain-healthz
 ENV CTRAIN_ARTIFACT_ROOT=/artifacts \
     CTRAIN_SERVING_BASE=/models \
-    CTRAIN_SCHEMA=/app/examples/taxi/data/schema.pbtxt \
+    CTRAIN_CONFIG=/app/examples/taxi/ctrain.yaml \
     CTRAIN_LOG_JSON=true
 STOPSIGNAL SIGTERM
 
@@ -108,8 +109,7 @@ RUN uv pip install -p /opt/venv/bin/python --no-deps .
 FROM runtime AS trigger
 COPY --from=build-trigger /opt/venv /opt/venv
 USER 10001:10001
-ENV CTRAIN_TRIGGER_HTTP_HOST=0.0.0.0 CTRAIN_TRIGGER_HTTP_PORT=8083 \
-    CTRAIN_TRIGGER_MODULE_PATH=/app/examples/taxi/model.py
+ENV CTRAIN_TRIGGER_HTTP_HOST=0.0.0.0 CTRAIN_TRIGGER_HTTP_PORT=8083
 EXPOSE 8083
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
     CMD ["python", "/usr/local/bin/ctrain-healthz", "trigger"]

@@ -167,11 +167,13 @@ def _pipeline(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ctrain import client
+    from ctrain import client, devstack
+    from ctrain.ops import resolve
 
+    model, _ = resolve(args, devstack.load_state())
     tc = client.trigger()
     try:
-        body = tc.train(args.reason)
+        body = tc.train(args.reason, model=model)
     finally:
         tc.close()
     if body["started"]:
@@ -215,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.set_defaults(func=_pipeline)
     tr = sub.add_parser("train", help="ask the trigger for a training run now")
     tr.add_argument("--reason", default="manual request from ctrain train")
+    tr.add_argument("--model", help="default: the models file's only model")
     tr.set_defaults(func=_train)
     from ctrain.backtest_cmd import add_parser as add_backtest
     from ctrain.ops import add_parsers

@@ -26,7 +26,7 @@ from services.trigger.core import Trigger, TriggerConfig
 from services.trigger.metrics import TriggerMetrics
 from services.trigger.pipeline import ComponentImages, compile_pipeline
 from services.trigger.settings import TriggerSettings
-from shared import topics
+from shared import contract, topics
 from shared.artifacts import ArtifactStore
 from shared.config import config_of, model_settings
 from shared.events import Event, ModelCandidate, PromotionEvent, TrainingRun, WindowValidated
@@ -34,6 +34,7 @@ from shared.kafka import health, make_router, one_event_at_a_time
 from shared.metrics import metrics_endpoint, new_registry
 from shared.periodic import every
 from shared.redis import make_redis
+from shared.schema import SchemaError, load_schema
 from shared.settings import CommonSettings, SettingsError
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,16 @@ def models_from(common: CommonSettings, settings: TriggerSettings) -> list[Model
     ]
 
 
+def check_models(setups: list[ModelSetup]) -> None:
+    """Refuse to start on a module or schema that breaks the contract (docs/models.md):
+    a broken module is reported now, not by a failed step minutes into a run."""
+    for s in setups:
+        try:
+            contract.check(s.module_path, load_schema(s.schema_path) if s.schema_path else None)
+        except (contract.ContractError, SchemaError) as e:
+            raise SettingsError(f"model {s.model!r}: {e}") from e
+
+
 class UnknownModel(Exception):
     """A request named no model of this trigger (HTTP 404), or none where several run (400)."""
 
@@ -111,6 +122,7 @@ class UnknownModel(Exception):
 
 def create_app(common: CommonSettings, settings: TriggerSettings) -> FastAPI:
     setups = models_from(common, settings)
+    check_models(setups)
     registry = new_registry()
     metrics = TriggerMetrics(registry)
     redis = make_redis(common)

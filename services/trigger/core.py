@@ -9,11 +9,13 @@ and the decision log.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -315,12 +317,18 @@ class Trigger:
         baseline = await self.redis.get(serving_model_key(self.config.model))
         candidate_id = stable_id("cand", run_id)
         run_dir = self.store.uri("runs", run_id)
+        # The run reads its own copy of the module and schema from the artifact store
+        # (a KFP pod has no access to the trigger's disk), and the copy is the lineage.
+        module_uri, module_sha = await asyncio.to_thread(
+            self._snapshot, self.config.module_path, run_dir
+        )
+        schema_uri, _ = await asyncio.to_thread(self._snapshot, self.config.schema_path, run_dir)
         params = {
             "run_dir": run_dir,
             "windows_json": orjson.dumps(train_uris).decode(),
             "eval_json": orjson.dumps(eval_uris).decode(),
-            "schema_path": self.config.schema_path,
-            "module_path": self.config.module_path,
+            "schema_path": schema_uri,
+            "module_path": module_uri,
             "model_dir": self.store.uri("models", self.config.model, candidate_id),
             "baseline_model": _text(baseline),
             "blocking_json": orjson.dumps(list(self.config.blocking)).decode(),
@@ -345,6 +353,7 @@ class Trigger:
             "eval_periods": [w.window_id for w in d.evaluation],
             "train_examples": d.train_examples,
             "eval_examples": d.eval_examples,
+            "module_sha256": module_sha,
             "params": params,
             "submitted_at": self.clock(),
         }
@@ -358,6 +367,14 @@ class Trigger:
         await self.publish(self._run_event(meta, "submitted", backend_run_id))
         self.followers[run_id] = asyncio.create_task(self._follow(meta, backend_run_id))
         return run_id
+
+    def _snapshot(self, path: str, run_dir: str) -> tuple[str, str]:
+        """Copy ``path`` into the run's directory; (its URI there, sha256 of its bytes)."""
+        data = Path(path).read_bytes()
+        uri = f"{run_dir}/inputs/{Path(path).name}"
+        if not self.store.exists(uri):
+            self.store.write_bytes(uri, data)
+        return uri, hashlib.sha256(data).hexdigest()
 
     def _run_event(
         self, meta: dict[str, Any], state: str, backend_run_id: str | None, **kw: Any

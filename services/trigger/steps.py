@@ -29,14 +29,13 @@ functions so that importing this module stays cheap.
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import math
 import os
-import sys
 import types
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
+
+from shared import contract
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -73,33 +72,29 @@ class BlockingAnomalies(StepError):
 
 
 def load_module(module_path: str) -> types.ModuleType:
-    """Import a model module file by path.
+    """The model module, checked against the contract (``shared.contract``).
 
-    Registered in ``sys.modules`` under a name derived from the path so that
-    objects defined in it can be pickled by reference within this process.
+    A run reads the copy the trigger put in its directory; on an object store
+    (a KFP pod) that copy is fetched to local disk first.
     """
-    path = os.path.abspath(module_path)
-    if not os.path.isfile(path):
-        raise StepError(f"model module {path} does not exist")
-    name = "ctrain_model_" + hashlib.sha256(path.encode()).hexdigest()[:12]
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise StepError(f"cannot import model module {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
+    if "://" in module_path:
+        module_path = _local_copy(module_path)
     try:
-        spec.loader.exec_module(module)
-    except Exception as e:
-        del sys.modules[name]
-        raise StepError(f"model module {path} failed to import: {e}") from e
-    missing = [
-        n
-        for n in ("LABEL_KEY", "RAW_LABEL_FEATURES", "preprocessing_fn", "build_model")
-        if not hasattr(module, n)
-    ]
-    if missing:
-        raise StepError(f"model module {path} lacks {', '.join(missing)}")
-    return module
+        return contract.check(module_path)
+    except contract.ContractError as e:
+        raise StepError(str(e)) from e
+
+
+def _local_copy(uri: str) -> str:
+    import tempfile
+
+    from shared.artifacts import ArtifactStore
+
+    data = ArtifactStore(uri.rsplit("/", 1)[0]).read_bytes(uri)
+    path = os.path.join(tempfile.mkdtemp(prefix="ctrain-module-"), uri.rsplit("/", 1)[1])
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
 
 
 def raw_examples(table: pa.Table, drop: Iterable[str] = ()) -> list[bytes]:
@@ -207,7 +202,7 @@ def validate_data(
     from services.validator.stats import statistics_in_memory
     from shared.schema import load_schema
 
-    schema = load_schema(schema_path)
+    schema = load_schema(_local_copy(schema_path) if "://" in schema_path else schema_path)
     table = read_shard(data_uri)
     stats = statistics_in_memory(table, schema)
     os.makedirs(out_dir, exist_ok=True)
@@ -265,7 +260,7 @@ def transform(
     from shared.schema import load_schema
 
     module = load_module(module_path)
-    schema = load_schema(schema_path)
+    schema = load_schema(_local_copy(schema_path) if "://" in schema_path else schema_path)
     train_records = raw_examples(read_shard(train_uri))
     eval_records = raw_examples(read_shard(eval_uri))
     if not train_records:

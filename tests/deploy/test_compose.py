@@ -197,3 +197,11 @@ def test_dockerfile_base_and_modelserver() -> None:
     ignore = (ROOT / ".dockerignore").read_text()
     for src in re.findall(r"^COPY (?!--from)(?:--\S+ )*(\S+) ", text, re.M):
         assert f"!{src}" in ignore or f"!{src}/**" in ignore, src
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_every_service_mounts_the_example_models_file(name: str) -> None:
+    svc = compose()["services"][name]
+    target = compose_env(svc)["CTRAIN_CONFIG"]
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in svc["volumes"]}
+    assert mounts[target] == "./examples/taxi/ctrain.yaml"

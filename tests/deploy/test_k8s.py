@@ -378,3 +378,22 @@ def test_dashboards_and_compose_prometheus_job_names_agree() -> None:
     jobs = {j["job_name"] for j in prom["scrape_configs"]}
     assert {f"ctrain-{n}" for n in SERVICES} | {"tf-serving"} <= jobs
     assert ROOT.joinpath("deploy/prometheus/rules.yml").is_file()
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_every_service_mounts_the_models_file(overlay: str, name: str) -> None:
+    """One models ConfigMap, mounted where CTRAIN_CONFIG points, valid as a models file."""
+    from shared.config import parse_config
+
+    path = Path(container_env(overlay, name)["CTRAIN_CONFIG"])
+    mounts = {m["name"]: m["mountPath"] for m in container(overlay, name)["volumeMounts"]}
+    assert mounts["models-config"] == str(path.parent)
+    pod = one(overlay, "Deployment", f"ctrain-{name}")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    cm = one(overlay, "ConfigMap", volumes["models-config"]["configMap"]["name"])
+    cfg = parse_config(cm["data"][path.name], path.parent, "ctrain-models")
+    example = yaml.safe_load((ROOT / "examples" / "taxi" / "ctrain.yaml").read_text())
+    assert set(cfg.models) == set(example["models"])
+    for m in cfg.models.values():  # files the image ships (Dockerfile COPY)
+        assert m.schema_path.startswith("/app/examples/") and m.module.startswith("/app/examples/")

@@ -64,8 +64,8 @@ def test_the_bundled_example_loads_and_its_paths_are_resolved() -> None:
 
 def test_unknown_keys_are_named_with_the_valid_ones(tmp_path: Path) -> None:
     f = tmp_path / "c.yaml"
-    f.write_text(f"models:\n  m:\n    stream: s\n    schema: x\n    module: y\n    trigger:\n"
-                 f"      cooldown: 5\n")  # fmt: skip
+    f.write_text("models:\n  m:\n    stream: s\n    schema: x\n    module: y\n    trigger:\n"
+                 "      cooldown: 5\n")  # fmt: skip
     with pytest.raises(SettingsError) as e:
         C.load_config(f)
     msg = str(e.value)
@@ -105,7 +105,7 @@ def test_missing_files_are_reported(tmp_path: Path) -> None:
         C.load_config(tmp_path / "absent.yaml")
     f = tmp_path / "c.yaml"
     f.write_text("models:\n  a: {stream: s, schema: nope.pbtxt, module: m.py}\n")
-    with pytest.raises(SettingsError, match="schema file .*nope.pbtxt does not exist"):
+    with pytest.raises(SettingsError, match=r"schema file .*nope\.pbtxt does not exist"):
         C.load_config(f)
 
 
