@@ -72,8 +72,8 @@ async def latency(events: int, redis_url: str, root: str) -> list[float]:
             metrics=TriggerMetrics(CollectorRegistry()),
             config=TriggerConfig(
                 model=model,
-                module_path="none.py",
-                schema_path="none",
+                module_path=str(ROOT / "examples/taxi/model.py"),
+                schema_path=str(ROOT / "examples/taxi/data/schema.pbtxt"),
                 policy=pol.Policy(consecutive=1, cooldown_s=0),
             ),
             publish=publish,

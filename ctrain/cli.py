@@ -219,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--reason", default="manual request from ctrain train")
     tr.add_argument("--model", help="default: the models file's only model")
     tr.set_defaults(func=_train)
+    from ctrain.model_cmd import add_parser as add_model
+
+    add_model(sub)
     from ctrain.backtest_cmd import add_parser as add_backtest
     from ctrain.ops import add_parsers
 

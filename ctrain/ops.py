@@ -254,7 +254,10 @@ def _show(c: dict[str, Any]) -> None:
         f"trained on {lin.get('train_examples') or '?'} examples of windows {lin.get('windows')}; "
         f"evaluated on {lin.get('eval_examples') or '?'} examples of windows {evals}"
     )
-    console.print(f"run {lin.get('run_id')}; model {lin.get('model_uri')}")
+    console.print(
+        f"run {lin.get('run_id')}; model {lin.get('model_uri')}; "
+        f"module sha256 {lin.get('module_sha256') or '?'}"
+    )
 
 
 def rollback(args: argparse.Namespace) -> int:

@@ -236,6 +236,8 @@ class ModelCandidate(Event):
     # Every held-out window (eval_window is the newest) and the example counts of both sides.
     eval_windows: list[str] = Field(default_factory=list)
     train_examples: int | None = None
+    # sha256 of the model module the run trained with (its copy is in the run's directory)
+    module_sha256: str | None = None
     eval_examples: int | None = None
     # Per window, the distances that crossed their thresholds when the run was decided.
     trigger_evidence: dict[str, list[str]] = Field(default_factory=dict)

@@ -203,6 +203,7 @@ def create_app(common: CommonSettings, settings: PromoterSettings) -> FastAPI:
                 "train_examples": c.train_examples,
                 "eval_examples": c.eval_examples,
                 "run_id": c.run_id,
+                "module_sha256": c.module_sha256,
                 "model_uri": c.model_uri,
                 "eval_uri": c.eval_uri,
             },

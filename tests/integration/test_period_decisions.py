@@ -29,7 +29,7 @@ from services.validator.schemas import SchemaStore
 from shared.artifacts import ArtifactStore
 from shared.events import Event, WindowClosed, WindowValidated
 from shared.schema import example_spec, load_schema
-from tests.conftest import TAXI_CSV, TAXI_SCHEMA
+from tests.conftest import ROOT, TAXI_CSV, TAXI_SCHEMA
 from tests.integration.test_trigger_core import ScriptedBackend
 
 pytestmark = pytest.mark.integration
@@ -84,7 +84,7 @@ async def judge_and_decide(
         metrics=TriggerMetrics(CollectorRegistry()),
         config=TriggerConfig(
             model=f"m-{tag}",
-            module_path="m.py",
+            module_path=str(ROOT / "examples/taxi/model.py"),
             schema_path=str(TAXI_SCHEMA),
             policy=pol.Policy(
                 consecutive=2,

@@ -8,6 +8,7 @@ have their own tests (kfp.local end to end, and a KFP REST server).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,6 +34,7 @@ from shared.events import (
     TrainingRun,
     WindowValidated,
 )
+from tests.conftest import ROOT, TAXI_SCHEMA
 
 pytestmark = pytest.mark.integration
 
@@ -124,8 +126,8 @@ async def make(
         metrics=TriggerMetrics(CollectorRegistry()),
         config=TriggerConfig(
             model=model,
-            module_path="m.py",
-            schema_path="s.pbtxt",
+            module_path=str(ROOT / "examples/taxi/model.py"),
+            schema_path=str(TAXI_SCHEMA),
             policy=pol.Policy(
                 consecutive=2, cooldown_s=0, min_train_examples=2000, min_eval_examples=1000
             ),
@@ -155,6 +157,15 @@ def test_drift_starts_one_run_even_when_redelivered(redis_url: str, tmp_path: Pa
             "/w/1-1.parquet",
         ]
         assert json.loads(params["eval_json"]) == ["/w/2-0.parquet", "/w/2-1.parquet"]
+        # The run reads its own copy of the module and schema (lineage; a KFP pod
+        # cannot read the trigger's disk).
+        module = ROOT / "examples/taxi/model.py"
+        assert params["module_path"] == f"{params['run_dir']}/inputs/model.py"
+        assert Path(params["module_path"]).read_bytes() == module.read_bytes()
+        assert Path(params["schema_path"]).read_bytes() == TAXI_SCHEMA.read_bytes()
+        view = await t.run(run_id)
+        assert view is not None
+        assert view["module_sha256"] == hashlib.sha256(module.read_bytes()).hexdigest()
         states = [e.state for e in out if isinstance(e, TrainingRun)]
         assert states == ["submitted", "running", "succeeded"]
         cands = [e for e in out if isinstance(e, ModelCandidate)]

@@ -1,0 +1,211 @@
+"""``ctrain model check PATH [--schema S] [--data FILE]``: a model module, checked early.
+
+Without data: the contract (names, types, signatures), the schema (what TF
+Transform cannot read) and the module's ``eval_config`` for both a first model
+and one with a baseline. With data: the training steps themselves on a sample
+of the file (TF Transform, one epoch of the model, a TFMA evaluation), so a
+module that would fail minutes into a run fails here in plain words.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from shared import contract
+from shared.contract import Problem
+
+console = Console()
+
+
+def add_parser(sub: Any) -> None:
+    mo = sub.add_parser("model", help="check a model module against the contract")
+    msub = mo.add_subparsers(dest="action", required=True)
+    ck = msub.add_parser("check", help="load, check and (with --data) run a model module")
+    ck.add_argument("path", help="the model module (.py)")
+    ck.add_argument("--schema", help="schema.pbtxt (default: the models file's, by --model)")
+    ck.add_argument("--model", help="take module and schema from this model of the models file")
+    ck.add_argument("--data", help="CSV/Parquet/JSON lines to run the steps on")
+    ck.add_argument("--rows", type=int, default=600, help="sample size of --data (600)")
+    ck.set_defaults(func=check_command)
+
+
+def _schema_for(args: argparse.Namespace) -> str | None:
+    if args.schema:
+        return str(args.schema)
+    from ctrain import devstack
+    from ctrain.ops import models_file
+
+    cfg = models_file(devstack.load_state())
+    if cfg is None:
+        return None
+    if args.model:
+        return cfg.models[args.model].schema_path if args.model in cfg.models else None
+    want = str(Path(args.path).resolve())
+    return next((m.schema_path for m in cfg.models.values() if m.module == want), None)
+
+
+def eval_config_problems(module: Any) -> list[Problem]:
+    """``eval_config(False)`` and ``eval_config(True)`` must build TFMA EvalConfigs."""
+    import tensorflow_model_analysis as tfma
+
+    out: list[Problem] = []
+    for baseline in (False, True):
+        try:
+            cfg = module.eval_config(baseline)
+        except Exception as e:  # noqa: BLE001 -- the module's own code: any error is the finding
+            out.append(
+                Problem(
+                    f"eval_config({baseline}) raised {type(e).__name__}: {e}",
+                    "make eval_config return a tfma.EvalConfig for both values",
+                )
+            )
+            continue
+        if not isinstance(cfg, tfma.EvalConfig):
+            out.append(
+                Problem(
+                    f"eval_config({baseline}) returned {type(cfg).__name__}",
+                    "return tfma.EvalConfig (text_format.Parse(text, tfma.EvalConfig()))",
+                )
+            )
+            continue
+        keys = {s.label_key for s in cfg.model_specs if s.label_key}
+        if keys - {module.LABEL_KEY}:
+            out.append(
+                Problem(
+                    f"eval_config({baseline}) reads label {sorted(keys)}, not LABEL_KEY "
+                    f"{module.LABEL_KEY!r}",
+                    "use LABEL_KEY in model_specs (or leave label_key out)",
+                )
+            )
+        if not cfg.metrics_specs:
+            out.append(Problem(f"eval_config({baseline}) has no metrics", "add metrics_specs"))
+    return out
+
+
+def run_on_data(module_path: str, schema_path: str, data: str, rows: int) -> list[Problem]:
+    """The training steps on a sample: transform, one epoch, evaluation."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ctrain.replay import read_table
+    from services.ingest.shard import arrow_schema
+    from services.trigger import steps
+    from shared.schema import example_spec, load_schema
+
+    try:
+        table = read_table(data)
+    except Exception as e:  # noqa: BLE001 -- any reader error is the user's file
+        return [Problem(f"cannot read {data}: {e}", "give a CSV, Parquet or JSON-lines file")]
+    if table.num_rows < 20:
+        return [Problem(f"{data} has {table.num_rows} rows", "give at least 20 rows")]
+    schema = arrow_schema(example_spec(load_schema(schema_path)))
+    missing = [f.name for f in schema if f.name not in table.column_names]
+    if missing:
+        return [
+            Problem(
+                f"the data lacks column(s) {', '.join(missing)} the schema declares",
+                "add them to the data or remove them from the schema",
+            )
+        ]
+    sample = table.slice(0, rows)
+    try:
+        typed = pa.table(
+            [sample.column(f.name).cast(f.type) for f in schema], schema=pa.schema(list(schema))
+        )
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+        return [Problem(f"the data does not fit the schema's types: {e}", "fix the column")]
+    cut = max(1, int(typed.num_rows * 0.8))
+    out: list[Problem] = []
+    with tempfile.TemporaryDirectory(prefix="ctrain-model-check-") as d:
+        train_uri, eval_uri = os.path.join(d, "train.parquet"), os.path.join(d, "eval.parquet")
+        pq.write_table(typed.slice(0, cut), train_uri)
+        pq.write_table(typed.slice(cut), eval_uri)
+        stages = (
+            ("TF Transform (preprocessing_fn)", "transform"),
+            ("one epoch (build_model)", "train"),
+            ("TFMA (eval_config)", "evaluate"),
+        )
+        results: dict[str, Any] = {}
+        for label, stage in stages:
+            t0 = time.perf_counter()
+            try:
+                if stage == "transform":
+                    results[stage] = steps.transform(
+                        train_uri, eval_uri, schema_path, module_path, os.path.join(d, "tft")
+                    )
+                elif stage == "train":
+                    results[stage] = steps.train(
+                        results["transform"], module_path, os.path.join(d, "model"), epochs=1
+                    )
+                else:
+                    results[stage] = steps.evaluate(
+                        str(results["train"]["model"]),
+                        eval_uri,
+                        module_path,
+                        os.path.join(d, "eval"),
+                    )
+            except Exception as e:  # noqa: BLE001 -- the module ran: any error is the finding
+                out.append(
+                    Problem(
+                        f"{label} failed: {type(e).__name__}: {str(e)[:600]}",
+                        "see docs/models.md for what each function receives and returns",
+                    )
+                )
+                break
+            console.print(f"  [green]ok[/green] {label} ({time.perf_counter() - t0:.1f}s)")
+    return out
+
+
+def check_command(args: argparse.Namespace) -> int:
+    import logging
+    import warnings
+
+    from shared.schema import SchemaError, load_schema
+
+    # The libraries' start-up chatter would bury the findings.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    warnings.filterwarnings("ignore")
+    for name in ("tensorflow", "absl", "apache_beam"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+    path = str(Path(args.path).resolve())
+    problems: list[Problem] = []
+    try:
+        module = contract.import_module(path)
+    except contract.ContractError as e:
+        console.print(f"[red]{e}[/red]")
+        return 1
+    problems += contract.check_module(module)
+    schema_path = _schema_for(args)
+    if schema_path is None:
+        console.print("[yellow]no schema[/yellow]: give --schema (or --model) to check it too")
+    else:
+        try:
+            raw = getattr(module, "RAW_LABEL_FEATURES", ())
+            problems += contract.check_schema(
+                load_schema(schema_path), tuple(raw) if isinstance(raw, tuple | list) else ()
+            )
+        except SchemaError as e:
+            problems.append(Problem(str(e), "fix the schema file"))
+    if not problems:
+        problems += eval_config_problems(module)
+    if not problems and args.data:
+        if schema_path is None:
+            problems.append(Problem("--data needs a schema", "give --schema or --model"))
+        else:
+            console.print(f"running the training steps on up to {args.rows} rows ...")
+            problems += run_on_data(path, schema_path, args.data, args.rows)
+    if problems:
+        console.print(f"[red]{len(problems)} problem(s)[/red] in {path}:")
+        for p in problems:
+            console.print(f"  - {p.what}\n    [bold]fix[/bold]: {p.fix}")
+        return 1
+    console.print(f"[green]{path} keeps the contract[/green]")
+    return 0
