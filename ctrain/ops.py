@@ -104,66 +104,79 @@ def resolve(args: argparse.Namespace, state: dict[str, Any] | None) -> tuple[str
     return model, stream
 
 
+def _json(obj: Any) -> None:
+    """Machine-readable output: one JSON document on stdout, nothing else."""
+    import sys
+
+    import orjson
+
+    sys.stdout.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def _ids(title: str, *columns: str) -> Table:
+    """A table whose first column holds ids: never wrapped or cut, whatever the width
+    (a cut id is an id that is then "not found")."""
+    t = Table(title=title)
+    t.add_column(columns[0], no_wrap=True, overflow="ignore", min_width=26)
+    for c in columns[1:]:
+        t.add_column(c, overflow="fold")
+    return t
+
+
+def gather_status(args: argparse.Namespace, state: dict[str, Any] | None) -> dict[str, Any]:
+    """Everything ``ctrain status`` shows, as data."""
+    from ctrain import devstack
+
+    out: dict[str, Any] = {"model": args.model, "stream": args.stream}
+    out["stack"] = [
+        {"part": n, "address": a, "up": ok} for n, a, ok in (devstack.status() if state else [])
+    ]
+    v = client.validator(state)
+    try:
+        out["windows"] = v.windows(args.stream, limit=args.windows)
+    finally:
+        v.close()
+    tc = client.trigger(state)
+    try:
+        out["runs"] = tc.runs(args.runs, model=args.model)
+        out["decisions"] = tc.decisions(5, model=args.model)
+        out["trigger"] = tc.state(model=args.model)
+    finally:
+        tc.close()
+    pc = client.promoter("viewer", state)
+    try:
+        out["candidates"] = pc.candidates(model=args.model)
+        out["serving"] = pc.model(args.model)
+    finally:
+        pc.close()
+    return out
+
+
 def status(args: argparse.Namespace) -> int:
     """Windows, latest drift, runs, candidates and serving versions in one view."""
     from ctrain import devstack
 
     state = devstack.load_state()
     args.model, args.stream = resolve(args, state)
-    rows = devstack.status() if state else []
-    if rows:
+    data = gather_status(args, state)
+    if args.output == "json":
+        _json(data)
+        return 0
+    if data["stack"]:
         t = Table("part", "address", "state", title="stack")
-        for name, addr, ok in rows:
-            t.add_row(name, addr, "[green]up[/green]" if ok else "[red]down[/red]")
+        for row in data["stack"]:
+            up = "[green]up[/green]" if row["up"] else "[red]down[/red]"
+            t.add_row(row["part"], row["address"], up)
         console.print(t)
-    v = client.validator(state)
-    try:
-        wins = v.windows(args.stream, limit=args.windows)
-    finally:
-        v.close()
-    t = Table("window", "trips", "verdict", "largest distances", title=f"windows of {args.stream}")
-    for w in wins:
-        dist = ", ".join(
-            f"{'[red]' if d['crossed'] else ''}{d['feature']} {d['kind']} {d['value']:.3f}"
-            f"{'[/red]' if d['crossed'] else ''}"
-            for d in w["distances"][:3]
-        )
-        t.add_row(
-            f"{w['start'][:10]}..{w['end'][:10]}", f"{w['example_count']:,}", w["verdict"], dist
-        )
-    console.print(t)
-    tc = client.trigger(state)
-    try:
-        runs = tc.runs(args.runs, model=args.model)
-        decisions = tc.decisions(5, model=args.model)
-        trig = tc.state(model=args.model)
-    finally:
-        tc.close()
+    _windows_table(data["windows"], args.stream)
+    trig = data["trigger"]
     console.print(f"trigger of {trig['model']}: {trigger_line(trig)}")
-    t = Table(
-        "run",
-        "reason",
-        "train/eval examples",
-        "state",
-        "components",
-        "candidate",
-        title="training runs",
-    )
-    for r in runs:
-        comps = " ".join(f"{c['name']}:{c['state'][:4]}" for c in r["components"])
-        sizes = f"{r.get('train_examples') or '?'}/{r.get('eval_examples') or '?'}"
-        t.add_row(r["run_id"], r["reason"], sizes, r["state"], comps, r["candidate_id"])
-    console.print(t)
-    if decisions:
-        d = decisions[0]
+    _runs_table(data["runs"])
+    if data["decisions"]:
+        d = data["decisions"][0]
         console.print(f"latest decision: taken={d['taken']} reason={d['reason']!r} ({d['source']})")
-    pc = client.promoter("viewer", state)
-    try:
-        cands = pc.candidates(model=args.model)
-        model = pc.model(args.model)
-    finally:
-        pc.close()
-    _candidates_table(cands)
+    _candidates_table(data["candidates"])
+    model = data["serving"]
     if model is None:
         console.print(f"serving: {args.model!r} has never been promoted")
     else:
@@ -173,8 +186,82 @@ def status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _windows_table(wins: list[Any], stream: str) -> None:
+    t = _ids(f"windows of {stream}", "window", "period", "examples", "verdict", "largest distances")
+    for w in wins:
+        dist = ", ".join(
+            f"{'[red]' if d['crossed'] else ''}{d['feature']} {d['kind']} {d['value']:.3f}"
+            f"{'[/red]' if d['crossed'] else ''}"
+            for d in w["distances"][:3]
+        )
+        t.add_row(
+            w["window_id"],
+            f"{w['start'][:10]}..{w['end'][:10]}",
+            f"{w['example_count']:,}",
+            w["verdict"],
+            dist,
+        )
+    console.print(t)
+
+
+def _runs_table(runs: list[Any]) -> None:
+    t = _ids("training runs", "run", "reason", "train/eval examples", "state", "components",
+             "candidate")  # fmt: skip
+    for r in runs:
+        comps = " ".join(f"{c['name']}:{c['state'][:4]}" for c in r["components"])
+        sizes = f"{r.get('train_examples') or '?'}/{r.get('eval_examples') or '?'}"
+        t.add_row(r["run_id"], r["reason"], sizes, r["state"], comps, r["candidate_id"])
+    console.print(t)
+
+
+def windows(args: argparse.Namespace) -> int:
+    from ctrain import devstack
+
+    state = devstack.load_state()
+    args.model, args.stream = resolve(args, state)
+    v = client.validator(state)
+    try:
+        wins = v.windows(args.stream, limit=args.limit)
+    finally:
+        v.close()
+    if args.output == "json":
+        _json(wins)
+    else:
+        _windows_table(wins, args.stream)
+    return 0
+
+
+def runs(args: argparse.Namespace) -> int:
+    from ctrain import devstack
+
+    state = devstack.load_state()
+    if args.run_id:
+        tc = client.trigger(state)
+        try:
+            run = tc.run(args.run_id)
+        finally:
+            tc.close()
+        if args.output == "json":
+            _json(run)
+        else:
+            _runs_table([run])
+            console.print(f"why: {run.get('why')}; module sha256 {run.get('module_sha256')}")
+        return 0
+    args.model, _ = resolve(args, state)
+    tc = client.trigger(state)
+    try:
+        listed = tc.runs(args.count, model=args.model)
+    finally:
+        tc.close()
+    if args.output == "json":
+        _json(listed)
+    else:
+        _runs_table(listed)
+    return 0
+
+
 def _candidates_table(cands: list[Any]) -> None:
-    t = Table("candidate", "model", "state", "blessed", "version", "reason", title="candidates")
+    t = _ids("candidates", "candidate", "model", "state", "blessed", "version", "reason")
     for c in cands:
         t.add_row(
             c["candidate_id"],
@@ -192,13 +279,15 @@ def candidates(args: argparse.Namespace) -> int:
     pc = client.promoter(role)
     try:
         if args.action == "list":
-            _candidates_table(pc.candidates(state=args.state, model=args.model))
+            listed = pc.candidates(state=args.state, model=args.model)
+            _json(listed) if args.output == "json" else _candidates_table(listed)
             return 0
         if not args.candidate_id:
             console.print(f"candidates {args.action} needs a CANDIDATE_ID")
             return 2
         if args.action == "show":
-            _show(pc.candidate(args.candidate_id))
+            one = pc.candidate(args.candidate_id)
+            _json(one) if args.output == "json" else _show(one)
             return 0
         if args.action == "approve":
             rec = pc.approve(args.candidate_id, args.reason or "approved from the CLI")
@@ -285,13 +374,27 @@ def add_parsers(sub: Any) -> None:
     st.add_argument("--stream", help="default: the model's stream")
     st.add_argument("--windows", type=int, default=8)
     st.add_argument("--runs", type=int, default=5)
+    st.add_argument("-o", "--output", choices=["table", "json"], default="table")
     st.set_defaults(func=status)
+    wi = sub.add_parser("windows", help="a stream's latest windows with their largest distances")
+    wi.add_argument("--model", help="default: the models file's only model")
+    wi.add_argument("--stream", help="default: the model's stream")
+    wi.add_argument("--limit", type=int, default=20)
+    wi.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    wi.set_defaults(func=windows)
+    ru = sub.add_parser("runs", help="a model's training runs, or one run by id (or prefix)")
+    ru.add_argument("run_id", nargs="?")
+    ru.add_argument("--model", help="default: the models file's only model")
+    ru.add_argument("--count", type=int, default=20)
+    ru.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    ru.set_defaults(func=runs)
     ca = sub.add_parser("candidates", help="list, show, approve or reject model candidates")
     ca.add_argument("action", choices=["list", "show", "approve", "reject"])
     ca.add_argument("candidate_id", nargs="?")
     ca.add_argument("--reason", help="recorded in the audit trail")
     ca.add_argument("--state", help="list only candidates in this state")
-    ca.add_argument("--model")
+    ca.add_argument("--model", help="list only this model's candidates")
+    ca.add_argument("-o", "--output", choices=["table", "json"], default="table")
     ca.add_argument("--wait", type=float, default=0, help="approve: wait N s for the promotion")
     ca.set_defaults(func=candidates)
     rb = sub.add_parser("rollback", help="move `stable` back to the previous (or a given) version")

@@ -10,7 +10,9 @@ A model module is a Python file the pipeline loads by path. What it must define:
   transformed features, with one output;
 - ``eval_config(baseline: bool) -> tfma.EvalConfig``: metrics, slices and
   thresholds (change thresholds only when ``baseline`` is true);
-- optionally ``SLICES`` (list of lists of feature names).
+- optionally ``SLICES`` (list of lists of feature names) and ``OUTPUT_KEY`` (the
+  serving signature's output name; default ``probabilities`` for classifiers,
+  ``predictions`` for regression).
 
 The checks here need no TensorFlow: they run at the trigger's start-up and in
 ``ctrain model check`` (which then also runs the module on data).
@@ -158,12 +160,26 @@ def check_module(module: types.ModuleType) -> list[Problem]:
     out += _callable_with(module, "preprocessing_fn", 1)
     out += _callable_with(module, "build_model", 1)
     out += _callable_with(module, "eval_config", 1)
+    key = getattr(module, "OUTPUT_KEY", "x")
+    if not isinstance(key, str) or not key:
+        out.append(Problem(f"OUTPUT_KEY is {key!r}", 'make it a name, e.g. "probabilities"'))
     slices = getattr(module, "SLICES", [])
     if not isinstance(slices, list | tuple) or not all(
         isinstance(s, list | tuple) and all(isinstance(k, str) for k in s) for s in slices
     ):
         out.append(Problem(f"SLICES is {slices!r}", 'make it a list of lists: [["site"]]'))
     return out
+
+
+TASKS = ("binary", "multiclass", "regression")
+
+
+def output_key(module: types.ModuleType, task: str) -> str:
+    """The serving signature's output name: the module's ``OUTPUT_KEY``, else the task's."""
+    key = getattr(module, "OUTPUT_KEY", None)
+    if key:
+        return str(key)
+    return "predictions" if task == "regression" else "probabilities"
 
 
 def check_schema(

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
 from services.promoter.auth import Identity, TokenBook
-from services.promoter.errors import Conflict, Forbidden, NotFound, ServingError
+from services.promoter.errors import Ambiguous, Conflict, Forbidden, NotFound, ServingError
 from services.promoter.metrics import PromoterMetrics
 from services.promoter.serving import ModelLayout, ServingClient
 from services.promoter.store import CandidateStore, Record
@@ -129,7 +129,15 @@ class Promoter:
         return await self._get(c.candidate_id)
 
     async def _get(self, cid: str) -> Record:
+        """The candidate ``cid`` names: its id, or a unique prefix of one (as git does)."""
         rec = await self.store.get(cid)
+        if rec is not None:
+            return rec
+        matches = await self.store.ids_with_prefix(cid) if len(cid) >= 4 else []
+        if len(matches) > 1:
+            shown = ", ".join(matches[:5]) + (" ..." if len(matches) > 5 else "")
+            raise Ambiguous(f"{cid!r} is ambiguous: it starts {len(matches)} candidates ({shown})")
+        rec = await self.store.get(matches[0]) if matches else None
         if rec is None:
             raise NotFound(f"candidate {cid!r} not found")
         return rec
@@ -145,6 +153,7 @@ class Promoter:
 
     async def approve(self, cid: str, who: Identity, reason: str) -> Record:
         rec = await self._get(cid)
+        cid = rec.candidate.candidate_id  # a unique prefix names it too
         if rec.state == "rejected":
             TokenBook.require(who, "admin")  # only an admin overrides the gate
         else:
@@ -174,6 +183,7 @@ class Promoter:
     async def reject(self, cid: str, who: Identity, reason: str) -> Record:
         TokenBook.require(who, "approver")
         rec = await self._get(cid)
+        cid = rec.candidate.candidate_id
         self._may_decide(rec.candidate.model, who)
         done, before = await self.store.transition(cid, "reject", who.name, reason)
         if not done:

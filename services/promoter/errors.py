@@ -31,3 +31,9 @@ class ServingError(PromoterError):
     """TF Serving refused or failed a step of a promotion."""
 
     status_code = 502
+
+
+class Ambiguous(PromoterError):
+    """An id prefix names several candidates; the message lists them."""
+
+    status_code = 400

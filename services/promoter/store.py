@@ -86,6 +86,15 @@ class CandidateStore:
             reason=raw.get(b"reason", b"").decode(),
         )
 
+    async def ids_with_prefix(self, prefix: str) -> list[str]:
+        """Every candidate id that starts with ``prefix`` (ZSCAN, so a long list stays cheap)."""
+        out = []
+        async for member, _ in self.redis.zscan_iter("ctrain:promoter:candidates"):
+            cid = member.decode() if isinstance(member, bytes) else str(member)
+            if cid.startswith(prefix):
+                out.append(cid)
+        return sorted(out)
+
     async def find(self, model: str | None = None, state: str | None = None) -> list[Record]:
         key = f"ctrain:promoter:{model}:candidates" if model else "ctrain:promoter:candidates"
         ids: Any = await self.redis.zrevrange(key, 0, 499)

@@ -81,6 +81,7 @@ class ModelSetup:
     module_path: str
     schema_path: str
     settings: TriggerSettings
+    task: str = "binary"
 
 
 def models_from(common: CommonSettings, settings: TriggerSettings) -> list[ModelSetup]:
@@ -93,11 +94,18 @@ def models_from(common: CommonSettings, settings: TriggerSettings) -> list[Model
             )
         stream = settings.stream or settings.model
         return [
-            ModelSetup(settings.model, stream, settings.module_path, common.schema_path, settings)
+            ModelSetup(
+                settings.model,
+                stream,
+                settings.module_path,
+                common.schema_path,
+                settings,
+                settings.task,
+            )
         ]
     per = model_settings(cfg, settings, lambda m: m.trigger.given())
     return [
-        ModelSetup(name, m.stream, m.module, m.schema_path, per[name])
+        ModelSetup(name, m.stream, m.module, m.schema_path, per[name], m.task)
         for name, m in cfg.models.items()
     ]
 
@@ -148,6 +156,7 @@ def create_app(common: CommonSettings, settings: TriggerSettings) -> FastAPI:
                 policy=policy_from(s.settings),
                 epochs=s.settings.epochs,
                 blocking=tuple(s.settings.blocking_anomalies),
+                task=s.task,
             ),
             publish=publish,
         )
@@ -289,10 +298,23 @@ def create_app(common: CommonSettings, settings: TriggerSettings) -> FastAPI:
 
     @app.get("/v1/runs/{run_id}")
     async def run(run_id: str) -> JSONResponse:
+        """A run by its id or a unique prefix of it, whichever model it belongs to."""
         for trigger in triggers.values():
             view = await trigger.run(run_id)
             if view is not None:
                 return JSONResponse(view)
+        matches = [
+            (t, rid)
+            for t in (triggers.values() if len(run_id) >= 4 else [])
+            for rid in await t.run_ids_with_prefix(run_id)
+        ]
+        if len(matches) == 1:
+            return JSONResponse(await matches[0][0].run(matches[0][1]))
+        if matches:
+            ids = ", ".join(rid for _, rid in matches[:5])
+            return JSONResponse(
+                {"detail": f"{run_id!r} is ambiguous: it starts {len(matches)} runs ({ids})"}, 400
+            )
         return JSONResponse(
             {"detail": f"no run {run_id!r} of model(s) {', '.join(sorted(triggers))}"}, 404
         )

@@ -49,6 +49,7 @@ class TriggerConfig:
     policy: pol.Policy
     epochs: int = 3
     blocking: tuple[str, ...] = ("SCHEMA_MISSING_COLUMN", "UNEXPECTED_DATA_TYPE")
+    task: str = "binary"
 
 
 def _text(raw: bytes | str | None) -> str:
@@ -157,6 +158,15 @@ class Trigger:
         ids: Any = await self.redis.zrevrange(self._key("runs"), 0, count - 1)
         views = [await self.run(_text(i)) for i in ids or []]
         return [v for v in views if v is not None]
+
+    async def run_ids_with_prefix(self, prefix: str) -> list[str]:
+        """This model's run ids that start with ``prefix`` (a short id, as git takes)."""
+        out = []
+        async for member, _ in self.redis.zscan_iter(self._key("runs")):
+            rid = member.decode() if isinstance(member, bytes) else str(member)
+            if rid.startswith(prefix):
+                out.append(rid)
+        return sorted(out)
 
     async def run(self, run_id: str) -> dict[str, Any] | None:
         raw = await self.redis.get(f"ctrain:trigger:run:{run_id}:meta")
@@ -335,6 +345,7 @@ class Trigger:
             "baseline_model": _text(baseline),
             "blocking_json": orjson.dumps(list(self.config.blocking)).decode(),
             "epochs": self.config.epochs,
+            "task": self.config.task,
         }
         # The evidence behind the decision, shown to the approver with the candidate.
         evidence = {

@@ -88,7 +88,9 @@ def build_pipeline(images: ComponentImages | None = None) -> Any:
         return json.dumps(out)
 
     @component("train")
-    def train(run_dir: str, transformed: str, module_path: str, model_dir: str, epochs: int) -> str:
+    def train(
+        run_dir: str, transformed: str, module_path: str, model_dir: str, epochs: int, task: str
+    ) -> str:
         import json
 
         from services.trigger.isolate import run_step
@@ -99,12 +101,13 @@ def build_pipeline(images: ComponentImages | None = None) -> Any:
             module_path=module_path,
             out_dir=model_dir,
             epochs=epochs,
+            task=task,
         )
         return json.dumps(out, default=str)
 
     @component("evaluate")
     def evaluate(
-        run_dir: str, gathered: str, trained: str, module_path: str, baseline_model: str
+        run_dir: str, gathered: str, trained: str, module_path: str, baseline_model: str, task: str
     ) -> str:
         import json
 
@@ -118,6 +121,7 @@ def build_pipeline(images: ComponentImages | None = None) -> Any:
             module_path=module_path,
             out_dir=f"{run_dir}/evaluate",
             baseline_model_dir=baseline_model or None,
+            task=task,
         )
         return json.dumps(out, default=str)
 
@@ -144,6 +148,7 @@ def build_pipeline(images: ComponentImages | None = None) -> Any:
         baseline_model: str = "",
         blocking_json: str = '["SCHEMA_MISSING_COLUMN", "UNEXPECTED_DATA_TYPE"]',
         epochs: int = 3,
+        task: str = "binary",
     ) -> None:
         g = gather(run_dir=run_dir, windows_json=windows_json, eval_json=eval_json)
         g.set_display_name("gather windows")
@@ -165,6 +170,7 @@ def build_pipeline(images: ComponentImages | None = None) -> Any:
             module_path=module_path,
             model_dir=model_dir,
             epochs=epochs,
+            task=task,
         )
         tr.set_display_name("keras trainer")
         if images.trainer_gpus:
@@ -175,6 +181,7 @@ def build_pipeline(images: ComponentImages | None = None) -> Any:
             trained=tr.output,
             module_path=module_path,
             baseline_model=baseline_model,
+            task=task,
         )
         e.set_display_name("tfma evaluation and blessing")
         publish(run_dir=run_dir, trained=tr.output, evaluated=e.output).set_display_name("result")

@@ -23,6 +23,10 @@ class TriggerSettings(StrictSettings):
     module_path: str = Field(
         default="", description="Model module file (preprocessing_fn, build_model, eval_config)."
     )
+    task: Literal["binary", "multiclass", "regression"] = Field(
+        default="binary",
+        description="Without a models file only: the model's task (the file names each one's).",
+    )
     consecutive: int = Field(
         default=2, ge=1, description="Drift/skew windows in a row before a run starts."
     )

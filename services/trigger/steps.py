@@ -16,7 +16,8 @@ Data formats, and why:
 - Transformed train/eval data are GZIP TFRecords of tf.Examples with TFT's
   transformed feature spec, read back with ``tf.data``.
 - The SavedModel has two signatures: ``serving_default`` (serialized raw
-  examples without the raw label features -> ``probabilities`` [batch, 1]) and
+  examples without the raw label features -> the model's output under the
+  module's ``OUTPUT_KEY``: ``probabilities`` or ``predictions`` by task) and
   ``transform_features`` (serialized raw examples -> all TFT outputs, label
   included). ``evaluate`` computes the label of each held-out example with the
   latter and writes it into the eval examples as an int feature ``LABEL_KEY``,
@@ -40,7 +41,6 @@ from shared import contract
 if TYPE_CHECKING:
     import pyarrow as pa
 
-PREDICTION_KEY = "probabilities"
 SERVING_SIGNATURE = "serving_default"
 TRANSFORM_SIGNATURE = "transform_features"
 SERVING_INPUT = "examples"
@@ -328,9 +328,10 @@ def transform(
 
 
 def _transformed_dataset(
-    pattern: str, spec: dict[str, Any], label_key: str, batch_size: int
+    pattern: str, spec: dict[str, Any], label_key: str, batch_size: int, task: str = "binary"
 ) -> Any:
-    """(features, label) batches from transformed TFRecords; the label as float [batch, 1]."""
+    """(features, label) batches from transformed TFRecords. The label as the task's loss
+    wants it: float [batch, 1] (binary, regression) or int class ids [batch] (multiclass)."""
     import tensorflow as tf
 
     files = tf.io.gfile.glob(pattern)
@@ -340,6 +341,8 @@ def _transformed_dataset(
     def split(batch: Any) -> Any:
         features = tf.io.parse_example(batch, spec)
         label = features.pop(label_key)
+        if task == "multiclass":
+            return features, tf.reshape(tf.cast(label, tf.int64), [-1])
         return features, tf.reshape(tf.cast(label, tf.float32), [-1, 1])
 
     ds = tf.data.TFRecordDataset(files, compression_type="GZIP")
@@ -354,6 +357,7 @@ def train(
     batch_size: int = 256,
     shuffle_labels: bool = False,
     seed: int = 0,
+    task: str = "binary",
 ) -> dict[str, object]:
     """Fit the module's model on transformed data; export a raw-example SavedModel.
 
@@ -377,7 +381,7 @@ def train(
         raise StepError(f"preprocessing_fn has no output {label_key!r} (LABEL_KEY)")
 
     keras.utils.set_random_seed(seed)
-    train_ds = _transformed_dataset(transformed["train"], spec, label_key, batch_size)
+    train_ds = _transformed_dataset(transformed["train"], spec, label_key, batch_size, task)
     if shuffle_labels:
         features = train_ds.map(lambda f, y: f).unbatch()
         labels = train_ds.map(lambda f, y: y).unbatch()
@@ -386,9 +390,10 @@ def train(
         train_ds = tf.data.Dataset.zip((features, labels)).batch(batch_size)
     # Rows of a window are in arrival order: shuffle batches across the epoch.
     train_ds = train_ds.unbatch().shuffle(10_000, seed=seed).batch(batch_size).prefetch(2)
-    eval_ds = _transformed_dataset(transformed["eval"], spec, label_key, batch_size).cache()
+    eval_ds = _transformed_dataset(transformed["eval"], spec, label_key, batch_size, task).cache()
 
     model = module.build_model(tto)
+    output_key = contract.output_key(module, task)
     history = model.fit(
         train_ds,
         validation_data=eval_ds,
@@ -410,7 +415,7 @@ def train(
     @tf.function(input_signature=[examples_spec])
     def serve(examples: Any) -> dict[str, Any]:
         xf = model.tft_layer(tf.io.parse_example(examples, serving_spec))
-        return {PREDICTION_KEY: model({k: xf[k] for k in input_names})}
+        return {output_key: model({k: xf[k] for k in input_names})}
 
     @tf.function(input_signature=[examples_spec])
     def transform_features(examples: Any) -> Any:
@@ -432,8 +437,11 @@ def train(
     }
 
 
-def _labelled_eval_examples(model_dir: str, table: pa.Table, label_key: str) -> list[bytes]:
-    """Raw eval examples plus the int feature ``label_key`` from the transform signature."""
+def _labelled_eval_examples(
+    model_dir: str, table: pa.Table, label_key: str, task: str = "binary"
+) -> list[bytes]:
+    """Raw eval examples plus the feature ``label_key`` from the transform signature: an int
+    class id for classification, a float for regression."""
     import numpy as np
     import pyarrow as pa
     import tensorflow as tf
@@ -444,12 +452,13 @@ def _labelled_eval_examples(model_dir: str, table: pa.Table, label_key: str) -> 
     if TRANSFORM_SIGNATURE not in loaded.signatures:
         raise StepError(f"model {model_dir} has no {TRANSFORM_SIGNATURE!r} signature")
     fn = loaded.signatures[TRANSFORM_SIGNATURE]
+    dtype = np.float32 if task == "regression" else np.int64
     records = raw_examples(table)
     labels = []
     for i in range(0, len(records), 1024):
         out = fn(**{SERVING_INPUT: tf.constant(records[i : i + 1024])})
-        labels.append(np.asarray(out[label_key]).reshape(-1).astype(np.int64))
-    label = pa.array(np.concatenate(labels) if labels else [], pa.int64())
+        labels.append(np.asarray(out[label_key]).reshape(-1).astype(dtype))
+    label = pa.array(np.concatenate(labels) if labels else [], pa.from_numpy_dtype(dtype))
     return raw_examples(table.append_column(label_key, label))
 
 
@@ -525,6 +534,7 @@ def evaluate(
     module_path: str,
     out_dir: str,
     baseline_model_dir: str | None = None,
+    task: str = "binary",
 ) -> dict[str, object]:
     """TFMA evaluation of the candidate (against the baseline if given) on raw held-out data.
 
@@ -539,8 +549,6 @@ def evaluate(
     from services.ingest.shard import read_shard
 
     module = load_module(module_path)
-    if not hasattr(module, "eval_config"):
-        raise StepError(f"model module {module_path} lacks eval_config")
     config = module.eval_config(baseline_model_dir is not None)
     label_key = (config.model_specs[0].label_key if config.model_specs else "") or module.LABEL_KEY
 
@@ -550,7 +558,7 @@ def evaluate(
         config.model_specs.add(
             name=name,
             signature_name=SERVING_SIGNATURE,
-            prediction_key=PREDICTION_KEY,
+            prediction_key=contract.output_key(module, task),
             label_key=label_key,
             is_baseline=name == BASELINE,
         )
@@ -561,7 +569,7 @@ def evaluate(
     if table.num_rows == 0:
         raise StepError(f"the held-out data {eval_uri} has no rows")
     data_path = os.path.join(out_dir, "eval_examples.tfrecord")
-    records = _labelled_eval_examples(model_dir, table, label_key)
+    records = _labelled_eval_examples(model_dir, table, label_key, task)
     import tensorflow as tf
 
     with tf.io.TFRecordWriter(data_path) as w:

@@ -10,6 +10,7 @@ drift in the sensor stream starts a sensor run and nothing for taxi.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import random
 import time
@@ -19,7 +20,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from ctrain import client, devstack
+from ctrain import cli, client, devstack
 from ctrain.loop import EventTail, LoopState, predict_stable
 from ctrain.replay import read_table, replay
 from services.ingest.shard import arrow_schema
@@ -123,6 +124,34 @@ def first_run(state: dict[str, Any], loop: LoopState, model: str, stream: str) -
         tc.close()
 
 
+def scripting(capsys: pytest.CaptureFixture[str], loop: LoopState) -> None:
+    """The command line with two models: --model, -o json, full ids, unique prefixes."""
+    capsys.readouterr()
+    assert cli.main(["status"]) == 2
+    assert "declares 2 models" in capsys.readouterr().out.replace("\n", " ")
+    assert cli.main(["candidates", "list", "--model", "sensors", "-o", "json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed and {c["model"] for c in listed} == {"sensors"}
+    cid = listed[0]["candidate_id"]
+    # A table in an 80-column pipe still shows whole ids (a cut one would be "not found").
+    assert cli.main(["candidates", "list", "--model", "sensors"]) == 0
+    assert cid in capsys.readouterr().out
+    assert cli.main(["candidates", "show", cid[:12], "-o", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["candidate_id"] == cid
+    assert cli.main(["runs", "--model", "taxi", "-o", "json"]) == 0
+    runs = json.loads(capsys.readouterr().out)
+    assert runs and {r["model"] for r in runs} == {"taxi"}
+    assert cli.main(["runs", runs[0]["run_id"][:10], "-o", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["run_id"] == runs[0]["run_id"]
+    assert cli.main(["windows", "--model", "sensors", "-o", "json"]) == 0
+    wins = json.loads(capsys.readouterr().out)
+    assert wins and all(loop.windows[w["window_id"]].stream == "sensors" for w in wins
+                        if w["window_id"] in loop.windows)  # fmt: skip
+    assert cli.main(["status", "--model", "taxi", "-o", "json"]) == 0
+    st = json.loads(capsys.readouterr().out)
+    assert st["model"] == "taxi" and st["serving"]["labels"]["stable"] >= 1
+
+
 def predict(state: dict[str, Any], model: str, schema_path: str, rows: pa.Table) -> list[float]:
     schema = arrow_schema(example_spec(load_schema(schema_path)))
     fields = [f for f in schema if f.name in rows.column_names]
@@ -133,7 +162,9 @@ def predict(state: dict[str, Any], model: str, schema_path: str, rows: pa.Table)
 
 
 @pytest.mark.timeout(1500)
-def test_two_streams_two_models_one_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_two_streams_two_models_one_stack(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("CTRAIN_DEV_STATE_DIR", str(tmp_path / "dev"))
     config = models_file(tmp_path)
     cfg = load_config(config)
@@ -235,6 +266,7 @@ def test_two_streams_two_models_one_stack(tmp_path: Path, monkeypatch: pytest.Mo
         finally:
             tc.close()
         assert sensor_periods and not taxi_sources & sensor_periods
+        scripting(capsys, loop)
     finally:
         tail.stop()
         devstack.down(echo=lambda m: None)

@@ -201,3 +201,48 @@ def test_approval_api(kafka: str, redis_url: str, tmp_path: Path) -> None:
     assert "ctrain_promoter_promotions_total" in httpx.get(f"{url}/metrics").text
     svc.proc.send_signal(signal.SIGTERM)
     assert svc.proc.wait(timeout=60) == 0
+
+
+def test_ids_by_unique_prefix_and_approvers_per_model(
+    kafka: str, redis_url: str, tmp_path: Path
+) -> None:
+    """A unique prefix names a candidate (an ambiguous one says which it could be), and
+    the models file's approvers are the only identities (besides an admin) that decide."""
+    from tests.conftest import ROOT
+
+    asyncio.run(ensure_topics(CommonSettings(kafka_bootstrap=kafka, kafka_idempotent=False)))
+    u = tmp_path.name[-6:]
+    m = f"m{u}"
+    taxi = ROOT / "examples" / "taxi"
+    config = tmp_path / "ctrain.yaml"
+    config.write_text(
+        f"models:\n  {m}:\n    stream: s{u}\n    schema: {taxi / 'data/schema.pbtxt'}\n"
+        f"    module: {taxi / 'model.py'}\n    promotion: {{policy: manual, approvers: [alice]}}\n"
+    )
+    env = ingest_env(kafka, redis_url, tmp_path, CTRAIN_CONFIG=str(config),
+                     CTRAIN_PROMOTER_TOKENS=json.dumps(TOKENS),
+                     CTRAIN_SERVING_GRPC="127.0.0.1:1", CTRAIN_PROMOTER_AVAILABLE_TIMEOUT_S="2",
+                     CTRAIN_SERVING_BASE=str(tmp_path / "serving"))  # fmt: skip
+    svc = start_service("promoter", env, tmp_path / "promoter.log")
+    svc.wait_healthy()
+    url = svc.url
+    ids = [f"cand-{u}-aaa1", f"cand-{u}-aaa2", f"cand-{u}-bbb"]
+    send(kafka, *(cand(i, m) for i in ids))
+    until(lambda: httpx.get(f"{url}/v1/candidates/{ids[2]}", headers=H("tok-viewer")).is_success)
+    for i in ids[:2]:
+        until(lambda i=i: httpx.get(f"{url}/v1/candidates/{i}", headers=H("tok-viewer")).is_success)
+
+    r = httpx.get(f"{url}/v1/candidates/cand-{u}-b", headers=H("tok-viewer"))
+    assert r.status_code == 200 and r.json()["candidate_id"] == ids[2]
+    r = httpx.get(f"{url}/v1/candidates/cand-{u}-aaa", headers=H("tok-viewer"))
+    assert r.status_code == 400 and ids[0] in r.json()["detail"] and ids[1] in r.json()["detail"]
+    assert httpx.get(f"{url}/v1/candidates/cand-{u}-zz", headers=H("tok-viewer")).status_code == 404
+
+    # bob is an approver, but not of this model; alice is, and a prefix is enough
+    r = httpx.post(f"{url}/v1/candidates/cand-{u}-b/reject", json={"reason": "x"},
+                   headers=H("tok-bob"))  # fmt: skip
+    assert r.status_code == 403 and "not an approver of model" in r.json()["detail"]
+    r = httpx.post(f"{url}/v1/candidates/cand-{u}-b/reject", json={"reason": "no"},
+                   headers=H("tok-alice"))  # fmt: skip
+    assert r.status_code == 200 and r.json()["candidate_id"] == ids[2]
+    assert r.json()["state"] == "rejected"
