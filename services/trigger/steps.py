@@ -474,6 +474,17 @@ def _slice_name(slice_key: Any) -> str:
     return ",".join(parts)
 
 
+def _metric_name(key: Any) -> str:
+    """A metric's name; per-class (binarized) metrics carry their class: ``auc/class_id=2``."""
+    if not key.HasField("sub_key"):
+        return str(key.name)
+    sub = key.sub_key
+    for field in ("class_id", "k", "top_k"):
+        if sub.HasField(field):
+            return f"{key.name}/{field}={getattr(sub, field).value}"
+    return str(key.name)
+
+
 def _metric_values(
     metrics: Sequence[Any], model_name: str
 ) -> tuple[dict[str, float], list[dict[str, object]]]:
@@ -493,7 +504,7 @@ def _metric_values(
                 continue  # plots/arrays: not a scalar metric
             v = float(kv.value.double_value.value)
             if math.isfinite(v):
-                values[kv.key.name] = v
+                values[_metric_name(kv.key)] = v
         name = _slice_name(m.slice_key)
         if name == "":
             overall = values

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
-import random
 import time
 from pathlib import Path
 from typing import Any
@@ -29,37 +27,10 @@ from shared.schema import example_spec, load_schema
 from shared.settings import CommonSettings
 from shared.tfexample import rows_to_examples
 from tests.conftest import ROOT, TAXI_CSV
+from tests.e2e.sensors.data import sensor_days
 
 pytestmark = pytest.mark.e2e
 SENSORS = Path(__file__).resolve().parent / "sensors"
-DAY = 86_400
-START = 1_704_067_200  # 2024-01-01
-
-
-def sensor_days(first: int, days: int, shifted: bool, seed: int) -> pa.Table:
-    """``days`` days of readings; ``shifted`` moves temperature and the site mix."""
-    rng = random.Random(seed)
-    sites, weights = ["north", "south", "east"], [0.5, 0.3, 0.2]
-    if shifted:
-        weights = [0.15, 0.25, 0.6]
-    rows: dict[str, list[Any]] = {k: [] for k in ("site", "temperature", "vibration", "ts")}
-    rows["failure"] = []
-    for d in range(first, first + days):
-        for i in range(700):
-            site = rng.choices(sites, weights)[0]
-            temp = rng.gauss(72.0 + (9.0 if shifted else 0.0), 6.0)
-            vib = rng.gauss(1.0, 0.3)
-            z = (
-                0.35 * (temp - 72.0) / 6.0
-                + 2.0 * (vib - 1.0) / 0.3
-                + (0.8 if site == "east" else 0)
-            )
-            rows["failure"].append(int(rng.random() < 1 / (1 + math.exp(-(z - 1.0)))))
-            rows["site"].append(site)
-            rows["temperature"].append(temp)
-            rows["vibration"].append(vib)
-            rows["ts"].append(START + d * DAY + int(i * DAY / 700))
-    return pa.table(rows)
 
 
 def models_file(tmp: Path) -> Path:
@@ -83,6 +54,7 @@ models:
     stream: sensors
     schema: {SENSORS / "schema.pbtxt"}
     module: {SENSORS / "model.py"}
+    task: multiclass
     windows: {{event_time_field: ts, window_duration_s: 86400, allowed_lateness_s: 3600,
                idle_timeout_s: 5}}
     validation: {{ignore_features: [ts]}}

@@ -1,7 +1,9 @@
 """A second model for the many-models test, written from docs/models.md alone.
 
-Machine sensors: will the machine fail? ``failure`` (0/1) is the raw label;
-``temperature`` and ``vibration`` are z-scored, ``site`` gets a vocabulary.
+Machine sensors: which way will the machine fail? ``mode`` is a string label
+(``none``, ``bearing``, ``overheat``): a multi-class task. ``temperature`` and
+``vibration`` are z-scored, ``site`` gets a vocabulary, and so does the label
+(class ids by frequency, as TF Transform assigns them).
 """
 
 from __future__ import annotations
@@ -9,8 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 LABEL_KEY = "label"
-RAW_LABEL_FEATURES: tuple[str, ...] = ("failure",)
+RAW_LABEL_FEATURES: tuple[str, ...] = ("mode",)
 NUMERIC = ("temperature", "vibration")
+CLASSES = 3
 
 
 def _dense(x: Any, default: Any) -> Any:
@@ -24,14 +27,15 @@ def _dense(x: Any, default: Any) -> Any:
 
 
 def preprocessing_fn(inputs: dict[str, Any]) -> dict[str, Any]:
-    import tensorflow as tf
     import tensorflow_transform as tft
 
     out = {f"{k}_xf": tft.scale_to_z_score(_dense(inputs[k], 0.0)) for k in NUMERIC}
     out["site_xf"] = tft.compute_and_apply_vocabulary(
         _dense(inputs["site"], ""), num_oov_buckets=1, vocab_filename="site"
     )
-    out[LABEL_KEY] = tf.cast(_dense(inputs["failure"], tf.constant(0, tf.int64)), tf.int64)
+    out[LABEL_KEY] = tft.compute_and_apply_vocabulary(
+        _dense(inputs["mode"], ""), vocab_filename="mode"
+    )
     return out
 
 
@@ -40,17 +44,18 @@ def build_model(tf_transform_output: Any) -> Any:
     import tf_keras as keras
 
     sites = tf_transform_output.vocabulary_size_by_name("site") + 1
+    classes = max(CLASSES, tf_transform_output.vocabulary_size_by_name("mode"))
     inputs = {f"{k}_xf": keras.Input(shape=(), name=f"{k}_xf", dtype="float32") for k in NUMERIC}
     inputs["site_xf"] = keras.Input(shape=(), name="site_xf", dtype="int64")
     site = keras.layers.Flatten()(keras.layers.Embedding(sites, 2)(inputs["site_xf"][:, None]))
     dense = tf.stack([inputs[f"{k}_xf"] for k in NUMERIC], axis=1)
-    x = keras.layers.Dense(8, activation="relu")(keras.layers.Concatenate()([dense, site]))
-    prob = keras.layers.Dense(1, activation="sigmoid", name="probabilities")(x)
+    x = keras.layers.Dense(16, activation="relu")(keras.layers.Concatenate()([dense, site]))
+    prob = keras.layers.Dense(classes, activation="softmax", name="probabilities")(x)
     model = keras.Model(inputs=inputs, outputs=prob)
     model.compile(
         optimizer=keras.optimizers.Adam(0.05),
-        loss=keras.losses.BinaryCrossentropy(),
-        metrics=[keras.metrics.AUC(name="auc")],
+        loss=keras.losses.SparseCategoricalCrossentropy(),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
     )
     return model
 
@@ -73,13 +78,16 @@ def eval_config(baseline: bool) -> Any:
         metrics_specs {{
           metrics {{ class_name: "ExampleCount" }}
           metrics {{
-            class_name: "AUC"
+            class_name: "SparseCategoricalAccuracy"
             per_slice_thresholds {{
               slicing_specs {{}}
-              threshold {{ value_threshold {{ lower_bound {{ value: 0.6 }} }} {change} }}
+              threshold {{ value_threshold {{ lower_bound {{ value: 0.5 }} }} {change} }}
             }}
           }}
-          metrics {{ class_name: "BinaryAccuracy" }}
+        }}
+        metrics_specs {{
+          binarize {{ class_ids {{ values: [0, 1, 2] }} }}
+          metrics {{ class_name: "AUC" }}
         }}
         """,
         tfma.EvalConfig(),
