@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ctrain import client, devstack
-from ctrain.loop import EventTail, LoopError, LoopState, auc_of, predict_stable
+from ctrain.loop import EventTail, LoopError, LoopState, headline, predict_stable
 from shared.config import load_config
 from shared.events import Event, ModelCandidate, PromotionEvent, TrainingRun, WindowClosed
 from shared.settings import CommonSettings
@@ -58,6 +58,8 @@ class DemoOptions:
     run_timeout_s: float = 1800
     predict_rows: int = 5
     model_module: str | None = None
+    # The model of the models file to run (default: the file's only one).
+    model: str | None = None
     # The models file (one model); default: the bundled taxi example's.
     config: str = field(default_factory=devstack.bundled_config)
     # Called with the drift candidate instead of asking at the terminal (tests approve
@@ -93,7 +95,9 @@ class Progress:
     rejected: list[str] = field(default_factory=list)
 
 
-def split_at_window(table: pa.Table, window_s: int, year: int = 2014) -> tuple[pa.Table, pa.Table]:
+def split_at_window(
+    table: pa.Table, window_s: int, year: int = 2014, column: str = TIME_COLUMN
+) -> tuple[pa.Table, pa.Table]:
     """Rows before / from the first window boundary on or after 1 January ``year``.
 
     Windows are aligned to multiples of their duration since the epoch, so a split
@@ -103,10 +107,28 @@ def split_at_window(table: pa.Table, window_s: int, year: int = 2014) -> tuple[p
 
     jan1 = calendar.timegm((year, 1, 1, 0, 0, 0))
     boundary = -(-jan1 // window_s) * window_s
-    ts = table.column(TIME_COLUMN)
+    ts = table.column(column)
     before = table.filter(pc.less(ts, boundary))
     after = table.filter(pc.greater_equal(ts, boundary))
     return before, after
+
+
+def split_history(
+    table: pa.Table, time_column: str | None, window_s: float | None, share: float = 0.6
+) -> tuple[pa.Table, pa.Table]:
+    """A user's data: the first ``share`` as history, the rest as what comes after. With
+    event time and windows of a duration, the cut is on a window boundary."""
+    cut = int(table.num_rows * share)
+    if time_column and window_s and 0 < cut < table.num_rows:
+        ts = table.column(time_column)
+        if pa.types.is_integer(ts.type) or pa.types.is_floating(ts.type):
+            at = ts[cut].as_py()
+            boundary = -(-int(at) // int(window_s)) * int(window_s)
+            return (
+                table.filter(pc.less(ts, boundary)),
+                table.filter(pc.greater_equal(ts, boundary)),
+            )
+    return table.slice(0, cut), table.slice(cut)
 
 
 def prepare_state_dir(d: Path) -> None:
@@ -132,12 +154,18 @@ class Demo:
         self.tail: EventTail | None = None
         self.state: dict[str, Any] = {}
         cfg = load_config(opts.config)
-        only = cfg.only()
-        if only is None:
-            raise LoopError(f"the demo runs one model; {opts.config} declares {len(cfg.models)}")
-        self.model = only
-        self.spec = cfg.models[only]
-        self.progress.model = only
+        model = opts.model or cfg.only()
+        if model is None or model not in cfg.models:
+            raise LoopError(
+                f"name the model to run (--model): {opts.config} declares "
+                f"{', '.join(sorted(cfg.models))}"
+            )
+        self.model = model
+        self.spec = cfg.models[model]
+        self.progress.model = model
+        self.time_column = self.spec.windows.event_time_field or None
+        # The bundled taxi story (a 2014 shift) expects a retraining; other data may not.
+        self.story = Path(opts.data).resolve() == BUNDLED.resolve()
 
     def _config(self, d: Path) -> str:
         """The models file the stack runs: the option's, with ``model_module`` swapped in."""
@@ -214,8 +242,9 @@ class Demo:
             replay(
                 settings,
                 table,
-                time_column=TIME_COLUMN,
-                speedup=self.opts.speedup or None,
+                time_column=self.time_column,
+                speedup=(self.opts.speedup or None) if self.time_column else None,
+                topic=self.spec.topic,
                 progress=seen,
             )
         )
@@ -338,15 +367,17 @@ class Demo:
     def load(self) -> tuple[pa.Table, pa.Table]:
         from ctrain.replay import order_by_time, read_table
 
-        table = order_by_time(read_table(self.opts.data), TIME_COLUMN)
-        window_s = int(os.environ.get("CTRAIN_INGEST_WINDOW_DURATION_S", 91 * 86400))
-        return split_at_window(table, window_s)
+        table = order_by_time(read_table(self.opts.data), self.time_column)
+        window_s = self.spec.windows.window_duration_s
+        if self.story:
+            return split_at_window(table, int(window_s or 91 * 86400), column=TIME_COLUMN)
+        return split_history(table, self.time_column, window_s)
 
     def history(self, first: pa.Table) -> ModelCandidate:
         """Phase 1: replay the history and train the first model; its candidate."""
-        self.replay(first, "phase 1: replaying 2013")
+        self.replay(first, f"phase 1: replaying the history ({first.num_rows:,} examples)")
         self.progress.phase = "phase 1: windows closing"
-        self.settle(first.num_rows, "every 2013 window validated")
+        self.settle(first.num_rows, "every window of the history validated")
         assert self.tail is not None
         judged = set(self.tail.state.periods)
         retrying(lambda: self._trigger_caught_up(judged), 300, "the trigger")
@@ -365,7 +396,7 @@ class Demo:
         try:
             tc = client.trigger(self.state)
             try:
-                rows = tc.decisions(1)
+                rows = tc.decisions(1, model=self.model)
             finally:
                 tc.close()
         except (httpx.TransportError, client.ApiError, RuntimeError):
@@ -377,7 +408,7 @@ class Demo:
         try:
             tc = client.trigger(self.state)
             try:
-                self.progress.trigger = tc.state()
+                self.progress.trigger = tc.state(model=self.model)
             finally:
                 tc.close()
         except (httpx.TransportError, client.ApiError, RuntimeError):
@@ -393,7 +424,10 @@ class Demo:
         deadline = time.monotonic() + 120
         try:
             while time.monotonic() < deadline:
-                seen = {d["source"].removeprefix("validation:") for d in tc.decisions(500)}
+                seen = {
+                    d["source"].removeprefix("validation:")
+                    for d in tc.decisions(500, model=self.model)
+                }
                 if window_ids <= seen:
                     return
                 time.sleep(0.2)  # poll interval: the trigger reads validations on its own
@@ -404,24 +438,38 @@ class Demo:
     def _first_run(self) -> str:
         tc = client.trigger(self.state)
         try:
-            runs = tc.runs()
+            runs = tc.runs(model=self.model)
             if runs:
                 return str(runs[0]["run_id"])  # drift inside the history already started one
-            resp = tc.train("first model: nothing serves yet")
+            resp = tc.train("first model: nothing serves yet", model=self.model)
             if resp.get("started"):
                 return str(resp["run_id"])
             # A request repeated after a trigger restart finds its own run.
-            runs = tc.runs()
+            runs = tc.runs(model=self.model)
             if runs:
                 return str(runs[0]["run_id"])
             raise LoopError(f"the trigger declined the first run: {resp.get('reason')}")
         finally:
             tc.close()
 
-    def drift(self, second: pa.Table) -> ModelCandidate:
-        """Phase 2: replay the drifted period; the candidate of the run it triggers."""
+    def drift(self, second: pa.Table, sent_before: int) -> ModelCandidate | None:
+        """Phase 2: replay what came after; the candidate of the run the trigger starts by
+        itself, or None when the data gave it no reason (only the bundled story must)."""
         known = set(self.tail.state.runs) if self.tail else set()
-        self.progress.drift_started = self.replay(second, "phase 2: replaying 2014")
+        self.progress.drift_started = self.replay(
+            second, f"phase 2: replaying what came after ({second.num_rows:,} examples)"
+        )
+        if self.story:
+            return self.next_run(known)
+        self.progress.phase = "phase 2: windows closing"
+        self.settle(sent_before + second.num_rows, "every later window validated")
+        assert self.tail is not None
+        judged = set(self.tail.state.periods)
+        retrying(lambda: self._trigger_caught_up(judged), 300, "the trigger")
+        started = [rid for rid in self.tail.state.runs if rid not in known]
+        if not started:
+            self.refresh_decision()
+            return None
         return self.next_run(known)
 
     def next_run(self, known: set[str]) -> ModelCandidate:
@@ -450,7 +498,11 @@ class Demo:
         self.progress.phase = "phase 1: promoting the first model"
         self.approve(cand, "demo: the first model", by_demo=True)
         self.progress.before = retrying(lambda: self.predict(sample), 120, "predictions")
-        cand = self.drift(second)
+        maybe = self.drift(second, first.num_rows)
+        if maybe is None:
+            self.progress.phase = f"done: no retraining needed ({self.progress.decision})"
+            return self.progress
+        cand = maybe
         self.progress.phase = "phase 2: approval"
         if not cand.blessed:
             raise LoopError(f"the candidate was not blessed: {'; '.join(cand.failed_checks)}")
@@ -494,13 +546,11 @@ def describe(ev: Event) -> str:
         extra = f" in {ev.failed_component}" if ev.failed_component else ""
         return f"[magenta]run[/magenta] {ev.run_id} {ev.state}{extra} (reason: {ev.reason})"
     if isinstance(ev, ModelCandidate):
-        auc, base = auc_of(ev.metrics), auc_of(ev.baseline_metrics)
-        vs = f" vs serving {base:.3f}" if base is not None else " (no model serving to compare)"
+        head, base = headline(ev.metrics), headline(ev.baseline_metrics)
+        vs = f" vs serving {base[1]:.3f}" if base else " (no model serving to compare)"
         verdict = "blessed" if ev.blessed else "NOT blessed: " + "; ".join(ev.failed_checks)
-        return (
-            f"[magenta]candidate[/magenta] {ev.candidate_id} AUC "
-            f"{auc if auc is None else f'{auc:.3f}'}{vs}; {verdict}"
-        )
+        shown = f"{head[0]} {head[1]:.3f}" if head else "no headline metric"
+        return f"[magenta]candidate[/magenta] {ev.candidate_id} {shown}{vs}; {verdict}"
     if isinstance(ev, PromotionEvent):
         labels = ", ".join(f"{k}=v{v}" for k, v in ev.labels.items())
         return (

@@ -109,11 +109,18 @@ class LoopState:
         return None
 
 
-def auc_of(metrics: CandidateMetrics | None) -> float | None:
-    """The overall AUC of TFMA metrics (its key carries the metric's name), if any."""
+HEADLINE = ("auc", "sparse_categorical_accuracy", "mean_absolute_error")
+
+
+def headline(metrics: CandidateMetrics | None) -> tuple[str, float] | None:
+    """The task's headline metric among TFMA's overall ones: AUC (binary), accuracy
+    (multi-class) or mean absolute error (regression)."""
     if metrics is None:
         return None
-    return next((v for k, v in metrics.overall.items() if "auc" in k.lower()), None)
+    for name in HEADLINE:
+        if name in metrics.overall:
+            return name, metrics.overall[name]
+    return None
 
 
 def _identity(ev: Event) -> tuple[str, str] | None:

@@ -20,6 +20,7 @@ from rich.console import Console
 
 from shared import contract
 from shared.contract import Problem
+from shared.settings import SettingsError
 
 console = Console()
 
@@ -34,6 +35,18 @@ def add_parser(sub: Any) -> None:
     ck.add_argument("--data", help="CSV/Parquet/JSON lines to run the steps on")
     ck.add_argument("--rows", type=int, default=600, help="sample size of --data (600)")
     ck.set_defaults(func=check_command)
+    nw = msub.add_parser("new", help="a schema, a model module and a models-file entry from data")
+    nw.add_argument("name", help="the model's name (also its stream's)")
+    nw.add_argument("--data", required=True, help="CSV/Parquet/JSON lines with a label column")
+    nw.add_argument("--label", required=True, help="the column to predict")
+    nw.add_argument("--task", choices=["binary", "multiclass", "regression"],
+                    help="default: from the label (2 values: binary; few: multiclass; numbers: "
+                    "regression)")  # fmt: skip
+    nw.add_argument("--time-column", help="event time (epoch seconds or ISO 8601)")
+    nw.add_argument("--dir", help="where schema.pbtxt and model.py go (default: models/NAME)")
+    nw.add_argument("--config", help="models file to add it to (default: CTRAIN_CONFIG or "
+                    "./ctrain.yaml)")  # fmt: skip
+    nw.set_defaults(func=new_command)
 
 
 def _schema_for(args: argparse.Namespace) -> str | None:
@@ -208,4 +221,52 @@ def check_command(args: argparse.Namespace) -> int:
             console.print(f"  - {p.what}\n    [bold]fix[/bold]: {p.fix}")
         return 1
     console.print(f"[green]{path} keeps the contract[/green]")
+    return 0
+
+
+def new_command(args: argparse.Namespace) -> int:
+    from google.protobuf import text_format
+
+    from ctrain import scaffold
+    from ctrain.replay import ReplayError, read_table
+
+    try:
+        table = read_table(args.data)
+    except (OSError, ValueError, ReplayError) as e:
+        console.print(f"[red]cannot read {args.data}[/red]: {e}")
+        return 1
+    try:
+        p = scaffold.plan(args.name, table, args.label, args.task, args.time_column)
+    except scaffold.ScaffoldError as e:
+        console.print(f"[red]{e}[/red]")
+        return 1
+    out = Path(args.dir or Path("models") / args.name)
+    schema_path, module_path = out / "schema.pbtxt", out / "model.py"
+    for f in (schema_path, module_path):
+        if f.exists():
+            console.print(f"[red]{f} exists[/red]: choose another --dir or remove it")
+            return 1
+    config = Path(args.config or os.environ.get("CTRAIN_CONFIG") or "ctrain.yaml")
+    out.mkdir(parents=True, exist_ok=True)
+    console.print(f"inferring the schema of {table.num_rows:,} rows with TFDV ...")
+    schema = scaffold.infer_schema(table)
+    schema_path.write_text(text_format.MessageToString(schema))
+    module_path.write_text(scaffold.module_text(p, args.data))
+    try:
+        contract.check(module_path, schema)
+        entry = scaffold.config_entry(p, table, schema_path, module_path, config.resolve().parent)
+        scaffold.add_to_config(config, p.name, entry)
+    except (contract.ContractError, scaffold.ScaffoldError, SettingsError) as e:
+        console.print(f"[red]{e}[/red]")
+        return 1
+    console.print(
+        f"[green]model {p.name}[/green] ({p.task}, label {p.label!r}"
+        + (f", positive class {p.positive!r}" if p.positive else "")
+        + f"; {len(p.numeric)} numeric, {len(p.strings)} string features)\n"
+        f"  schema  {schema_path}  (review it: types, presence)\n"
+        f"  module  {module_path}\n"
+        f"  config  {config}\n"
+        f"next: ctrain model check {module_path} --model {p.name} --data {args.data}\n"
+        f"      ctrain demo --data {args.data} --model {p.name}"
+    )
     return 0

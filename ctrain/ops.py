@@ -22,16 +22,28 @@ console = Console()
 
 
 def demo(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
     from ctrain.demo import Demo, DemoOptions, run_in_thread
     from ctrain.loop import LoopState
     from ctrain.view import demo_screen
 
+    config = args.config
+    if config is None and (args.model or args.data):
+        # A user's own model: the file `ctrain model new` wrote, unless one is named.
+        config = os.environ.get("CTRAIN_CONFIG") or (
+            "ctrain.yaml" if Path("ctrain.yaml").is_file() else None
+        )
     opts = DemoOptions(
         data=args.data or DemoOptions.data,
         auto_approve=args.auto_approve,
         speedup=args.speedup,
         keep=not args.stop,
+        model=args.model,
     )
+    if config:
+        opts.config = config
     d = Demo(opts)
     with Live(console=console, refresh_per_second=2, transient=False) as live:
         d.say = live.console.print
@@ -76,8 +88,8 @@ def summary(d: Any) -> None:
     if p.drift_started and p.stable_moved:
         t.add_row(
             "drift → stable",
-            f"{p.stable_moved - p.drift_started:.0f}s from the first 2014 trip to the new model "
-            "serving (incl. the wait for approval)",
+            f"{p.stable_moved - p.drift_started:.0f}s from the first later example to the new "
+            "model serving (incl. the wait for approval)",
         )
     for name, url in p.urls.items():
         t.add_row(name, url)
@@ -87,10 +99,13 @@ def summary(d: Any) -> None:
 
 
 def models_file(state: dict[str, Any] | None) -> CtrainConfig | None:
-    """The models file in force: ``CTRAIN_CONFIG``, else the dev stack's."""
+    """The models file in force: ``CTRAIN_CONFIG``, else the dev stack's, else ./ctrain.yaml."""
     import os
+    from pathlib import Path
 
     path = os.environ.get("CTRAIN_CONFIG") or (state or {}).get("config")
+    if not path and Path("ctrain.yaml").is_file():
+        path = "ctrain.yaml"
     return load_config(path) if path else None
 
 
@@ -363,10 +378,13 @@ def rollback(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: Any) -> None:
-    dm = sub.add_parser("demo", help="the whole loop on the bundled taxi trips, live")
+    dm = sub.add_parser("demo", help="the whole loop, live: the bundled taxi trips, or your data")
     dm.add_argument("--auto-approve", action="store_true", help="no operator: the gate decides")
     dm.add_argument("--speedup", type=float, default=3.0e6, help="replay the data's clock faster")
-    dm.add_argument("--data", help="CSV/Parquet of taxi trips (default: the bundled sample)")
+    dm.add_argument("--data", help="CSV/Parquet/JSON lines (default: the bundled taxi trips)")
+    dm.add_argument("--model", help="the model of the models file to run (ctrain model new)")
+    dm.add_argument("--config", help="the models file (default: CTRAIN_CONFIG or ./ctrain.yaml "
+                    "with --model/--data, else the taxi example's)")  # fmt: skip
     dm.add_argument("--stop", action="store_true", help="stop the stack at the end")
     dm.set_defaults(func=demo)
     st = sub.add_parser("status", help="windows, drift, runs, candidates, serving in one view")

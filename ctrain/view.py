@@ -10,7 +10,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from ctrain.loop import LoopState, auc_of
+from ctrain.loop import LoopState, headline
 
 PIPELINE = ("gather", "validate", "transform", "train", "evaluate", "publish")
 MARK = {"succeeded": "[green]✓[/green]", "failed": "[red]✗[/red]", "running": "[yellow]…[/yellow]"}
@@ -91,13 +91,16 @@ def candidate_panel(loop: LoopState) -> RenderableType:
     if not loop.candidates:
         return Text("no candidate yet", style="dim")
     t = Table(title="candidates (TFMA against the serving model)", expand=True)
-    for col in ("candidate", "blessed", "AUC", "serving AUC", "failed checks"):
+    for col in ("candidate", "blessed", "metric", "candidate", "serving", "failed checks"):
         t.add_column(col)
     for c in loop.candidates.values():
-        auc, base = auc_of(c.metrics), auc_of(c.baseline_metrics)
+        head, serving = headline(c.metrics), headline(c.baseline_metrics)
+        name = head[0] if head else "-"
+        auc, base = (head[1] if head else None), (serving[1] if serving else None)
         t.add_row(
             c.candidate_id,
             "[green]yes[/green]" if c.blessed else "[red]no[/red]",
+            name,
             f"{auc:.3f}" if auc is not None else "-",
             f"{base:.3f}" if base is not None else "-",
             "; ".join(c.failed_checks) or "",

@@ -50,6 +50,16 @@ models:
     validation: {{ignore_features: [trip_start_timestamp, trip_start_month]}}
     trigger: {{cooldown_s: 0, epochs: 1, min_train_examples: 2000, min_eval_examples: 1000}}
     promotion: {{policy: auto}}
+  taxi-fare:
+    stream: taxi-fare
+    schema: {taxi / "data/schema.pbtxt"}
+    module: {taxi / "fare/model.py"}
+    task: regression
+    windows: {{event_time_field: trip_start_timestamp, window_duration_s: 7862400,
+               allowed_lateness_s: 86400, idle_timeout_s: 5}}
+    validation: {{ignore_features: [trip_start_timestamp, trip_start_month]}}
+    trigger: {{cooldown_s: 0, epochs: 2, min_train_examples: 2000, min_eval_examples: 1000}}
+    promotion: {{policy: auto}}
   sensors:
     stream: sensors
     schema: {SENSORS / "schema.pbtxt"}
@@ -159,10 +169,12 @@ def test_two_streams_two_models_one_stack(
                 replay(common, taxi_2013, time_column="trip_start_timestamp",
                        topic=cfg.models["taxi"].topic),
                 replay(common, calm, time_column="ts", topic=cfg.models["sensors"].topic),
+                replay(common, taxi_2013, time_column="trip_start_timestamp",
+                       topic=cfg.models["taxi-fare"].topic),
             )  # fmt: skip
 
         asyncio.run(both())
-        expected = taxi_2013.num_rows + calm.num_rows
+        expected = 2 * taxi_2013.num_rows + calm.num_rows
 
         def settled(s: LoopState) -> bool:
             return (
@@ -173,33 +185,43 @@ def test_two_streams_two_models_one_stack(
 
         tail.wait_for(settled, 300, "both streams windowed and judged")
         streams = {w.stream for w in tail.state.windows.values()}
-        assert streams == {"taxi", "sensors"}
+        assert streams == {"taxi", "taxi-fare", "sensors"}
         # Two real 2013 trips lack pickup_community_area; every sensor reading is valid.
         assert {(d.source.topic, d.reason) for d in tail.state.dlq} <= {
-            ("ctrain.examples", "missing_feature")
+            ("ctrain.examples", "missing_feature"),
+            ("ctrain.examples.taxi-fare", "missing_feature"),
         }
 
         first = {m: first_run(state, tail.state, m, cfg.models[m].stream) for m in cfg.models}
         assert all(first.values()), first
 
-        def both_serving(s: LoopState) -> bool:
-            return all(s.stable_version(m) for m in ("taxi", "sensors"))
+        def all_serving(s: LoopState) -> bool:
+            return all(s.stable_version(m) for m in cfg.models)
 
-        tail.wait_for(both_serving, 900, "both first models promoted")
+        tail.wait_for(all_serving, 900, "every first model promoted")
         pc = client.promoter("viewer", state)
         try:
-            views = {m: pc.model(m) for m in ("taxi", "sensors")}
+            views = {m: pc.model(m) for m in cfg.models}
         finally:
             pc.close()
         for m, view in views.items():
             assert view is not None and "stable" in view["labels"], (m, view)
         taxi_scores = predict(state, "taxi", cfg.models["taxi"].schema_path, taxi_2013.slice(0, 4))
         sensor_scores = predict(state, "sensors", cfg.models["sensors"].schema_path, moved[:4])
-        assert len(taxi_scores) == 4 and len(sensor_scores) == 4
+        fares = predict(
+            state, "taxi-fare", cfg.models["taxi-fare"].schema_path, taxi_2013.slice(0, 4)
+        )
+        # binary: one probability per trip; multi-class: three per reading; regression: $
+        assert len(taxi_scores) == 4 and len(sensor_scores) == 12 and len(fares) == 4
         assert all(0 <= p <= 1 for p in taxi_scores + sensor_scores)
+        assert all(0 < f < 200 for f in fares), fares
+        fare_cand = next(c for c in tail.state.candidates.values() if c.model == "taxi-fare")
+        assert "mean_absolute_error" in fare_cand.metrics.overall, fare_cand.metrics
+        sensor_cand = next(c for c in tail.state.candidates.values() if c.model == "sensors")
+        assert "sparse_categorical_accuracy" in sensor_cand.metrics.overall
 
         # Drift in the sensor stream: a sensor run, nothing for taxi.
-        taxi_runs = {r for r, evs in tail.state.runs.items() if evs[0].model == "taxi"}
+        taxi_runs = {r for r, evs in tail.state.runs.items() if evs[0].model != "sensors"}
         asyncio.run(replay(common, moved, time_column="ts", topic=cfg.models["sensors"].topic))
 
         def sensor_drift_run(s: LoopState) -> str | None:
@@ -222,7 +244,7 @@ def test_two_streams_two_models_one_stack(
             "the drifted days judged",
         )
         loop = tail.state
-        assert {r for r, evs in loop.runs.items() if evs[0].model == "taxi"} == taxi_runs
+        assert {r for r, evs in loop.runs.items() if evs[0].model != "sensors"} == taxi_runs
         for run_id, evs in loop.runs.items():
             model = evs[0].model
             assert stream_of(loop, evs[0].windows) == {cfg.models[model].stream}, (run_id, model)
