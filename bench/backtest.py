@@ -68,9 +68,9 @@ def main() -> None:
 
     from ctrain.backtest import WindowJudge, load_windows, simulate
     from ctrain.synth import resample, write_windows
-    from services.ingest.shard import arrow_schema
     from services.validator import checks
     from shared.schema import example_spec, load_schema
+    from shared.shard import arrow_schema
     from tests.unit.test_backtest_scenarios import POLICY, plans
 
     schema = arrow_schema(example_spec(load_schema(SCHEMA)))

@@ -28,8 +28,8 @@ def windows(d: Path) -> tuple[list[str], str]:
     import pyarrow.compute as pc
     from pyarrow import csv
 
-    from services.ingest.shard import ShardWriter, arrow_schema
     from shared.schema import example_spec, load_schema
+    from shared.shard import ShardWriter, arrow_schema
 
     schema = arrow_schema(example_spec(load_schema(SCHEMA)))
     t = csv.read_csv(CSV, convert_options=csv.ConvertOptions(strings_can_be_null=True))

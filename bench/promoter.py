@@ -29,12 +29,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ctrain.devstack import free_port, start_redis, wait_port  # noqa: E402
-from services.ingest.shard import ShardWriter, arrow_schema, read_shard  # noqa: E402
 from services.promoter.auth import Identity  # noqa: E402
 from services.promoter.core import Promoter, PromoterConfig  # noqa: E402
 from services.promoter.serving import ServingClient  # noqa: E402
 from shared.events import ModelCandidate, PromotionEvent  # noqa: E402
 from shared.schema import example_spec, load_schema  # noqa: E402
+from shared.shard import ShardWriter, arrow_schema, read_shard  # noqa: E402
 from shared.tfexample import rows_to_examples  # noqa: E402
 
 CSV = ROOT / "examples" / "taxi" / "data" / "taxi_2013_2014.csv"

@@ -26,7 +26,6 @@ from pyarrow import csv
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from services.ingest.shard import ShardWriter, arrow_schema  # noqa: E402
 from services.validator import checks  # noqa: E402
 from services.validator.core import Validator, ValidatorConfig  # noqa: E402
 from services.validator.index import WindowRef  # noqa: E402
@@ -35,6 +34,7 @@ from services.validator.schemas import SchemaStore  # noqa: E402
 from shared.artifacts import ArtifactStore  # noqa: E402
 from shared.events import OffsetRange, WindowClosed  # noqa: E402
 from shared.schema import example_spec, load_schema  # noqa: E402
+from shared.shard import ShardWriter, arrow_schema  # noqa: E402
 
 CSV = ROOT / "examples" / "taxi" / "data" / "taxi_2013_2014.csv"
 SCHEMA = ROOT / "examples" / "taxi" / "data" / "schema.pbtxt"

@@ -300,8 +300,8 @@ class WindowJudge:
         if key not in self._stats:
             import pyarrow as pa
 
-            from services.ingest.shard import read_shard
-            from services.validator.stats import dataset, statistics_in_memory
+            from shared.shard import read_shard
+            from shared.stats import dataset, statistics_in_memory
 
             table = pa.concat_tables([read_shard(self.uri[m]) for m in key], promote=True)
             self._stats[key] = dataset(statistics_in_memory(table))

@@ -351,8 +351,8 @@ class Demo:
         # out of the live view (the services log to their own files).
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         warnings.filterwarnings("ignore", category=FutureWarning, module="google.api_core")
-        from services.ingest.shard import arrow_schema
         from shared.schema import example_spec, load_schema
+        from shared.shard import arrow_schema
         from shared.tfexample import rows_to_examples
 
         # The same typed columns ingest writes, so ints and floats match the model's spec.

@@ -108,9 +108,9 @@ def run_on_data(module_path: str, schema_path: str, data: str, rows: int) -> lis
     import pyarrow.parquet as pq
 
     from ctrain.replay import read_table
-    from services.ingest.shard import arrow_schema
     from services.trigger import steps
     from shared.schema import example_spec, load_schema
+    from shared.shard import arrow_schema
 
     try:
         table = read_table(data)

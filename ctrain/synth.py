@@ -64,7 +64,7 @@ def write_windows(
     """Cut each period's rows over ``partitions`` at random (seeded), one window per
     partition and period, as ingest's per-partition tumbling windows would be.
     Returns the WindowClosed events in per-partition order, partitions interleaved."""
-    from services.ingest.shard import ShardWriter
+    from shared.shard import ShardWriter
 
     rng = np.random.default_rng(seed)
     offsets = [0] * partitions

@@ -74,3 +74,13 @@ def example_spec(schema: schema_pb2.Schema) -> ExampleSpec:
     if not specs:
         raise SchemaError("schema declares no features")
     return ExampleSpec(tuple(specs))
+
+
+def without_comparators(schema: schema_pb2.Schema) -> schema_pb2.Schema:
+    """The schema for anomaly checks: drift/skew are measured separately, for every feature."""
+    s = schema_pb2.Schema()
+    s.CopyFrom(schema)
+    for f in s.feature:
+        f.ClearField("drift_comparator")
+        f.ClearField("skew_comparator")
+    return s

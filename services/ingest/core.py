@@ -21,7 +21,6 @@ import pyarrow as pa
 
 from services.ingest.decode import Decoder, Reason, Rejected
 from services.ingest.metrics import IngestMetrics
-from services.ingest.shard import SHARD_NAME, ShardWriter
 from services.ingest.windowing import (
     Add,
     ClosedRange,
@@ -34,6 +33,7 @@ from services.ingest.windowing import (
 from shared.artifacts import ArtifactStore
 from shared.events import DeadLetter, DlqSource, OffsetRange, PartitionIdle, WindowClosed
 from shared.ids import stable_id
+from shared.shard import SHARD_NAME, ShardWriter
 
 log = logging.getLogger(__name__)
 

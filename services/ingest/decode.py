@@ -116,7 +116,7 @@ class Decoder:
     """
 
     def __init__(self, spec: ExampleSpec, config: DecoderConfig | None = None) -> None:
-        from services.ingest.shard import arrow_schema
+        from shared.shard import arrow_schema
 
         self.spec = spec
         self.config = config or DecoderConfig()

@@ -50,7 +50,7 @@ class Rollback(BaseModel):
 
 def smoke_examples(c: ModelCandidate, n: int) -> list[bytes]:
     """A few raw rows of the candidate's evaluation window, as serving will see them."""
-    from services.ingest.shard import read_shard
+    from shared.shard import read_shard
     from shared.tfexample import rows_to_examples
 
     if not c.eval_data_uri:

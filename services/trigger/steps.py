@@ -146,7 +146,7 @@ def _write_parquet(table: pa.Table, path: str) -> None:
 def _concat(uris: list[str], what: str) -> Any:
     import pyarrow as pa
 
-    from services.ingest.shard import read_shard
+    from shared.shard import read_shard
 
     tables = []
     for uri in uris:
@@ -197,10 +197,9 @@ def validate_data(
     import tensorflow_data_validation as tfdv
     from tensorflow_metadata.proto.v0 import anomalies_pb2
 
-    from services.ingest.shard import read_shard
-    from services.validator.checks import without_comparators
-    from services.validator.stats import statistics_in_memory
-    from shared.schema import load_schema
+    from shared.schema import load_schema, without_comparators
+    from shared.shard import read_shard
+    from shared.stats import statistics_in_memory
 
     schema = load_schema(_local_copy(schema_path) if "://" in schema_path else schema_path)
     table = read_shard(data_uri)
@@ -256,8 +255,8 @@ def transform(
     from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io
     from tfx_bsl.public import tfxio
 
-    from services.ingest.shard import read_shard
     from shared.schema import load_schema
+    from shared.shard import read_shard
 
     module = load_module(module_path)
     schema = load_schema(_local_copy(schema_path) if "://" in schema_path else schema_path)
@@ -557,7 +556,7 @@ def evaluate(
     import tensorflow_model_analysis as tfma
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from services.ingest.shard import read_shard
+    from shared.shard import read_shard
 
     module = load_module(module_path)
     config = module.eval_config(baseline_model_dir is not None)

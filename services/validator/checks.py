@@ -13,8 +13,9 @@ from typing import Literal
 from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2, statistics_pb2
 
 from services.validator import distances as dist
-from services.validator.stats import feature_stats
 from shared.events import Anomaly, Distance, FeatureDistances, Verdict
+from shared.schema import without_comparators
+from shared.stats import feature_stats
 
 Kind = Literal["drift", "skew"]
 _SOURCES = {
@@ -44,16 +45,6 @@ class Defaults:
 class AnomalyPolicy:
     blocking: frozenset[str]
     new_value_blocking_fraction: float = 0.1
-
-
-def without_comparators(schema: schema_pb2.Schema) -> schema_pb2.Schema:
-    """The schema for anomaly checks: drift/skew are measured separately, for every feature."""
-    s = schema_pb2.Schema()
-    s.CopyFrom(schema)
-    for f in s.feature:
-        f.ClearField("drift_comparator")
-        f.ClearField("skew_comparator")
-    return s
 
 
 def find_anomalies(

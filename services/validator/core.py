@@ -22,17 +22,17 @@ import pyarrow as pa
 from redis.asyncio import Redis
 from tensorflow_metadata.proto.v0 import schema_pb2, statistics_pb2
 
-from services.ingest.shard import read_shard
 from services.validator import checks
 from services.validator import periods as per
 from services.validator.errors import ShardUnreadable, UnknownWindow
 from services.validator.index import WindowIndex, WindowRef
 from services.validator.metrics import ValidatorMetrics
 from services.validator.schemas import SchemaStore
-from services.validator.stats import dataset, statistics_beam, statistics_in_memory
 from shared.artifacts import ArtifactStore
 from shared.events import Distance, MemberWindow, PartitionIdle, WindowClosed, WindowValidated
 from shared.ids import stable_id
+from shared.shard import read_shard
+from shared.stats import dataset, statistics_beam, statistics_in_memory
 
 log = logging.getLogger(__name__)
 # The log end offset of each partition of a topic (its partitions are the keys).

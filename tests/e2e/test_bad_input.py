@@ -39,11 +39,11 @@ from ctrain import devstack
 from ctrain.replay import encode_rows, order_by_time, read_table
 from services.ingest.decode import Reason
 from services.ingest.settings import IngestSettings
-from services.ingest.shard import read_shard
 from shared import topics
 from shared.events import DeadLetter, WindowClosed
 from shared.kafka import MAX_MESSAGE_BYTES
 from shared.schema import example_spec, load_schema
+from shared.shard import read_shard
 from tests.conftest import TAXI_CSV, TAXI_SCHEMA
 from tests.integration.support import read_topic
 

@@ -21,10 +21,10 @@ import pytest
 from ctrain import cli, client, devstack
 from ctrain.loop import EventTail, LoopState, predict_stable
 from ctrain.replay import read_table, replay
-from services.ingest.shard import arrow_schema
 from shared.config import load_config
 from shared.schema import example_spec, load_schema
 from shared.settings import CommonSettings
+from shared.shard import arrow_schema
 from shared.tfexample import rows_to_examples
 from tests.conftest import ROOT, TAXI_CSV
 from tests.e2e.sensors.data import sensor_days
@@ -110,7 +110,7 @@ def scripting(capsys: pytest.CaptureFixture[str], loop: LoopState) -> None:
     """The command line with two models: --model, -o json, full ids, unique prefixes."""
     capsys.readouterr()
     assert cli.main(["status"]) == 2
-    assert "declares 2 models" in capsys.readouterr().out.replace("\n", " ")
+    assert "declares 3 models" in capsys.readouterr().out.replace("\n", " ")
     assert cli.main(["candidates", "list", "--model", "sensors", "-o", "json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert listed and {c["model"] for c in listed} == {"sensors"}

@@ -18,9 +18,9 @@ import pyarrow.compute as pc
 import pytest
 from pyarrow import csv
 
-from services.ingest.shard import ShardWriter, arrow_schema, read_shard
 from services.trigger.backends import LocalBackend
 from shared.schema import example_spec, load_schema
+from shared.shard import ShardWriter, arrow_schema, read_shard
 from tests.conftest import ROOT, TAXI_CSV, TAXI_SCHEMA
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

@@ -24,12 +24,12 @@ from aiokafka import AIOKafkaProducer
 from pyarrow import csv
 
 from ctrain.loop import predict_stable
-from services.ingest.shard import ShardWriter, arrow_schema
 from shared import topics
 from shared.events import CandidateMetrics, ModelCandidate
 from shared.kafka import ensure_topics
 from shared.schema import example_spec, load_schema
 from shared.settings import CommonSettings
+from shared.shard import ShardWriter, arrow_schema
 from tests.conftest import ROOT, TAXI_CSV, TAXI_SCHEMA
 from tests.integration.support import free_port, ingest_env, start_service
 
@@ -115,7 +115,7 @@ def state_of(url: str, cid: str) -> str:
 def test_approve_serve_rollback_reject_and_crash(
     kafka: str, redis_url: str, tmp_path: Path, taxi_model: dict[str, str]
 ) -> None:
-    from services.ingest.shard import read_shard
+    from shared.shard import read_shard
     from shared.tfexample import rows_to_examples
 
     asyncio.run(ensure_topics(CommonSettings(kafka_bootstrap=kafka, kafka_idempotent=False)))

@@ -11,9 +11,9 @@ import orjson
 import pytest
 
 from ctrain.replay import replay
-from services.ingest.shard import read_shard
 from shared.kafka import ensure_topics
 from shared.settings import CommonSettings
+from shared.shard import read_shard
 from tests.conftest import TAXI_CSV
 from tests.integration.support import ingest_env, start_ingest, windows_and_dlq
 

@@ -17,7 +17,6 @@ from pyarrow import csv
 from redis.asyncio import Redis
 
 from ctrain.synth import Segment, arrival_orders, resample, write_windows
-from services.ingest.shard import arrow_schema
 from services.trigger import policy as pol
 from services.trigger.core import Trigger, TriggerConfig
 from services.trigger.metrics import TriggerMetrics
@@ -29,6 +28,7 @@ from services.validator.schemas import SchemaStore
 from shared.artifacts import ArtifactStore
 from shared.events import Event, WindowClosed, WindowValidated
 from shared.schema import example_spec, load_schema
+from shared.shard import arrow_schema
 from tests.conftest import ROOT, TAXI_CSV, TAXI_SCHEMA
 from tests.integration.test_trigger_core import ScriptedBackend
 

@@ -16,10 +16,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from ctrain.replay import read_table
-from services.ingest.shard import arrow_schema
 from services.trigger import steps
 from shared import contract
 from shared.schema import example_spec, load_schema
+from shared.shard import arrow_schema
 from tests.conftest import ROOT, TAXI_CSV, TAXI_SCHEMA
 from tests.e2e.sensors.data import sensor_days
 

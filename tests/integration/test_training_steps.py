@@ -20,9 +20,9 @@ import pyarrow.parquet as pq
 import pytest
 from pyarrow import csv
 
-from services.ingest.shard import arrow_schema
 from services.trigger import steps
 from shared.schema import example_spec, load_schema
+from shared.shard import arrow_schema
 from tests.conftest import ROOT, TAXI_CSV, TAXI_SCHEMA
 
 pytestmark = pytest.mark.integration

@@ -14,9 +14,9 @@ from rich.console import Console
 
 from ctrain import backtest_cmd, cli
 from ctrain.synth import Segment, resample, write_windows
-from services.ingest.shard import arrow_schema
 from shared.events import Distance, FeatureDistances, MemberWindow, WindowValidated
 from shared.schema import example_spec, load_schema
+from shared.shard import arrow_schema
 from tests.conftest import TAXI_CSV, TAXI_SCHEMA
 
 pytestmark = pytest.mark.unit

@@ -17,10 +17,10 @@ from pyarrow import csv
 
 from ctrain.backtest import Outcome, Report, WindowJudge, load_windows, simulate
 from ctrain.synth import Segment, resample, write_windows
-from services.ingest.shard import arrow_schema
 from services.trigger import policy as pol
 from services.validator import checks
 from shared.schema import example_spec, load_schema
+from shared.shard import arrow_schema
 from tests.conftest import TAXI_CSV, TAXI_SCHEMA
 
 pytestmark = [pytest.mark.unit, pytest.mark.slow]

@@ -20,10 +20,10 @@ from prometheus_client import CollectorRegistry
 from services.ingest.core import Ingestor
 from services.ingest.decode import Decoder, DecoderConfig
 from services.ingest.metrics import IngestMetrics
-from services.ingest.shard import read_shard
 from services.ingest.windowing import WindowPolicy
 from shared.artifacts import ArtifactStore
 from shared.schema import ExampleSpec, FeatureKind, FeatureSpec
+from shared.shard import read_shard
 from tests.unit.helpers import Crash, ListSink, Rec
 
 pytestmark = pytest.mark.unit

@@ -10,8 +10,8 @@ from pyarrow import csv
 from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2
 
 from services.validator import checks
-from services.validator.stats import dataset, feature_stats, statistics_in_memory
 from shared.schema import load_schema
+from shared.stats import dataset, feature_stats, statistics_in_memory
 from tests.conftest import TAXI_CSV, TAXI_SCHEMA
 
 pytestmark = pytest.mark.unit

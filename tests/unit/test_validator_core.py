@@ -12,7 +12,6 @@ import pytest
 from prometheus_client import CollectorRegistry
 from pyarrow import csv
 
-from services.ingest.shard import ShardWriter, arrow_schema
 from services.validator import checks
 from services.validator.core import Validator, ValidatorConfig
 from services.validator.index import WindowRef
@@ -21,6 +20,7 @@ from services.validator.schemas import SchemaStore
 from shared.artifacts import ArtifactStore
 from shared.events import OffsetRange, WindowClosed
 from shared.schema import example_spec, load_schema
+from shared.shard import ShardWriter, arrow_schema
 from tests.conftest import TAXI_CSV, TAXI_SCHEMA
 
 pytestmark = pytest.mark.unit

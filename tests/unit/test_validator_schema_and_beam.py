@@ -14,9 +14,9 @@ from tensorflow_metadata.proto.v0 import schema_pb2
 
 from services.validator import checks
 from services.validator.schemas import SchemaStore
-from services.validator.stats import dataset, feature_stats, statistics_beam, statistics_in_memory
 from shared.artifacts import ArtifactStore
 from shared.schema import load_schema
+from shared.stats import dataset, feature_stats, statistics_beam, statistics_in_memory
 from tests.conftest import ROOT, TAXI_CSV, TAXI_SCHEMA
 
 pytestmark = pytest.mark.unit
