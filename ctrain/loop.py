@@ -225,7 +225,6 @@ class EventTail:
         ev: Event | None = None
         with self.changed:
             if topic == topics.WINDOWS_DLQ:
-                # The validator's dead letters carry the window event verbatim, no envelope.
                 self.state.window_dlq.append(orjson.loads(value))
             else:
                 try:
@@ -280,11 +279,13 @@ def predict_stable(
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
+    from shared import contract
+
     req = predict_pb2.PredictRequest()
     req.model_spec.name = model
-    req.model_spec.signature_name = "serving_default"
+    req.model_spec.signature_name = contract.SERVING_SIGNATURE
     req.model_spec.version_label = label
-    req.inputs["examples"].CopyFrom(tf.make_tensor_proto(examples, dtype=tf.string))
+    req.inputs[contract.SERVING_INPUT].CopyFrom(tf.make_tensor_proto(examples, dtype=tf.string))
     with grpc.insecure_channel(grpc_address) as ch:
         resp = prediction_service_pb2_grpc.PredictionServiceStub(ch).Predict(req, timeout=30)
     scores = [float(x) for v in resp.outputs.values() for x in tf.make_ndarray(v).reshape(-1)]

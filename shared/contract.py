@@ -172,6 +172,11 @@ def check_module(module: types.ModuleType) -> list[Problem]:
 
 
 TASKS = ("binary", "multiclass", "regression")
+# The exported model's signatures (the pipeline writes them; the promoter's smoke
+# prediction, the demo and any client call them).
+SERVING_SIGNATURE = "serving_default"
+TRANSFORM_SIGNATURE = "transform_features"
+SERVING_INPUT = "examples"
 
 
 def output_key(module: types.ModuleType, task: str) -> str:

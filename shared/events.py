@@ -63,6 +63,25 @@ class DeadLetter(Event):
         return self.source_key.encode() if self.source_key else self.id.encode()
 
 
+class WindowDeadLetter(Event):
+    """A window event the validator could not judge, on ``ctrain.windows.dlq``: the event
+    as it arrived, why, and where it came from (so it can be sent back once fixed)."""
+
+    event_type: Literal["window_dead_letter"] = "window_dead_letter"
+    id: str
+    reason: str
+    message: str
+    source: DlqSource
+    payload: str
+    window_id: str | None = None
+    stream: str | None = None
+    service: str = "validator"
+
+    @property
+    def key(self) -> bytes:
+        return (self.stream or self.id).encode()
+
+
 # ----------------------------------------------------------------- windows
 class OffsetRange(BaseModel):
     model_config = ConfigDict(frozen=True)
@@ -269,6 +288,7 @@ class PromotionEvent(Event):
 
 AnyEvent = Annotated[
     DeadLetter
+    | WindowDeadLetter
     | WindowClosed
     | PartitionIdle
     | WindowValidated

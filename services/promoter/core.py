@@ -25,6 +25,7 @@ from services.promoter.errors import Ambiguous, Conflict, Forbidden, NotFound, S
 from services.promoter.metrics import PromoterMetrics
 from services.promoter.serving import ModelLayout, ServingClient
 from services.promoter.store import CandidateStore, Record
+from shared import keys
 from shared.events import ModelCandidate, PromotionEvent
 from shared.ids import stable_id
 
@@ -242,10 +243,8 @@ class Promoter:
             }
             await self._apply(model, final)
             await self._save_layout(model, final)
-            await self.redis.set(f"ctrain:serving:{model}:model_uri", rec.candidate.model_uri)
-            await self.redis.set(
-                f"ctrain:serving:{model}:windows", orjson.dumps(rec.candidate.windows)
-            )
+            await self.redis.set(keys.serving_model_uri(model), rec.candidate.model_uri)
+            await self.redis.set(keys.serving_windows(model), orjson.dumps(rec.candidate.windows))
             old_cid = prior.get("by_version", {}).get(str(stable)) if stable is not None else None
             if old_cid:
                 await self.store.transition(
@@ -321,9 +320,9 @@ class Promoter:
             await self.store.transition(target_cid, "restore", who.name, reason)
             tgt = await self.store.get(target_cid)
             if tgt is not None:
-                await self.redis.set(f"ctrain:serving:{model}:model_uri", tgt.candidate.model_uri)
+                await self.redis.set(keys.serving_model_uri(model), tgt.candidate.model_uri)
                 await self.redis.set(
-                    f"ctrain:serving:{model}:windows", orjson.dumps(tgt.candidate.windows)
+                    keys.serving_windows(model), orjson.dumps(tgt.candidate.windows)
                 )
         self.metrics.promotions.labels("rolled_back").inc()
         await self.publish(

@@ -24,6 +24,7 @@ from tensorflow_serving.apis import (
 from tensorflow_serving.config import model_server_config_pb2
 
 from services.promoter.errors import ServingError
+from shared import contract
 
 
 @dataclass(frozen=True)
@@ -120,8 +121,8 @@ class ServingClient:
         examples: list[bytes],
         version: int | None = None,
         label: str | None = None,
-        input_name: str = "examples",
-        signature: str = "serving_default",
+        input_name: str = contract.SERVING_INPUT,
+        signature: str = contract.SERVING_SIGNATURE,
     ) -> dict[str, list[float]]:
         import tensorflow as tf
 

@@ -24,6 +24,7 @@ from redis.asyncio import Redis
 from services.trigger import policy as pol
 from services.trigger.backends import Backend, components_of
 from services.trigger.metrics import TriggerMetrics
+from shared import keys
 from shared.artifacts import ArtifactStore
 from shared.events import (
     CandidateMetrics,
@@ -60,7 +61,7 @@ def _text(raw: bytes | str | None) -> str:
 
 def serving_model_key(model: str) -> str:
     """The model directory now serving; written by the promoter."""
-    return f"ctrain:serving:{model}:model_uri"
+    return keys.serving_model_uri(model)
 
 
 def _epoch(t: datetime | None) -> float:

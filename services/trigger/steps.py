@@ -41,9 +41,9 @@ from shared import contract
 if TYPE_CHECKING:
     import pyarrow as pa
 
-SERVING_SIGNATURE = "serving_default"
-TRANSFORM_SIGNATURE = "transform_features"
-SERVING_INPUT = "examples"
+SERVING_SIGNATURE = contract.SERVING_SIGNATURE
+TRANSFORM_SIGNATURE = contract.TRANSFORM_SIGNATURE
+SERVING_INPUT = contract.SERVING_INPUT
 CANDIDATE = "candidate"
 BASELINE = "baseline"
 # In-process Beam: the data of one training run fits a worker; one worker
@@ -98,41 +98,13 @@ def _local_copy(uri: str) -> str:
 
 
 def raw_examples(table: pa.Table, drop: Iterable[str] = ()) -> list[bytes]:
-    """Serialized tf.Examples of the rows of ``table``; nulls (and ``drop`` columns) left out.
+    """Serialized tf.Examples of the rows (``shared.tfexample``, the one encoder)."""
+    from shared.tfexample import EncodeError, rows_to_examples
 
-    Integer columns become int64_list, floating float_list, strings bytes_list.
-    """
-    import pyarrow as pa
-    from tensorflow.core.example import example_pb2
-
-    dropped = set(drop)
-    columns: list[tuple[str, str, list[Any]]] = []
-    for field in table.schema:
-        if field.name in dropped:
-            continue
-        t = field.type
-        if pa.types.is_integer(t) or pa.types.is_boolean(t):
-            kind = "int64_list"
-        elif pa.types.is_floating(t):
-            kind = "float_list"
-        elif pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t):
-            kind = "bytes_list"
-        else:
-            raise StepError(f"column {field.name!r} has unsupported type {t}")
-        columns.append((field.name, kind, table.column(field.name).to_pylist()))
-
-    out = []
-    for i in range(table.num_rows):
-        ex = example_pb2.Example()
-        for name, kind, values in columns:
-            v = values[i]
-            if v is None:
-                continue
-            if isinstance(v, str):
-                v = v.encode("utf-8")
-            getattr(ex.features.feature[name], kind).value.append(v)
-        out.append(ex.SerializeToString())
-    return out
+    try:
+        return rows_to_examples(table, drop)
+    except EncodeError as e:
+        raise StepError(str(e)) from e
 
 
 def _write_parquet(table: pa.Table, path: str) -> None:

@@ -33,7 +33,13 @@ from services.validator.settings import ValidatorSettings
 from shared import topics
 from shared.artifacts import ArtifactStore
 from shared.config import config_of, model_settings
-from shared.events import PartitionIdle, WindowClosed, WindowValidated
+from shared.events import (
+    DlqSource,
+    PartitionIdle,
+    WindowClosed,
+    WindowDeadLetter,
+    WindowValidated,
+)
 from shared.kafka import SourceOffsets, health, make_router, one_event_at_a_time
 from shared.metrics import metrics_endpoint, new_registry
 from shared.periodic import every
@@ -120,16 +126,23 @@ def create_app(common: CommonSettings, settings: ValidatorSettings) -> FastAPI:
             await publish_periods(stream, None)
 
     async def dead_letter(raw: bytes, reason: str, message: str, msg: KafkaMessage) -> None:
-        rec = msg.raw_message
+        rec: Any = msg.raw_message
         metrics.dead_letters.labels(reason).inc()
-        letter = {
-            "reason": reason,
-            "message": message,
-            "source": {"topic": rec.topic, "partition": rec.partition, "offset": rec.offset},  # type: ignore[union-attr]
-            "payload": raw.decode("utf-8", "replace"),
-            "service": "validator",
-        }
-        await router.broker.publish(orjson.dumps(letter), topic=topics.WINDOWS_DLQ)
+        try:
+            head = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            head = {}
+        head = head if isinstance(head, dict) else {}
+        letter = WindowDeadLetter(
+            id=f"wdlq-{rec.topic}-{rec.partition}-{rec.offset}",
+            reason=reason,
+            message=message,
+            source=DlqSource(topic=rec.topic, partition=rec.partition, offset=rec.offset),
+            payload=raw.decode("utf-8", "replace"),
+            window_id=head.get("window_id") if isinstance(head.get("window_id"), str) else None,
+            stream=head.get("stream") if isinstance(head.get("stream"), str) else None,
+        )
+        await router.broker.publish(letter.to_bytes(), topic=topics.WINDOWS_DLQ, key=letter.key)
         log.error("window dead-lettered", extra={"reason": reason, "detail": message})
 
     @one_event_at_a_time(router, topics.WINDOWS, settings.group_id)

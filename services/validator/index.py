@@ -12,6 +12,8 @@ from typing import Any, Protocol
 import orjson
 from redis.asyncio import Redis
 
+from shared import keys
+
 
 @dataclass(frozen=True)
 class WindowRef:
@@ -35,7 +37,7 @@ class WindowIndex(Protocol):
 
 def serving_windows_key(model: str) -> str:
     """Written by the promoter when a model version starts serving (DESIGN §5)."""
-    return f"ctrain:serving:{model}:windows"
+    return keys.serving_windows(model)
 
 
 class RedisWindowIndex:

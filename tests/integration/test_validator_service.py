@@ -137,3 +137,54 @@ def test_windows_are_validated_viewable_and_deduplicated(
     for svc in (validator, ingest):
         svc.proc.send_signal(signal.SIGTERM)
         assert svc.proc.wait(timeout=60) == 0
+
+
+@pytest.mark.timeout(300)
+def test_windows_it_cannot_judge_go_to_the_dlq_as_typed_events(
+    kafka: str, redis_url: str, tmp_path: Path
+) -> None:
+    """A malformed window event and a window whose shard is gone are dead-lettered as
+    WindowDeadLetter events that name the window, its stream and why; the service goes on."""
+    from shared.events import OffsetRange, WindowDeadLetter, parse_event
+
+    common = CommonSettings(kafka_bootstrap=kafka, kafka_idempotent=False)
+    asyncio.run(ensure_topics(common, partitions=1))
+    env = ingest_env(kafka, redis_url, tmp_path, CTRAIN_VALIDATOR_MAX_ATTEMPTS="1")
+    validator = start_service("validator", env, tmp_path / "validator.log")
+    validator.wait_healthy()
+    gone = WindowClosed(
+        window_id=f"win-gone-{tmp_path.name}",
+        stream="taxi",
+        start="2024-01-01T00:00:00Z",  # type: ignore[arg-type]
+        end="2024-01-02T00:00:00Z",  # type: ignore[arg-type]
+        example_count=500,
+        offsets=[OffsetRange(topic="ctrain.examples", partition=0, first=0, last=499)],
+        data_uri=str(tmp_path / "no-such-shard.parquet"),
+        sha256="0" * 64,
+    )
+
+    async def send() -> None:
+        p = AIOKafkaProducer(bootstrap_servers=kafka)
+        await p.start()
+        await p.send_and_wait(
+            topics.WINDOWS, b'{"event_type": "window_closed", "window_id": "w-x"}'
+        )
+        await p.send_and_wait(topics.WINDOWS, gone.to_bytes())
+        await p.stop()
+
+    asyncio.run(send())
+    letters = wait_for(
+        lambda: (
+            (got := asyncio.run(read_topic(kafka, topics.WINDOWS_DLQ))) and len(got) >= 2 and got
+        ),
+        120,
+        "two dead letters",
+    )
+    assert all(isinstance(x, WindowDeadLetter) for x in letters)
+    bad, lost = letters
+    assert bad.reason == "invalid_event" and bad.window_id == "w-x" and "stream" in bad.message
+    assert lost.window_id == gone.window_id and lost.stream == "taxi"
+    assert lost.source.topic == topics.WINDOWS and lost.reason != "invalid_event"
+    assert WindowClosed.model_validate_json(lost.payload) == gone  # it can be sent back as is
+    assert parse_event(lost.to_bytes()) == lost
+    assert httpx.get(f"{validator.url}/healthz").status_code == 200
