@@ -64,44 +64,6 @@ def _schema_for(args: argparse.Namespace) -> str | None:
     return next((m.schema_path for m in cfg.models.values() if m.module == want), None)
 
 
-def eval_config_problems(module: Any) -> list[Problem]:
-    """``eval_config(False)`` and ``eval_config(True)`` must build TFMA EvalConfigs."""
-    import tensorflow_model_analysis as tfma
-
-    out: list[Problem] = []
-    for baseline in (False, True):
-        try:
-            cfg = module.eval_config(baseline)
-        except Exception as e:  # noqa: BLE001 -- the module's own code: any error is the finding
-            out.append(
-                Problem(
-                    f"eval_config({baseline}) raised {type(e).__name__}: {e}",
-                    "make eval_config return a tfma.EvalConfig for both values",
-                )
-            )
-            continue
-        if not isinstance(cfg, tfma.EvalConfig):
-            out.append(
-                Problem(
-                    f"eval_config({baseline}) returned {type(cfg).__name__}",
-                    "return tfma.EvalConfig (text_format.Parse(text, tfma.EvalConfig()))",
-                )
-            )
-            continue
-        keys = {s.label_key for s in cfg.model_specs if s.label_key}
-        if keys - {module.LABEL_KEY}:
-            out.append(
-                Problem(
-                    f"eval_config({baseline}) reads label {sorted(keys)}, not LABEL_KEY "
-                    f"{module.LABEL_KEY!r}",
-                    "use LABEL_KEY in model_specs (or leave label_key out)",
-                )
-            )
-        if not cfg.metrics_specs:
-            out.append(Problem(f"eval_config({baseline}) has no metrics", "add metrics_specs"))
-    return out
-
-
 def run_on_data(module_path: str, schema_path: str, data: str, rows: int) -> list[Problem]:
     """The training steps on a sample: transform, one epoch, evaluation."""
     import pyarrow as pa
@@ -208,7 +170,7 @@ def check_command(args: argparse.Namespace) -> int:
         except SchemaError as e:
             problems.append(Problem(str(e), "fix the schema file"))
     if not problems:
-        problems += eval_config_problems(module)
+        problems += contract.eval_config_problems(module)
     if not problems and args.data:
         if schema_path is None:
             problems.append(Problem("--data needs a schema", "give --schema or --model"))

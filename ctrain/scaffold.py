@@ -36,6 +36,8 @@ class Plan:
     rows: int
     classes: tuple[str, ...]  # label values (classification), as strings
     positive: str | None  # binary: the class predicted as 1
+    label_mean: float  # regression: where the model's output starts
+    label_std: float
     floor: float  # binary AUC / multiclass accuracy floor, or regression MAE ceiling
     change: float  # how much worse than the serving model a candidate may be
 
@@ -89,9 +91,12 @@ def plan(name: str, table: pa.Table, label: str, task: str | None, time_column: 
     strings = tuple(c for c in features if c not in numeric)
     classes: tuple[str, ...] = ()
     positive = None
+    label_mean, label_std = 0.0, 1.0
     if task == "regression":
         values = pc.cast(col, pa.float64())
         mean = pc.mean(values).as_py()
+        label_mean = round(float(mean), 6)
+        label_std = round(float(pc.stddev(values).as_py() or 1.0) or 1.0, 6)
         mad = pc.mean(pc.abs(pc.subtract(values, mean))).as_py()
         floor, change = float(mad), max(float(mad) * 0.05, 1e-6)  # must beat the mean
     else:
@@ -105,7 +110,7 @@ def plan(name: str, table: pa.Table, label: str, task: str | None, time_column: 
             majority = counts[0]["counts"] / len(col)
             floor, change = round(min(0.99, majority + 0.01), 3), 0.02
     return Plan(name, task, label, numeric, strings, time_column, table.num_rows, classes,
-                positive, floor, change)  # fmt: skip
+                positive, label_mean, label_std, floor, change)  # fmt: skip
 
 
 def infer_schema(table: pa.Table) -> Any:
@@ -147,6 +152,8 @@ POSITIVE = {positive!r}
 FLOOR = {floor!r}
 CHANGE = {change!r}
 SLICES: list[list[str]] = {slices!r}
+LABEL_MEAN = {label_mean!r}
+LABEL_STD = {label_std!r}
 '''
 
 # The module's code, the same for every generated model: it reads the constants above.
@@ -167,6 +174,7 @@ def module_text(p: Plan, data: str) -> str:
         name=p.name, task=p.task, data=Path(data).name, label=p.label, why=why,
         numeric=p.numeric, strings=p.strings, classes=p.classes, positive=p.positive,
         floor=round(p.floor, 6), change=round(p.change, 6), slices=slices,
+        label_mean=p.label_mean, label_std=p.label_std,
     )  # fmt: skip
     body = BODY().split("# --- generated modules start here ---\n", 1)[1]
     return head + body

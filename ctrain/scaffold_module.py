@@ -21,6 +21,8 @@ POSITIVE: str | None = "1"
 FLOOR = 0.55
 CHANGE = 0.01
 SLICES: list[list[str]] = []
+LABEL_MEAN = 0.0
+LABEL_STD = 1.0
 
 # --- generated modules start here ---
 VOCAB_TOP_K = 1000
@@ -105,8 +107,12 @@ def build_model(tf_transform_output: Any) -> Any:
     loss: Any
     metrics: list[Any]
     if TASK == "regression":
-        out = keras.layers.Dense(1, name="predictions")(x)
-        loss, metrics = keras.losses.Huber(), [keras.metrics.MeanAbsoluteError(name="mae")]
+        # The network predicts a standardized target; the data's mean and spread (measured
+        # when this module was written) bring it back to the label's units.
+        z = keras.layers.Dense(1)(x)
+        out = keras.layers.Rescaling(LABEL_STD, offset=LABEL_MEAN, name="predictions")(z)
+        loss = keras.losses.Huber(delta=LABEL_STD)
+        metrics = [keras.metrics.MeanAbsoluteError(name="mae")]
     elif TASK == "binary":
         out = keras.layers.Dense(1, activation="sigmoid", name="probabilities")(x)
         loss, metrics = keras.losses.BinaryCrossentropy(), [keras.metrics.AUC(name="auc")]

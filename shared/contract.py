@@ -223,13 +223,58 @@ def check_schema(
     return out
 
 
-def check(module_path: str | Path, schema: schema_pb2.Schema | None = None) -> types.ModuleType:
-    """Import and check the module (and the schema): raise one error listing every problem."""
+def check(
+    module_path: str | Path,
+    schema: schema_pb2.Schema | None = None,
+    eval_configs: bool = False,
+) -> types.ModuleType:
+    """Import and check the module (and the schema; with ``eval_configs``, the TFMA configs
+    it builds too): raise one error listing every problem."""
     module = import_module(module_path)
     problems = check_module(module)
     if schema is not None:
         raw = getattr(module, "RAW_LABEL_FEATURES", ())
         problems += check_schema(schema, tuple(raw) if isinstance(raw, tuple | list) else ())
+    if eval_configs and not problems:
+        problems += eval_config_problems(module)
     if problems:
         raise ContractError(f"model module {module_path}", problems)
     return module
+
+
+def eval_config_problems(module: Any) -> list[Problem]:
+    """``eval_config(False)`` and ``eval_config(True)`` must build TFMA EvalConfigs."""
+    import tensorflow_model_analysis as tfma
+
+    out: list[Problem] = []
+    for baseline in (False, True):
+        try:
+            cfg = module.eval_config(baseline)
+        except Exception as e:  # noqa: BLE001 -- the module's own code: any error is the finding
+            out.append(
+                Problem(
+                    f"eval_config({baseline}) raised {type(e).__name__}: {e}",
+                    "make eval_config return a tfma.EvalConfig for both values",
+                )
+            )
+            continue
+        if not isinstance(cfg, tfma.EvalConfig):
+            out.append(
+                Problem(
+                    f"eval_config({baseline}) returned {type(cfg).__name__}",
+                    "return tfma.EvalConfig (text_format.Parse(text, tfma.EvalConfig()))",
+                )
+            )
+            continue
+        keys = {s.label_key for s in cfg.model_specs if s.label_key}
+        if keys - {module.LABEL_KEY}:
+            out.append(
+                Problem(
+                    f"eval_config({baseline}) reads label {sorted(keys)}, not LABEL_KEY "
+                    f"{module.LABEL_KEY!r}",
+                    "use LABEL_KEY in model_specs (or leave label_key out)",
+                )
+            )
+        if not cfg.metrics_specs:
+            out.append(Problem(f"eval_config({baseline}) has no metrics", "add metrics_specs"))
+    return out

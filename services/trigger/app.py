@@ -112,10 +112,12 @@ def models_from(common: CommonSettings, settings: TriggerSettings) -> list[Model
 
 def check_models(setups: list[ModelSetup]) -> None:
     """Refuse to start on a module or schema that breaks the contract (docs/models.md):
-    a broken module is reported now, not by a failed step minutes into a run."""
+    a broken module is reported now, not by a failed step minutes into a run. The
+    TFMA configs the module builds are checked too (importing TFMA takes seconds)."""
     for s in setups:
         try:
-            contract.check(s.module_path, load_schema(s.schema_path) if s.schema_path else None)
+            schema = load_schema(s.schema_path) if s.schema_path else None
+            contract.check(s.module_path, schema, eval_configs=True)
         except (contract.ContractError, SchemaError) as e:
             raise SettingsError(f"model {s.model!r}: {e}") from e
 

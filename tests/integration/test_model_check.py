@@ -83,3 +83,18 @@ def test_model_check_runs_the_steps_on_data(tmp_path: Path) -> None:
     assert (
         "TF Transform (preprocessing_fn) failed" in out.stdout and "no_such_feature" in out.stdout
     )
+
+
+def test_an_eval_config_that_does_not_parse_stops_the_trigger(
+    tmp_path: Path, redis_url: str, kafka: str
+) -> None:
+    broken = tmp_path / "broken.py"
+    src = TAXI_MODULE.read_text()
+    assert 'class_name: "ExampleCount"' in src
+    broken.write_text(src.replace('class_name: "ExampleCount"', 'class_nme: "ExampleCount"'))
+    env = ingest_env(kafka, redis_url, tmp_path, CTRAIN_TRIGGER_MODULE_PATH=str(broken),
+                     CTRAIN_TRIGGER_MODEL="taxi")  # fmt: skip
+    svc = start_service("trigger", env, tmp_path / "trigger.log")
+    assert svc.proc.wait(timeout=180) == 2
+    log = svc.log.read_text()
+    assert "eval_config(False) raised ParseError" in log and "class_nme" in log
