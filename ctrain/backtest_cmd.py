@@ -92,6 +92,7 @@ def _dev_config() -> None:
     for k, v in devstack.service_env(state).items():
         if k.startswith(("CTRAIN_TRIGGER_", "CTRAIN_VALIDATOR_")) or k in (
             "CTRAIN_SCHEMA",
+            "CTRAIN_CONFIG",
             "CTRAIN_ARTIFACT_ROOT",
         ):
             os.environ.setdefault(k, v)
@@ -103,12 +104,21 @@ def command(args: argparse.Namespace) -> int:
     from services.trigger.settings import TriggerSettings
     from services.validator.app import config_from
     from services.validator.settings import ValidatorSettings
+    from shared.config import apply, config_of
     from shared.settings import CommonSettings
 
     _dev_config()
     common, vs, ts = CommonSettings(), ValidatorSettings(), TriggerSettings()
-    root = args.root or _artifact_root()
     schema = args.schema or common.schema_path
+    cfg = config_of(common)
+    name = cfg.model_of_stream(args.stream) if cfg else None
+    if cfg is not None and name is not None:
+        # The stream's model in the models file: its thresholds, policy and schema.
+        spec = cfg.models[name]
+        vs = apply(vs, spec.validation.given(), models=len(cfg.models))
+        ts = apply(ts, spec.trigger.given(), models=len(cfg.models))
+        schema = args.schema or spec.schema_path
+    root = args.root or _artifact_root()
     outcomes = tuple(o.strip() for o in args.outcomes.split(",") if o.strip())
     bad = [o for o in outcomes if o not in ("promote", "reject", "fail")]
     if bad or not outcomes:

@@ -127,3 +127,30 @@ def test_bad_flags_and_missing_data_say_what_is_wrong(tmp_path: Path, screen: io
     assert "no windows of stream 'none'" in screen.getvalue()
     assert cli.main([*base, "--source", "validations"]) == 1
     assert "no judged periods" in screen.getvalue()
+
+
+def test_the_models_file_gives_the_streams_policy_and_schema(
+    step_root: Path, screen: io.StringIO, capsys: pytest.CaptureFixture[str],
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """With CTRAIN_CONFIG the stream's model sets the backtest's policy and schema (no
+    --schema here): five periods in a row instead of two put the first run later."""
+    from tests.conftest import ROOT
+
+    f = tmp_path / "ctrain.yaml"
+    f.write_text(
+        f"models:\n  m:\n    stream: step\n    schema: {TAXI_SCHEMA}\n"
+        f"    module: {ROOT / 'examples/taxi/model.py'}\n"
+        "    validation: {ignore_features: [trip_start_timestamp, trip_start_month,"
+        " trip_start_hour]}\n"
+        "    trigger: {consecutive: 5, min_train_examples: 1400, min_eval_examples: 1400,"
+        " cooldown_s: 0}\n"
+    )
+    monkeypatch.setenv("CTRAIN_CONFIG", str(f))
+    args = ["backtest", "--stream", "step", "--root", str(step_root), "-o", "json",
+            "--skew-linf", "0.15", "--drift-linf", "0.5"]  # fmt: skip
+    assert cli.main(args) == 0
+    first = json.loads(capsys.readouterr().out)["runs"][0]
+    assert first["trigger"] == "skew" and first["index"] >= 9, first
+    assert cli.main([*args, "--consecutive", "2"]) == 0  # a flag still wins
+    assert json.loads(capsys.readouterr().out)["runs"][0]["index"] <= 8
