@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pyarrow as pa
 import pytest
 
@@ -129,6 +130,13 @@ def scripting(capsys: pytest.CaptureFixture[str], loop: LoopState) -> None:
     wins = json.loads(capsys.readouterr().out)
     assert wins and all(loop.windows[w["window_id"]].stream == "sensors" for w in wins
                         if w["window_id"] in loop.windows)  # fmt: skip
+    # The trigger's API with several models: which one, or a clear refusal.
+    url = client.service_url("trigger")
+    r = httpx.get(f"{url}/v1/state")
+    assert r.status_code == 400 and "name the model" in r.json()["detail"]
+    r = httpx.get(f"{url}/v1/runs", params={"model": "nope"})
+    assert r.status_code == 404 and "sensors" in r.json()["detail"]
+    assert httpx.get(f"{url}/v1/models").json()["models"][0]["stream"]
     assert cli.main(["status", "--model", "taxi", "-o", "json"]) == 0
     st = json.loads(capsys.readouterr().out)
     assert st["model"] == "taxi" and st["serving"]["labels"]["stable"] >= 1
