@@ -110,13 +110,13 @@ def command(args: argparse.Namespace) -> int:
     _dev_config()
     common, vs, ts = CommonSettings(), ValidatorSettings(), TriggerSettings()
     schema = args.schema or common.schema_path
-    cfg = config_of(common)
-    name = cfg.model_of_stream(args.stream) if cfg else None
-    if cfg is not None and name is not None:
+    models = config_of(common)
+    name = models.model_of_stream(args.stream) if models else None
+    if models is not None and name is not None:
         # The stream's model in the models file: its thresholds, policy and schema.
-        spec = cfg.models[name]
-        vs = apply(vs, spec.validation.given(), models=len(cfg.models))
-        ts = apply(ts, spec.trigger.given(), models=len(cfg.models))
+        spec = models.models[name]
+        vs = apply(vs, spec.validation.given(), models=len(models.models))
+        ts = apply(ts, spec.trigger.given(), models=len(models.models))
         schema = args.schema or spec.schema_path
     root = args.root or _artifact_root()
     outcomes = tuple(o.strip() for o in args.outcomes.split(",") if o.strip())

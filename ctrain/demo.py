@@ -177,6 +177,7 @@ class Demo:
         entry = raw["models"][self.model]
         entry["module"] = str(Path(self.opts.model_module).resolve())
         entry["schema"] = self.spec.schema_path
+        d.mkdir(parents=True, exist_ok=True)
         out = d / "ctrain.yaml"
         out.write_text(yaml.safe_dump(raw, sort_keys=False))
         return str(out)

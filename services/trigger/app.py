@@ -110,14 +110,19 @@ def models_from(common: CommonSettings, settings: TriggerSettings) -> list[Model
     ]
 
 
-def check_models(setups: list[ModelSetup]) -> None:
+def check_models(setups: list[ModelSetup], store: ArtifactStore) -> None:
     """Refuse to start on a module or schema that breaks the contract (docs/models.md):
     a broken module is reported now, not by a failed step minutes into a run. The
-    TFMA configs the module builds are checked too (importing TFMA takes seconds)."""
+    TFMA configs the module builds are checked too; importing TFMA takes seconds, so a
+    module whose exact bytes passed before (a restart) is not built again."""
     for s in setups:
         try:
             schema = load_schema(s.schema_path) if s.schema_path else None
-            contract.check(s.module_path, schema, eval_configs=True)
+            passed = store.uri("checks", f"{contract.sha256_file(s.module_path)}.ok")
+            fresh = not store.exists(passed)
+            contract.check(s.module_path, schema, eval_configs=fresh)
+            if fresh:
+                store.write_bytes(passed, s.module_path.encode())
         except (contract.ContractError, SchemaError) as e:
             raise SettingsError(f"model {s.model!r}: {e}") from e
 
@@ -132,13 +137,13 @@ class UnknownModel(Exception):
 
 def create_app(common: CommonSettings, settings: TriggerSettings) -> FastAPI:
     setups = models_from(common, settings)
-    check_models(setups)
+    store = ArtifactStore(common.artifact_root)
+    check_models(setups, store)
     registry = new_registry()
     metrics = TriggerMetrics(registry)
     redis = make_redis(common)
     router = make_router(common)
     backend = make_backend(settings)
-    store = ArtifactStore(common.artifact_root)
 
     async def publish(event: Event) -> None:
         topic = topics.CANDIDATES if isinstance(event, ModelCandidate) else topics.TRAINING

@@ -98,3 +98,37 @@ def test_schema_gaps_are_caught() -> None:
     found = contract.check_schema(schema('feature { name: "a" }'), ("tips",))
     assert {p.what.split(" ")[0] for p in found} == {"feature", "RAW_LABEL_FEATURES"}
     assert contract.check_schema(load_schema(TAXI_SCHEMA), ("tips",)) == []
+
+
+def test_the_trigger_builds_a_modules_tfma_configs_once_per_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restart does not pay TFMA's import again for a module whose bytes passed; an
+    edited module is checked again; a failing one is never remembered as passed."""
+    from services.trigger.app import ModelSetup, check_models
+    from services.trigger.settings import TriggerSettings
+    from shared.artifacts import ArtifactStore
+    from shared.settings import SettingsError
+
+    calls: list[str] = []
+
+    def fake(module: object) -> list[contract.Problem]:
+        calls.append(getattr(module, "__name__", ""))
+        bad = "BROKEN" in (getattr(module, "__doc__", "") or "")
+        return [contract.Problem("eval_config broke", "fix it")] if bad else []
+
+    monkeypatch.setattr(contract, "eval_config_problems", fake)
+    store = ArtifactStore(str(tmp_path / "root"))
+    module = write(tmp_path, GOOD)
+    setup = ModelSetup("m", "m", str(module), "", TriggerSettings())
+    check_models([setup], store)
+    check_models([setup], store)
+    assert len(calls) == 1
+    module.write_text(GOOD + "\nX = 1\n")
+    check_models([setup], store)
+    assert len(calls) == 2
+    module.write_text('"""BROKEN"""\n' + GOOD)
+    for _ in range(2):
+        with pytest.raises(SettingsError, match="eval_config broke"):
+            check_models([setup], store)
+    assert len(calls) == 4
