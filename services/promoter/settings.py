@@ -18,7 +18,7 @@ class PromoterSettings(StrictSettings):
         default="manual", description="Gate policy for models not named in POLICIES."
     )
     policies: dict[str, Literal["auto", "manual"]] = Field(
-        default={}, description='Per-model gate policy, JSON: {"taxi": "auto"}.'
+        default={}, description='Per-model gate policy, JSON: {"<model>": "auto"}.'
     )
     two_approvers: list[str] = Field(
         default=[], description="Models whose promotion needs two distinct approvers."

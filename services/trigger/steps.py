@@ -2,8 +2,8 @@
 
 KFP components (``services.trigger.pipeline``) are thin wrappers around these;
 tests call them directly. Inputs and outputs are paths and JSON-able values.
-Everything model-specific comes from the *model module* (e.g.
-``examples/taxi/model.py``), loaded by path: ``LABEL_KEY``,
+Everything model-specific comes from the *model module* (the contract in
+``shared/contract.py``, docs/models.md), loaded by path: ``LABEL_KEY``,
 ``RAW_LABEL_FEATURES``, ``preprocessing_fn``, ``build_model``, ``eval_config``.
 
 Data formats, and why:
