@@ -82,6 +82,24 @@ class WindowDeadLetter(Event):
         return (self.stream or self.id).encode()
 
 
+class EventDeadLetter(Event):
+    """An event a service could not handle, on ``ctrain.events.dlq``: the record as it
+    arrived, why, which service gave up on it, and where it came from (for redrive)."""
+
+    event_type: Literal["event_dead_letter"] = "event_dead_letter"
+    id: str
+    reason: str
+    message: str
+    source: DlqSource
+    payload: str
+    service: str
+    group_id: str
+
+    @property
+    def key(self) -> bytes:
+        return self.id.encode()
+
+
 # ----------------------------------------------------------------- windows
 class OffsetRange(BaseModel):
     model_config = ConfigDict(frozen=True)
@@ -289,6 +307,7 @@ class PromotionEvent(Event):
 AnyEvent = Annotated[
     DeadLetter
     | WindowDeadLetter
+    | EventDeadLetter
     | WindowClosed
     | PartitionIdle
     | WindowValidated

@@ -171,8 +171,34 @@ def one_event_at_a_time(router: Any, topic: str, group_id: str) -> Any:
     )
 
 
-async def health(redis: Any, broker: Any) -> str | None:
-    """None when Redis and the broker answer, else why not (for /healthz)."""
+def event_dead_letters(broker: Any, service: str, group_id: str) -> Any:
+    """The dead-letter sink of a service's event consumers: an ``EventDeadLetter`` on
+    ``ctrain.events.dlq``, its id fixed by the source record (a retry publishes the
+    same id, which ``ctrain dlq`` counts once)."""
+    from shared.consume import Record
+    from shared.events import DlqSource, EventDeadLetter
+
+    async def sink(rec: Record, reason: str, message: str) -> None:
+        letter = EventDeadLetter(
+            id=f"edlq-{service}-{rec.topic}-{rec.partition}-{rec.offset}",
+            reason=reason,
+            message=message,
+            source=DlqSource(topic=rec.topic, partition=rec.partition, offset=rec.offset),
+            payload=rec.body.decode("utf-8", "replace"),
+            service=service,
+            group_id=group_id,
+        )
+        await broker.publish(letter.to_bytes(), topic=topics.EVENTS_DLQ, key=letter.key)
+
+    return sink
+
+
+async def health(redis: Any, broker: Any, *held_by: str | None) -> str | None:
+    """None when Redis and the broker answer and no consumer waits on an outage
+    (``held_by``: what each one waits on), else why not (for /healthz)."""
+    for why in held_by:
+        if why:
+            return why
     try:
         await redis.ping()
         if not await broker.ping(timeout=2):

@@ -41,3 +41,11 @@ def serve(app: Any, host: str, port: int, graceful_timeout: int = 30) -> None:
         app, host=host, port=port, log_config=None, timeout_graceful_shutdown=graceful_timeout
     )
     _Server(config).run()
+
+
+async def livez(_: Any) -> Any:
+    """Liveness: the process serves requests. Not /healthz: a Redis, broker or serving
+    outage makes a service unready (it holds its records) but restarting it cannot help."""
+    from starlette.responses import JSONResponse
+
+    return JSONResponse({"status": "alive"})

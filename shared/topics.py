@@ -10,6 +10,8 @@ VALIDATIONS: Final = "ctrain.validations"
 TRAINING: Final = "ctrain.training"
 CANDIDATES: Final = "ctrain.candidates"
 PROMOTIONS: Final = "ctrain.promotions"
+# Events a consumer could not handle (validations, candidates, promotions), with why.
+EVENTS_DLQ: Final = "ctrain.events.dlq"
 
 
 def stream_topic(stream: str) -> str:
@@ -26,4 +28,5 @@ ALL: Final = (
     TRAINING,
     CANDIDATES,
     PROMOTIONS,
+    EVENTS_DLQ,
 )

@@ -32,6 +32,7 @@ from shared.config import config_of, model_settings
 from shared.kafka import make_consumer, make_producer
 from shared.metrics import metrics_endpoint, new_registry
 from shared.schema import example_spec, load_schema
+from shared.serve import livez
 from shared.settings import CommonSettings, SettingsError
 
 log = logging.getLogger(__name__)
@@ -145,6 +146,7 @@ def create_app(common: CommonSettings, settings: IngestSettings) -> FastAPI:
         return JSONResponse({"error": type(exc).__name__, "detail": str(exc)}, exc.status_code)
 
     app.add_route("/metrics", metrics_endpoint(registry), methods=["GET"])
+    app.add_route("/livez", livez, methods=["GET"])
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:

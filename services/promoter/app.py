@@ -17,7 +17,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Header, Query
 from fastapi.responses import JSONResponse
 from faststream.kafka.fastapi import KafkaMessage
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 from starlette.requests import Request
 
 from services.promoter.auth import Identity, TokenBook
@@ -28,10 +28,12 @@ from services.promoter.serving import ServingClient
 from services.promoter.settings import PromoterSettings
 from shared import topics
 from shared.config import CtrainConfig, config_of
+from shared.consume import Consumer, decode
 from shared.events import ModelCandidate, PromotionEvent
-from shared.kafka import health, make_router, one_event_at_a_time
+from shared.kafka import event_dead_letters, health, make_router, one_event_at_a_time
 from shared.metrics import metrics_endpoint, new_registry
 from shared.redis import make_redis
+from shared.serve import livez
 from shared.settings import CommonSettings
 
 log = logging.getLogger(__name__)
@@ -106,16 +108,18 @@ def create_app(common: CommonSettings, settings: PromoterSettings) -> FastAPI:
         metrics=metrics,
     )
 
+    async def handle_candidate(body: bytes) -> None:
+        await promoter.on_candidate(decode(ModelCandidate, body))
+
+    candidates_in = Consumer(
+        topics.CANDIDATES,
+        metrics.consumer,
+        event_dead_letters(router.broker, "promoter", settings.group_id),
+    )
+
     @one_event_at_a_time(router, topics.CANDIDATES, settings.group_id)
     async def on_candidate(msg: KafkaMessage) -> None:
-        try:
-            c = ModelCandidate.model_validate_json(msg.body)
-        except ValidationError as e:
-            log.error("not a ModelCandidate; skipped", extra={"err": str(e)})
-            await msg.ack()
-            return
-        await promoter.on_candidate(c)
-        await msg.ack()
+        await candidates_in.consume(msg, handle_candidate)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -132,6 +136,10 @@ def create_app(common: CommonSettings, settings: PromoterSettings) -> FastAPI:
             refresher = asyncio.create_task(gauges())
             yield
             refresher.cancel()
+            # A promotion waiting out an outage stops here; it stays "promoting" in Redis
+            # and resume() finishes it at the next start.
+            for task in list(promoter.tasks):
+                task.cancel()
         await promoter.serving.close()
 
     app = FastAPI(
@@ -143,6 +151,7 @@ def create_app(common: CommonSettings, settings: PromoterSettings) -> FastAPI:
     )
     app.include_router(router)
     app.add_route("/metrics", metrics_endpoint(registry), methods=["GET"])
+    app.add_route("/livez", livez, methods=["GET"])
 
     @app.exception_handler(PromoterError)
     async def _err(_: Request, exc: PromoterError) -> JSONResponse:
@@ -155,7 +164,10 @@ def create_app(common: CommonSettings, settings: PromoterSettings) -> FastAPI:
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> JSONResponse:
-        reason = await health(redis, router.broker)
+        # Serving unreachable is said as such (never as "no version behind the label").
+        reason = await health(redis, router.broker, candidates_in.outage) or (
+            await promoter.health()
+        )
         if reason:
             return JSONResponse({"status": "down", "reason": reason}, 503)
         return JSONResponse({"status": "ok"})

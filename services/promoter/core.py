@@ -21,11 +21,19 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
 from services.promoter.auth import Identity, TokenBook
-from services.promoter.errors import Ambiguous, Conflict, Forbidden, NotFound, ServingError
+from services.promoter.errors import (
+    Ambiguous,
+    Conflict,
+    Forbidden,
+    NotFound,
+    ServingError,
+    ServingUnavailable,
+)
 from services.promoter.metrics import PromoterMetrics
 from services.promoter.serving import ModelLayout, ServingClient
 from services.promoter.store import CandidateStore, Record
 from shared import keys
+from shared.consume import outage_of, retry_outages
 from shared.events import ModelCandidate, PromotionEvent
 from shared.ids import stable_id
 
@@ -55,6 +63,7 @@ class Promoter:
         publish: Publish,
         smoke: Callable[[ModelCandidate, int], list[bytes]],
         metrics: PromoterMetrics | None = None,
+        outage_backoff_s: float = 0.5,
     ) -> None:
         self.redis = redis
         self.store = CandidateStore(redis)
@@ -64,6 +73,10 @@ class Promoter:
         self.smoke = smoke
         self.metrics = metrics or PromoterMetrics(CollectorRegistry())
         self.tasks: set[asyncio.Task[None]] = set()
+        self._promoting: set[str] = set()
+        self.outage_backoff_s = outage_backoff_s  # first wait when a promotion meets an outage
+        # Why a promotion waits (serving or Redis unreachable), for /healthz; None if none.
+        self.outage: str | None = None
 
     # ------------------------------------------------------------ layout
     async def layouts(self) -> dict[str, dict[str, Any]]:
@@ -96,7 +109,14 @@ class Promoter:
     # ------------------------------------------------------------- gate
     async def on_candidate(self, c: ModelCandidate) -> Record | None:
         if not await self.store.add(c):
-            return None  # redelivered: nothing changes
+            # Gated before (handled again after an outage, or redelivered): say again what
+            # the gate said, under the same event id, in case the event was not sent.
+            rec = await self._get(c.candidate_id)
+            if rec.state == "rejected":
+                await self._event(rec, "rejected", "gate", rec.reason, count=False)
+            elif rec.state == "approved" and rec.approvals == []:
+                self._spawn(self.promote(c.candidate_id, "gate", "auto"))
+            return None
         for old in await self.store.find(model=c.model):
             if old.candidate.candidate_id != c.candidate_id and old.state in (
                 "pending_approval",
@@ -200,6 +220,27 @@ class Promoter:
         task.add_done_callback(self.tasks.discard)
 
     async def promote(self, cid: str, actor: str, decision: str) -> None:
+        """Move ``stable`` to the candidate. An outage (serving or Redis unreachable)
+        holds the promotion where it is and it resumes there once they answer; only a
+        refusal (a model that does not load, a bad prediction) fails the candidate."""
+        if cid in self._promoting:
+            return  # already under way in this process (a redelivery, a resume)
+        self._promoting.add(cid)
+        try:
+            await retry_outages(
+                lambda: self._promote(cid, actor, decision),
+                f"promoting {cid}",
+                backoff_s=self.outage_backoff_s,
+                on_outage=self._serving_outage,
+            )
+        finally:
+            self._promoting.discard(cid)
+
+    def _serving_outage(self, why: str | None) -> None:
+        self.outage = why
+        self.metrics.outages.labels("promotion").set(0 if why is None else 1)
+
+    async def _promote(self, cid: str, actor: str, decision: str) -> None:
         rec = await self._get(cid)
         model = rec.candidate.model
         done, before = await self.store.transition(cid, "promote", actor, f"promoting ({decision})")
@@ -209,52 +250,18 @@ class Promoter:
         started = time.perf_counter()
         fence_key = f"ctrain:promoter:{model}:fence"
         fence = await self.redis.incr(fence_key)
-        layouts = await self.layouts()
-        prior = layouts.get(model, {"versions": [], "labels": {}, "by_version": {}})
+        # The layout before this promotion, kept with the candidate: a promotion resumed
+        # after an outage starts from the same one, not from a half-written successor.
+        prior = rec.prior_layout
+        if prior is None:
+            layouts = await self.layouts()
+            prior = layouts.get(model, {"versions": [], "labels": {}, "by_version": {}})
+            await self.store.set_fields(cid, prior_layout=orjson.dumps(prior))
         try:
-            version = rec.version or self._next_version(model, prior)
-            await self.store.set_fields(cid, version=version)
-            await asyncio.to_thread(self._copy, rec.candidate.model_uri, model, version)
-            stable = prior["labels"].get("stable")
-            previous = prior["labels"].get("previous")
-            # While N+1 loads: N+1, the current stable and its previous stay loaded.
-            around = [int(v) for v in (stable, previous) if v is not None]
-            loading = {**prior, "versions": sorted({version, *around})}
-            # Afterwards: N+1 and the old stable (the new "previous", for rollback).
-            keep = sorted({version, *(int(v) for v in [stable] if v is not None)})
-            await self._apply(model, loading)
-            await self.serving.wait_available(model, version, self.config.available_timeout_s)
-            examples = await asyncio.to_thread(
-                self.smoke, rec.candidate, self.config.smoke_examples
-            )
-            out = await self.serving.predict_examples(model, examples, version=version)
-            values = [x for v in out.values() for x in v]
-            if not values or any(x != x for x in values):  # NaN check
-                raise ServingError(f"smoke prediction on version {version} returned {out}")
-            if int(await self.redis.get(fence_key) or 0) != fence:
-                raise ServingError("a newer promotion of this model started; this one stops")
-            labels = {"stable": version}
-            if stable is not None:
-                labels["previous"] = int(stable)
-            final = {
-                "versions": keep,
-                "labels": labels,
-                "by_version": {**prior.get("by_version", {}), str(version): cid},
-            }
-            await self._apply(model, final)
-            await self._save_layout(model, final)
-            await self.redis.set(keys.serving_model_uri(model), rec.candidate.model_uri)
-            await self.redis.set(keys.serving_windows(model), orjson.dumps(rec.candidate.windows))
-            old_cid = prior.get("by_version", {}).get(str(stable)) if stable is not None else None
-            if old_cid:
-                await self.store.transition(
-                    old_cid, "retire", actor, f"version {version} took stable"
-                )
-            await self.store.transition(cid, "served", actor, f"stable -> version {version}")
-            self.metrics.promotion_seconds.observe(time.perf_counter() - started)
-            self._label_gauges(model, labels)
-            await self._event(await self._get(cid), decision, actor, "promoted", version, labels)
+            await self._load_and_label(rec, prior, fence, fence_key, actor, decision, started)
         except Exception as e:
+            if outage_of(e) is not None:
+                raise  # waited out by promote(); the candidate stays promoting
             log.exception("promotion failed", extra={"candidate": cid})
             if prior["versions"]:
                 try:
@@ -263,6 +270,61 @@ class Promoter:
                     log.exception("restoring the previous config failed")
             await self.store.transition(cid, "fail", actor, f"{type(e).__name__}: {e}")
             await self._event(await self._get(cid), "failed", actor, f"{type(e).__name__}: {e}")
+
+    async def _load_and_label(
+        self,
+        rec: Record,
+        prior: dict[str, Any],
+        fence: int,
+        fence_key: str,
+        actor: str,
+        decision: str,
+        started: float,
+    ) -> None:
+        """Every step is safe to repeat (a resumed promotion runs them again)."""
+        cid = rec.candidate.candidate_id
+        model = rec.candidate.model
+        version = rec.version or self._next_version(model, prior)
+        await self.store.set_fields(cid, version=version)
+        await asyncio.to_thread(self._copy, rec.candidate.model_uri, model, version)
+        stable = prior["labels"].get("stable")
+        previous = prior["labels"].get("previous")
+        # While N+1 loads: N+1, the current stable and its previous stay loaded.
+        around = [int(v) for v in (stable, previous) if v is not None]
+        loading = {**prior, "versions": sorted({version, *around})}
+        # Afterwards: N+1 and the old stable (the new "previous", for rollback).
+        keep = sorted({version, *(int(v) for v in [stable] if v is not None)})
+        await self._apply(model, loading)
+        await self.serving.wait_available(model, version, self.config.available_timeout_s)
+        examples = await asyncio.to_thread(self.smoke, rec.candidate, self.config.smoke_examples)
+        out = await self.serving.predict_examples(model, examples, version=version)
+        values = [x for v in out.values() for x in v]
+        if not values or any(x != x for x in values):  # NaN check
+            raise ServingError(f"smoke prediction on version {version} returned {out}")
+        if int(await self.redis.get(fence_key) or 0) != fence:
+            raise ServingError("a newer promotion of this model started; this one stops")
+        # The label moves only in a config whose versions serving just reported
+        # AVAILABLE (a server restarted since loads them again before it answers).
+        await self.serving.wait_available(model, version, self.config.available_timeout_s)
+        labels = {"stable": version}
+        if stable is not None:
+            labels["previous"] = int(stable)
+        final = {
+            "versions": keep,
+            "labels": labels,
+            "by_version": {**prior.get("by_version", {}), str(version): cid},
+        }
+        await self._apply(model, final)
+        await self._save_layout(model, final)
+        await self.redis.set(keys.serving_model_uri(model), rec.candidate.model_uri)
+        await self.redis.set(keys.serving_windows(model), orjson.dumps(rec.candidate.windows))
+        old_cid = prior.get("by_version", {}).get(str(stable)) if stable is not None else None
+        if old_cid:
+            await self.store.transition(old_cid, "retire", actor, f"version {version} took stable")
+        await self.store.transition(cid, "served", actor, f"stable -> version {version}")
+        self.metrics.promotion_seconds.observe(time.perf_counter() - started)
+        self._label_gauges(model, labels)
+        await self._event(await self._get(cid), decision, actor, "promoted", version, labels)
 
     def _next_version(self, model: str, prior: dict[str, Any]) -> int:
         base = Path(self._base(model))
@@ -362,7 +424,14 @@ class Promoter:
             self._label_gauges(m, {k: int(v) for k, v in lay["labels"].items()})
             for label in lay["labels"]:
                 # What serving actually answers for the label (the alert compares both).
-                observed = await self.serving.label_version(m, label)
+                # Unreachable is not "no label": the gauge keeps its value, the
+                # reachability gauge says why.
+                try:
+                    observed = await self.serving.label_version(m, label)
+                except ServingUnavailable:
+                    self.metrics.serving_reachable.set(0)
+                    return
+                self.metrics.serving_reachable.set(1)
                 self.metrics.observed_version.labels(m, label).set(observed or 0)
 
     async def model_view(self, model: str) -> dict[str, Any]:
@@ -374,8 +443,28 @@ class Promoter:
             "versions": layout["versions"],
             "labels": layout["labels"],
             "candidates": layout.get("by_version", {}),
-            "serving_reports": {str(k): v for k, v in (await self.serving.status(model)).items()},
+            **await self._serving_view(model),
         }
+
+    async def _serving_view(self, model: str) -> dict[str, Any]:
+        """What serving reports per version, or that it cannot be reached (never an empty
+        report that would read as "nothing loaded")."""
+        try:
+            reports = await self.serving.status(model)
+        except ServingUnavailable as e:
+            self.metrics.serving_reachable.set(0)
+            return {"serving_reachable": False, "serving_error": str(e), "serving_reports": None}
+        self.metrics.serving_reachable.set(1)
+        return {
+            "serving_reachable": True,
+            "serving_reports": {str(k): v for k, v in reports.items()},
+        }
+
+    async def health(self) -> str | None:
+        """Why the promoter cannot do its job now (serving unreachable), or None."""
+        why = await self.serving.probe()
+        self.metrics.serving_reachable.set(0 if why else 1)
+        return why or self.outage
 
     async def _event(
         self,
@@ -385,9 +474,11 @@ class Promoter:
         reason: str,
         version: int | None = None,
         labels: dict[str, int] | None = None,
+        count: bool = True,
     ) -> None:
         c = rec.candidate
-        self.metrics.promotions.labels(decision).inc()
+        if count:
+            self.metrics.promotions.labels(decision).inc()
         await self.publish(
             PromotionEvent(
                 id=stable_id("promo", c.candidate_id, decision),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from shared.consume import Outage
+
 
 class PromoterError(Exception):
     """Root of every error the promoter raises on purpose."""
@@ -31,6 +33,13 @@ class ServingError(PromoterError):
     """TF Serving refused or failed a step of a promotion."""
 
     status_code = 502
+
+
+class ServingUnavailable(ServingError, Outage):
+    """TF Serving did not answer (down, restarting, paused): an outage, not a refusal.
+    A promotion waits for it and resumes where it stopped; nothing is failed for it."""
+
+    status_code = 503
 
 
 class Ambiguous(PromoterError):

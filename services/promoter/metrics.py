@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from shared.consume import ConsumerMetrics
+
 
 class PromoterMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
+        # How its event consumers settle records: retries, dead letters, outages.
+        self.consumer = ConsumerMetrics(registry, "promoter")
         self.promotions = Counter(
             "ctrain_promoter_promotions_total",
             "Promotion events, by decision (auto, approved, rejected, rolled_back, failed, ...).",
@@ -45,6 +49,20 @@ class PromoterMetrics:
             ["model", "label"],
             registry=registry,
         )
+        self.serving_reachable = Gauge(
+            "ctrain_promoter_serving_reachable",
+            "1 when TF Serving answered the promoter's last call or probe, 0 while it is "
+            "unreachable (an outage, not a missing label: observed versions keep their value).",
+            registry=registry,
+        )
+        self.serving_reachable.set(1)
+        self.outages = Gauge(
+            "ctrain_promoter_outage",
+            "1 while a promotion waits for serving or Redis to answer again.",
+            ["what"],
+            registry=registry,
+        )
+        self.outages.labels("promotion").set(0)
         self.promotion_seconds = Histogram(
             "ctrain_promoter_promotion_seconds",
             "Approval to stable label on the new version.",

@@ -23,8 +23,28 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import model_server_config_pb2
 
-from services.promoter.errors import ServingError
+from services.promoter.errors import ServingError, ServingUnavailable
 from shared import contract
+
+# Codes that say the server is not there (down, restarting, paused), never "no such
+# model or label": a promotion waits them out, a view says "unreachable".
+_DOWN = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+}
+# What TF Serving answers for a model or label it does not have.
+_MISSING = {
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+
+def refused(what: str, e: grpc.aio.AioRpcError) -> ServingError:
+    """The error for a failed call: an outage when the server is not there."""
+    text = f"{what}: {e.code().name}: {e.details()}"
+    return ServingUnavailable(text) if e.code() in _DOWN else ServingError(text)
 
 
 @dataclass(frozen=True)
@@ -66,13 +86,25 @@ class ServingClient:
             await self._channel.close()
             self._channel = None
 
+    async def probe(self, timeout_s: float = 2.0) -> str | None:
+        """None when the server answers (any answer but "not there"), else why not."""
+        stub = model_service_pb2_grpc.ModelServiceStub(self._ch())
+        req = get_model_status_pb2.GetModelStatusRequest()
+        req.model_spec.name = "ctrain-probe"  # a name no one serves: NOT_FOUND is an answer
+        try:
+            await stub.GetModelStatus(req, timeout=timeout_s)
+        except grpc.aio.AioRpcError as e:
+            if e.code() in _DOWN:
+                return f"serving unreachable at {self.address}: {e.code().name}"
+        return None
+
     async def reload(self, models: list[ModelLayout]) -> None:
         stub = model_service_pb2_grpc.ModelServiceStub(self._ch())
         req = model_management_pb2.ReloadConfigRequest(config=server_config(models))
         try:
             resp = await stub.HandleReloadConfigRequest(req, timeout=self.timeout_s)
         except grpc.aio.AioRpcError as e:
-            raise ServingError(f"reload refused: {e.code().name}: {e.details()}") from e
+            raise refused("reload", e) from e
         if resp.status.error_code != 0:
             raise ServingError(f"reload failed: {resp.status.error_message}")
 
@@ -86,20 +118,24 @@ class ServingClient:
         except grpc.aio.AioRpcError as e:
             if e.code() == grpc.StatusCode.NOT_FOUND:
                 return {}
-            raise ServingError(f"status of {model}: {e.code().name}: {e.details()}") from e
+            raise refused(f"status of {model}", e) from e
         names = get_model_status_pb2.ModelVersionStatus.State.Name
         return {int(s.version): names(s.state) for s in resp.model_version_status}
 
     async def label_version(self, model: str, label: str) -> int | None:
-        """The version ``label`` resolves to on the server, or None."""
+        """The version ``label`` resolves to on the server, or None when the server has
+        no such model or label. A server that does not answer is not "no label": that
+        raises :class:`ServingUnavailable`."""
         stub = model_service_pb2_grpc.ModelServiceStub(self._ch())
         req = get_model_status_pb2.GetModelStatusRequest()
         req.model_spec.name = model
         req.model_spec.version_label = label
         try:
             resp = await stub.GetModelStatus(req, timeout=self.timeout_s)
-        except grpc.aio.AioRpcError:
-            return None
+        except grpc.aio.AioRpcError as e:
+            if e.code() in _MISSING:
+                return None
+            raise refused(f"label {label} of {model}", e) from e
         versions = [int(s.version) for s in resp.model_version_status]
         return versions[0] if versions else None
 
@@ -138,5 +174,5 @@ class ServingClient:
         try:
             resp = await stub.Predict(req, timeout=self.timeout_s)
         except grpc.aio.AioRpcError as e:
-            raise ServingError(f"predict on {model}: {e.code().name}: {e.details()}") from e
+            raise refused(f"predict on {model}", e) from e
         return {k: tf.make_ndarray(v).reshape(-1).tolist() for k, v in resp.outputs.items()}

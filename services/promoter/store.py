@@ -17,13 +17,18 @@ from redis.asyncio import Redis
 from services.promoter.states import next_state
 from shared.events import ModelCandidate
 
+# The state moves, its reason is set and its audit entry is written in one step:
+# an outage can stop a transition before or after, never between (no lost audit).
 _CAS = """
 local cur = redis.call('HGET', KEYS[1], 'state')
 if cur == false then cur = 'new' end
 if cur ~= ARGV[1] then return {0, cur} end
-redis.call('HSET', KEYS[1], 'state', ARGV[2], 'updated_at', ARGV[3])
+redis.call('HSET', KEYS[1], 'state', ARGV[2], 'updated_at', ARGV[3], 'reason', ARGV[4])
+redis.call('XADD', KEYS[2], '*', 'candidate_id', ARGV[5], 'model', ARGV[6], 'actor', ARGV[7],
+  'action', ARGV[8], 'reason', ARGV[4], 'before', ARGV[1], 'after', ARGV[2], 'at', ARGV[3])
 return {1, cur}
 """
+AUDIT = "ctrain:promoter:audit"
 
 
 @dataclass
@@ -34,6 +39,8 @@ class Record:
     version: int | None = None
     updated_at: float = 0.0
     reason: str = ""
+    # The model's serving layout when its promotion began (a resumed one starts there).
+    prior_layout: dict[str, Any] | None = None
 
     def to_public(self) -> dict[str, Any]:
         c = self.candidate
@@ -60,16 +67,21 @@ class CandidateStore:
         return f"ctrain:promoter:candidate:{cid}"
 
     async def add(self, c: ModelCandidate) -> bool:
-        """Store a new candidate; False if it is already known (a redelivery)."""
-        created = await self.redis.hsetnx(self._key(c.candidate_id), "candidate", c.to_bytes())
-        if not created:
-            return False
+        """Store a new candidate; False once it has left state ``new`` (a redelivery).
+        Every write is safe to repeat: an outage between them leaves a candidate that
+        is still ``new``, and handling it again finishes the job."""
+        key = self._key(c.candidate_id)
         now = time.time()
-        await self.redis.hset(
-            self._key(c.candidate_id), mapping={"state": "new", "updated_at": now}
+        await self.redis.hsetnx(key, "candidate", c.to_bytes())
+        await self.redis.hsetnx(key, "updated_at", now)
+        if not await self.redis.hsetnx(key, "state", "new"):
+            state = await self.redis.hget(key, "state")
+            if state not in (None, b"new"):
+                return False
+        await self.redis.zadd("ctrain:promoter:candidates", {c.candidate_id: now}, nx=True)
+        await self.redis.zadd(
+            f"ctrain:promoter:{c.model}:candidates", {c.candidate_id: now}, nx=True
         )
-        await self.redis.zadd("ctrain:promoter:candidates", {c.candidate_id: now})
-        await self.redis.zadd(f"ctrain:promoter:{c.model}:candidates", {c.candidate_id: now})
         return True
 
     async def get(self, cid: str) -> Record | None:
@@ -84,6 +96,7 @@ class CandidateStore:
             version=int(version) if version else None,
             updated_at=float(raw.get(b"updated_at", b"0")),
             reason=raw.get(b"reason", b"").decode(),
+            prior_layout=orjson.loads(raw[b"prior_layout"]) if b"prior_layout" in raw else None,
         )
 
     async def ids_with_prefix(self, prefix: str) -> list[str]:
@@ -114,14 +127,14 @@ class CandidateStore:
         after = next_state(before, action)
         if after is None:
             return False, before
-        ok, cur = await self._cas(keys=[self._key(cid)], args=[before, after, time.time()])
+        model = rec.candidate.model if rec else ""
+        ok, cur = await self._cas(
+            keys=[self._key(cid), AUDIT],
+            args=[before, after, str(time.time()), reason, cid, model, actor, action],
+        )
         cur_s = cur.decode() if isinstance(cur, bytes) else str(cur)
         if not ok:
             return False, cur_s
-        await self.redis.hset(self._key(cid), "reason", reason)
-        await self.audit(
-            cid, rec.candidate.model if rec else "", actor, action, reason, before, after
-        )
         return True, before
 
     async def set_fields(self, cid: str, **fields: Any) -> None:
@@ -134,7 +147,7 @@ class CandidateStore:
         self, cid: str, model: str, actor: str, action: str, reason: str, before: str, after: str
     ) -> None:
         await self.redis.xadd(
-            "ctrain:promoter:audit",
+            AUDIT,
             {
                 "candidate_id": cid,
                 "model": model,
@@ -148,7 +161,7 @@ class CandidateStore:
         )
 
     async def audit_log(self, count: int = 100) -> list[dict[str, str]]:
-        rows: Any = await self.redis.xrevrange("ctrain:promoter:audit", count=count)
+        rows: Any = await self.redis.xrevrange(AUDIT, count=count)
         return [
             {"id": i.decode(), **{k.decode(): v.decode() for k, v in f.items()}}
             for i, f in rows or []

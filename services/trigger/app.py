@@ -1,8 +1,10 @@
 """Wiring: ``create_app(settings)`` -> FastAPI app with a FastStream subscriber.
 
-Acknowledgement is manual: a validation is committed once its decision is
-recorded (and its run submitted). Redelivery is harmless: a seen window is
-skipped and run ids are claimed in Redis before submission.
+Records are consumed the one way every service consumes (:mod:`shared.consume`):
+a validation is committed once its decision is recorded (and its run submitted);
+an outage (Redis, the broker, the KFP API) holds it and retries without limit.
+Handling it again is harmless: a seen window is skipped, and a run id is claimed in
+Redis before submission, submitted again while the claim has no backend run id.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Annotated, Any
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 from faststream.kafka.fastapi import KafkaMessage
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
 from services.trigger import policy as pol
 from services.trigger.backends import Backend, KfpBackend, LocalBackend
@@ -29,12 +31,14 @@ from services.trigger.settings import TriggerSettings
 from shared import contract, topics
 from shared.artifacts import ArtifactStore
 from shared.config import config_of, model_settings
+from shared.consume import Consumer, decode
 from shared.events import Event, ModelCandidate, PromotionEvent, TrainingRun, WindowValidated
-from shared.kafka import health, make_router, one_event_at_a_time
+from shared.kafka import event_dead_letters, health, make_router, one_event_at_a_time
 from shared.metrics import metrics_endpoint, new_registry
 from shared.periodic import every
 from shared.redis import make_redis
 from shared.schema import SchemaError, load_schema
+from shared.serve import livez
 from shared.settings import CommonSettings, SettingsError
 
 log = logging.getLogger(__name__)
@@ -46,7 +50,7 @@ class TriggerRequest(BaseModel):
 
 def make_backend(s: TriggerSettings) -> Backend:
     if s.backend == "local":
-        return LocalBackend()
+        return LocalBackend(fault_file=s.local_fault_file or None)
     if not s.kfp_host:
         raise SettingsError("backend=kfp needs CTRAIN_TRIGGER_KFP_HOST")
     package = s.pipeline_package or compile_pipeline(
@@ -186,18 +190,11 @@ def create_app(common: CommonSettings, settings: TriggerSettings) -> FastAPI:
             )
         return triggers[model]
 
-    @one_event_at_a_time(router, topics.VALIDATIONS, settings.group_id)
-    async def on_validation(msg: KafkaMessage) -> None:
-        try:
-            v = WindowValidated.model_validate_json(msg.body)
-        except ValidationError as e:
-            log.error("not a WindowValidated; skipped", extra={"err": str(e)})
-            await msg.ack()
-            return
+    async def handle_validation(body: bytes) -> None:
+        v = decode(WindowValidated, body)
         trigger = by_stream.get(v.stream)
         if trigger is None:
             metrics.foreign.inc()
-            await msg.ack()
             return
         d = await trigger.on_validation(v)
         if d is not None:
@@ -210,19 +207,23 @@ def create_app(common: CommonSettings, settings: TriggerSettings) -> FastAPI:
                     "why": d.reason,
                 },
             )
-        await msg.ack()
+
+    async def handle_promotion(body: bytes) -> None:
+        ev = decode(PromotionEvent, body)
+        if ev.model in triggers:
+            await triggers[ev.model].on_promotion(ev)
+
+    dead_letters = event_dead_letters(router.broker, "trigger", settings.group_id)
+    validations_in = Consumer(topics.VALIDATIONS, metrics.consumer, dead_letters)
+    promotions_in = Consumer(topics.PROMOTIONS, metrics.consumer, dead_letters)
+
+    @one_event_at_a_time(router, topics.VALIDATIONS, settings.group_id)
+    async def on_validation(msg: KafkaMessage) -> None:
+        await validations_in.consume(msg, handle_validation)
 
     @one_event_at_a_time(router, topics.PROMOTIONS, settings.group_id)
     async def on_promotion(msg: KafkaMessage) -> None:
-        try:
-            ev = PromotionEvent.model_validate_json(msg.body)
-        except ValidationError as e:
-            log.error("not a PromotionEvent; skipped", extra={"err": str(e)})
-            await msg.ack()
-            return
-        if ev.model in triggers:
-            await triggers[ev.model].on_promotion(ev)
-        await msg.ack()
+        await promotions_in.consume(msg, handle_promotion)
 
     async def tick() -> None:
         for model, trigger in triggers.items():
@@ -249,6 +250,7 @@ def create_app(common: CommonSettings, settings: TriggerSettings) -> FastAPI:
     app = FastAPI(title="ctrain trigger", version="0.1.0", lifespan=lifespan)
     app.include_router(router)
     app.add_route("/metrics", metrics_endpoint(registry), methods=["GET"])
+    app.add_route("/livez", livez, methods=["GET"])
 
     @app.exception_handler(UnknownModel)
     async def _unknown_model(_: Request, exc: UnknownModel) -> JSONResponse:
@@ -256,7 +258,7 @@ def create_app(common: CommonSettings, settings: TriggerSettings) -> FastAPI:
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
-        reason = await health(redis, router.broker)
+        reason = await health(redis, router.broker, validations_in.outage, promotions_in.outage)
         if reason:
             return JSONResponse({"status": "down", "reason": reason}, 503)
         return JSONResponse(

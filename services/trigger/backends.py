@@ -12,9 +12,17 @@ import os
 import re
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+from shared.consume import Outage
+
+
+class BackendUnavailable(Outage):
+    """The pipeline backend did not answer (KFP API 5xx or unreachable, a local fault):
+    the validation is handled again later; the run is never given up on."""
 
 
 @dataclass(frozen=True)
@@ -88,11 +96,25 @@ class LocalBackend:
 
     name = "local"
 
-    def __init__(self, poll_s: float = 1.0) -> None:
+    def __init__(self, poll_s: float = 1.0, fault_file: str | None = None) -> None:
         self.poll_s = poll_s
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        # A fault switch for infrastructure tests: while this file holds a Unix time in
+        # the future, submits fail as a KFP API answering 503 would. Off by default.
+        self.fault_file = fault_file
+
+    def _faulty(self) -> bool:
+        if not self.fault_file:
+            return False
+        try:
+            until = float(Path(self.fault_file).read_text().strip() or 0)
+        except (OSError, ValueError):
+            return False
+        return time.time() < until
 
     async def submit(self, run_id: str, params: dict[str, Any]) -> str:
+        if self._faulty():
+            raise BackendUnavailable(f"local backend refuses submits ({self.fault_file} is set)")
         run_dir = Path(params["run_dir"])
         run_dir.mkdir(parents=True, exist_ok=True)
         if (run_dir / "result.json").exists() or run_id in self.procs:
@@ -138,6 +160,22 @@ def _alive(pid_file: Path) -> bool:
     except (OSError, ValueError):
         return False
     return True
+
+
+async def _reachable(call: Any, what: str) -> Any:
+    """``call()`` in a thread; a KFP API that is down or answers 5xx is an outage
+    (:class:`BackendUnavailable`), any other refusal (4xx: a bad package) is not."""
+    import urllib3.exceptions
+
+    try:
+        return await asyncio.to_thread(call)
+    except (urllib3.exceptions.HTTPError, OSError) as e:
+        raise BackendUnavailable(f"{what}: KFP API unreachable: {e}") from e
+    except Exception as e:
+        status = getattr(e, "status", None)
+        if isinstance(status, int) and (status == 0 or status >= 500):
+            raise BackendUnavailable(f"{what}: KFP API answered {status}: {e}") from e
+        raise
 
 
 KFP_TERMINAL = {
@@ -199,11 +237,13 @@ class KfpBackend:
             )
             return str(run.run_id)
 
-        return await asyncio.to_thread(go)
+        return await _reachable(go, f"submitting {run_id} to {self.host}")
 
     async def wait(self, run_id: str, backend_run_id: str, run_dir: str) -> Outcome:
         while True:
-            run = await asyncio.to_thread(lambda: self._client().get_run(backend_run_id))
+            run = await _reachable(
+                lambda: self._client().get_run(backend_run_id), f"reading run {backend_run_id}"
+            )
             state = str(run.state or "")
             if state in KFP_TERMINAL:
                 if KFP_TERMINAL[state] == "succeeded":

@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import socket
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,10 +24,11 @@ import orjson
 from redis.asyncio import Redis
 
 from services.trigger import policy as pol
-from services.trigger.backends import Backend, components_of
+from services.trigger.backends import Backend, Outcome, components_of
 from services.trigger.metrics import TriggerMetrics
 from shared import keys
 from shared.artifacts import ArtifactStore
+from shared.consume import retry_outages
 from shared.events import (
     CandidateMetrics,
     Event,
@@ -39,6 +42,16 @@ from shared.events import (
 from shared.ids import stable_id
 
 log = logging.getLogger(__name__)
+
+CLAIMED = "claimed:"
+# A claim older than this that never got a backend run id is taken over: its trigger
+# stopped between claim and submit. Longer than any submit takes (KFP answers in seconds).
+CLAIM_LEASE_S = 120.0
+# Replace a claim only if it still holds what we read (two replicas taking it over).
+_TAKE_OVER = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then "
+    "redis.call('set', KEYS[1], ARGV[2]) return 1 else return 0 end"
+)
 Publish = Callable[[Event], Awaitable[None]]
 
 
@@ -108,6 +121,8 @@ class Trigger:
         config: TriggerConfig,
         publish: Publish,
         clock: Callable[[], float] = time.time,
+        owner: str | None = None,
+        outage_backoff_s: float = 0.5,
     ) -> None:
         self.redis = redis
         self.store = store
@@ -118,6 +133,11 @@ class Trigger:
         self.clock = clock
         self._lock = asyncio.Lock()
         self.followers: dict[str, asyncio.Task[None]] = {}
+        self._to_follow: dict[str, tuple[dict[str, Any], str]] = {}
+        # Who holds a run's claim while it is being submitted (two replicas, one run).
+        # The host name by default: a restarted trigger finds its own claim and submits.
+        self.outage_backoff_s = outage_backoff_s  # first wait when a follower meets an outage
+        self.owner = (owner or socket.gethostname() or uuid.uuid4().hex[:12]).replace(":", "_")
 
     # ------------------------------------------------------------ state
     def _key(self, suffix: str) -> str:
@@ -216,6 +236,10 @@ class Trigger:
         async with self._lock:
             state = await self.load_state()
             if info.window_id in state.seen:
+                # Handled before. If this process's attempt saved its run but met an
+                # outage before following it, follow it now (a run another replica
+                # started is that replica's to follow).
+                self._follow_started()
                 return None
             serving = _text(await self.redis.get(serving_model_key(self.config.model)))
             if pol.new_episode(state, serving, self.now(state)):
@@ -224,6 +248,7 @@ class Trigger:
             d = pol.decide(state, self.now(state), self.config.policy, newest=info)
             run_id = await self._maybe_start(state, d, f"validation:{v.window_id}")
             await self._save(state)
+            self._follow_started()
         if run_id:
             self.metrics.submit_latency.observe(time.perf_counter() - received)
         return d
@@ -241,6 +266,7 @@ class Trigger:
                 return d
             run_id = await self._maybe_start(state, d, "tick")
             await self._save(state)
+            self._follow_started()
         return d if run_id else None
 
     async def on_promotion(self, ev: PromotionEvent) -> bool:
@@ -266,6 +292,7 @@ class Trigger:
             d = pol.decide(state, self.now(state), self.config.policy, manual=True)
             run_id = await self._maybe_start(state, d, f"manual:{reason}")
             await self._save(state)
+            self._follow_started()
         return d, run_id
 
     async def state_view(self) -> dict[str, Any]:
@@ -305,6 +332,7 @@ class Trigger:
         }
 
     async def _maybe_start(self, state: pol.ModelState, d: pol.Decision, source: str) -> str | None:
+        self._to_follow.clear()  # what an attempt that failed before its save left
         if not d.take:
             await self._record(d, None, source)
             return None
@@ -317,13 +345,15 @@ class Trigger:
             state.episode,
             state.attempts,
         )
-        claimed = await self.redis.set(f"ctrain:trigger:run:{run_id}", b"claimed", nx=True)
-        if not claimed:
-            # The same decision was taken before (a redelivery): never a second run.
-            await self._record(
-                pol.Decision(False, f"{d.reason}: run {run_id} exists"), run_id, source
-            )
-            return None
+        held = await self._claim(run_id)
+        if held is not None:
+            adopted = await self._adopt(state, run_id, held)
+            if adopted is None:
+                # The same decision was taken before (a redelivery): never a second run.
+                await self._record(
+                    pol.Decision(False, f"{d.reason}: run {run_id} exists"), run_id, source
+                )
+            return adopted
         await self._record(d, run_id, source)
         train_uris = [u for w in d.train for u in w.data_uris]
         eval_uris = [u for w in d.evaluation for u in w.data_uris]
@@ -373,14 +403,61 @@ class Trigger:
         }
         await self.redis.set(f"ctrain:trigger:run:{run_id}:meta", orjson.dumps(meta))
         await self.redis.zadd(self._key("runs"), {run_id: self.clock()})
+        # The claim stays "claimed" until the backend has the run: a submit that fails
+        # (KFP answers 503, the worker cannot start) is submitted again when the
+        # validation is handled again; the backends find a run by its name first.
         backend_run_id = await self.backend.submit(run_id, params)
         await self.redis.set(f"ctrain:trigger:run:{run_id}", backend_run_id.encode())
-        pol.started(state, run_id, self.now(state))
         self.metrics.triggers.labels(d.trigger or "none").inc()
-        self.metrics.in_flight.inc()
-        await self.publish(self._run_event(meta, "submitted", backend_run_id))
-        self.followers[run_id] = asyncio.create_task(self._follow(meta, backend_run_id))
+        return await self._started(state, meta, backend_run_id)
+
+    async def _claim(self, run_id: str) -> str | None:
+        """Claim ``run_id`` for this trigger: None when the claim is ours to submit (new,
+        left by this trigger's own failed attempt, or stale), else what holds it: a
+        backend run id, or "claimed:<owner>:<since>" of another trigger submitting now."""
+        key = f"ctrain:trigger:run:{run_id}"
+        mine = f"{CLAIMED}{self.owner}:{self.clock()}".encode()
+        if await self.redis.set(key, mine, nx=True):
+            return None
+        held = _text(await self.redis.get(key))
+        if not held.startswith(CLAIMED):
+            return held
+        owner, _, since = held[len(CLAIMED) :].partition(":")
+        fresh = self.clock() - float(since or 0) < CLAIM_LEASE_S
+        if owner != self.owner and fresh:
+            return held
+        # Ours, or a claimant that stopped before it submitted: take it over, unless
+        # another trigger took it over at the same instant.
+        took = await self.redis.eval(_TAKE_OVER, 1, key, held, mine)
+        return None if took else _text(await self.redis.get(key))
+
+    async def _adopt(self, state: pol.ModelState, run_id: str, held: str) -> str | None:
+        """A run the backend has (``held`` is its backend id) but whose decision was not
+        saved (an outage or crash after the submit): follow it now. Anything else (a run
+        that finished, or another trigger submitting it) is not started again."""
+        if held.startswith(CLAIMED) or state.in_flight == run_id:
+            return None
+        if await self.redis.exists(f"ctrain:trigger:run:{run_id}:outcome"):
+            return None
+        raw = await self.redis.get(f"ctrain:trigger:run:{run_id}:meta")
+        if not raw:
+            return None
+        return await self._started(state, orjson.loads(raw), held)
+
+    async def _started(self, state: pol.ModelState, meta: dict[str, Any], backend_id: str) -> str:
+        run_id = str(meta["run_id"])
+        pol.started(state, run_id, self.now(state))
+        await self.publish(self._run_event(meta, "submitted", backend_id))
+        self._to_follow[run_id] = (meta, backend_id)
         return run_id
+
+    def _follow_started(self) -> None:
+        """Follow the runs started under the lock, once their decision is saved."""
+        for run_id, (meta, backend_id) in self._to_follow.items():
+            if run_id not in self.followers:
+                self.metrics.in_flight.inc()
+                self.followers[run_id] = asyncio.create_task(self._follow(meta, backend_id))
+        self._to_follow.clear()
 
     def _snapshot(self, path: str, run_dir: str) -> tuple[str, str]:
         """Copy ``path`` into the run's directory; (its URI there, sha256 of its bytes)."""
@@ -406,64 +483,86 @@ class Trigger:
 
     async def resume(self) -> None:
         """After a restart: follow the run still in flight, if any."""
-        state = await self.load_state()
-        if not state.in_flight or state.in_flight in self.followers:
+        await self._ensure_following(await self.load_state())
+
+    async def _ensure_following(self, state: pol.ModelState) -> None:
+        """The run the saved state has in flight is followed by this process."""
+        run_id = state.in_flight
+        if not run_id or run_id in self.followers:
             return
-        raw = await self.redis.get(f"ctrain:trigger:run:{state.in_flight}:meta")
-        backend_id = await self.redis.get(f"ctrain:trigger:run:{state.in_flight}")
-        if not raw or not backend_id:
+        raw = await self.redis.get(f"ctrain:trigger:run:{run_id}:meta")
+        backend_id = _text(await self.redis.get(f"ctrain:trigger:run:{run_id}"))
+        if not raw or not backend_id or backend_id.startswith(CLAIMED):
             return
-        meta = orjson.loads(raw)
-        self.followers[meta["run_id"]] = asyncio.create_task(self._follow(meta, _text(backend_id)))
+        self.metrics.in_flight.inc()
+        self.followers[run_id] = asyncio.create_task(self._follow(orjson.loads(raw), backend_id))
 
     async def _follow(self, meta: dict[str, Any], backend_run_id: str) -> None:
+        """Wait for the run and record its end. An outage (Redis, broker, the KFP API)
+        holds the follower where it is and it resumes there: every step is safe to repeat."""
         run_id = meta["run_id"]
         started = time.perf_counter()
         try:
-            await self.publish(self._run_event(meta, "running", backend_run_id))
-            outcome = await self.backend.wait(run_id, backend_run_id, meta["params"]["run_dir"])
-            ok = outcome.state == "succeeded"
-            blessed: str | None = None
-            if ok:
-                candidate = self._candidate(meta)
-                blessed = candidate.candidate_id if candidate.blessed else None
-                await self.redis.set(
-                    f"ctrain:trigger:candidate:{candidate.candidate_id}", candidate.to_bytes()
-                )
-                await self.publish(self._run_event(meta, "succeeded", backend_run_id))
-                await self.publish(candidate)
-            else:
-                await self.publish(
-                    self._run_event(
-                        meta,
-                        "failed",
-                        backend_run_id,
-                        failed_component=outcome.failed_component,
-                        log_tail=outcome.log_tail,
-                    )
-                )
-            await self.redis.set(
-                f"ctrain:trigger:run:{run_id}:outcome",
-                orjson.dumps(
-                    {
-                        "state": outcome.state,
-                        "failed_component": outcome.failed_component,
-                        "finished_at": self.clock(),
-                    }
-                ),
+            await retry_outages(
+                lambda: self.publish(self._run_event(meta, "running", backend_run_id)),
+                f"announcing run {run_id}",
+                backoff_s=self.outage_backoff_s,
+            )
+            outcome = await retry_outages(
+                lambda: self.backend.wait(run_id, backend_run_id, meta["params"]["run_dir"]),
+                f"waiting for run {run_id}",
+                backoff_s=self.outage_backoff_s,
+            )
+            await retry_outages(
+                lambda: self._finish(meta, backend_run_id, outcome),
+                f"recording run {run_id}",
+                backoff_s=self.outage_backoff_s,
             )
             self.metrics.runs.labels(outcome.state).inc()
             self.metrics.duration.observe(time.perf_counter() - started)
-            async with self._lock:
-                state = await self.load_state()
-                pol.finished(state, run_id, ok, self.now(state), blessed)
-                await self._save(state)
         except Exception:
             log.exception("following run failed", extra={"run_id": run_id})
             raise
         finally:
             self.metrics.in_flight.dec()
             self.followers.pop(run_id, None)
+
+    async def _finish(self, meta: dict[str, Any], backend_run_id: str, outcome: Outcome) -> None:
+        run_id = meta["run_id"]
+        ok = outcome.state == "succeeded"
+        blessed: str | None = None
+        if ok:
+            candidate = self._candidate(meta)
+            blessed = candidate.candidate_id if candidate.blessed else None
+            await self.redis.set(
+                f"ctrain:trigger:candidate:{candidate.candidate_id}", candidate.to_bytes()
+            )
+            await self.publish(self._run_event(meta, "succeeded", backend_run_id))
+            await self.publish(candidate)
+        else:
+            await self.publish(
+                self._run_event(
+                    meta,
+                    "failed",
+                    backend_run_id,
+                    failed_component=outcome.failed_component,
+                    log_tail=outcome.log_tail,
+                )
+            )
+        await self.redis.set(
+            f"ctrain:trigger:run:{run_id}:outcome",
+            orjson.dumps(
+                {
+                    "state": outcome.state,
+                    "failed_component": outcome.failed_component,
+                    "finished_at": self.clock(),
+                }
+            ),
+        )
+        async with self._lock:
+            state = await self.load_state()
+            pol.finished(state, run_id, ok, self.now(state), blessed)
+            await self._save(state)
 
     def _candidate(self, meta: dict[str, Any]) -> ModelCandidate:
         result = orjson.loads(self.store.read_bytes(f"{meta['params']['run_dir']}/result.json"))

@@ -7,6 +7,8 @@ from typing import Any, Generic, TypeVar
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
 
+from shared.consume import ConsumerMetrics
+
 M = TypeVar("M", bound=MetricWrapperBase)
 
 
@@ -41,6 +43,8 @@ class ModelMetrics:
 
 class TriggerMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
+        # How its event consumers settle records: retries, dead letters, outages.
+        self.consumer = ConsumerMetrics(registry, "trigger")
         self.decisions = Counter(
             "ctrain_trigger_decisions_total",
             "Decisions, by policy that fired (or none) and whether a run started.",

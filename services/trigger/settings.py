@@ -84,6 +84,11 @@ class TriggerSettings(StrictSettings):
     backend: Literal["local", "kfp"] = Field(
         default="local", description="kfp.local in a worker process, or a KFP API server."
     )
+    local_fault_file: str = Field(
+        default="",
+        description="Testing only (backend=local): while this file holds a Unix time in the "
+        "future, submits fail as an unreachable KFP API would. Empty: off.",
+    )
     kfp_host: str = Field(default="", description="KFP API server URL (backend=kfp).")
     kfp_namespace: str = Field(default="", description="KFP namespace (multi-user installs).")
     kfp_token: str = Field(default="", description="Bearer token for the KFP API server.")

@@ -1,10 +1,11 @@
 """Wiring: ``create_app(settings)`` -> FastAPI app with a FastStream Kafka subscriber.
 
-The subscriber is thin: parse, call the core, publish, commit. Acknowledgement
-is manual and explicit: commit after WindowValidated is published; a window the
-core cannot validate after ``max_attempts`` (or at once, for non-retryable
-errors) goes to ``ctrain.windows.dlq`` with the reason, then is committed, so
-one bad window never blocks its partition.
+The subscriber is thin: parse, call the core, publish, commit, through the one
+consumer every service uses (:mod:`shared.consume`): commit after WindowValidated
+is published; an outage (Redis, broker) holds the window and retries it without
+limit; a window the core cannot validate after ``max_attempts`` (or at once, for
+non-retryable errors) goes to ``ctrain.windows.dlq`` with the reason, then is
+committed, so one bad window never blocks its partition.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from services.validator.settings import ValidatorSettings
 from shared import topics
 from shared.artifacts import ArtifactStore
 from shared.config import config_of, model_settings
+from shared.consume import Consumer, InvalidEvent, Record
 from shared.events import (
     DlqSource,
     PartitionIdle,
@@ -44,6 +46,7 @@ from shared.kafka import SourceOffsets, health, make_router, one_event_at_a_time
 from shared.metrics import metrics_endpoint, new_registry
 from shared.periodic import every
 from shared.redis import make_redis
+from shared.serve import livez
 from shared.settings import CommonSettings
 
 log = logging.getLogger(__name__)
@@ -125,11 +128,10 @@ def create_app(common: CommonSettings, settings: ValidatorSettings) -> FastAPI:
         for stream in await validator.streams():
             await publish_periods(stream, None)
 
-    async def dead_letter(raw: bytes, reason: str, message: str, msg: KafkaMessage) -> None:
-        rec: Any = msg.raw_message
+    async def dead_letter(rec: Record, reason: str, message: str) -> None:
         metrics.dead_letters.labels(reason).inc()
         try:
-            head = orjson.loads(raw)
+            head = orjson.loads(rec.body)
         except orjson.JSONDecodeError:
             head = {}
         head = head if isinstance(head, dict) else {}
@@ -138,52 +140,36 @@ def create_app(common: CommonSettings, settings: ValidatorSettings) -> FastAPI:
             reason=reason,
             message=message,
             source=DlqSource(topic=rec.topic, partition=rec.partition, offset=rec.offset),
-            payload=raw.decode("utf-8", "replace"),
+            payload=rec.body.decode("utf-8", "replace"),
             window_id=head.get("window_id") if isinstance(head.get("window_id"), str) else None,
             stream=head.get("stream") if isinstance(head.get("stream"), str) else None,
         )
         await router.broker.publish(letter.to_bytes(), topic=topics.WINDOWS_DLQ, key=letter.key)
-        log.error("window dead-lettered", extra={"reason": reason, "detail": message})
 
-    @one_event_at_a_time(router, topics.WINDOWS, settings.group_id)
-    async def on_window(msg: KafkaMessage) -> None:
-        body: bytes = msg.body
+    async def handle_window(body: bytes) -> None:
         try:
             event = WindowClosed.model_validate_json(body)
         except ValidationError as e:
             idle = _partition_idle(body)
-            if idle is not None:
-                # A source partition has nothing open: periods may not need to wait for it.
-                await publish_periods(idle.stream, idle)
-                await msg.ack()
-                return
-            await dead_letter(body, "invalid_event", str(e), msg)
-            await msg.ack()
+            if idle is None:
+                raise InvalidEvent(str(e)) from e
+            # A source partition has nothing open: periods may not need to wait for it.
+            await publish_periods(idle.stream, idle)
             return
-        for attempt in range(1, settings.max_attempts + 1):
-            try:
-                result = await validator.handle(event)
-                # Published once: a redelivered window whose result already went out is
-                # only committed. (A crash between publish and marker republishes the
-                # same id, which consumers deduplicate.)
-                await publish_once(result)
-                await publish_periods(event.stream, event)
-            except ValidatorError as e:
-                if not e.retryable or attempt == settings.max_attempts:
-                    await dead_letter(body, type(e).__name__, str(e), msg)
-                    break
-                log.warning(
-                    "validation failed, retrying", extra={"attempt": attempt, "err": str(e)}
-                )
-            except Exception as e:  # a bug or an outage: bounded retries, then the DLQ
-                if attempt == settings.max_attempts:
-                    await dead_letter(body, "error", f"{type(e).__name__}: {e}", msg)
-                    break
-                log.exception("validation error, retrying", extra={"attempt": attempt})
-            else:
-                break
-            await asyncio.sleep(0.5 * 2**attempt)  # back-off between retries
-        await msg.ack()
+        result = await validator.handle(event)
+        # Published once: a window handled again whose result already went out is only
+        # committed. (A crash between publish and marker republishes the same id, which
+        # consumers deduplicate.)
+        await publish_once(result)
+        await publish_periods(event.stream, event)
+
+    windows_in = Consumer(
+        topics.WINDOWS, metrics.consumer, dead_letter, max_attempts=settings.max_attempts
+    )
+
+    @one_event_at_a_time(router, topics.WINDOWS, settings.group_id)
+    async def on_window(msg: KafkaMessage) -> None:
+        await windows_in.consume(msg, handle_window)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -205,6 +191,7 @@ def create_app(common: CommonSettings, settings: ValidatorSettings) -> FastAPI:
     app = FastAPI(title="ctrain validator", version="0.1.0", lifespan=lifespan)
     app.include_router(router)
     app.add_route("/metrics", metrics_endpoint(registry), methods=["GET"])
+    app.add_route("/livez", livez, methods=["GET"])
 
     @app.exception_handler(ValidatorError)
     async def _err(_: Request, exc: ValidatorError) -> JSONResponse:
@@ -212,7 +199,7 @@ def create_app(common: CommonSettings, settings: ValidatorSettings) -> FastAPI:
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
-        reason = await health(redis, router.broker)
+        reason = await health(redis, router.broker, windows_in.outage)
         if reason:
             return JSONResponse({"status": "down", "reason": reason}, 503)
         return JSONResponse({"status": "ok"})

@@ -15,6 +15,7 @@ class ShardUnreadable(ValidatorError):
 
     status_code = 422
     retryable = False
+    dlq_reason = "invalid_event"
 
 
 class UnknownWindow(ValidatorError):

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from shared.consume import ConsumerMetrics
+
 
 class ValidatorMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
+        # How its event consumers settle records: retries, dead letters, outages.
+        self.consumer = ConsumerMetrics(registry, "validator")
         self.distance = Gauge(
             "ctrain_validator_feature_distance",
             "Latest measured distance per feature (drift: previous window; skew: training data).",

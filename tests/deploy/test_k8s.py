@@ -195,8 +195,10 @@ def test_service_image_ports_probes_resources(overlay: str, name: str) -> None:
     assert c["image"].rsplit("/", 1)[-1].split(":")[0] == f"ctrain-{name}"  # Dockerfile target
     assert "command" not in c and "args" not in c, "the image's entrypoint runs the service"
     assert c["ports"] == [{"name": "http", "containerPort": port}]
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+    for probe in ("startupProbe", "readinessProbe"):
         assert c[probe]["httpGet"] == {"path": "/healthz", "port": "http"}, probe
+    # An outage of Redis, the broker or serving makes a service unready, not dead.
+    assert c["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "http"}
     assert set(c["resources"]) == {"requests", "limits"}
     sc = c["securityContext"]
     assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True

@@ -30,7 +30,8 @@ class ServiceProc:
     url: str
     log: Path
 
-    def wait_healthy(self, timeout: float = 120) -> None:
+    def wait_healthy(self, timeout: float = 120, path: str = "/healthz") -> None:
+        """Until ``path`` answers 200 (``/livez`` where a dependency is down on purpose)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -38,7 +39,7 @@ class ServiceProc:
                     f"exited {self.proc.returncode}:\n{self.log.read_text()[-3000:]}"
                 )
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                if httpx.get(f"{self.url}{path}", timeout=1).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass

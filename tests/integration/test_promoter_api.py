@@ -90,12 +90,14 @@ def test_approval_api(kafka: str, redis_url: str, tmp_path: Path) -> None:
         tmp_path,
         CTRAIN_PROMOTER_TOKENS=json.dumps(TOKENS),
         CTRAIN_PROMOTER_TWO_APPROVERS=json.dumps([f"{m}-two"]),
-        CTRAIN_SERVING_GRPC="127.0.0.1:1",  # nothing serves: promotions fail cleanly
+        CTRAIN_SERVING_GRPC="127.0.0.1:1",  # nothing serves: an outage, said as such
         CTRAIN_SERVING_BASE=str(tmp_path / "serving"),
         CTRAIN_PROMOTER_AVAILABLE_TIMEOUT_S="2",
     )
     svc = start_service("promoter", env, tmp_path / "promoter.log")
-    svc.wait_healthy()
+    svc.wait_healthy(path="/livez")
+    health = httpx.get(f"{svc.url}/healthz")
+    assert health.status_code == 503 and "serving unreachable" in health.json()["reason"]
     url = svc.url
     send(
         kafka, cand("c-ok", m), cand("c-bad", f"{m}-bad", blessed=False), cand("c-two", f"{m}-two")
@@ -160,24 +162,24 @@ def test_approval_api(kafka: str, redis_url: str, tmp_path: Path) -> None:
     )
     assert r.status_code == 200 and r.json()["state"] in ("approved", "promoting", "failed")
 
-    # with nothing serving, the promotion fails and says so
+    # with nothing serving, the promotion waits: an outage, not a failure of the model
     r = httpx.post(
         f"{url}/v1/candidates/c-ok/approve", json={"reason": "ship it"}, headers=H("tok-alice")
     )
     assert r.status_code == 200
-    failed = until(
-        lambda: (
-            httpx.get(f"{url}/v1/candidates/c-ok", headers=H("tok-viewer")).json()["state"]
-            == "failed"
-        )
+    waiting = until(
+        lambda: 'ctrain_promoter_outage{what="promotion"} 1.0' in httpx.get(f"{url}/metrics").text
     )
-    assert failed
+    assert waiting
+    assert "ctrain_promoter_serving_reachable 0.0" in httpx.get(f"{url}/metrics").text
+    ok = httpx.get(f"{url}/v1/candidates/c-ok", headers=H("tok-viewer")).json()
+    assert ok["state"] == "promoting"
     events = [
         e
         for e in asyncio.run(read_topic(kafka, topics.PROMOTIONS))
         if isinstance(e, PromotionEvent)
     ]
-    assert {e.decision for e in events if e.candidate_id == "c-ok"} >= {"failed"}
+    assert not [e for e in events if e.candidate_id == "c-ok"]
     assert {e.decision for e in events if e.candidate_id == "c-bad"} >= {"rejected"}
 
     # a newer candidate supersedes an open one of the same model
@@ -224,7 +226,7 @@ def test_ids_by_unique_prefix_and_approvers_per_model(
                      CTRAIN_SERVING_GRPC="127.0.0.1:1", CTRAIN_PROMOTER_AVAILABLE_TIMEOUT_S="2",
                      CTRAIN_SERVING_BASE=str(tmp_path / "serving"))  # fmt: skip
     svc = start_service("promoter", env, tmp_path / "promoter.log")
-    svc.wait_healthy()
+    svc.wait_healthy(path="/livez")
     url = svc.url
     ids = [f"cand-{u}-aaa1", f"cand-{u}-aaa2", f"cand-{u}-bbb"]
     send(kafka, *(cand(i, m) for i in ids))
