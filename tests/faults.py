@@ -66,6 +66,8 @@ class Flaky:
         def call(*args: Any, **kwargs: Any) -> Any:
             if name == "register_script":
                 return FlakyCallable(attr(*args, **kwargs), faults, label)
+            if name == "pipeline":
+                return FlakyPipeline(attr(*args, **kwargs), faults, label)
             result = attr(*args, **kwargs)
             if inspect.isawaitable(result):
                 return faults.around(label, result)
@@ -82,6 +84,21 @@ class FlakyCallable:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._faults.around(self._label, self._target(*args, **kwargs))
+
+
+class FlakyPipeline:
+    """A Redis pipeline: commands queue without I/O; ``execute`` is the await point."""
+
+    def __init__(self, target: Any, faults: Faults, label: str) -> None:
+        self._target = target
+        self._faults = faults
+        self._label = label
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._target, name)
+        if name == "execute":
+            return lambda *a, **kw: self._faults.around(f"{self._label}.execute", attr(*a, **kw))
+        return attr
 
 
 def flaky_fn(fn: Callable[..., Awaitable[Any]], faults: Faults, label: str) -> Any:

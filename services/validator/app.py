@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import html
 import logging
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -22,11 +21,11 @@ import orjson
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from faststream.kafka.fastapi import KafkaMessage
-from pydantic import ValidationError
 
 from services.validator import checks
 from services.validator.core import Validator, ValidatorConfig
 from services.validator.errors import NoBaseline, UnknownWindow, ValidatorError
+from services.validator.flow import WindowFlow
 from services.validator.index import RedisWindowIndex
 from services.validator.metrics import ValidatorMetrics
 from services.validator.schemas import SchemaStore
@@ -34,11 +33,9 @@ from services.validator.settings import ValidatorSettings
 from shared import topics
 from shared.artifacts import ArtifactStore
 from shared.config import config_of, model_settings
-from shared.consume import Consumer, InvalidEvent, Record
+from shared.consume import Consumer, Record
 from shared.events import (
     DlqSource,
-    PartitionIdle,
-    WindowClosed,
     WindowDeadLetter,
     WindowValidated,
 )
@@ -50,13 +47,6 @@ from shared.serve import livez
 from shared.settings import CommonSettings
 
 log = logging.getLogger(__name__)
-
-
-def _partition_idle(body: bytes) -> PartitionIdle | None:
-    try:
-        return PartitionIdle.model_validate_json(body)
-    except ValidationError:
-        return None
 
 
 def config_from(s: ValidatorSettings, model: str | None = None) -> ValidatorConfig:
@@ -109,24 +99,10 @@ def create_app(common: CommonSettings, settings: ValidatorSettings) -> FastAPI:
     )
     router = make_router(common)
 
-    async def publish_once(r: WindowValidated) -> None:
-        marker = f"ctrain:validator:published:{r.id}"
-        if not await redis.exists(marker):
-            await router.broker.publish(r.to_bytes(), topic=topics.VALIDATIONS, key=r.key)
-            await redis.set(marker, b"1")
+    async def publish(r: WindowValidated) -> None:
+        await router.broker.publish(r.to_bytes(), topic=topics.VALIDATIONS, key=r.key)
 
-    async def publish_periods(stream: str, event: WindowClosed | PartitionIdle | None) -> None:
-        """Judge the periods this window completes; publish them, then empty the outbox."""
-        results = await validator.assemble(stream, event, time.time())
-        for r in results:
-            await publish_once(r)
-        if results:
-            await validator.sent(stream, [r.window_id for r in results])
-
-    async def judge_stale_periods() -> None:
-        """Periods with a silent partition are judged once their grace time is over."""
-        for stream in await validator.streams():
-            await publish_periods(stream, None)
+    flow = WindowFlow(validator, redis, publish)
 
     async def dead_letter(rec: Record, reason: str, message: str) -> None:
         metrics.dead_letters.labels(reason).inc()
@@ -146,30 +122,13 @@ def create_app(common: CommonSettings, settings: ValidatorSettings) -> FastAPI:
         )
         await router.broker.publish(letter.to_bytes(), topic=topics.WINDOWS_DLQ, key=letter.key)
 
-    async def handle_window(body: bytes) -> None:
-        try:
-            event = WindowClosed.model_validate_json(body)
-        except ValidationError as e:
-            idle = _partition_idle(body)
-            if idle is None:
-                raise InvalidEvent(str(e)) from e
-            # A source partition has nothing open: periods may not need to wait for it.
-            await publish_periods(idle.stream, idle)
-            return
-        result = await validator.handle(event)
-        # Published once: a window handled again whose result already went out is only
-        # committed. (A crash between publish and marker republishes the same id, which
-        # consumers deduplicate.)
-        await publish_once(result)
-        await publish_periods(event.stream, event)
-
     windows_in = Consumer(
         topics.WINDOWS, metrics.consumer, dead_letter, max_attempts=settings.max_attempts
     )
 
     @one_event_at_a_time(router, topics.WINDOWS, settings.group_id)
     async def on_window(msg: KafkaMessage) -> None:
-        await windows_in.consume(msg, handle_window)
+        await windows_in.consume(msg, flow.handle)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -177,7 +136,7 @@ def create_app(common: CommonSettings, settings: ValidatorSettings) -> FastAPI:
             task = asyncio.create_task(
                 every(
                     max(1.0, min(10.0, settings.period_grace_s / 4)),
-                    judge_stale_periods,
+                    flow.judge_stale_periods,
                     "judging periods after their grace time",
                     metrics.timer_failures.inc,
                 )

@@ -115,6 +115,21 @@ class Validator:
         done = self.load_result(ev.stream, ev.window_id)
         if done is not None:
             self.metrics.duplicates.inc()
+            # The result is written before the window is indexed: an outage or crash
+            # between the two leaves a result the index does not know. Index it now.
+            if await self.index.get(ev.window_id) is None:
+                start_ms, end_ms = _ms(ev)
+                await self.index.add(
+                    WindowRef(
+                        ev.window_id,
+                        ev.stream,
+                        start_ms,
+                        end_ms,
+                        ev.data_uri,
+                        done.stats_uri,
+                        ev.example_count,
+                    )
+                )
             return done
         t0 = time.perf_counter()
         cfg = self.cfg(ev.stream)

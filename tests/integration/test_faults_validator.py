@@ -1,0 +1,133 @@
+"""The validator's handling of a window under faults, against a real Redis and real
+TFDV on taxi windows: an outage at any await point (Redis, the index, publish; before or
+after the call takes effect) still publishes every window and period result, each id
+once in effect, empties the outbox and commits the record once, with no dead letter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
+
+from services.validator.flow import WindowFlow
+from services.validator.index import RedisWindowIndex
+from shared import topics
+from shared.consume import Consumer, ConsumerMetrics, Record
+from shared.events import WindowClosed, WindowValidated
+from tests.faults import Faults, Flaky, flaky_fn
+from tests.unit.test_validator_core import make_validator, quarter_windows
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Raw:
+    topic: str = topics.WINDOWS
+    partition: int = 0
+    offset: int = 3
+    key: bytes | None = None
+
+
+@dataclass
+class Msg:
+    body: bytes
+    raw_message: Raw = field(default_factory=Raw)
+    acks: int = 0
+
+    async def ack(self) -> None:
+        self.acks += 1
+
+
+@pytest.fixture(scope="module")
+def windows(tmp_path_factory: pytest.TempPathFactory) -> list[WindowClosed]:
+    return quarter_windows(tmp_path_factory.mktemp("shards"))[:3]
+
+
+async def scenario(
+    redis_url: str, tmp: Path, faults: Faults, tag: str, windows: list[WindowClosed]
+) -> dict[str, Any]:
+    """Two windows arrive cleanly; the third is consumed with ``faults`` armed."""
+    evs = [
+        w.model_copy(update={"window_id": f"{tag}-{w.window_id}", "stream": f"s-{tag}"})
+        for w in windows
+    ]
+    published: list[WindowValidated] = []
+    letters: list[str] = []
+
+    async def publish(r: WindowValidated) -> None:
+        published.append(r)
+
+    async def sink(rec: Record, reason: str, message: str) -> None:
+        letters.append(f"{reason}: {message}")
+
+    redis = Flaky(Redis.from_url(redis_url), faults, "redis")
+    index = Flaky(RedisWindowIndex(redis), faults, "index")
+    v = make_validator(tmp, index)  # type: ignore[arg-type]
+    v.redis = redis  # type: ignore[assignment]
+    flow = WindowFlow(v, redis, flaky_fn(publish, faults, "publish"), clock=lambda: 1e10)
+    faults.armed = False
+    for ev in evs[:2]:
+        await flow.handle(ev.to_bytes())
+    faults.armed = True
+    consumer = Consumer(
+        topics.WINDOWS, ConsumerMetrics(CollectorRegistry(), "v"), sink, backoff_s=0.001
+    )
+    msg = Msg(evs[2].to_bytes())
+    await consumer.consume(msg, flow.handle)
+    faults.armed = False
+    book = await v._load_book(f"s-{tag}")
+    return {
+        # Ids hash the (tagged) window ids: compare how many, and which windows.
+        "ids": len({r.id for r in published}),
+        "windows": sorted(
+            {r.window_id.replace(tag, "T") for r in published if r.scope != "period"}
+        ),
+        "periods": len({r.window_id for r in published if r.scope == "period"}),
+        "acks": msg.acks,
+        "letters": letters,
+        "outbox": book.outbox,
+    }
+
+
+@pytest.mark.parametrize("mode", ["before", "after"])
+def test_a_fault_at_any_await_point_publishes_every_result_once_in_effect(
+    redis_url: str, tmp_path: Path, windows: list[WindowClosed], mode: str
+) -> None:
+    clean = Faults()
+    want = asyncio.run(scenario(redis_url, tmp_path / "clean", clean, f"c{mode}", windows))
+    assert want["acks"] == 1 and want["letters"] == [] and want["outbox"] == []
+    assert want["windows"] == ["T-win-q0", "T-win-q1", "T-win-q2"] and want["periods"] >= 2
+    assert want["ids"] == 3 + want["periods"]
+    assert clean.calls >= 10, clean.where
+    for k in range(1, clean.calls + 1):
+        f = Faults(fail_at=k, mode=mode)
+        got = asyncio.run(scenario(redis_url, tmp_path / str(k), f, f"{mode}{k}", windows))
+        assert f.fired is not None, k
+        assert got == want, (k, f.fired, got)
+
+
+def test_a_record_that_is_no_window_event_is_poison(redis_url: str, tmp_path: Path) -> None:
+    """It goes to the dead-letter sink at once, named invalid_event, and is committed."""
+    letters: list[str] = []
+
+    async def sink(rec: Record, reason: str, message: str) -> None:
+        letters.append(reason)
+
+    async def publish(r: WindowValidated) -> None:
+        raise AssertionError("nothing to publish")
+
+    redis = Redis.from_url(redis_url)
+    v = make_validator(tmp_path, RedisWindowIndex(redis))  # type: ignore[arg-type]
+    flow = WindowFlow(v, redis, publish)
+    consumer = Consumer(
+        topics.WINDOWS, ConsumerMetrics(CollectorRegistry(), "v"), sink, backoff_s=0.001
+    )
+    msg = Msg(b'{"event_type": "window_closed"}')
+    asyncio.run(consumer.consume(msg, flow.handle))
+    assert letters == ["invalid_event"] and msg.acks == 1
