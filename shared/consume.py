@@ -67,7 +67,7 @@ def decode(model: type[E], body: bytes) -> E:
 
 
 # Errors that say a dependency is unreachable, never that the record is wrong.
-_OUTAGE_TYPES: tuple[type[BaseException], ...] = (
+OUTAGE_TYPES: tuple[type[BaseException], ...] = (
     Outage,
     redis_errors.ConnectionError,
     redis_errors.TimeoutError,
@@ -95,7 +95,7 @@ def outage_of(e: BaseException) -> str | None:
     cur: BaseException | None = e
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
-        if isinstance(cur, _OUTAGE_TYPES):
+        if isinstance(cur, OUTAGE_TYPES):
             return f"{type(cur).__name__}: {cur}"[:300]
         cur = cur.__cause__ or cur.__context__
     return None

@@ -49,3 +49,19 @@ async def livez(_: Any) -> Any:
     from starlette.responses import JSONResponse
 
     return JSONResponse({"status": "alive"})
+
+
+def answer_outages_with_503(app: Any) -> None:
+    """A request that meets an outage (Redis, the broker, serving unreachable) gets 503
+    naming it, not a 500: the caller may try again, nothing was wrong with the request."""
+    from starlette.responses import JSONResponse
+
+    from shared.consume import OUTAGE_TYPES, outage_of
+
+    async def unavailable(_: Any, exc: Exception) -> Any:
+        return JSONResponse(
+            {"error": "DependencyUnavailable", "detail": f"try again: {outage_of(exc)}"}, 503
+        )
+
+    for kind in OUTAGE_TYPES:
+        app.add_exception_handler(kind, unavailable)

@@ -33,7 +33,7 @@ from shared.events import ModelCandidate, PromotionEvent
 from shared.kafka import event_dead_letters, health, make_router, one_event_at_a_time
 from shared.metrics import metrics_endpoint, new_registry
 from shared.redis import make_redis
-from shared.serve import livez
+from shared.serve import answer_outages_with_503, livez
 from shared.settings import CommonSettings
 
 log = logging.getLogger(__name__)
@@ -152,6 +152,7 @@ def create_app(common: CommonSettings, settings: PromoterSettings) -> FastAPI:
     app.include_router(router)
     app.add_route("/metrics", metrics_endpoint(registry), methods=["GET"])
     app.add_route("/livez", livez, methods=["GET"])
+    answer_outages_with_503(app)
 
     @app.exception_handler(PromoterError)
     async def _err(_: Request, exc: PromoterError) -> JSONResponse:

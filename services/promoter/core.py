@@ -117,22 +117,19 @@ class Promoter:
             elif rec.state == "approved" and rec.approvals == []:
                 self._spawn(self.promote(c.candidate_id, "gate", "auto"))
             return None
+        why = f"newer candidate {c.candidate_id}"
         for old in await self.store.find(model=c.model):
-            if old.candidate.candidate_id != c.candidate_id and old.state in (
-                "pending_approval",
-                "approved",
-            ):
-                if (
-                    await self.store.transition(
-                        old.candidate.candidate_id,
-                        "supersede",
-                        "gate",
-                        f"newer candidate {c.candidate_id}",
-                    )
-                )[0]:
-                    await self._event(
-                        old, "superseded", "gate", f"newer candidate {c.candidate_id}"
-                    )
+            if old.candidate.candidate_id == c.candidate_id:
+                continue
+            if old.state in ("pending_approval", "approved"):
+                done, _ = await self.store.transition(
+                    old.candidate.candidate_id, "supersede", "gate", why
+                )
+                if done:
+                    await self._event(old, "superseded", "gate", why)
+            elif old.state == "superseded" and old.reason == why:
+                # Superseded by an earlier attempt that may have stopped before its event.
+                await self._event(old, "superseded", "gate", why, count=False)
         policy = self.config.policies.get(c.model, self.config.default_policy)
         if not c.blessed:
             reason = "not blessed: " + "; ".join(c.failed_checks or ["TFMA gate failed"])
@@ -238,7 +235,7 @@ class Promoter:
 
     def _serving_outage(self, why: str | None) -> None:
         self.outage = why
-        self.metrics.outages.labels("promotion").set(0 if why is None else 1)
+        self.metrics.promotion_outage.set(0 if why is None else 1)
 
     async def _promote(self, cid: str, actor: str, decision: str) -> None:
         rec = await self._get(cid)

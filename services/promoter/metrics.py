@@ -56,13 +56,11 @@ class PromoterMetrics:
             registry=registry,
         )
         self.serving_reachable.set(1)
-        self.outages = Gauge(
-            "ctrain_promoter_outage",
+        self.promotion_outage = Gauge(
+            "ctrain_promoter_promotion_outage",
             "1 while a promotion waits for serving or Redis to answer again.",
-            ["what"],
             registry=registry,
         )
-        self.outages.labels("promotion").set(0)
         self.promotion_seconds = Histogram(
             "ctrain_promoter_promotion_seconds",
             "Approval to stable label on the new version.",

@@ -38,7 +38,7 @@ from shared.metrics import metrics_endpoint, new_registry
 from shared.periodic import every
 from shared.redis import make_redis
 from shared.schema import SchemaError, load_schema
-from shared.serve import livez
+from shared.serve import answer_outages_with_503, livez
 from shared.settings import CommonSettings, SettingsError
 
 log = logging.getLogger(__name__)
@@ -251,6 +251,7 @@ def create_app(common: CommonSettings, settings: TriggerSettings) -> FastAPI:
     app.include_router(router)
     app.add_route("/metrics", metrics_endpoint(registry), methods=["GET"])
     app.add_route("/livez", livez, methods=["GET"])
+    answer_outages_with_503(app)
 
     @app.exception_handler(UnknownModel)
     async def _unknown_model(_: Request, exc: UnknownModel) -> JSONResponse:

@@ -43,7 +43,7 @@ from shared.kafka import SourceOffsets, health, make_router, one_event_at_a_time
 from shared.metrics import metrics_endpoint, new_registry
 from shared.periodic import every
 from shared.redis import make_redis
-from shared.serve import livez
+from shared.serve import answer_outages_with_503, livez
 from shared.settings import CommonSettings
 
 log = logging.getLogger(__name__)
@@ -151,6 +151,7 @@ def create_app(common: CommonSettings, settings: ValidatorSettings) -> FastAPI:
     app.include_router(router)
     app.add_route("/metrics", metrics_endpoint(registry), methods=["GET"])
     app.add_route("/livez", livez, methods=["GET"])
+    answer_outages_with_503(app)
 
     @app.exception_handler(ValidatorError)
     async def _err(_: Request, exc: ValidatorError) -> JSONResponse:

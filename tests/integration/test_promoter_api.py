@@ -1,9 +1,9 @@
 """The approval API as a real process on a real broker and Redis.
 
 Candidates arrive over Kafka. No model server runs here, so an approved
-candidate's promotion fails at the serving step: that path (restore, `failed`,
-a PromotionEvent) is asserted too. Promotion into a serving model is covered by
-the end-to-end promoter test.
+candidate's promotion waits at the serving step: an outage, said as such in
+/healthz and the metrics, never a failed candidate. Promotion into a serving
+model (and a serving pause during one) is covered by the end-to-end promoter test.
 """
 
 from __future__ import annotations
@@ -38,12 +38,14 @@ def H(tok: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {tok}"}
 
 
-def cand(cid: str, model: str, blessed: bool = True) -> ModelCandidate:
+def cand(
+    cid: str, model: str, blessed: bool = True, model_uri: str = "/nowhere/saved_model"
+) -> ModelCandidate:
     return ModelCandidate(
         candidate_id=cid,
         model=model,
         run_id=f"run-{cid}",
-        model_uri="/nowhere/saved_model",
+        model_uri=model_uri,
         eval_uri="/nowhere/eval",
         blessed=blessed,
         failed_checks=[] if blessed else ["auc: change -0.2 below -0.01"],
@@ -99,8 +101,14 @@ def test_approval_api(kafka: str, redis_url: str, tmp_path: Path) -> None:
     health = httpx.get(f"{svc.url}/healthz")
     assert health.status_code == 503 and "serving unreachable" in health.json()["reason"]
     url = svc.url
+    saved = tmp_path / "saved_model"  # copied into the serving base before serving is asked
+    saved.mkdir()
+    (saved / "saved_model.pb").write_bytes(b"")
     send(
-        kafka, cand("c-ok", m), cand("c-bad", f"{m}-bad", blessed=False), cand("c-two", f"{m}-two")
+        kafka,
+        cand("c-ok", m, model_uri=str(saved)),
+        cand("c-bad", f"{m}-bad", blessed=False),
+        cand("c-two", f"{m}-two"),
     )
     # The session's Redis may hold other tests' candidates: wait for these three.
     mine = {"c-ok", "c-bad", "c-two"}
@@ -168,7 +176,7 @@ def test_approval_api(kafka: str, redis_url: str, tmp_path: Path) -> None:
     )
     assert r.status_code == 200
     waiting = until(
-        lambda: 'ctrain_promoter_outage{what="promotion"} 1.0' in httpx.get(f"{url}/metrics").text
+        lambda: "ctrain_promoter_promotion_outage 1.0" in httpx.get(f"{url}/metrics").text
     )
     assert waiting
     assert "ctrain_promoter_serving_reachable 0.0" in httpx.get(f"{url}/metrics").text

@@ -33,7 +33,7 @@ def test_no_server_errors(kafka: str, redis_url: str, tmp_path: Path) -> None:
         CTRAIN_SERVING_BASE=str(tmp_path / "serving"),
     )
     svc = start_service("promoter", env, tmp_path / "promoter.log")
-    svc.wait_healthy()
+    svc.wait_healthy(path="/livez")  # no serving here: /healthz says so (503)
     exe = shutil.which("schemathesis", path=str(Path(sys.executable).parent))
     assert exe, "schemathesis is in the dev extra"
     try:

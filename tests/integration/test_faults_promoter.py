@@ -1,0 +1,145 @@
+"""The promoter's gate under faults, against a real Redis: an outage at any await point
+of its handler (Redis, publish; before or after the call takes effect) still ends with
+each candidate in the right state, each audit entry written once, each decision's event
+sent (once in effect: the same id) and the record committed once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
+
+from services.promoter.core import Promoter, PromoterConfig
+from services.promoter.serving import ServingClient
+from shared import topics
+from shared.consume import Consumer, ConsumerMetrics, Record, decode
+from shared.events import ModelCandidate, PromotionEvent
+from tests.faults import Faults, Flaky, flaky_fn
+from tests.integration.test_promoter_api import cand
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Raw:
+    topic: str = topics.CANDIDATES
+    partition: int = 0
+    offset: int = 5
+    key: bytes | None = None
+
+
+@dataclass
+class Msg:
+    body: bytes
+    raw_message: Raw = field(default_factory=Raw)
+    acks: int = 0
+
+    async def ack(self) -> None:
+        self.acks += 1
+
+
+def _no_smoke(c: ModelCandidate, n: int) -> list[bytes]:
+    raise AssertionError("no promotion in this test")
+
+
+async def scenario(redis_url: str, faults: Faults, tag: str) -> dict[str, Any]:
+    """An older candidate waits; a newer one of its model and an unblessed one of another
+    model are consumed with ``faults`` armed."""
+    events: list[PromotionEvent] = []
+    letters: list[str] = []
+
+    async def publish(ev: PromotionEvent) -> None:
+        events.append(ev)
+
+    async def sink(rec: Record, reason: str, message: str) -> None:
+        letters.append(reason)
+
+    redis = Flaky(Redis.from_url(redis_url), faults, "redis")
+    p = Promoter(
+        redis=redis,  # type: ignore[arg-type]
+        serving=ServingClient("127.0.0.1:1"),
+        config=PromoterConfig(serving_base="/nowhere"),
+        publish=flaky_fn(publish, faults, "publish"),
+        smoke=_no_smoke,
+        outage_backoff_s=0.001,
+    )
+    old, new, bad = f"{tag}-c0", f"{tag}-c1", f"{tag}-c2"
+    faults.armed = False
+    await p.on_candidate(cand(old, f"{tag}-a"))
+    faults.armed = True
+    consumer = Consumer(
+        topics.CANDIDATES, ConsumerMetrics(CollectorRegistry(), "p"), sink, backoff_s=0.001
+    )
+
+    async def handle(body: bytes) -> None:
+        await p.on_candidate(decode(ModelCandidate, body))
+
+    msgs = [Msg(cand(new, f"{tag}-a").to_bytes()), Msg(cand(bad, f"{tag}-b", False).to_bytes())]
+    for m in msgs:
+        await consumer.consume(m, handle)
+    faults.armed = False
+    audit = [e for e in await p.store.audit_log(2000) if e["candidate_id"].startswith(f"{tag}-")]
+    short = {old: "c0", new: "c1", bad: "c2"}
+    states = {}
+    for cid, name in short.items():
+        rec = await p.store.get(cid)
+        states[name] = rec.state if rec else None
+    return {
+        "states": states,
+        "audit": sorted((short[e["candidate_id"]], e["before"], e["after"]) for e in audit),
+        "events": sorted({(short[e.candidate_id], e.decision, e.id) for e in events}),
+        "acks": [m.acks for m in msgs],
+        "letters": letters,
+    }
+
+
+@pytest.mark.parametrize("mode", ["before", "after"])
+def test_a_fault_at_any_await_point_of_the_gate_loses_and_doubles_nothing(
+    redis_url: str, mode: str
+) -> None:
+    clean = Faults()
+    want = asyncio.run(scenario(redis_url, clean, f"{mode}-clean"))
+    assert want["states"] == {"c0": "superseded", "c1": "pending_approval", "c2": "rejected"}
+    assert want["audit"] == [
+        ("c0", "new", "pending_approval"),
+        ("c0", "pending_approval", "superseded"),
+        ("c1", "new", "pending_approval"),
+        ("c2", "new", "rejected"),
+    ]
+    assert [(c, d) for c, d, _ in want["events"]] == [("c0", "superseded"), ("c2", "rejected")]
+    assert clean.calls >= 10, clean.where
+    for k in range(1, clean.calls + 1):
+        f = Faults(fail_at=k, mode=mode)
+        got = asyncio.run(scenario(redis_url, f, f"{mode}-{k}"))
+        assert f.fired is not None, k
+        # Event ids are deterministic per candidate and decision; the tag changes them.
+        got_events = [(c, d) for c, d, _ in got["events"]]
+        assert got_events == [("c0", "superseded"), ("c2", "rejected")], (k, f.fired, got)
+        assert {**got, "events": None} == {**want, "events": None}, (k, f.fired, got)
+
+
+def test_a_request_that_meets_a_redis_outage_gets_503_naming_it(tmp_path: Any) -> None:
+    import json
+
+    from fastapi.testclient import TestClient
+
+    from services.promoter.app import create_app
+    from services.promoter.settings import PromoterSettings
+    from shared.settings import CommonSettings
+
+    common = CommonSettings(
+        redis_url="redis://127.0.0.1:1/0",  # nothing listens: Redis is down
+        serving_grpc="127.0.0.1:1",
+        serving_base=str(tmp_path),
+    )
+    settings = PromoterSettings(tokens=json.dumps({"t": {"identity": "v", "role": "viewer"}}))
+    client = TestClient(create_app(common, settings))  # no lifespan: nothing else connects
+    r = client.get("/v1/candidates", headers={"Authorization": "Bearer t"})
+    assert r.status_code == 503, r.text
+    assert r.json()["error"] == "DependencyUnavailable" and "try again" in r.json()["detail"]
+    assert client.get("/livez").status_code == 200
