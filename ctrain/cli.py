@@ -146,9 +146,32 @@ def _schema(args: argparse.Namespace) -> int:
     if not args.file:
         console.print("schema import needs a FILE")
         return 2
+    curated = _curated_schema(args.stream)
+    if curated:
+        # The validator reads the curated file first: an imported version would be
+        # stored and silently never used.
+        console.print(
+            f"stream {args.stream!r} is validated against the curated schema {curated}; "
+            "an imported version would be ignored. Edit that file instead, or unset it "
+            "to let the validator use imported versions."
+        )
+        return 2
     v = schemas.save(args.stream, load_schema(args.file))
     console.print(f"imported {args.file} as schema v{v} of stream {args.stream!r}")
     return 0
+
+
+def _curated_schema(stream: str) -> str | None:
+    """The curated schema file the validator uses for ``stream``, and where it is named."""
+    from ctrain import devstack
+    from ctrain.ops import models_file
+
+    cfg = models_file(devstack.load_state())
+    for name, m in (cfg.models.items() if cfg else []):
+        if m.stream == stream and m.schema_path:
+            return f"{m.schema_path} (model {name!r} in the models file)"
+    env = os.environ.get("CTRAIN_SCHEMA")
+    return f"{env} (CTRAIN_SCHEMA)" if env else None
 
 
 def _pipeline(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
+from aiokafka import errors as kafka_errors
 
 from shared import topics
 from shared.kafka import make_producer
@@ -123,12 +124,46 @@ async def replay(
         if key_column
         else None
     )
+    try:
+        return await _send(
+            settings, path, table, payloads, times, keys, rate, speedup, topic, progress
+        )
+    except _IDEMPOTENCE_REFUSED as e:
+        if not settings.kafka_idempotent:
+            raise
+        raise ReplayError(
+            f"the broker at {settings.kafka_bootstrap} refused an idempotent producer "
+            f"({type(e).__name__}: {e}); for a broker without idempotence support set "
+            "CTRAIN_KAFKA_IDEMPOTENT=false (a retried send may then be delivered twice)"
+        ) from e
+
+
+# What brokers without idempotent producers answer to InitProducerId.
+_IDEMPOTENCE_REFUSED = (
+    kafka_errors.UnknownError,
+    kafka_errors.UnsupportedVersionError,
+    kafka_errors.ClusterAuthorizationFailedError,
+)
+
+
+async def _send(
+    settings: CommonSettings,
+    path: str | Path | pa.Table,
+    table: pa.Table,
+    payloads: list[bytes],
+    times: list[float] | None,
+    keys: list[bytes] | None,
+    rate: float | None,
+    speedup: float | None,
+    topic: str,
+    progress: Any,
+) -> ReplaySummary:
     producer = make_producer(settings, linger_ms=20)
-    await producer.start()
     parts: dict[int, int] = {}
     total = len(payloads)
     started = time.perf_counter()
     try:
+        await producer.start()
         partitions = sorted(await producer.partitions_for(topic))
         futures = []
         i = 0

@@ -19,6 +19,20 @@ class SettingsError(ValueError):
     """A configuration problem that must stop a service at start-up."""
 
 
+# The command line's own variables, not settings of any service: exported in the shell
+# that also runs a service, `ctrain dev up` or `replay`, they are not typos.
+CLIENT_VARIABLES = frozenset(
+    {
+        "CTRAIN_TOKEN",
+        "CTRAIN_DEBUG",
+        "CTRAIN_INGEST_URL",
+        "CTRAIN_VALIDATOR_URL",
+        "CTRAIN_TRIGGER_URL",
+        "CTRAIN_PROMOTER_URL",
+    }
+)
+
+
 def reject_unknown_env(prefix: str, known: set[str], env: dict[str, str] | None = None) -> None:
     """Fail on environment variables that carry ``prefix`` but name no field.
 
@@ -29,7 +43,11 @@ def reject_unknown_env(prefix: str, known: set[str], env: dict[str, str] | None 
     env = dict(os.environ) if env is None else env
     wanted = {f"{prefix}{name}".upper() for name in known}
     unknown = sorted(
-        k for k in env if k.upper().startswith(prefix.upper()) and k.upper() not in wanted
+        k
+        for k in env
+        if k.upper().startswith(prefix.upper())
+        and k.upper() not in wanted
+        and k.upper() not in CLIENT_VARIABLES
     )
     if unknown:
         raise SettingsError(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -185,6 +186,8 @@ def create_app(common: CommonSettings, settings: IngestSettings) -> FastAPI:
                 f"body is {len(body)} bytes; the limit is {settings.http_max_body_bytes}"
             )
         now_ms = int(time.time() * 1000)
+        # HTTP lines have no offset: a request id keeps their dead letters' ids unique.
+        request_id = uuid.uuid4().hex[:16]
         errors: list[dict[str, Any]] = []
         futures = []
         accepted = 0
@@ -194,8 +197,16 @@ def create_app(common: CommonSettings, settings: IngestSettings) -> FastAPI:
                 continue  # the trailing newline
             res = decoder.decode(line.strip(), now_ms, now_ms)
             if isinstance(res, Rejected):
-                errors.append({"line": i, "reason": res.reason, "message": res.message})
-                letter = dead_letter("http", -1, i, None, line, res)
+                letter_id = f"dlq-http-{request_id}-{i}"
+                errors.append(
+                    {
+                        "line": i,
+                        "reason": res.reason,
+                        "message": res.message,
+                        "dead_letter_id": letter_id,
+                    }
+                )
+                letter = dead_letter("http", -1, i, None, line, res, letter_id)
                 futures.append(await producer.send(topics.EXAMPLES_DLQ, letter.to_bytes()))
                 metrics.http_lines.labels("rejected").inc()
                 continue
@@ -204,7 +215,22 @@ def create_app(common: CommonSettings, settings: IngestSettings) -> FastAPI:
             metrics.http_lines.labels("accepted").inc()
         await asyncio.gather(*futures)
         if accepted == 0 and errors:
-            return JSONResponse({"accepted": 0, "rejected": len(errors), "errors": errors}, 422)
-        return JSONResponse({"accepted": accepted, "rejected": len(errors), "errors": errors})
+            return JSONResponse(
+                {
+                    "request_id": request_id,
+                    "accepted": 0,
+                    "rejected": len(errors),
+                    "errors": errors,
+                },
+                422,
+            )
+        return JSONResponse(
+            {
+                "request_id": request_id,
+                "accepted": accepted,
+                "rejected": len(errors),
+                "errors": errors,
+            }
+        )
 
     return app

@@ -70,7 +70,13 @@ class _Partition:
 
 
 def dead_letter(
-    topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None, r: Rejected
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    r: Rejected,
+    letter_id: str | None = None,
 ) -> DeadLetter:
     raw = value or b""
     try:
@@ -78,7 +84,7 @@ def dead_letter(
     except UnicodeDecodeError:
         payload, enc = base64.b64encode(raw).decode(), "base64"
     return DeadLetter(
-        id=f"dlq-{topic}-{partition}-{offset}",
+        id=letter_id or f"dlq-{topic}-{partition}-{offset}",
         reason=r.reason,
         message=r.message,
         source=DlqSource(topic=topic, partition=partition, offset=offset),

@@ -170,6 +170,7 @@ class Promoter:
             )
 
     async def approve(self, cid: str, who: Identity, reason: str) -> Record:
+        TokenBook.require(who, "approver")  # a viewer learns nothing, not even a 404
         rec = await self._get(cid)
         cid = rec.candidate.candidate_id  # a unique prefix names it too
         if rec.state == "rejected":

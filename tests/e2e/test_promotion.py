@@ -214,6 +214,35 @@ def test_approve_serve_rollback_reject_and_crash(
         until(lambda: state_of(url, "c3") == "rejected", what="c3 rejected")
         body = httpx.get(f"{url}/v1/candidates/c3", headers=H()).json()
         assert "auc below 0.6" in body["reason"]
+
+        # 5: serving paused (SIGSTOP) during a promotion: an outage, said as such, not
+        # a failed candidate; the promotion resumes once serving answers again.
+        send(kafka, candidate("c4", taxi_model["model"], taxi_model["eval"]))
+        until(lambda: state_of(url, "c4") == "pending_approval", what="c4 pending")
+        ms.send_signal(signal.SIGSTOP)
+        try:
+            r = httpx.post(f"{url}/v1/candidates/c4/approve", json={"reason": "x"}, headers=H())
+            assert r.status_code == 200, r.text
+            metrics = f"{url}/metrics"
+            until(
+                lambda: "ctrain_promoter_promotion_outage 1.0" in httpx.get(metrics).text,
+                60,
+                "the promotion says it waits on an outage",
+            )
+            health = httpx.get(f"{url}/healthz", timeout=10)
+            assert health.status_code == 503 and "serving unreachable" in health.json()["reason"]
+            assert state_of(url, "c4") == "promoting"
+            view = httpx.get(f"{url}/v1/models/taxi", headers=H(), timeout=30).json()
+            assert view["serving_reachable"] is False and view["serving_reports"] is None
+        finally:
+            ms.send_signal(signal.SIGCONT)
+        until(lambda: state_of(url, "c4") == "serving", 180, "c4 served once serving is back")
+        view = httpx.get(f"{url}/v1/models/taxi", headers=H(), timeout=30).json()
+        stable = view["labels"]["stable"]
+        assert view["candidates"][str(stable)] == "c4" and view["serving_reachable"] is True
+        assert view["serving_reports"][str(stable)] == "AVAILABLE"  # the label never ran ahead
+        assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
+        assert "ctrain_promoter_promotion_outage 0.0" in httpx.get(f"{url}/metrics").text
         promoter.proc.send_signal(signal.SIGTERM)
         assert promoter.proc.wait(timeout=60) == 0
     finally:

@@ -59,11 +59,17 @@ def test_replay_windows_dlq_http_and_sigterm(kafka: str, redis_url: str, tmp_pat
     assert body["accepted"] == 1 and body["rejected"] == 2
     assert [e["reason"] for e in body["errors"]] == ["not_json", "missing_feature"]
     assert [e["line"] for e in body["errors"]] == [2, 3]
+    # The same lines again: their dead letters get ids of their own (a request id).
+    again = httpx.post(f"{svc.url}/v1/examples", content=lines[1], timeout=10).json()
+    first_ids = {e["dead_letter_id"] for e in body["errors"]}
+    assert again["errors"][0]["dead_letter_id"] not in first_ids
+    assert again["request_id"] != body["request_id"]
 
-    windows, dlq = windows_and_dlq(kafka, conserved(TAXI_ROWS + 3), timeout=120)
+    windows, dlq = windows_and_dlq(kafka, conserved(TAXI_ROWS + 4), timeout=120)
     by_id = {w.window_id: w for w in windows}
     dlq_ids = {d.id for d in dlq}
-    assert sum(w.example_count for w in by_id.values()) + len(dlq_ids) == TAXI_ROWS + 3
+    assert sum(w.example_count for w in by_id.values()) + len(dlq_ids) == TAXI_ROWS + 4
+    assert {e["dead_letter_id"] for e in body["errors"]} <= dlq_ids
     reasons = sorted(d.reason for d in dlq)
     assert reasons.count("missing_feature") >= 2  # two real taxi rows lack pickup_community_area
     assert "not_json" in reasons
