@@ -167,7 +167,7 @@ def _curated_schema(stream: str) -> str | None:
     from ctrain.ops import models_file
 
     cfg = models_file(devstack.load_state())
-    for name, m in (cfg.models.items() if cfg else []):
+    for name, m in cfg.models.items() if cfg else []:
         if m.stream == stream and m.schema_path:
             return f"{m.schema_path} (model {name!r} in the models file)"
     env = os.environ.get("CTRAIN_SCHEMA")
@@ -246,10 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_model(sub)
     from ctrain.backtest_cmd import add_parser as add_backtest
+    from ctrain.dlq_cmd import add_parser as add_dlq
     from ctrain.ops import add_parsers
 
     add_parsers(sub)
     add_backtest(sub)
+    add_dlq(sub)
     return p
 
 
