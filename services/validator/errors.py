@@ -15,7 +15,6 @@ class ShardUnreadable(ValidatorError):
 
     status_code = 422
     retryable = False
-    dlq_reason = "invalid_event"
 
 
 class UnknownWindow(ValidatorError):
