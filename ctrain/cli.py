@@ -174,6 +174,33 @@ def _curated_schema(stream: str) -> str | None:
     return f"{env} (CTRAIN_SCHEMA)" if env else None
 
 
+def _reindex(args: argparse.Namespace) -> int:
+    """Rebuild the validator's window index in Redis from the artifact store."""
+    from redis.asyncio import Redis
+
+    from services.validator.index import RedisWindowIndex, refs_in_store
+
+    common: Any = _common_from_dev()
+    refs = refs_in_store(_artifact_root(), args.stream)
+
+    async def go() -> None:
+        redis = Redis.from_url(common.redis_url)
+        try:
+            index = RedisWindowIndex(redis)
+            for ref in refs:
+                await index.add(ref)
+        finally:
+            await redis.aclose()
+
+    asyncio.run(go())
+    streams = sorted({r.stream for r in refs})
+    console.print(
+        f"indexed {len(refs)} validated window(s) of {', '.join(streams) or 'no stream'} "
+        f"from {_artifact_root()}"
+    )
+    return 0
+
+
 def _pipeline(args: argparse.Namespace) -> int:
     from services.trigger.pipeline import ComponentImages, compile_pipeline
 
@@ -229,6 +256,10 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--stream", default="default")
     sc.add_argument("-o", "--output", help="export to this file (default: stdout)")
     sc.set_defaults(func=_schema)
+    va = sub.add_parser("validator", help="the validator's state")
+    va.add_argument("action", choices=["reindex"], help="reindex: rebuild its Redis index")
+    va.add_argument("--stream", help="only this stream (default: every stream)")
+    va.set_defaults(func=_reindex)
     pl = sub.add_parser("pipeline", help="the continuous-training pipeline")
     pl.add_argument("action", choices=["compile"])
     pl.add_argument("-o", "--output", required=True, help="pipeline YAML to write")

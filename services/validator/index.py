@@ -89,3 +89,32 @@ class RedisWindowIndex:
     async def serving_windows(self, model: str) -> list[str] | None:
         raw = await self.redis.get(serving_windows_key(model))
         return list(orjson.loads(raw)) if raw else None
+
+
+def refs_in_store(root: str, stream: str | None = None) -> list[WindowRef]:
+    """Every validated window the artifact store holds (``validated.json`` of scope
+    window), as the index had it: what ``ctrain validator reindex`` puts back."""
+    from pathlib import Path
+
+    from shared.events import WindowValidated
+
+    base = Path(root) / "validations"
+    streams = [base / stream] if stream else sorted(p for p in base.glob("*") if p.is_dir())
+    out: list[WindowRef] = []
+    for s in streams:
+        for f in sorted(s.glob("*/validated.json")):
+            r = WindowValidated.model_validate_json(f.read_bytes())
+            if r.scope != "window" or r.window_start is None or r.window_end is None:
+                continue  # a period's verdict is not a window of the index
+            out.append(
+                WindowRef(
+                    r.window_id,
+                    r.stream,
+                    int(r.window_start.timestamp() * 1000),
+                    int(r.window_end.timestamp() * 1000),
+                    r.data_uri or "",
+                    r.stats_uri,
+                    r.example_count,
+                )
+            )
+    return out

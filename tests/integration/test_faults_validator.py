@@ -131,3 +131,53 @@ def test_a_record_that_is_no_window_event_is_poison(redis_url: str, tmp_path: Pa
     msg = Msg(b'{"event_type": "window_closed"}')
     asyncio.run(consumer.consume(msg, flow.handle))
     assert letters == ["invalid_event"] and msg.acks == 1
+
+
+def test_a_lost_index_is_rebuilt_from_the_artifact_store(
+    redis_url: str, tmp_path: Path, windows: list[WindowClosed], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis lost the validator's index (no AOF, a flushed key): `ctrain validator
+    reindex` puts back every window from the stored results, as it was."""
+    from ctrain.cli import main
+
+    tag = f"ri{tmp_path.name[-6:]}"
+    stream = f"s-{tag}"
+    evs = [
+        w.model_copy(update={"window_id": f"{tag}-{w.window_id}", "stream": stream})
+        for w in windows
+    ]
+
+    async def nothing(r: WindowValidated) -> None:
+        return None
+
+    async def validate_and_lose() -> list[Any]:
+        redis = Redis.from_url(redis_url)
+        index = RedisWindowIndex(redis)
+        v = make_validator(tmp_path, index)  # type: ignore[arg-type]
+        v.redis = redis
+        flow = WindowFlow(v, redis, nothing, clock=lambda: 1e10)
+        for ev in evs:
+            await flow.handle(ev.to_bytes())
+        before = await index.latest(stream, 10)
+        await redis.delete(
+            f"ctrain:validator:{stream}:by_start",
+            *(f"ctrain:validator:window:{e.window_id}" for e in evs),
+        )
+        assert await index.latest(stream, 10) == []
+        await redis.aclose()
+        return before
+
+    before = asyncio.run(validate_and_lose())
+    assert len(before) == 3
+    monkeypatch.setenv("CTRAIN_ARTIFACT_ROOT", str(tmp_path))
+    monkeypatch.setenv("CTRAIN_REDIS_URL", redis_url)
+    monkeypatch.setenv("CTRAIN_DEV_STATE_DIR", str(tmp_path / "dev"))
+    assert main(["validator", "reindex", "--stream", stream]) == 0
+
+    async def after() -> list[Any]:
+        redis = Redis.from_url(redis_url)
+        got = await RedisWindowIndex(redis).latest(stream, 10)
+        await redis.aclose()
+        return got
+
+    assert asyncio.run(after()) == before
