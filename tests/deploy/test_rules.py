@@ -81,6 +81,7 @@ def test_every_alert_has_a_firing_unit_test() -> None:
 def exported_metrics() -> set[str]:
     """Sample names the services' code registers (as Prometheus will see them)."""
     from services.ingest.metrics import IngestMetrics
+    from services.promoter.metrics import PromoterMetrics
     from services.trigger.metrics import TriggerMetrics
     from services.validator.metrics import ValidatorMetrics
 
@@ -88,6 +89,7 @@ def exported_metrics() -> set[str]:
     IngestMetrics(reg)
     ValidatorMetrics(reg)
     TriggerMetrics(reg)
+    PromoterMetrics(reg)
     names: set[str] = set()
     for fam in reg.collect():
         names |= _sample_names(fam.name, fam.type)
