@@ -106,3 +106,29 @@ def flaky_fn(fn: Callable[..., Awaitable[Any]], faults: Faults, label: str) -> A
         return await faults.around(label, fn(*args, **kwargs))
 
     return call
+
+
+@dataclass
+class Raw:
+    """The Kafka record behind a message (what a dead letter names as its source)."""
+
+    topic: str
+    partition: int = 0
+    offset: int = 7
+    key: bytes | None = None
+
+
+@dataclass
+class Msg:
+    """A FastStream message as shared.consume.Consumer sees it: body, record, ack()."""
+
+    body: bytes
+    raw_message: Raw
+    acks: int = 0
+
+    async def ack(self) -> None:
+        self.acks += 1
+
+
+def msg(body: bytes, topic: str) -> Msg:
+    return Msg(body, Raw(topic))

@@ -7,7 +7,6 @@ sent (once in effect: the same id) and the record committed once.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -19,28 +18,10 @@ from services.promoter.serving import ServingClient
 from shared import topics
 from shared.consume import Consumer, ConsumerMetrics, Record, decode
 from shared.events import ModelCandidate, PromotionEvent
-from tests.faults import Faults, Flaky, flaky_fn
+from tests.faults import Faults, Flaky, flaky_fn, msg
 from tests.integration.test_promoter_api import cand
 
 pytestmark = pytest.mark.integration
-
-
-@dataclass
-class Raw:
-    topic: str = topics.CANDIDATES
-    partition: int = 0
-    offset: int = 5
-    key: bytes | None = None
-
-
-@dataclass
-class Msg:
-    body: bytes
-    raw_message: Raw = field(default_factory=Raw)
-    acks: int = 0
-
-    async def ack(self) -> None:
-        self.acks += 1
 
 
 def _no_smoke(c: ModelCandidate, n: int) -> list[bytes]:
@@ -79,7 +60,10 @@ async def scenario(redis_url: str, faults: Faults, tag: str) -> dict[str, Any]:
     async def handle(body: bytes) -> None:
         await p.on_candidate(decode(ModelCandidate, body))
 
-    msgs = [Msg(cand(new, f"{tag}-a").to_bytes()), Msg(cand(bad, f"{tag}-b", False).to_bytes())]
+    msgs = [
+        msg(cand(new, f"{tag}-a").to_bytes(), topics.CANDIDATES),
+        msg(cand(bad, f"{tag}-b", False).to_bytes(), topics.CANDIDATES),
+    ]
     for m in msgs:
         await consumer.consume(m, handle)
     faults.armed = False

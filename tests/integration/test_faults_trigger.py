@@ -7,7 +7,6 @@ submitted again; two replicas deciding the same window at the same instant start
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from shared.artifacts import ArtifactStore
 from shared.consume import Consumer, ConsumerMetrics, Record, decode
 from shared.events import Event, ModelCandidate, TrainingRun, WindowValidated
 from tests.conftest import ROOT, TAXI_SCHEMA
-from tests.faults import Faults, Flaky, flaky_fn
+from tests.faults import Faults, Flaky, flaky_fn, msg
 from tests.integration.test_trigger_core import ScriptedBackend, validation
 
 pytestmark = pytest.mark.integration
@@ -46,24 +45,6 @@ class NamedBackend(ScriptedBackend):
             self.created.append(run_id)
             self.submitted.append((run_id, params))
         return f"b-{run_id}"
-
-
-@dataclass
-class Raw:
-    topic: str = topics.VALIDATIONS
-    partition: int = 0
-    offset: int = 7
-    key: bytes | None = None
-
-
-@dataclass
-class Msg:
-    body: bytes
-    raw_message: Raw = field(default_factory=Raw)
-    acks: int = 0
-
-    async def ack(self) -> None:
-        self.acks += 1
 
 
 def trigger(
@@ -121,8 +102,8 @@ async def scenario(
     consumer = Consumer(
         topics.VALIDATIONS, ConsumerMetrics(CollectorRegistry(), "t"), sink, backoff_s=0.001
     )
-    msg = Msg(validation(2, "drift").to_bytes())
-    await consumer.consume(msg, handle)
+    record = msg(validation(2, "drift").to_bytes(), topics.VALIDATIONS)
+    await consumer.consume(record, handle)
     while t.followers:
         await asyncio.gather(*t.followers.values())
     faults.armed = False
@@ -132,7 +113,7 @@ async def scenario(
         "run_states": sorted({e.state for e in out if isinstance(e, TrainingRun)}),
         "run_ids": len({e.run_id for e in out if isinstance(e, TrainingRun)}),
         "candidates": len({e.candidate_id for e in out if isinstance(e, ModelCandidate)}),
-        "acks": msg.acks,
+        "acks": record.acks,
         "letters": letters,
         "in_flight": state.in_flight,
         "awaiting": state.awaiting is not None,

@@ -7,7 +7,6 @@ once in effect, empties the outbox and commits the record once, with no dead let
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,28 +19,10 @@ from services.validator.index import RedisWindowIndex
 from shared import topics
 from shared.consume import Consumer, ConsumerMetrics, Record
 from shared.events import WindowClosed, WindowValidated
-from tests.faults import Faults, Flaky, flaky_fn
+from tests.faults import Faults, Flaky, flaky_fn, msg
 from tests.unit.test_validator_core import make_validator, quarter_windows
 
 pytestmark = pytest.mark.integration
-
-
-@dataclass
-class Raw:
-    topic: str = topics.WINDOWS
-    partition: int = 0
-    offset: int = 3
-    key: bytes | None = None
-
-
-@dataclass
-class Msg:
-    body: bytes
-    raw_message: Raw = field(default_factory=Raw)
-    acks: int = 0
-
-    async def ack(self) -> None:
-        self.acks += 1
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +59,8 @@ async def scenario(
     consumer = Consumer(
         topics.WINDOWS, ConsumerMetrics(CollectorRegistry(), "v"), sink, backoff_s=0.001
     )
-    msg = Msg(evs[2].to_bytes())
-    await consumer.consume(msg, flow.handle)
+    record = msg(evs[2].to_bytes(), topics.WINDOWS)
+    await consumer.consume(record, flow.handle)
     faults.armed = False
     book = await v._load_book(f"s-{tag}")
     return {
@@ -89,7 +70,7 @@ async def scenario(
             {r.window_id.replace(tag, "T") for r in published if r.scope != "period"}
         ),
         "periods": len({r.window_id for r in published if r.scope == "period"}),
-        "acks": msg.acks,
+        "acks": record.acks,
         "letters": letters,
         "outbox": book.outbox,
     }
@@ -128,9 +109,9 @@ def test_a_record_that_is_no_window_event_is_poison(redis_url: str, tmp_path: Pa
     consumer = Consumer(
         topics.WINDOWS, ConsumerMetrics(CollectorRegistry(), "v"), sink, backoff_s=0.001
     )
-    msg = Msg(b'{"event_type": "window_closed"}')
-    asyncio.run(consumer.consume(msg, flow.handle))
-    assert letters == ["invalid_event"] and msg.acks == 1
+    record = msg(b'{"event_type": "window_closed"}', topics.WINDOWS)
+    asyncio.run(consumer.consume(record, flow.handle))
+    assert letters == ["invalid_event"] and record.acks == 1
 
 
 def test_a_lost_index_is_rebuilt_from_the_artifact_store(
