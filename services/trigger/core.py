@@ -134,6 +134,7 @@ class Trigger:
         self._lock = asyncio.Lock()
         self.followers: dict[str, asyncio.Task[None]] = {}
         self._to_follow: dict[str, tuple[dict[str, Any], str]] = {}
+        self._pending: list[dict[str, str]] = []  # decision log entries for the next save
         # Who holds a run's claim while it is being submitted (two replicas, one run).
         # The host name by default: a restarted trigger finds its own claim and submits.
         self.outage_backoff_s = outage_backoff_s  # first wait when a follower meets an outage
@@ -147,28 +148,43 @@ class Trigger:
         raw = await self.redis.get(self._key("state"))
         return pol.ModelState.from_json(orjson.loads(raw)) if raw else pol.ModelState()
 
+    async def _locked_state(self) -> pol.ModelState:
+        """The state, read under the lock at the start of a decision (nothing pending)."""
+        self._pending.clear()
+        return await self.load_state()
+
     async def _save(self, state: pol.ModelState) -> None:
-        await self.redis.set(self._key("state"), orjson.dumps(state.to_json()))
+        """The state and the decision log entries taken with it, in one transaction: a
+        decision handled again after an outage is logged once, never lost or doubled."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.set(self._key("state"), orjson.dumps(state.to_json()))
+        for entry in self._pending:
+            pipe.xadd(self._key("decisions"), entry, maxlen=10_000)  # type: ignore[arg-type]
+        await pipe.execute()
+        for entry in self._pending:
+            self.metrics.decisions.labels(entry["trigger"] or "none", entry["taken"]).inc()
+            if entry["guard"]:
+                self.metrics.blocked.labels(entry["guard"]).inc()
+        self._pending.clear()
         self.metrics.armed.set(1 if state.armed and not state.in_flight else 0)
         self.metrics.streak.labels("drift").set(state.consecutive_drift)
         self.metrics.streak.labels("skew").set(state.consecutive_skew)
         self.metrics.attempts.set(state.attempts)
 
-    async def _record(self, d: pol.Decision, run_id: str | None, source: str) -> None:
-        entry = {
-            "taken": str(d.take).lower(),
-            "reason": d.reason,
-            "trigger": d.trigger or "",
-            "run_id": run_id or "",
-            "guard": d.guard or "",
-            "source": source,
-            "inputs": orjson.dumps(d.inputs).decode(),
-            "at": str(self.clock()),
-        }
-        await self.redis.xadd(self._key("decisions"), entry, maxlen=10_000)  # type: ignore[arg-type]
-        self.metrics.decisions.labels(d.trigger or "none", str(d.take).lower()).inc()
-        if d.guard:
-            self.metrics.blocked.labels(d.guard).inc()
+    def _record(self, d: pol.Decision, run_id: str | None, source: str) -> None:
+        """Log a decision with the next save of the state."""
+        self._pending.append(
+            {
+                "taken": str(d.take).lower(),
+                "reason": d.reason,
+                "trigger": d.trigger or "",
+                "run_id": run_id or "",
+                "guard": d.guard or "",
+                "source": source,
+                "inputs": orjson.dumps(d.inputs).decode(),
+                "at": str(self.clock()),
+            }
+        )
 
     async def decisions(self, count: int = 50) -> list[dict[str, str]]:
         rows: Any = await self.redis.xrevrange(self._key("decisions"), count=count)
@@ -234,7 +250,7 @@ class Trigger:
         received = time.perf_counter()
         info = period_info(v)
         async with self._lock:
-            state = await self.load_state()
+            state = await self._locked_state()
             if info.window_id in state.seen:
                 # Handled before. If this process's attempt saved its run but met an
                 # outage before following it, follow it now (a run another replica
@@ -243,7 +259,7 @@ class Trigger:
                 return None
             serving = _text(await self.redis.get(serving_model_key(self.config.model)))
             if pol.new_episode(state, serving, self.now(state)):
-                await self._note(f"new episode: {serving or 'nothing'} serves; counts start afresh")
+                self._note(f"new episode: {serving or 'nothing'} serves; counts start afresh")
             pol.observe(state, info)
             d = pol.decide(state, self.now(state), self.config.policy, newest=info)
             run_id = await self._maybe_start(state, d, f"validation:{v.window_id}")
@@ -258,7 +274,7 @@ class Trigger:
         or a failed run starts the next attempt once the cooldown is over, even when no
         data arrives. Only a run started here is logged (a decline repeats every tick)."""
         async with self._lock:
-            state = await self.load_state()
+            state = await self._locked_state()
             if state.in_flight or state.disarmed_by or not state.windows:
                 return None
             d = pol.decide(state, self.now(state), self.config.policy, newest=state.windows[-1])
@@ -275,20 +291,20 @@ class Trigger:
             return False
         promoted = ev.decision in ("auto", "approved")
         async with self._lock:
-            state = await self.load_state()
+            state = await self._locked_state()
             if not pol.resolved(state, ev.candidate_id, promoted):
                 return False
+            if not promoted:
+                self._note(f"re-armed: candidate {ev.candidate_id} {ev.decision} ({ev.reason})")
             await self._save(state)
-        if not promoted:
-            await self._note(f"re-armed: candidate {ev.candidate_id} {ev.decision} ({ev.reason})")
         return True
 
-    async def _note(self, text: str) -> None:
-        await self._record(pol.Decision(False, text), None, "state")
+    def _note(self, text: str) -> None:
+        self._record(pol.Decision(False, text), None, "state")
 
     async def manual(self, reason: str = "manual") -> tuple[pol.Decision, str | None]:
         async with self._lock:
-            state = await self.load_state()
+            state = await self._locked_state()
             d = pol.decide(state, self.now(state), self.config.policy, manual=True)
             run_id = await self._maybe_start(state, d, f"manual:{reason}")
             await self._save(state)
@@ -334,7 +350,7 @@ class Trigger:
     async def _maybe_start(self, state: pol.ModelState, d: pol.Decision, source: str) -> str | None:
         self._to_follow.clear()  # what an attempt that failed before its save left
         if not d.take:
-            await self._record(d, None, source)
+            self._record(d, None, source)
             return None
         run_id = stable_id(
             "run",
@@ -348,13 +364,15 @@ class Trigger:
         held = await self._claim(run_id)
         if held is not None:
             adopted = await self._adopt(state, run_id, held)
-            if adopted is None:
+            if adopted is not None:
+                self._record(d, run_id, source)  # its first attempt's entry was not saved
+            else:
                 # The same decision was taken before (a redelivery): never a second run.
-                await self._record(
+                self._record(
                     pol.Decision(False, f"{d.reason}: run {run_id} exists"), run_id, source
                 )
             return adopted
-        await self._record(d, run_id, source)
+        self._record(d, run_id, source)
         train_uris = [u for w in d.train for u in w.data_uris]
         eval_uris = [u for w in d.evaluation for u in w.data_uris]
         baseline = await self.redis.get(serving_model_key(self.config.model))
@@ -560,7 +578,7 @@ class Trigger:
             ),
         )
         async with self._lock:
-            state = await self.load_state()
+            state = await self._locked_state()
             pol.finished(state, run_id, ok, self.now(state), blessed)
             await self._save(state)
 

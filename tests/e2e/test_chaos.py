@@ -1,33 +1,49 @@
-"""Chaos: SIGKILL the services at random points while the loop runs, and restart them.
+"""Chaos: SIGKILL the services at random points while the loop runs, and restart them,
+while the infrastructure fails under them too (docs/faults.md).
 
-The taxi replay is paced (about two minutes of data clock) so that kills land
-during ingestion as well as during validation, training and promotion. After at
-least twelve kills spread over all four services:
+The taxi replay is paced so that faults land during ingestion as well as during
+validation, training and promotion. Beside at least ten SIGKILLs spread over all
+four services: the broker is paused (SIGSTOP) twice for 20 s, Redis is restarted
+once (AOF), the pipeline backend refuses submits for 30 s once a retraining is
+decided (the local backend's fault switch), and the model server is paused from the
+retraining's start until the promotion has waited on it. Then:
 
 - every example is conserved: window counts + dead letters = produced;
 - no window is published twice with different contents, no two windows share an
   offset, every window is validated once, no decision starts two runs, and no
   candidate is promoted twice (one serving version per candidate);
+- every fault was visible while it lasted (/healthz or a metric), none dead-lettered
+  an event, and no label points at a version serving does not report AVAILABLE;
 - the loop still completes: drift retrains and `stable` serves the new version.
+The test prints how long the loop took to recover from each kind of fault.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import random
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from ctrain import client, devstack
 from ctrain.demo import Demo, DemoOptions
+from ctrain.loop import LoopState
+from shared import topics
+from shared.kafka import read_to_end
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-KILLS = 12
+KILLS = 10
+# The state file records every pid; the two chaos threads take turns writing it.
+STATE_LOCK = threading.Lock()
 
 
 class Killer(threading.Thread):
@@ -50,22 +66,215 @@ class Killer(threading.Thread):
             for name in victims:
                 if self.stop.wait(self.rng.uniform(2.0, 8.0)):
                     return
-                state = devstack.load_state()
-                assert state is not None
-                rec = next(p for p in state["procs"] if p["name"] == name)
-                os.kill(rec["pid"], signal.SIGKILL)
-                deadline = time.monotonic() + 10
-                while devstack.Proc(**rec).alive() and time.monotonic() < deadline:
-                    time.sleep(0.05)  # poll until the kernel has reaped it
-                self.done.append((name, time.time()))
-                devstack.restart_service(name)
+                with STATE_LOCK:
+                    state = devstack.load_state()
+                    assert state is not None
+                    rec = next(p for p in state["procs"] if p["name"] == name)
+                    os.kill(rec["pid"], signal.SIGKILL)
+                    deadline = time.monotonic() + 10
+                    while devstack.Proc(**rec).alive() and time.monotonic() < deadline:
+                        time.sleep(0.05)  # poll until the kernel has reaped it
+                    self.done.append((name, time.time()))
+                    devstack.restart_service(name)
         except BaseException as e:  # noqa: BLE001 - the test thread asserts on it
             self.error = e
 
 
+def _procs() -> dict[str, dict[str, Any]]:
+    state = devstack.load_state()
+    assert state is not None
+    return {p["name"]: p for p in state["procs"]}
+
+
+def _healthz(name: str) -> tuple[int, str]:
+    try:
+        r = httpx.get(f"{_procs()[name]['address']}/healthz", timeout=5)
+    except httpx.HTTPError as e:
+        return 0, f"{type(e).__name__}"
+    return r.status_code, str(r.json().get("reason", "")) if r.status_code != 200 else ""
+
+
+def _metric(name: str, line: str) -> bool:
+    try:
+        return line in httpx.get(f"{_procs()[name]['address']}/metrics", timeout=5).text
+    except httpx.HTTPError:
+        return False  # restarting after a kill
+
+
+def _reap(pid: int) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return
+        except ChildProcessError:
+            return
+        time.sleep(0.05)  # poll until the kernel has reaped it
+
+
+class Infra(threading.Thread):
+    """Pauses the broker, restarts Redis, refuses pipeline submits and pauses the model
+    server, at moments of the loop chosen so that each fault meets work in progress."""
+
+    HEALTHY = ("ingest", "validator", "trigger")
+
+    def __init__(self, d: Demo, fault_file: Path) -> None:
+        super().__init__(name="infra", daemon=True)
+        self.d = d
+        self.fault_file = fault_file
+        self.faults: list[dict[str, Any]] = []
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+
+    def _until(self, fn: Callable[[], Any], timeout: float, what: str) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self.stop.is_set():
+            got = fn()
+            if got:
+                return got
+            time.sleep(0.5)  # poll interval
+        raise AssertionError(f"infra chaos: timed out waiting for {what}")
+
+    def _healthy(self) -> float:
+        t = time.monotonic()
+        self._until(
+            lambda: all(_healthz(n)[0] == 200 for n in self.HEALTHY), 300, "healthy services"
+        )
+        return time.monotonic() - t
+
+    def _state(self) -> LoopState:
+        assert self.d.tail is not None
+        return self.d.tail.state
+
+    def run(self) -> None:
+        try:
+            self.stop.wait(6)
+            self.pause_broker(1)
+            self.stop.wait(8)
+            self.restart_redis()
+            self._until(lambda: self.d.progress.before is not None, 1500, "the first model")
+            known = set(self._state().runs)
+            run_id = self.refuse_submits(known)
+            self.pause_serving_through_promotion(run_id)
+        except BaseException as e:  # noqa: BLE001 - the test thread asserts on it
+            self.error = e
+
+    def pause_broker(self, n: int) -> None:
+        with STATE_LOCK:  # a service restarted now could not reach the broker to start
+            pid = _procs()["kafka"]["pid"]
+            os.kill(pid, signal.SIGSTOP)
+            t0, seen = time.monotonic(), ""
+            while time.monotonic() - t0 < 20:
+                for name in ("validator", "trigger"):
+                    code, why = _healthz(name)
+                    if code == 503 and not seen:
+                        seen = f"{name} /healthz 503: {why}"
+                time.sleep(1)  # the pause lasts 20 s; look once a second
+            os.kill(pid, signal.SIGCONT)
+        self.faults.append(
+            {"kind": f"broker paused 20 s (#{n})", "seen": seen, "recovered_s": self._healthy()}
+        )
+
+    def restart_redis(self) -> None:
+        with STATE_LOCK:
+            procs = _procs()
+            rec = procs["redis"]
+            os.kill(rec["pid"], signal.SIGTERM)  # AOF flushed on shutdown
+            _reap(rec["pid"])
+            seen = self._until(
+                lambda: next(
+                    (
+                        f"{n} /healthz 503: {w}"
+                        for n in ("validator", "trigger")
+                        for c, w in [_healthz(n)]
+                        if c == 503
+                    ),
+                    None,
+                ),
+                30,
+                "a service saying Redis is down",
+            )
+            port = int(rec["address"].rsplit(":", 1)[1].split("/")[0])
+            r = devstack.start_redis(devstack.state_dir() / "redis", port)
+            state = devstack.load_state()
+            assert state is not None
+            next(p for p in state["procs"] if p["name"] == "redis")["pid"] = r.pid
+            devstack.save_state(state)
+        self.faults.append(
+            {"kind": "redis restarted", "seen": seen, "recovered_s": self._healthy()}
+        )
+
+    def refuse_submits(self, known: set[str]) -> str:
+        """From phase 2 on the backend refuses submits; the retraining's decision meets it,
+        is held, and starts its run once submits work again 30 s later."""
+        self.fault_file.write_text(str(time.time() + 3600))
+        seen = self._until(
+            lambda: _metric("trigger", 'ctrain_trigger_outage{topic="ctrain.validations"} 1.0'),
+            900,
+            "the trigger holding a decision whose submit is refused",
+        )
+        self.stop.wait(30)
+        self.fault_file.write_text("0")
+        t = time.monotonic()
+        run_id = self._until(
+            lambda: next((r for r in self._state().runs if r not in known), None),
+            300,
+            "the run once submits work again",
+        )
+        self.faults.append(
+            {
+                "kind": "pipeline backend refused submits 30 s",
+                "seen": "ctrain_trigger_outage 1" if seen else "",
+                "recovered_s": time.monotonic() - t,
+            }
+        )
+        return str(run_id)
+
+    def pause_serving_through_promotion(self, run_id: str) -> None:
+        """Serving stops answering while the retraining runs (and the broker pauses once
+        more); the promotion of its candidate meets the pause and waits it out."""
+        pid = _procs()["serving"]["pid"]
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            self.pause_broker(2)
+            self._until(
+                lambda: _metric("promoter", "ctrain_promoter_promotion_outage 1.0"),
+                1200,
+                "the promotion waiting on serving",
+            )
+            self.stop.wait(10)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        t = time.monotonic()
+        cands = self._until(
+            lambda: [c for c in self._state().candidates.values() if c.run_id == run_id],
+            300,
+            "the retrained candidate",
+        )
+        self._until(
+            lambda: any(
+                p.candidate_id == cands[0].candidate_id and p.decision == "auto"
+                for p in self._state().promotions
+            ),
+            300,
+            "the retrained model promoted",
+        )
+        self.faults.append(
+            {
+                "kind": "model server paused during the promotion",
+                "seen": "ctrain_promoter_promotion_outage 1",
+                "recovered_s": time.monotonic() - t,
+            }
+        )
+
+
 @pytest.mark.timeout(2400)
-def test_the_loop_survives_sigkills(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_loop_survives_sigkills_and_infrastructure_faults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("CTRAIN_DEV_STATE_DIR", str(tmp_path / "dev"))
+    fault_file = tmp_path / "refuse-submits"
+    monkeypatch.setenv("CTRAIN_TRIGGER_LOCAL_FAULT_FILE", str(fault_file))
     # Restarted consumers rejoin their groups; a short session timeout keeps the
     # partitions of a killed member from waiting out the default 45 s.
     d = Demo(
@@ -73,13 +282,18 @@ def test_the_loop_survives_sigkills(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         view=lambda m: None,
     )
     killer = Killer(seed=int(os.environ.get("CTRAIN_CHAOS_SEED", "7")), kills=KILLS)
+    infra = Infra(d, fault_file)
     first, second = d.load()
     try:
         d.start()
         killer.start()
+        infra.start()
         progress = d.run_started(first, second)
         killer.join(timeout=900)
+        infra.join(timeout=900)
         assert killer.error is None, repr(killer.error)
+        assert infra.error is None, repr(infra.error)
+        assert len(infra.faults) == 5 and all(f["seen"] for f in infra.faults), infra.faults
         assert len(killer.done) >= 10, killer.done
         assert {n for n, _ in killer.done} == set(devstack.SERVICES)
         assert d.tail is not None
@@ -110,10 +324,26 @@ def test_the_loop_survives_sigkills(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         assert model is not None
         by_version = model["candidates"]
         assert len(set(by_version.values())) == len(by_version), by_version
+        stable = model["labels"]["stable"]
+        assert model["serving_reports"][str(stable)] == "AVAILABLE"  # no label ran ahead
+        letters = asyncio.run(read_to_end(d.state["kafka"], topics.EVENTS_DLQ))
+        assert letters == [], letters  # an outage never dead-letters an event
         # The loop closed: the drift-triggered model serves.
         assert progress.after is not None and progress.before is not None
         assert progress.after[0] == model["labels"]["stable"] > progress.before[0]
+        runs = sum(1 for evs in s.runs.values())
+        print(
+            f"\nchaos: {len(killer.done)} SIGKILLs ({', '.join(n for n, _ in killer.done)}); "
+            f"{runs} runs, {len(promoted)} promotions, 0 handled twice in effect, "
+            f"0 examples lost ({s.examples_accounted()} accounted)"
+        )
+        for f in infra.faults:
+            print(
+                f"chaos: {f['kind']}: seen as {f['seen']!r}; recovered in {f['recovered_s']:.1f} s"
+            )
     finally:
         killer.stop.set()
+        infra.stop.set()
         killer.join(timeout=300)
+        infra.join(timeout=300)
         d.stop()

@@ -21,7 +21,7 @@ from services.trigger.metrics import TriggerMetrics
 from shared import topics
 from shared.artifacts import ArtifactStore
 from shared.consume import Consumer, ConsumerMetrics, Record, decode
-from shared.events import Event, ModelCandidate, TrainingRun, WindowValidated
+from shared.events import Event, ModelCandidate, PromotionEvent, TrainingRun, WindowValidated
 from tests.conftest import ROOT, TAXI_SCHEMA
 from tests.faults import Faults, Flaky, flaky_fn, msg
 from tests.integration.test_trigger_core import ScriptedBackend, validation
@@ -108,17 +108,40 @@ async def scenario(
         await asyncio.gather(*t.followers.values())
     faults.armed = False
     state = await t.load_state()
+    awaiting = state.awaiting is not None
+    # The operator rejects the candidate: the promotion event re-arms the trigger.
+    rejected = PromotionEvent(
+        id=f"promo-{model}",
+        candidate_id=state.awaiting or "",
+        model=model,
+        decision="rejected",
+        actor="op",
+        reason="not now",
+    )
+
+    async def handle_promotion(body: bytes) -> None:
+        await t.on_promotion(decode(PromotionEvent, body))
+
+    faults.armed = True
+    promo = msg(rejected.to_bytes(), topics.PROMOTIONS)
+    await consumer.consume(promo, handle_promotion)
+    faults.armed = False
+    state = await t.load_state()
+    log = await t.decisions(100)
     return {
         "created": len(backend.created),
         "run_states": sorted({e.state for e in out if isinstance(e, TrainingRun)}),
         "run_ids": len({e.run_id for e in out if isinstance(e, TrainingRun)}),
         "candidates": len({e.candidate_id for e in out if isinstance(e, ModelCandidate)}),
-        "acks": record.acks,
+        "acks": record.acks + promo.acks,
         "letters": letters,
         "in_flight": state.in_flight,
-        "awaiting": state.awaiting is not None,
+        "awaiting": awaiting,
+        "rearmed": state.disarmed_by is None and state.awaiting is None,
         "listed_runs": len(await t.runs()),
         "seen": "per-2" in state.seen,
+        # The decision log: every decision once (a retried one is not logged twice).
+        "log": sorted((d["source"].split(":")[0], d["taken"], d["reason"][:9]) for d in log),
     }
 
 
@@ -127,10 +150,11 @@ EXPECTED = {
     "run_states": ["running", "submitted", "succeeded"],
     "run_ids": 1,
     "candidates": 1,
-    "acks": 1,
+    "acks": 2,
     "letters": [],
     "in_flight": None,
     "awaiting": True,
+    "rearmed": True,
     "listed_runs": 1,
     "seen": True,
 }
@@ -141,14 +165,16 @@ def test_a_fault_at_any_await_point_still_starts_exactly_one_run(
     redis_url: str, tmp_path: Path, mode: str
 ) -> None:
     clean = Faults()
-    assert asyncio.run(scenario(redis_url, tmp_path / "clean", clean, f"c{mode}-{tmp_path.name}"))
-    assert clean.calls >= 15, clean.where  # the handler and its follower really await this much
+    want = asyncio.run(scenario(redis_url, tmp_path / "clean", clean, f"c{mode}-{tmp_path.name}"))
+    assert {k: v for k, v in want.items() if k != "log"} == EXPECTED
+    assert [e for e in want["log"] if e[0] == "state" and e[2] == "re-armed:"] != []
+    assert clean.calls >= 15, clean.where  # the handlers and the follower really await this much
     points = clean.calls
     for k in range(1, points + 1):
         f = Faults(fail_at=k, mode=mode)
         got = asyncio.run(scenario(redis_url, tmp_path / str(k), f, f"{mode}{k}-{tmp_path.name}"))
         assert f.fired is not None, k
-        assert got == EXPECTED, (k, f.fired, got)
+        assert got == want, (k, f.fired, got)
 
 
 def test_a_submit_that_fails_twice_is_submitted_again_and_starts_one_run(
@@ -156,7 +182,8 @@ def test_a_submit_that_fails_twice_is_submitted_again_and_starts_one_run(
 ) -> None:
     backend = NamedBackend(fail_submits=2)
     got = asyncio.run(scenario(redis_url, tmp_path, Faults(), f"s-{tmp_path.name}", backend))
-    assert got == EXPECTED
+    assert {k: v for k, v in got.items() if k != "log"} == EXPECTED
+    assert [e for e in got["log"] if e[1] == "true"] == [("validation", "true", "drift: dr")]
     assert backend.fail_submits == 0 and len(backend.submitted) == 1
 
 
