@@ -260,6 +260,13 @@ class Trigger:
             serving = _text(await self.redis.get(serving_model_key(self.config.model)))
             if pol.new_episode(state, serving, self.now(state)):
                 self._note(f"new episode: {serving or 'nothing'} serves; counts start afresh")
+            if pol.amends(state, info):
+                # A period judged again with a late window: its data is replaced, nothing
+                # new happened to decide on.
+                pol.observe(state, info)
+                self._note(f"period {info.window_id} replaces its first verdict (a late window)")
+                await self._save(state)
+                return None
             pol.observe(state, info)
             d = pol.decide(state, self.now(state), self.config.policy, newest=info)
             run_id = await self._maybe_start(state, d, f"validation:{v.window_id}")

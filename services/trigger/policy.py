@@ -150,17 +150,32 @@ def now_of(state: ModelState, policy: Policy, wall: float) -> float:
     return wall
 
 
+def amends(state: ModelState, w: WindowInfo) -> bool:
+    """``w`` is a period judged again with a window that arrived late: it covers exactly
+    one observed unit, of the same start (not a group of several small periods)."""
+    covered = set(w.members)
+    replaced = [x for x in state.windows if x.members and set(x.members) <= covered]
+    return len(replaced) == 1 and replaced[0].start == w.start and w.window_id not in state.seen
+
+
 def observe(state: ModelState, w: WindowInfo, keep: int = 256) -> bool:
     """Fold a judged unit into the state; False if it was already seen."""
     if w.window_id in state.seen:
         return False
+    amended = amends(state, w)
     state.seen = [*state.seen, w.window_id][-4 * keep :]
     if w.end_s and (state.event_now is None or w.end_s > state.event_now):
         state.event_now = w.end_s
     # A group of small periods replaces the periods it was measured from.
     covered = set(w.members)
-    kept = [x for x in state.windows if not (x.members and set(x.members) <= covered)]
+    replaced = [x for x in state.windows if x.members and set(x.members) <= covered]
+    kept = [x for x in state.windows if x not in replaced]
     state.windows = sorted([*kept, w], key=lambda x: (x.start, x.window_id))[-keep:]
+    if amended:
+        # The same period, not a new one: its data replaces the first verdict's and the
+        # streaks stay as they were.
+        state.new_examples += max(0, w.example_count - replaced[0].example_count)
+        return True
     if w.blocking:
         return True  # an anomalous period counts neither as drift nor as new data
     state.new_examples += w.example_count

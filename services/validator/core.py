@@ -313,6 +313,7 @@ class Validator:
         assert self.redis is not None, "periods need Redis"
         async with self._book_lock:
             book = await self._load_book(stream)
+            outbox = list(book.outbox)
             raw_topics: Any = await self.redis.smembers(f"ctrain:validator:{stream}:topics")
             topics = {t.decode() if isinstance(t, bytes) else t for t in raw_topics or []}
             if ev is not None:
@@ -338,13 +339,18 @@ class Validator:
                     now,
                     ev.close_reason != "count",
                 ):
-                    self.metrics.late_windows.inc()
-                    log.warning(
-                        "window arrived after its period was judged",
-                        extra={"window_id": ev.window_id},
-                    )
+                    amended = self._amend(book, stream, ev, start_ms, end_ms)
+                    if amended is not None:
+                        # Its period was judged without it (its partition was silent past
+                        # the grace time): judged again with it, against its predecessor.
+                        self.metrics.late_windows.inc()
+                        log.warning(
+                            "window arrived after its period was judged: judged again with it",
+                            extra={"window_id": ev.window_id, "period": amended.unit_id},
+                        )
+                        await self._judge_unit(stream, amended, [])
+                        outbox.append(amended.unit_id)
             partitions, ends = await self._partitions(sorted(topics))
-            outbox = list(book.outbox)
             cfg = self.cfg(stream)
             grace = cfg.period_grace_s
             for period in per.complete(book, partitions, now, grace, ends):
@@ -364,6 +370,27 @@ class Validator:
             await self.redis.set(self._book_key(stream), orjson.dumps(book.to_json()))
         results = [self.load_result(stream, uid) for uid in outbox]
         return [r for r in results if r is not None]
+
+    def _amend(
+        self, book: per.Book, stream: str, ev: WindowClosed, start_ms: int, end_ms: int
+    ) -> per.Unit | None:
+        """The judged period of a late window, again with the window in it."""
+        key = per.period_key(start_ms, end_ms, ev.period_ms is not None, ev.window_id)
+        judged = book.judged.get(key)
+        prev = self.load_result(stream, judged) if judged else None
+        if prev is None:
+            return None  # judged so long ago its verdict left the book
+        return per.amend(
+            book,
+            stream,
+            ev.window_id,
+            start_ms,
+            end_ms,
+            ev.period_ms is not None,
+            [m.window_id for m in prev.members],
+            prev.example_count,
+            ev.example_count,
+        )
 
     async def sent(self, stream: str, ids: list[str]) -> None:
         async with self._book_lock:

@@ -205,6 +205,40 @@ def judge(
     return units
 
 
+def amend(
+    book: Book,
+    stream: str,
+    window_id: str,
+    start_ms: int,
+    end_ms: int,
+    bucketed: bool,
+    judged_members: list[str],
+    judged_count: int,
+    count: int,
+) -> Unit | None:
+    """A window that arrived after its period was judged (its partition was silent past
+    the grace time): the period judged again with it, as a unit that replaces the first
+    verdict (the trigger counts an amended period once, and trains on all of it). None
+    when the window is already part of the period's verdict, or its verdict is unknown."""
+    key = period_key(start_ms, end_ms, bucketed, window_id)
+    if key not in book.judged or window_id in judged_members:
+        return None
+    members = tuple(sorted({*judged_members, window_id}))
+    unit = Unit(
+        stable_id("period", stream, start_ms, end_ms, list(members)),
+        start_ms,
+        end_ms,
+        members,
+        judged_count + count,
+        (key,),
+        True,
+    )
+    book.judged[key] = unit.unit_id
+    for m in members:
+        book.by_window[m] = [*book.by_window.get(m, []), unit.unit_id]
+    return unit
+
+
 def _trim(book: Book, keep: int = 2048) -> None:
     """Bound the state: old judged keys only matter for windows arriving very late."""
     if len(book.judged) > keep:

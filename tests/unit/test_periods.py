@@ -83,3 +83,21 @@ def test_count_windows_are_their_own_period_and_state_round_trips() -> None:
     assert len(per.complete(b, PARTS, 0, 120)) == 2
     b.idle["t:2"] = 3
     assert per.Book.from_json(b.to_json()) == b
+
+
+def test_a_late_window_amends_its_judged_period_once() -> None:
+    """Its partition was silent past the grace time: the period was judged without it.
+    When it arrives the period is judged again with it, as one unit that replaces the
+    first verdict; the same window again changes nothing."""
+    b = per.Book()
+    add(b, "a0", 0, "t:0", now=100.0)
+    (p,) = per.complete(b, PARTS, 220.0, 120)
+    (first,) = per.judge(b, "s", p, PARTS, 200)
+    assert not add(b, "b0", 0, "t:1")  # late
+    unit = per.amend(b, "s", "b0", 0, H, True, list(first.members), first.count, 500)
+    assert unit is not None and unit.members == ("a0", "b0") and unit.count == 1000
+    assert unit.complete and unit.unit_id != first.unit_id
+    assert b.judged[f"0:{H}"] == unit.unit_id and b.by_window["b0"] == [unit.unit_id]
+    assert per.amend(b, "s", "b0", 0, H, True, list(unit.members), unit.count, 500) is None
+    # A window of a period never judged is not an amendment.
+    assert per.amend(b, "s", "z9", 9 * H, 10 * H, True, [], 0, 5) is None

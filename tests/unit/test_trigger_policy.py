@@ -277,3 +277,27 @@ def test_redelivered_period_is_not_counted_twice_and_state_round_trips() -> None
     pol.started(s, "r1", 5)
     back = pol.ModelState.from_json({**s.to_json(), "obsolete_field": 1})
     assert back == s and back.windows[0].members == ("w000p0",)
+
+
+def test_a_period_judged_again_with_a_late_window_replaces_it_and_counts_once() -> None:
+    s = pol.ModelState()
+    feed(s, win(0), win(1, "drift", members=2))
+    assert s.consecutive_drift == 1 and s.new_examples == 2000
+    first = s.windows[-1]
+    again = pol.WindowInfo(
+        **{
+            **first.__dict__,
+            "window_id": "per001-amended",
+            "example_count": 1500,
+            "members": (*first.members, "w001late"),
+            "data_uris": (*first.data_uris, "/s/w001late"),
+        }
+    )
+    assert pol.amends(s, again)
+    feed(s, again)
+    assert s.consecutive_drift == 1  # the same period: no second step of the streak
+    assert s.new_examples == 2500  # only the late window's examples are new
+    assert [w.window_id for w in s.windows] == ["per000", "per001-amended"]
+    assert not pol.amends(s, again)  # seen
+    feed(s, win(2, "drift"))
+    assert s.consecutive_drift == 2
