@@ -264,7 +264,11 @@ class Trigger:
                 # A period judged again with a late window: its data is replaced, nothing
                 # new happened to decide on.
                 pol.observe(state, info)
-                self._note(f"period {info.window_id} replaces its first verdict (a late window)")
+                self._record(
+                    pol.Decision(False, "a late window amended an earlier period: no new decision"),
+                    None,
+                    f"validation:{v.window_id}",
+                )
                 await self._save(state)
                 return None
             pol.observe(state, info)
