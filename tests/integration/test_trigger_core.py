@@ -298,3 +298,35 @@ def test_a_failed_run_is_retried_on_a_tick_without_new_data(redis_url: str, tmp_
         assert sources[0] == "tick"
 
     asyncio.run(go())
+
+
+def test_a_period_amended_by_a_late_window_is_not_decided_on_again(
+    redis_url: str, tmp_path: Path
+) -> None:
+    async def go() -> None:
+        backend = ScriptedBackend()
+        t, _ = await make(redis_url, tmp_path, backend, f"am-{tmp_path.name}")
+        await t.on_validation(validation(0, "ok"))
+        await t.on_validation(validation(1, "drift"))
+        first = validation(1, "drift")
+        late = MemberWindow(window_id="win-1-p2", data_uri="/w/1-2.parquet", example_count=500)
+        amended = first.model_copy(
+            update={
+                "id": "val-1b",
+                "window_id": "per-1b",
+                "example_count": 1500,
+                "members": [*first.members, late],
+            }
+        )
+        assert await t.on_validation(amended) is None
+        state = await t.load_state()
+        assert state.consecutive_drift == 1  # the same period: the streak did not step
+        assert [w.window_id for w in state.windows] == ["per-0", "per-1b"]
+        latest = (await t.decisions(1))[0]
+        assert latest["source"] == "validation:per-1b" and "amended" in latest["reason"]
+        await t.on_validation(validation(2, "drift"))  # the streak goes on from there
+        await asyncio.gather(*t.followers.values())
+        params = backend.submitted[0][1]
+        assert "/w/1-2.parquet" in json.loads(params["windows_json"])  # trained on all of it
+
+    asyncio.run(go())
