@@ -31,7 +31,8 @@ from shared.config import CtrainConfig, config_of
 from shared.consume import Consumer, decode
 from shared.events import ModelCandidate, PromotionEvent
 from shared.kafka import event_dead_letters, health, make_router, one_event_at_a_time
-from shared.metrics import metrics_endpoint, new_registry
+from shared.metrics import Readiness, metrics_endpoint, new_registry
+from shared.periodic import every
 from shared.redis import make_redis
 from shared.serve import answer_outages_with_503, livez
 from shared.settings import CommonSettings
@@ -117,6 +118,12 @@ def create_app(common: CommonSettings, settings: PromoterSettings) -> FastAPI:
         event_dead_letters(router.broker, "promoter", settings.group_id),
     )
 
+    async def why_not_ready() -> str | None:
+        # Serving unreachable is said as such (never as "no version behind the label").
+        return await health(redis, router.broker, candidates_in.outage) or (await promoter.health())
+
+    ready = Readiness(registry, "promoter", why_not_ready)
+
     @one_event_at_a_time(router, topics.CANDIDATES, settings.group_id)
     async def on_candidate(msg: KafkaMessage) -> None:
         await candidates_in.consume(msg, handle_candidate)
@@ -134,8 +141,10 @@ def create_app(common: CommonSettings, settings: PromoterSettings) -> FastAPI:
         async with router.lifespan_context(app):
             await promoter.resume()
             refresher = asyncio.create_task(gauges())
+            readiness = asyncio.create_task(every(5, ready, "checking readiness"))
             yield
             refresher.cancel()
+            readiness.cancel()
             # A promotion waiting out an outage stops here; it stays "promoting" in Redis
             # and resume() finishes it at the next start.
             for task in list(promoter.tasks):
@@ -165,10 +174,7 @@ def create_app(common: CommonSettings, settings: PromoterSettings) -> FastAPI:
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> JSONResponse:
-        # Serving unreachable is said as such (never as "no version behind the label").
-        reason = await health(redis, router.broker, candidates_in.outage) or (
-            await promoter.health()
-        )
+        reason = await ready()
         if reason:
             return JSONResponse({"status": "down", "reason": reason}, 503)
         return JSONResponse({"status": "ok"})

@@ -34,7 +34,7 @@ from shared.config import config_of, model_settings
 from shared.consume import Consumer, decode
 from shared.events import Event, ModelCandidate, PromotionEvent, TrainingRun, WindowValidated
 from shared.kafka import event_dead_letters, health, make_router, one_event_at_a_time
-from shared.metrics import metrics_endpoint, new_registry
+from shared.metrics import Readiness, metrics_endpoint, new_registry
 from shared.periodic import every
 from shared.redis import make_redis
 from shared.schema import SchemaError, load_schema
@@ -216,6 +216,11 @@ def create_app(common: CommonSettings, settings: TriggerSettings) -> FastAPI:
     dead_letters = event_dead_letters(router.broker, "trigger", settings.group_id)
     validations_in = Consumer(topics.VALIDATIONS, metrics.consumer, dead_letters)
     promotions_in = Consumer(topics.PROMOTIONS, metrics.consumer, dead_letters)
+    ready = Readiness(
+        registry,
+        "trigger",
+        lambda: health(redis, router.broker, validations_in.outage, promotions_in.outage),
+    )
 
     @one_event_at_a_time(router, topics.VALIDATIONS, settings.group_id)
     async def on_validation(msg: KafkaMessage) -> None:
@@ -242,8 +247,10 @@ def create_app(common: CommonSettings, settings: TriggerSettings) -> FastAPI:
             ticker = asyncio.create_task(
                 every(settings.tick_s, tick, "deciding on a tick", metrics.tick_failures.inc)
             )
+            readiness = asyncio.create_task(every(5, ready, "checking readiness"))
             yield
             ticker.cancel()
+            readiness.cancel()
             for task in followers():
                 task.cancel()  # the run goes on in its worker; a restart re-attaches
 
@@ -259,7 +266,7 @@ def create_app(common: CommonSettings, settings: TriggerSettings) -> FastAPI:
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
-        reason = await health(redis, router.broker, validations_in.outage, promotions_in.outage)
+        reason = await ready()
         if reason:
             return JSONResponse({"status": "down", "reason": reason}, 503)
         return JSONResponse(

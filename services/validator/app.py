@@ -40,7 +40,7 @@ from shared.events import (
     WindowValidated,
 )
 from shared.kafka import SourceOffsets, health, make_router, one_event_at_a_time
-from shared.metrics import metrics_endpoint, new_registry
+from shared.metrics import Readiness, metrics_endpoint, new_registry
 from shared.periodic import every
 from shared.redis import make_redis
 from shared.serve import answer_outages_with_503, livez
@@ -125,6 +125,9 @@ def create_app(common: CommonSettings, settings: ValidatorSettings) -> FastAPI:
     windows_in = Consumer(
         topics.WINDOWS, metrics.consumer, dead_letter, max_attempts=settings.max_attempts
     )
+    ready = Readiness(
+        registry, "validator", lambda: health(redis, router.broker, windows_in.outage)
+    )
 
     @one_event_at_a_time(router, topics.WINDOWS, settings.group_id)
     async def on_window(msg: KafkaMessage) -> None:
@@ -141,10 +144,12 @@ def create_app(common: CommonSettings, settings: ValidatorSettings) -> FastAPI:
                     metrics.timer_failures.inc,
                 )
             )
+            readiness = asyncio.create_task(every(5, ready, "checking readiness"))
             try:
                 yield
             finally:
                 task.cancel()
+                readiness.cancel()
                 await offsets.close()
 
     app = FastAPI(title="ctrain validator", version="0.1.0", lifespan=lifespan)
@@ -159,7 +164,7 @@ def create_app(common: CommonSettings, settings: ValidatorSettings) -> FastAPI:
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
-        reason = await health(redis, router.broker, windows_in.outage)
+        reason = await ready()
         if reason:
             return JSONResponse({"status": "down", "reason": reason}, 503)
         return JSONResponse({"status": "ok"})

@@ -165,10 +165,10 @@ class Infra(threading.Thread):
             os.kill(pid, signal.SIGSTOP)
             t0, seen = time.monotonic(), ""
             while time.monotonic() - t0 < 20:
+                # The readiness gauge, refreshed on the services' own timer (no probe).
                 for name in ("validator", "trigger"):
-                    code, why = _healthz(name)
-                    if code == 503 and not seen:
-                        seen = f"{name} /healthz 503: {why}"
+                    if not seen and _metric(name, f"ctrain_{name}_ready 0.0"):
+                        seen = f"ctrain_{name}_ready 0 (/healthz: {_healthz(name)[1]})"
                 time.sleep(1)  # the pause lasts 20 s; look once a second
             os.kill(pid, signal.SIGCONT)
         self.faults.append(
@@ -184,10 +184,10 @@ class Infra(threading.Thread):
             seen = self._until(
                 lambda: next(
                     (
-                        f"{n} /healthz 503: {w}"
+                        f"ctrain_{n}_ready 0 (/healthz: {w})"
                         for n in ("validator", "trigger")
                         for c, w in [_healthz(n)]
-                        if c == 503
+                        if c == 503 and _metric(n, f"ctrain_{n}_ready 0.0")
                     ),
                     None,
                 ),

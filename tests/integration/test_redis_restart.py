@@ -148,6 +148,8 @@ def test_a_redis_restart_loses_nothing_and_every_service_reconnects(
               what="the promoter holds c2 and says why")  # fmt: skip
         down = httpx.get(f"{trigger.url}/healthz", timeout=10)
         assert down.status_code == 503 and down.json()["reason"]
+        # The readiness gauge says so too, on the services' own timer.
+        until(lambda: metric(validator.url, "ctrain_validator_ready 0.0"), 30, "ready 0")
         assert httpx.get(f"{validator.url}/healthz", timeout=10).status_code == 503
         started = time.monotonic()
         redis = start_redis(tmp_path / "redis", port)  # same data directory: the AOF
@@ -155,6 +157,7 @@ def test_a_redis_restart_loses_nothing_and_every_service_reconnects(
         # Every service reconnects by itself; the held candidate is handled once.
         until(lambda: httpx.get(f"{trigger.url}/healthz").status_code == 200, what="trigger")
         until(lambda: httpx.get(f"{validator.url}/healthz").status_code == 200, what="validator")
+        until(lambda: metric(validator.url, "ctrain_validator_ready 1.0"), 30, "ready 1")
         until(lambda: metric(promoter.url, 'ctrain_promoter_outage{topic="ctrain.candidates"} 0.0'),
               what="promoter")  # fmt: skip
         recovered = time.monotonic() - started
