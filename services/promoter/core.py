@@ -180,16 +180,18 @@ class Promoter:
         self._may_decide(rec.candidate.model, who)
         if rec.state not in ("pending_approval", "rejected"):
             raise Conflict(f"candidate {cid} is {rec.state}; only pending_approval can be approved")
-        if who.name in rec.approvals:
-            raise Conflict(f"{who.name} already approved candidate {cid}")
-        approvals = [*rec.approvals, who.name]
-        await self.store.set_fields(cid, approvals=approvals)
         needed = 2 if rec.candidate.model in self.config.two_approvers else 1
+        again = who.name in rec.approvals
+        if again and (len(rec.approvals) < needed or rec.state == "rejected"):
+            raise Conflict(f"{who.name} already approved candidate {cid}")
+        # ``again`` with enough approvals: this approver's earlier request recorded the
+        # approval but met an outage before the state moved; finish it now.
+        approvals = rec.approvals if again else [*rec.approvals, who.name]
         if len(approvals) < needed and rec.state != "rejected":
-            await self.store.audit(
-                cid, rec.candidate.model, who.name, "approve", reason, rec.state, rec.state
-            )
+            # The approval and its audit entry in one transaction: neither without the other.
+            await self.store.approve_partly(cid, rec, who.name, reason, approvals)
             return await self._get(cid)
+        await self.store.set_fields(cid, approvals=approvals)
         done, before = await self.store.transition(cid, "approve", who.name, reason, rec.state)
         if not done:
             raise Conflict(f"candidate {cid} is {before}; it cannot be approved")

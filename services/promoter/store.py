@@ -143,22 +143,26 @@ class CandidateStore:
             mapping={k: orjson.dumps(v) if isinstance(v, list) else v for k, v in fields.items()},
         )
 
-    async def audit(
-        self, cid: str, model: str, actor: str, action: str, reason: str, before: str, after: str
+    async def approve_partly(
+        self, cid: str, rec: Record, actor: str, reason: str, approvals: list[str]
     ) -> None:
-        await self.redis.xadd(
+        """One approval of several needed: recorded with its audit entry, atomically."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(self._key(cid), "approvals", orjson.dumps(approvals))
+        pipe.xadd(
             AUDIT,
             {
                 "candidate_id": cid,
-                "model": model,
+                "model": rec.candidate.model,
                 "actor": actor,
-                "action": action,
+                "action": "approve",
                 "reason": reason,
-                "before": before,
-                "after": after,
+                "before": rec.state,
+                "after": rec.state,
                 "at": str(time.time()),
             },
         )
+        await pipe.execute()
 
     async def audit_log(self, count: int = 100) -> list[dict[str, str]]:
         rows: Any = await self.redis.xrevrange(AUDIT, count=count)

@@ -127,3 +127,46 @@ def test_a_request_that_meets_a_redis_outage_gets_503_naming_it(tmp_path: Any) -
     assert r.status_code == 503, r.text
     assert r.json()["error"] == "DependencyUnavailable" and "try again" in r.json()["detail"]
     assert client.get("/livez").status_code == 200
+
+
+def test_an_approval_interrupted_by_an_outage_is_finished_by_the_same_approver(
+    redis_url: str, tmp_path: Any
+) -> None:
+    """The approval was recorded but the state did not move (Redis went away in between):
+    the approver's retry finishes it instead of answering "already approved"."""
+    from services.promoter.auth import Identity
+    from services.promoter.errors import Conflict
+
+    async def go() -> None:
+        events: list[PromotionEvent] = []
+
+        async def publish(ev: PromotionEvent) -> None:
+            events.append(ev)
+
+        u = tmp_path.name[-6:]
+        p = Promoter(
+            redis=Redis.from_url(redis_url),
+            serving=ServingClient("127.0.0.1:1"),
+            config=PromoterConfig(serving_base=str(tmp_path), two_approvers=frozenset({f"two{u}"})),
+            publish=publish,
+            smoke=_no_smoke,
+        )
+        alice, bob = Identity("alice", "approver"), Identity("bob", "approver")
+        await p.on_candidate(cand(f"one{u}", f"one{u}"))
+        await p.store.set_fields(f"one{u}", approvals=["alice"])  # the interrupted request
+        rec = await p.approve(f"one{u}", alice, "again")
+        assert rec.state in ("approved", "promoting")
+        # Two approvers: the first approval is recorded with its audit entry; the same
+        # identity twice is still refused; a second identity approves.
+        await p.on_candidate(cand(f"two{u}", f"two{u}"))
+        rec = await p.approve(f"two{u}", alice, "one of two")
+        assert rec.state == "pending_approval" and rec.approvals == ["alice"]
+        audit = [e for e in await p.store.audit_log(50) if e["candidate_id"] == f"two{u}"]
+        assert [(e["actor"], e["action"]) for e in audit][:1] == [("alice", "approve")]
+        with pytest.raises(Conflict, match="already approved"):
+            await p.approve(f"two{u}", alice, "again")
+        assert (await p.approve(f"two{u}", bob, "two of two")).state in ("approved", "promoting")
+        for task in list(p.tasks):
+            task.cancel()  # the promotions wait for a serving that is not there
+
+    asyncio.run(go())
