@@ -106,7 +106,7 @@ async def retry_outages(
     what: str,
     *,
     backoff_s: float = 0.5,
-    backoff_max_s: float = 30.0,
+    backoff_max_s: float = 10.0,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     on_outage: Callable[[str | None], None] | None = None,
 ) -> T:
@@ -211,7 +211,7 @@ class Consumer:
         *,
         max_attempts: int = 3,
         backoff_s: float = 0.5,
-        backoff_max_s: float = 30.0,
+        backoff_max_s: float = 10.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.topic = topic
