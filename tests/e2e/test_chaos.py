@@ -171,8 +171,10 @@ class Infra(threading.Thread):
                         seen = f"ctrain_{name}_ready 0 (/healthz: {_healthz(name)[1]})"
                 time.sleep(1)  # the pause lasts 20 s; look once a second
             os.kill(pid, signal.SIGCONT)
+            # Measured before the killer may go on: its next restart is not this recovery.
+            recovered = self._healthy()
         self.faults.append(
-            {"kind": f"broker paused 20 s (#{n})", "seen": seen, "recovered_s": self._healthy()}
+            {"kind": f"broker paused 20 s (#{n})", "seen": seen, "recovered_s": recovered}
         )
 
     def restart_redis(self) -> None:
@@ -200,9 +202,8 @@ class Infra(threading.Thread):
             assert state is not None
             next(p for p in state["procs"] if p["name"] == "redis")["pid"] = r.pid
             devstack.save_state(state)
-        self.faults.append(
-            {"kind": "redis restarted", "seen": seen, "recovered_s": self._healthy()}
-        )
+            recovered = self._healthy()
+        self.faults.append({"kind": "redis restarted", "seen": seen, "recovered_s": recovered})
 
     def refuse_submits(self, known: set[str]) -> str:
         """From phase 2 on the backend refuses submits; the retraining's decision meets it,
