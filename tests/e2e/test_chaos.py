@@ -169,7 +169,7 @@ class Infra(threading.Thread):
                 for name in ("validator", "trigger"):
                     if not seen and _metric(name, f"ctrain_{name}_ready 0.0"):
                         seen = f"ctrain_{name}_ready 0 (/healthz: {_healthz(name)[1]})"
-                time.sleep(1)  # the pause lasts 20 s; look once a second
+                self.stop.wait(1)  # the fault lasts 20 s; look at the gauges once a second
             os.kill(pid, signal.SIGCONT)
             # Measured before the killer may go on: its next restart is not this recovery.
             recovered = self._healthy()

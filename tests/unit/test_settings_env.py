@@ -22,8 +22,9 @@ def test_cli_variables_in_the_same_shell_do_not_stop_a_service(
     # What the README and the CLI's own messages tell users to export.
     for name in CLIENT_VARIABLES:
         monkeypatch.setenv(name, "http://127.0.0.1:1" if name.endswith("_URL") else "x")
-    for cls in CLASSES:
-        cls()  # no SettingsError
+    built = [cls() for cls in CLASSES]  # no SettingsError
+    assert [type(b) for b in built] == list(CLASSES)
+    assert CommonSettings().kafka_bootstrap  # and the real settings still read as usual
 
 
 def test_a_real_typo_beside_them_is_still_refused(monkeypatch: pytest.MonkeyPatch) -> None:
