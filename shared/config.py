@@ -105,6 +105,16 @@ class Promotion(_Section):
     )
 
 
+class Quality(_Section):
+    """How the monitor scores the model on live data (``CTRAIN_MONITOR_*``)."""
+
+    threshold: float | None = Field(default=None, gt=0, lt=1, description="Binary threshold.")
+    coverage_steps: list[float] | None = Field(default=None, description="Rescoring coverages.")
+    label_lookback_s: float | None = Field(default=None, gt=0, description="Label lookback.")
+    example_id_field: str | None = Field(default=None, description="Example id feature.")
+    slice_min_examples: int | None = Field(default=None, ge=1, description="Smallest slice.")
+
+
 class ModelSpec(BaseModel):
     """One model: its data, its code, and how each service treats it."""
 
@@ -125,6 +135,7 @@ class ModelSpec(BaseModel):
     validation: Validation = Field(default_factory=Validation)
     trigger: TriggerPolicy = Field(default_factory=TriggerPolicy)
     promotion: Promotion = Field(default_factory=Promotion)
+    quality: Quality = Field(default_factory=Quality)
 
 
 class CtrainConfig(BaseModel):

@@ -304,6 +304,62 @@ class PromotionEvent(Event):
         return self.model.encode()
 
 
+# ------------------------------------------------------------------ quality
+class LabelRecord(BaseModel):
+    """Ground truth that arrives after its example, on ``ctrain.labels`` (written by clients).
+
+    ``example_id`` is the example's id (``<topic>:<partition>:<offset>`` of its write, or
+    the value of the model's ``quality.example_id_field``); ``label`` is what the model's
+    ``LABEL_KEY`` would be (a class id, or a number for regression)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    example_id: str = Field(min_length=1, max_length=512)
+    label: float
+    event_time: datetime | None = None
+    # Which model's examples (needed only when one labels topic serves several streams).
+    model: str | None = None
+
+
+class QualityMetrics(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    # Realized: computed on labelled examples (empty when none are labelled).
+    realized: dict[str, float] = Field(default_factory=dict)
+    # Estimated without labels (confidence-based, binary classifiers), over every example.
+    estimated: dict[str, float] = Field(default_factory=dict)
+    slices: list[SliceMetrics] = Field(default_factory=list)
+
+
+Role = Literal["stable", "previous", "challenger"]
+
+
+class WindowScored(Event):
+    """A model version's quality on one judged window (period), on ``ctrain.quality``.
+
+    Scored once when the window is validated, and again each time its label coverage
+    crosses one of the configured steps (``coverage_step``)."""
+
+    event_type: Literal["window_scored"] = "window_scored"
+    id: str
+    model: str
+    version: int
+    role: Role = "stable"
+    window_id: str
+    stream: str
+    window_start: datetime | None = None
+    window_end: datetime | None = None
+    example_count: int
+    labelled_count: int
+    label_coverage: float
+    coverage_step: float = 0.0
+    metrics: QualityMetrics
+    candidate_id: str | None = None
+
+    @property
+    def key(self) -> bytes:
+        return self.model.encode()
+
+
 AnyEvent = Annotated[
     DeadLetter
     | WindowDeadLetter
@@ -313,7 +369,8 @@ AnyEvent = Annotated[
     | WindowValidated
     | TrainingRun
     | ModelCandidate
-    | PromotionEvent,
+    | PromotionEvent
+    | WindowScored,
     Field(discriminator="event_type"),
 ]
 

@@ -15,3 +15,11 @@ def stable_id(kind: str, *parts: object, length: int = 20) -> str:
     """
     payload = orjson.dumps(list(parts), option=orjson.OPT_SORT_KEYS)
     return f"{kind}-{hashlib.sha256(payload).hexdigest()[:length]}"
+
+
+def example_id(topic: str, partition: int, offset: int) -> str:
+    """The id of an accepted example: where it was written (``<topic>:<partition>:<offset>``).
+
+    A producer learns it from the broker's acknowledgement of its write; delayed labels
+    name their example by it (unless the model names a key field of its own)."""
+    return f"{topic}:{partition}:{offset}"

@@ -22,6 +22,9 @@ ARROW_TYPES = {
     FeatureKind.BYTES: pa.string(),
 }
 SHARD_NAME = "data.parquet"
+# Beside each shard, row for row: the source offset of each example (its id's last part).
+OFFSETS_NAME = "offsets.parquet"
+OFFSETS_SCHEMA = pa.schema([pa.field("offset", pa.int64(), nullable=False)])
 
 
 def arrow_schema(spec: ExampleSpec) -> pa.Schema:
@@ -97,3 +100,8 @@ def read_shard(uri: str) -> pa.Table:
         with tf.io.gfile.GFile(uri, "rb") as f:
             return pq.read_table(pa.BufferReader(f.read()))
     return pq.read_table(uri.removeprefix("file://"))
+
+
+def offsets_uri(data_uri: str) -> str:
+    """The offsets file of the shard at ``data_uri``."""
+    return f"{data_uri.rsplit('/', 1)[0]}/{OFFSETS_NAME}"

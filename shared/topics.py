@@ -10,6 +10,10 @@ VALIDATIONS: Final = "ctrain.validations"
 TRAINING: Final = "ctrain.training"
 CANDIDATES: Final = "ctrain.candidates"
 PROMOTIONS: Final = "ctrain.promotions"
+# Delayed ground truth written by clients: {example_id, label, event_time}.
+LABELS: Final = "ctrain.labels"
+# WindowScored: the serving model's quality on each window (monitor).
+QUALITY: Final = "ctrain.quality"
 # Events a consumer could not handle (validations, candidates, promotions), with why.
 EVENTS_DLQ: Final = "ctrain.events.dlq"
 
@@ -29,4 +33,6 @@ ALL: Final = (
     CANDIDATES,
     PROMOTIONS,
     EVENTS_DLQ,
+    LABELS,
+    QUALITY,
 )

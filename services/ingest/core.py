@@ -33,7 +33,7 @@ from services.ingest.windowing import (
 from shared.artifacts import ArtifactStore
 from shared.events import DeadLetter, DlqSource, OffsetRange, PartitionIdle, WindowClosed
 from shared.ids import stable_id
-from shared.shard import SHARD_NAME, ShardWriter
+from shared.shard import OFFSETS_NAME, OFFSETS_SCHEMA, SHARD_NAME, ShardWriter
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +60,24 @@ TopicPartition = tuple[str, int]
 
 
 @dataclass
+class _Shard:
+    """An open window's files: its rows, and beside them each row's source offset (which
+    makes the example's id, ``shared.ids.example_id``, that delayed labels join on)."""
+
+    rows: ShardWriter
+    offsets: ShardWriter
+    uri: str
+    offsets_uri: str
+
+    def abort(self) -> None:
+        self.rows.abort()
+        self.offsets.abort()
+
+
+@dataclass
 class _Partition:
     windows: PartitionWindows
-    writers: dict[str, tuple[ShardWriter, str]] = field(default_factory=dict)
+    writers: dict[str, _Shard] = field(default_factory=dict)
     last_read_wall: float = 0.0
     next_offset: int | None = None
     committed: int | None = None
@@ -161,8 +176,8 @@ class Ingestor:
         part = self.parts.pop(tp, None)
         if part is None:
             return
-        for writer, _ in part.writers.values():
-            writer.abort()
+        for shard in part.writers.values():
+            shard.abort()
         self._update_open_gauge()
 
     # ----------------------------------------------------------- records
@@ -234,7 +249,9 @@ class Ingestor:
             if writer is None:
                 writer = part.writers[wid] = self._new_writer(wid)
             whole = len(idx) == res.batch.num_rows
-            writer[0].add(res.batch if whole else res.batch.take(pa.array(idx, pa.int64())))
+            writer.rows.add(res.batch if whole else res.batch.take(pa.array(idx, pa.int64())))
+            offs = pa.array([recs[res.accepted[j]].offset for j in idx], pa.int64())
+            writer.offsets.add(pa.RecordBatch.from_arrays([offs], schema=OFFSETS_SCHEMA))
             accepted += len(idx)
         if n:
             part.last_read_wall = self.clock()
@@ -304,10 +321,15 @@ class Ingestor:
         return await self._settle(tp, self.parts[tp], [], force=True)
 
     # ------------------------------------------------------------ inner
-    def _new_writer(self, window_id: str) -> tuple[ShardWriter, str]:
+    def _new_writer(self, window_id: str) -> _Shard:
         uri = f"{self.window_dir(window_id)}/{SHARD_NAME}"
-        tmp = self.store.temp_path(uri)
-        return ShardWriter(self.decoder.schema, tmp, self.batch_rows), uri
+        offsets_uri = f"{self.window_dir(window_id)}/{OFFSETS_NAME}"
+        return _Shard(
+            ShardWriter(self.decoder.schema, self.store.temp_path(uri), self.batch_rows),
+            ShardWriter(OFFSETS_SCHEMA, self.store.temp_path(offsets_uri), self.batch_rows),
+            uri,
+            offsets_uri,
+        )
 
     async def _reject(self, rec: Record, r: Rejected) -> None:
         self.metrics.rejected.labels(r.reason).inc()
@@ -318,9 +340,13 @@ class Ingestor:
     def _finish_window(
         self, tp: TopicPartition, part: _Partition, w: OpenWindow, reason: CloseReason
     ) -> WindowClosed:
-        writer, uri = part.writers.pop(w.window_id)
-        sha = writer.finish()
-        self.store.publish_file(writer.path, uri)
+        shard = part.writers.pop(w.window_id)
+        uri = shard.uri
+        # The offsets first: whoever finds the shard finds its example ids.
+        shard.offsets.finish()
+        self.store.publish_file(shard.offsets.path, shard.offsets_uri)
+        sha = shard.rows.finish()
+        self.store.publish_file(shard.rows.path, uri)
         start, end = part.windows.bounds(w)
         event = WindowClosed(
             window_id=w.window_id,

@@ -1,0 +1,193 @@
+"""Wiring: ``create_app(settings)`` -> FastAPI app with two FastStream subscribers.
+
+``ctrain.validations`` (each judged period is scored by the stable version) and
+``ctrain.labels`` (delayed labels joined by example id), each through the one consumer
+every service uses (:mod:`shared.consume`): a serving or Redis outage holds the record
+and retries it without limit; a record that is not an event, a late label or a label of
+no monitored model goes to ``ctrain.events.dlq`` at once, with its reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import JSONResponse, Response
+from faststream.kafka.fastapi import KafkaMessage
+
+from services.monitor.core import Monitor, Source
+from services.monitor.data import ModelView
+from services.monitor.errors import MonitorError
+from services.monitor.metrics import MonitorMetrics
+from services.monitor.serving import Scorer
+from services.monitor.settings import MonitorSettings
+from services.monitor.store import QualityStore
+from shared import contract, topics
+from shared.artifacts import ArtifactStore
+from shared.config import config_of, model_settings
+from shared.consume import Consumer, Record, decode
+from shared.events import EventDeadLetter, LabelRecord, WindowScored, WindowValidated
+from shared.kafka import event_dead_letters, health, make_router, one_event_at_a_time
+from shared.metrics import Readiness, metrics_endpoint, new_registry
+from shared.periodic import every
+from shared.redis import make_redis
+from shared.serve import answer_outages_with_503, livez
+from shared.settings import CommonSettings, SettingsError
+
+log = logging.getLogger(__name__)
+
+
+def view_of(name: str, stream: str, module_path: str, task: str, s: MonitorSettings) -> ModelView:
+    """A model as the monitor sees it: its settings and what its module declares."""
+    if not module_path:
+        raise SettingsError(
+            f"model {name!r}: the monitor needs its module (CTRAIN_MONITOR_MODULE_PATH, or "
+            "CTRAIN_CONFIG naming a models file)"
+        )
+    module = contract.import_module(module_path)
+    problems = contract.check_module(module)
+    if problems:
+        raise contract.ContractError(f"model module {module_path}", problems)
+    return ModelView(
+        name=name,
+        stream=stream,
+        task=task,
+        label_key=str(module.LABEL_KEY),
+        raw_label_features=tuple(module.RAW_LABEL_FEATURES),
+        slices=tuple(tuple(x) for x in getattr(module, "SLICES", [])),
+        output_key=contract.output_key(module, task),
+        threshold=s.threshold,
+        coverage_steps=tuple(s.coverage_steps),
+        label_lookback_s=s.label_lookback_s,
+        example_id_field=s.example_id_field,
+        slice_min_examples=s.slice_min_examples,
+    )
+
+
+def models_of(common: CommonSettings, settings: MonitorSettings) -> dict[str, ModelView]:
+    cfg = config_of(common)
+    if cfg is None:
+        s = settings
+        return {s.model: view_of(s.model, s.stream or s.model, s.module_path, s.task, s)}
+    per = model_settings(cfg, settings, lambda m: m.quality.given())
+    return {
+        name: view_of(name, m.stream, m.module, m.task, per[name]) for name, m in cfg.models.items()
+    }
+
+
+def create_app(common: CommonSettings, settings: MonitorSettings) -> FastAPI:
+    registry = new_registry()
+    metrics = MonitorMetrics(registry)
+    models = models_of(common, settings)
+    metrics.touch(list(models))
+    redis = make_redis(common)
+    router = make_router(common)
+    scorer = Scorer(
+        common.serving_grpc, settings.batch_rows, settings.in_flight, settings.serving_timeout_s
+    )
+
+    async def publish(e: WindowScored) -> None:
+        await router.broker.publish(e.to_bytes(), topic=topics.QUALITY, key=e.key)
+
+    async def dead_letter(letter: EventDeadLetter) -> None:
+        await router.broker.publish(letter.to_bytes(), topic=topics.EVENTS_DLQ, key=letter.key)
+
+    monitor = Monitor(
+        models,
+        ArtifactStore(common.artifact_root),
+        QualityStore(redis),
+        scorer,
+        metrics,
+        publish,
+        dead_letter,
+        group_id=settings.group_id,
+    )
+    sink = event_dead_letters(router.broker, "monitor", settings.group_id)
+    windows_in = Consumer(
+        topics.VALIDATIONS, metrics.consumer, sink, max_attempts=settings.max_attempts
+    )
+    labels_in = Consumer(topics.LABELS, metrics.consumer, sink, max_attempts=settings.max_attempts)
+    ready = Readiness(
+        registry,
+        "monitor",
+        lambda: health(redis, router.broker, windows_in.outage, labels_in.outage),
+    )
+
+    async def on_validation_body(body: bytes) -> None:
+        await monitor.on_validation(decode(WindowValidated, body))
+
+    @one_event_at_a_time(router, topics.VALIDATIONS, settings.group_id)
+    async def on_validation(msg: KafkaMessage) -> None:
+        await windows_in.consume(msg, on_validation_body)
+
+    @one_event_at_a_time(router, topics.LABELS, settings.group_id)
+    async def on_label(msg: KafkaMessage) -> None:
+        rec = Record.of(msg)
+        source = Source(rec.topic, rec.partition, rec.offset, rec.body.decode("utf-8", "replace"))
+
+        async def handle(body: bytes) -> None:
+            await monitor.on_label(decode(LabelRecord, body), source)
+
+        await labels_in.consume(msg, handle)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with router.lifespan_context(app):
+            upkeep = asyncio.create_task(
+                every(30, monitor.expire, "expiring held labels", metrics.timer_failures.inc)
+            )
+            readiness = asyncio.create_task(every(5, ready, "checking readiness"))
+            try:
+                yield
+            finally:
+                upkeep.cancel()
+                readiness.cancel()
+                await scorer.close()
+
+    app = FastAPI(title="ctrain monitor", version="0.1.0", lifespan=lifespan)
+    app.include_router(router)
+    app.add_route("/metrics", metrics_endpoint(registry), methods=["GET"])
+    app.add_route("/livez", livez, methods=["GET"])
+    answer_outages_with_503(app)
+
+    @app.exception_handler(MonitorError)
+    async def _err(_: Request, exc: MonitorError) -> JSONResponse:
+        return JSONResponse({"error": type(exc).__name__, "detail": str(exc)}, exc.status_code)
+
+    @app.get("/healthz")
+    async def healthz() -> JSONResponse:
+        reason = await ready()
+        if reason:
+            return JSONResponse({"status": "down", "reason": reason}, 503)
+        return JSONResponse({"status": "ok", "models": sorted(models)})
+
+    @app.get("/v1/quality")
+    async def quality_over_windows(
+        model: Annotated[str | None, Query(max_length=63)] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    ) -> JSONResponse:
+        """The serving model's quality on the latest windows (newest first)."""
+        name = model or (next(iter(models)) if len(models) == 1 else None)
+        if name is None:
+            return JSONResponse(
+                {"error": "BadRequest", "detail": f"name a model: {', '.join(sorted(models))}"},
+                400,
+            )
+        return JSONResponse({"model": name, "windows": await monitor.history(name, limit)})
+
+    @app.get("/v1/quality/{window_id}")
+    async def quality_of_window(
+        window_id: str, model: Annotated[str | None, Query(max_length=63)] = None
+    ) -> Response:
+        name = model or next(iter(models))
+        return Response(
+            (await monitor.scored(name, window_id)).to_bytes(), media_type="application/json"
+        )
+
+    app.state.monitor = monitor
+    app.state.registry = registry
+    return app

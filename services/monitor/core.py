@@ -1,0 +1,446 @@
+"""The monitor core: each judged window scored by the serving model, delayed labels joined.
+
+No Kafka and no HTTP here: the app hands over decoded events and publishes what the
+core returns through the callables it was given. Every handler is safe to repeat (a
+record may be handled again after an outage at any await point): predictions are
+stored under the validation's id and the version that made them, labels are attached
+once per example (first label wins), and each ``WindowScored`` has a deterministic id
+published once.
+
+What is scored: the ``scope: "period"`` validations (the unit the trigger acts on), by
+the version the ``stable`` label names when the window arrives. Examples whose label is
+in the window (the module's ``RAW_LABEL_FEATURES`` present) get it from the model's own
+``transform_features`` signature, on the same version, so the label definition lives
+only in the module's ``preprocessing_fn``. The others wait for labels on
+``ctrain.labels``; each time the window's label coverage crosses a configured step, its
+metrics are computed again from the stored predictions (serving is not asked twice).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from services.monitor import quality
+from services.monitor.data import (
+    ModelView,
+    WindowData,
+    load_window,
+    predictions_uri,
+    read_table,
+    write_table,
+)
+from services.monitor.errors import NotFound
+from services.monitor.metrics import MonitorMetrics
+from services.monitor.serving import NoSuchVersion, Scorer
+from services.monitor.store import QualityStore
+from shared import contract
+from shared.artifacts import ArtifactStore
+from shared.consume import Poison
+from shared.events import (
+    DlqSource,
+    EventDeadLetter,
+    LabelRecord,
+    QualityMetrics,
+    SliceMetrics,
+    WindowScored,
+    WindowValidated,
+)
+from shared.ids import stable_id
+
+log = logging.getLogger(__name__)
+STABLE = "stable"
+
+
+class LateLabel(Poison):
+    """A label for an example whose window stopped taking labels (older than the lookback)."""
+
+    dlq_reason = "late_label"
+
+
+class UnknownModel(Poison):
+    """A label naming no model the monitor scores (or none, with several models)."""
+
+    dlq_reason = "unknown_model"
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a label record came from (kept with a held label, for its dead letter)."""
+
+    topic: str
+    partition: int
+    offset: int
+    payload: str
+
+
+def _ms(t: Any) -> int:
+    return int(t.timestamp() * 1000) if t is not None else 0
+
+
+def encode(table: pa.Table) -> list[bytes]:
+    from shared.tfexample import rows_to_examples
+
+    return rows_to_examples(table)
+
+
+class Monitor:
+    def __init__(
+        self,
+        models: dict[str, ModelView],
+        store: ArtifactStore,
+        state: QualityStore,
+        scorer: Scorer,
+        metrics: MonitorMetrics,
+        publish: Callable[[WindowScored], Awaitable[None]],
+        dead_letter: Callable[[EventDeadLetter], Awaitable[None]],
+        *,
+        group_id: str = "ctrain-monitor",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.models = models
+        self.by_stream = {m.stream: m for m in models.values()}
+        self.store = store
+        self.state = state
+        self.scorer = scorer
+        self.metrics = metrics
+        self.publish = publish
+        self.dead_letter = dead_letter
+        self.group_id = group_id
+        self.clock = clock
+
+    def model(self, name: str) -> ModelView:
+        m = self.models.get(name)
+        if m is None:
+            raise NotFound(f"no model {name!r}; models: {', '.join(sorted(self.models))}")
+        return m
+
+    # ------------------------------------------------------------- windows
+    async def on_validation(self, v: WindowValidated) -> WindowScored | None:
+        """Score a judged period with the stable version; None when there is nothing to do."""
+        m = self.by_stream.get(v.stream)
+        if m is None or v.scope != "period":
+            return None
+        win = await self.state.window(m.name, v.window_id)
+        if win.get("validation_id") != v.id:
+            if not await self._score(m, v):
+                return None
+        return await self.publish_scores(m, v.window_id)
+
+    async def _score(self, m: ModelView, v: WindowValidated) -> bool:
+        started = time.monotonic()
+        data = await asyncio.to_thread(load_window, self.store, v, m)
+        n = data.table.num_rows
+        if n == 0:
+            self.metrics.unscored.labels(m.name, "empty").inc()
+            return False
+        examples = await asyncio.to_thread(encode, data.table)
+        try:
+            version, scores = await self.scorer.predict(
+                m.name, examples, m.output_key, label=STABLE
+            )
+        except NoSuchVersion as e:
+            log.info("window not scored: no stable version", extra={"window": v.window_id})
+            self.metrics.unscored.labels(m.name, "no_stable_version").inc()
+            log.debug("%s", e)
+            return False
+        labels = np.full(n, np.nan)
+        rows = np.flatnonzero(data.labelled)
+        if len(rows):
+            _, got = await self.scorer.predict(
+                m.name,
+                [examples[i] for i in rows],
+                m.label_key,
+                version=version,
+                signature=contract.TRANSFORM_SIGNATURE,
+            )
+            labels[rows] = np.asarray(got, dtype=np.float64).reshape(-1)
+        table = self._predictions(m, data, scores, labels)
+        name = f"{v.id}-v{version}.parquet"
+        uri = predictions_uri(self.store, m.name, v.window_id, name)
+        await asyncio.to_thread(write_table, self.store, uri, table)
+        waiting = [] if data.ids is None else [data.ids[i] for i in np.flatnonzero(~data.labelled)]
+        await self.state.save_window(
+            m.name,
+            v.window_id,
+            {
+                "validation_id": v.id,
+                "version": version,
+                "rows": n,
+                "in_window": len(rows),
+                "file": uri,
+                "stream": v.stream,
+                "start_ms": _ms(v.window_start),
+                "end_ms": _ms(v.window_end),
+            },
+            waiting,
+            _ms(v.window_start),
+            _ms(v.window_end),
+        )
+        # Labels that came before their window did.
+        held = await self.state.pending_for(m.name, waiting)
+        for example_id, entry in held.items():
+            await self.state.attach(m.name, v.window_id, example_id, float(entry["label"]))
+            self.metrics.labels.labels(m.name, "matched").inc()
+        self.metrics.rows.labels(m.name).inc(n)
+        self.metrics.scoring_seconds.labels(m.name).observe(time.monotonic() - started)
+        return True
+
+    @staticmethod
+    def _predictions(
+        m: ModelView, data: WindowData, scores: np.ndarray, labels: np.ndarray
+    ) -> pa.Table:
+        cols: dict[str, Any] = {
+            "example_id": pa.array(
+                data.ids if data.ids is not None else [None] * len(labels), pa.string()
+            ),
+            "label": pa.array(labels, pa.float64(), mask=np.isnan(labels)),
+        }
+        s = np.asarray(scores, dtype=np.float64)
+        if m.task == "multiclass" and s.ndim == 2 and s.shape[1] > 1:
+            cols["score"] = pa.array(list(s), pa.list_(pa.float64()))
+        else:
+            cols["score"] = pa.array(
+                quality.positive_probability(s) if m.task == "binary" else s.reshape(-1)
+            )
+        for feature in sorted({f for spec in m.slices for f in spec}):
+            if feature in data.table.column_names:
+                cols[f"slice:{feature}"] = data.table.column(feature).cast(pa.string())
+        return pa.table(cols)
+
+    async def publish_scores(self, m: ModelView, window_id: str) -> WindowScored | None:
+        """The window's metrics with the labels it has now; published when new."""
+        win = await self.state.window(m.name, window_id)
+        if not win:
+            return None
+        table = await asyncio.to_thread(read_table, self.store, win["file"])
+        delayed = await self.state.labels(m.name, window_id)
+        event = self._scored(m, window_id, win, table, delayed)
+        if not await self.state.published(event.id):
+            await self.publish(event)
+            await self.state.mark_published(event.id)
+            self.metrics.scored.labels(m.name, event.role).inc()
+        await self.state.save_scored(m.name, window_id, event.to_bytes())
+        await self.state.raise_step(m.name, window_id, event.coverage_step)
+        self.metrics.observe(event)
+        return event
+
+    def _scored(
+        self,
+        m: ModelView,
+        window_id: str,
+        win: dict[str, str],
+        table: pa.Table,
+        delayed: dict[str, float],
+    ) -> WindowScored:
+        labels = np.asarray(table.column("label").to_numpy(zero_copy_only=False), np.float64)
+        if delayed:
+            ids = table.column("example_id").to_pylist()
+            for i, x in enumerate(ids):
+                if x is not None and np.isnan(labels[i]) and x in delayed:
+                    labels[i] = delayed[x]
+        score_col = table.column("score")
+        if pa.types.is_list(score_col.type):
+            scores = np.asarray(score_col.to_pylist(), np.float64)
+        else:
+            scores = np.asarray(score_col.to_numpy(zero_copy_only=False), np.float64)
+        known = ~np.isnan(labels)
+        n = len(labels)
+        coverage = float(known.sum() / n) if n else 0.0
+        step = max([s for s in m.coverage_steps if coverage >= s], default=0.0)
+        realized = (
+            quality.realized(m.task, scores[known], labels[known], m.threshold)
+            if known.any()
+            else {}
+        )
+        estimated = quality.estimated(m.task, scores, m.threshold)
+        slices = self._slices(m, table, scores, labels, known)
+        version = int(win["version"])
+        return WindowScored(
+            id=stable_id("score", m.name, window_id, win["validation_id"], version, step),
+            model=m.name,
+            version=version,
+            window_id=window_id,
+            stream=win.get("stream", m.stream),
+            window_start=_dt(int(win["start_ms"])) if win.get("start_ms") else None,
+            window_end=_dt(int(win["end_ms"])) if win.get("end_ms") else None,
+            example_count=n,
+            labelled_count=int(known.sum()),
+            label_coverage=round(coverage, 6),
+            coverage_step=step,
+            metrics=QualityMetrics(realized=realized, estimated=estimated, slices=slices),
+        )
+
+    def _slices(
+        self,
+        m: ModelView,
+        table: pa.Table,
+        scores: np.ndarray,
+        labels: np.ndarray,
+        known: np.ndarray,
+    ) -> list[SliceMetrics]:
+        out: list[SliceMetrics] = []
+        for spec in m.slices:
+            cols = [f"slice:{f}" for f in spec]
+            if not all(c in table.column_names for c in cols):
+                continue
+            values = list(zip(*(table.column(c).to_pylist() for c in cols), strict=True))
+            groups: dict[tuple[Any, ...], list[int]] = {}
+            for i, key in enumerate(values):
+                if known[i]:
+                    groups.setdefault(key, []).append(i)
+            for key, idx in sorted(groups.items(), key=lambda kv: str(kv[0])):
+                if len(idx) < m.slice_min_examples:
+                    continue
+                ix = np.asarray(idx)
+                metrics = quality.realized(m.task, scores[ix], labels[ix], m.threshold)
+                metrics["count"] = float(len(idx))
+                name = ",".join(f"{f}={v}" for f, v in zip(spec, key, strict=True))
+                out.append(SliceMetrics(slice=name, metrics=metrics))
+        return out
+
+    # -------------------------------------------------------------- labels
+    def model_of_label(self, rec: LabelRecord) -> ModelView:
+        if rec.model is not None:
+            m = self.models.get(rec.model)
+            if m is None:
+                raise UnknownModel(f"label for model {rec.model!r}, which is not monitored")
+            return m
+        if len(self.models) != 1:
+            raise UnknownModel(
+                f"label {rec.example_id!r} names no model and {len(self.models)} are "
+                "monitored: set its 'model'"
+            )
+        return next(iter(self.models.values()))
+
+    async def on_label(self, rec: LabelRecord, source: Source) -> str:
+        """Join one delayed label; returns what became of it (the metric's outcome)."""
+        m = self.model_of_label(rec)
+        window_id = await self.state.window_of(m.name, rec.example_id)
+        if window_id is None:
+            entry = {
+                "label": rec.label,
+                "topic": source.topic,
+                "partition": source.partition,
+                "offset": source.offset,
+                "payload": source.payload,
+            }
+            await self.state.hold(m.name, rec.example_id, entry, self.clock())
+            # Its window may have been scored between the look-up and the hold.
+            window_id = await self.state.window_of(m.name, rec.example_id)
+            if window_id is None:
+                self.metrics.labels.labels(m.name, "held").inc()
+                return "held"
+        win = await self.state.window(m.name, window_id)
+        end_ms = int(win.get("end_ms") or 0)
+        if rec.event_time is not None and end_ms:
+            late_by = _ms(rec.event_time) - end_ms - m.label_lookback_s * 1000
+            if late_by > 0:
+                await self.state.drop_pending(m.name, rec.example_id)
+                self.metrics.labels.labels(m.name, "late").inc()
+                raise LateLabel(
+                    f"label of {rec.example_id} at {rec.event_time.isoformat()} is "
+                    f"{late_by / 3_600_000:.1f} h past its window's lookback "
+                    f"({m.label_lookback_s:g} s after {_dt(end_ms).isoformat()})"
+                )
+        new = await self.state.attach(m.name, window_id, rec.example_id, rec.label)
+        outcome = "matched" if new else "duplicate"
+        self.metrics.labels.labels(m.name, outcome).inc()
+        if new:
+            await self._maybe_rescore(m, window_id, win)
+        return outcome
+
+    async def _maybe_rescore(self, m: ModelView, window_id: str, win: dict[str, str]) -> None:
+        rows = int(win.get("rows") or 0)
+        if not rows:
+            return
+        have = int(win.get("in_window") or 0) + await self.state.delayed_count(m.name, window_id)
+        coverage = have / rows
+        done = float(win.get("step") or 0)
+        if any(done < s <= coverage for s in m.coverage_steps):
+            await self.publish_scores(m, window_id)
+
+    # ------------------------------------------------------------- upkeep
+    async def expire(self) -> int:
+        """Count held labels that never met their example as unmatched (each goes to the
+        events DLQ with its record, for redrive), and close windows past the lookback.
+        Returns the number of labels given up on."""
+        n = 0
+        for m in self.models.values():
+            stale = await self.state.expired_pending(m.name, self.clock() - m.label_lookback_s)
+            for example_id, entry in stale.items():
+                await self.dead_letter(
+                    EventDeadLetter(
+                        id=stable_id("unmatched", m.name, example_id, entry.get("offset")),
+                        reason="unmatched_label",
+                        message=f"no example {example_id!r} of model {m.name!r} was scored "
+                        f"within {m.label_lookback_s:g} s of its label's arrival",
+                        source=DlqSource(
+                            topic=str(entry.get("topic", "")),
+                            partition=int(entry.get("partition", -1)),
+                            offset=int(entry.get("offset", -1)),
+                        ),
+                        payload=str(entry.get("payload", "")),
+                        service="monitor",
+                        group_id=self.group_id,
+                    )
+                )
+                await self.state.drop_pending(m.name, example_id)
+                self.metrics.labels.labels(m.name, "unmatched").inc()
+                n += 1
+            for window_id in await self.state.closing_windows(
+                m.name, int(m.label_lookback_s * 1000)
+            ):
+                win = await self.state.window(m.name, window_id)
+                ids: list[str] = []
+                if win.get("file"):
+                    t = await asyncio.to_thread(read_table, self.store, win["file"])
+                    ids = [x for x in t.column("example_id").to_pylist() if x]
+                await self.state.close_window(m.name, window_id, ids)
+            self.metrics.pending.labels(m.name).set(await self.state.pending_count(m.name))
+        return n
+
+    # ---------------------------------------------------------------- views
+    async def history(self, model: str, limit: int) -> list[dict[str, Any]]:
+        m = self.model(model)
+        out = []
+        for window_id in await self.state.latest(m.name, limit):
+            raw = await self.state.scored(m.name, window_id)
+            if raw is not None:
+                out.append(summary(WindowScored.model_validate_json(raw)))
+        return out
+
+    async def scored(self, model: str, window_id: str) -> WindowScored:
+        m = self.model(model)
+        raw = await self.state.scored(m.name, window_id)
+        if raw is None:
+            raise NotFound(f"window {window_id!r} of model {model!r} has not been scored")
+        return WindowScored.model_validate_json(raw)
+
+
+def summary(e: WindowScored) -> dict[str, Any]:
+    return {
+        "window_id": e.window_id,
+        "start": e.window_start.isoformat() if e.window_start else None,
+        "end": e.window_end.isoformat() if e.window_end else None,
+        "version": e.version,
+        "role": e.role,
+        "examples": e.example_count,
+        "labelled": e.labelled_count,
+        "label_coverage": e.label_coverage,
+        "realized": e.metrics.realized,
+        "estimated": e.metrics.estimated,
+    }
+
+
+def _dt(ms: int) -> Any:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ms / 1000, UTC)

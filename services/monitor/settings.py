@@ -1,0 +1,72 @@
+"""monitor settings: ``CTRAIN_MONITOR_*`` plus the shared ``CTRAIN_*`` names.
+
+Per-model values come from the configuration file's ``quality`` section (docs/config.md)
+when ``CTRAIN_CONFIG`` names one; these are the defaults and the one-model setup.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import SettingsConfigDict
+
+from shared.settings import CommonSettings, StrictSettings
+
+
+class MonitorSettings(StrictSettings):
+    model_config = SettingsConfigDict(extra="forbid", env_prefix="CTRAIN_MONITOR_")
+
+    group_id: str = Field(default="ctrain-monitor", description="Kafka consumer group.")
+    model: str = Field(
+        default="default", description="Model scored when no configuration file is given."
+    )
+    stream: str = Field(default="", description="Its stream (empty: the model's name).")
+    module_path: str = Field(
+        default="", description="Its model module (LABEL_KEY, RAW_LABEL_FEATURES, SLICES)."
+    )
+    task: Literal["binary", "multiclass", "regression"] = Field(
+        default="binary", description="Its task: picks the metrics."
+    )
+    threshold: float = Field(
+        default=0.5, gt=0, lt=1, description="Decision threshold of binary classifiers."
+    )
+    coverage_steps: list[float] = Field(
+        default=[0.5, 0.9],
+        description="Label coverages at which a window is scored again as delayed labels "
+        "arrive (fractions of its examples, ascending).",
+    )
+    label_lookback_s: float = Field(
+        default=7 * 86400.0,
+        gt=0,
+        description="How long (event time) after a window's end its examples still take "
+        "labels; a label for an older window is counted late. Also how long a label whose "
+        "example is not (yet) known waits before it is counted unmatched.",
+    )
+    example_id_field: str = Field(
+        default="",
+        description="A feature holding each example's id (empty: the id is where the example "
+        "was written, <topic>:<partition>:<offset>).",
+    )
+    slice_min_examples: int = Field(
+        default=30, ge=1, description="Smallest slice whose metrics are reported."
+    )
+    batch_rows: int = Field(default=2048, ge=1, description="Examples per Predict request.")
+    in_flight: int = Field(default=2, ge=1, description="Predict requests in flight at once.")
+    serving_timeout_s: float = Field(default=30.0, gt=0, description="Deadline of one Predict.")
+    max_attempts: int = Field(
+        default=3, ge=1, description="Tries per record before it goes to ctrain.events.dlq."
+    )
+    http_host: str = Field(default="127.0.0.1", description="Bind address of the HTTP API.")
+    http_port: int = Field(default=8085, ge=0, description="Port of the HTTP API.")
+
+    @field_validator("coverage_steps")
+    @classmethod
+    def _ascending(cls, steps: list[float]) -> list[float]:
+        if any(not 0 < s <= 1 for s in steps) or steps != sorted(set(steps)):
+            raise ValueError("coverage steps are distinct fractions in (0, 1], ascending")
+        return steps
+
+
+def load_settings() -> tuple[CommonSettings, MonitorSettings]:
+    return CommonSettings(), MonitorSettings()
