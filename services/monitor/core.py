@@ -240,7 +240,7 @@ class Monitor:
         table: pa.Table,
         delayed: dict[str, float],
     ) -> WindowScored:
-        labels = np.asarray(table.column("label").to_numpy(zero_copy_only=False), np.float64)
+        labels = np.asarray(table.column("label").to_numpy(), np.float64)
         if delayed:
             ids = table.column("example_id").to_pylist()
             for i, x in enumerate(ids):
@@ -250,7 +250,7 @@ class Monitor:
         if pa.types.is_list(score_col.type):
             scores = np.asarray(score_col.to_pylist(), np.float64)
         else:
-            scores = np.asarray(score_col.to_numpy(zero_copy_only=False), np.float64)
+            scores = np.asarray(score_col.to_numpy(), np.float64)
         known = ~np.isnan(labels)
         n = len(labels)
         coverage = float(known.sum() / n) if n else 0.0

@@ -104,7 +104,7 @@ def load_window(store: ArtifactStore, v: WindowValidated, model: ModelView) -> W
         if name not in table.column_names:
             labelled[:] = False
             break
-        labelled &= ~np.asarray(table.column(name).is_null().to_numpy(zero_copy_only=False))
+        labelled &= ~np.asarray(table.column(name).is_null().to_numpy())
     return WindowData(table, ids, labelled)
 
 

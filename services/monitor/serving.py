@@ -113,7 +113,11 @@ class Scorer:
             text = f"predict on {what} ({signature}): {e.code().name}: {e.details()}"
             if e.code() in _DOWN:
                 raise ServingUnavailable(text) from e
-            if e.code() in _MISSING:
+            if e.code() in _MISSING or (
+                # TF Serving's answer for a label it does not have.
+                e.code() == grpc.StatusCode.INVALID_ARGUMENT
+                and "version label" in (e.details() or "")
+            ):
                 raise NoSuchVersion(text) from e
             raise ServingError(text) from e
         if output not in resp.outputs:

@@ -1,0 +1,403 @@
+"""The monitor on real taxi windows: a real trained model behind the model server's gRPC
+API, real Redis, windows laid out as ingest writes them (shard, offsets, window.json).
+
+One module-scoped model is trained on 2013 trips; the 2014 quarters are scored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from pyarrow import csv
+from redis.asyncio import Redis
+from tensorflow_serving.apis import (
+    get_model_status_pb2,
+    model_management_pb2,
+    model_service_pb2_grpc,
+)
+from tensorflow_serving.config import model_server_config_pb2
+
+from services.monitor import quality
+from services.monitor.app import view_of
+from services.monitor.core import LateLabel, Monitor, Source
+from services.monitor.data import ModelView
+from services.monitor.errors import ServingUnavailable
+from services.monitor.metrics import MonitorMetrics
+from services.monitor.serving import Scorer
+from services.monitor.settings import MonitorSettings
+from services.monitor.store import QualityStore
+from services.trigger import steps
+from shared.artifacts import ArtifactStore
+from shared.events import (
+    EventDeadLetter,
+    LabelRecord,
+    MemberWindow,
+    OffsetRange,
+    WindowClosed,
+    WindowScored,
+    WindowValidated,
+)
+from shared.ids import example_id, stable_id
+from shared.metrics import new_registry
+from shared.schema import example_spec, load_schema
+from shared.shard import OFFSETS_SCHEMA, arrow_schema
+from shared.tfexample import rows_to_examples
+from tests.conftest import ROOT, TAXI_CSV, TAXI_SCHEMA
+from tests.integration.support import free_port
+
+pytestmark = pytest.mark.integration
+
+MODULE = str(ROOT / "examples" / "taxi" / "model.py")
+TOPIC = "ctrain.examples"
+QUARTER_MS = 91 * 86400 * 1000
+
+
+def taxi_table() -> pa.Table:
+    schema = arrow_schema(example_spec(load_schema(TAXI_SCHEMA)))
+    table = csv.read_csv(TAXI_CSV, convert_options=csv.ConvertOptions(strings_can_be_null=True))
+    table = table.select(schema.names).cast(schema)
+    return table.take(pc.sort_indices(table, [("trip_start_timestamp", "ascending")]))
+
+
+def true_labels(t: pa.Table) -> np.ndarray:
+    """The module's label, computed independently: a tip above 20 % of the fare (in float32,
+    as the module's graph computes it: a tip of exactly 20 % is decided the same way)."""
+    tips = np.nan_to_num(np.asarray(t.column("tips").to_numpy(), np.float32))
+    fare = np.nan_to_num(np.asarray(t.column("fare").to_numpy(), np.float32))
+    return (tips > np.float32(0.2) * fare).astype(float)
+
+
+@dataclass
+class Served:
+    grpc_address: str
+    saved_model: str
+    table: pa.Table
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+
+def _status(stub: Any, name: str) -> dict[int, int]:
+    req = get_model_status_pb2.GetModelStatusRequest()
+    req.model_spec.name = name
+    try:
+        resp = stub.GetModelStatus(req, timeout=5)
+    except grpc.RpcError:
+        return {}
+    return {s.version: s.state for s in resp.model_version_status}
+
+
+def _reload(stub: Any, base: Path, labels: dict[str, int]) -> None:
+    cfg = model_server_config_pb2.ModelServerConfig()
+    c = cfg.model_config_list.config.add()
+    c.name, c.base_path, c.model_platform = "taxi", str(base), "tensorflow"
+    c.model_version_policy.specific.versions.append(1)
+    for k, v in labels.items():
+        c.version_labels[k] = v
+    stub.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(config=cfg), timeout=60)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """A taxi model trained on 2013, served as version 1 with the label ``stable``."""
+    root = tmp_path_factory.mktemp("monitor-model")
+    table = taxi_table()
+    ts = table.column("trip_start_timestamp").to_numpy()
+    cut = int(np.searchsorted(ts, int(datetime(2014, 1, 1, tzinfo=UTC).timestamp())))
+    pq.write_table(table.slice(0, cut - 1000), root / "train.parquet")
+    pq.write_table(table.slice(cut - 1000, 1000), root / "eval.parquet")
+    xf = steps.transform(
+        str(root / "train.parquet"),
+        str(root / "eval.parquet"),
+        str(TAXI_SCHEMA),
+        MODULE,
+        str(root / "transform"),
+    )
+    trained = steps.train(xf, MODULE, str(root / "train"), epochs=2)
+    base = root / "serving" / "taxi"
+    shutil.copytree(str(trained["model"]), base / "1")
+    port = free_port()
+    config = root / "models.config"
+    config.write_text(
+        f'model_config_list {{ config {{ name: "taxi" base_path: "{base}" '
+        'model_platform: "tensorflow" } }'
+    )
+    log = root / "modelserver.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CTRAIN_")}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ctrain.modelserver",
+            f"--model_config_file={config}",
+            f"--port={port}",
+            f"--rest_api_port={free_port()}",
+            "--bind_address=127.0.0.1",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=open(log, "ab"),
+        stderr=subprocess.STDOUT,
+    )
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    stub = model_service_pb2_grpc.ModelServiceStub(channel)
+    deadline = time.monotonic() + 120
+    while _status(stub, "taxi").get(1) != get_model_status_pb2.ModelVersionStatus.AVAILABLE:
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.2)  # probe interval
+    _reload(stub, base, {"stable": 1})
+    try:
+        yield Served(f"127.0.0.1:{port}", str(base / "1"), table.slice(cut), proc, log)
+    finally:
+        channel.close()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+
+
+@dataclass
+class Rig:
+    monitor: Monitor
+    published: list[WindowScored] = field(default_factory=list)
+    letters: list[EventDeadLetter] = field(default_factory=list)
+    now: list[float] = field(default_factory=lambda: [1_000_000.0])
+
+
+def rig(served: Served, redis: Redis, root: Path, view: ModelView | None = None) -> Rig:
+    metrics = MonitorMetrics(new_registry())
+    r = Rig(monitor=None)  # type: ignore[arg-type]
+
+    async def publish(e: WindowScored) -> None:
+        r.published.append(e)
+
+    async def letter(e: EventDeadLetter) -> None:
+        r.letters.append(e)
+
+    r.monitor = Monitor(
+        {"taxi": view or taxi_view()},
+        ArtifactStore(str(root)),
+        QualityStore(redis),
+        Scorer(served.grpc_address, batch_rows=700),
+        metrics,
+        publish,
+        letter,
+        clock=lambda: r.now[0],
+    )
+    return r
+
+
+def taxi_view(**over: Any) -> ModelView:
+    v = view_of("taxi", "taxi", MODULE, "binary", MonitorSettings())
+    return ModelView(**{**v.__dict__, **over})
+
+
+def write_window(
+    root: Path, table: pa.Table, n: int, partition: int = 0, first: int = 0
+) -> tuple[WindowValidated, list[str]]:
+    """One window as ingest lays it out, and its judged period; returns the example ids."""
+    wid = stable_id("win", "taxi", partition, first, n)
+    d = root / "windows" / "taxi" / wid
+    d.mkdir(parents=True)
+    offsets = list(range(first, first + 2 * table.num_rows, 2))  # gaps: rejected records
+    pq.write_table(table, d / "data.parquet")
+    pq.write_table(
+        pa.table({"offset": pa.array(offsets, pa.int64())}, schema=OFFSETS_SCHEMA),
+        d / "offsets.parquet",
+    )
+    ts = table.column("trip_start_timestamp").to_numpy()
+    start = datetime.fromtimestamp(int(ts.min()), UTC)
+    end = start + timedelta(days=91)
+    closed = WindowClosed(
+        window_id=wid,
+        stream="taxi",
+        start=start,
+        end=end,
+        example_count=table.num_rows,
+        offsets=[OffsetRange(topic=TOPIC, partition=partition, first=offsets[0], last=offsets[-1])],
+        data_uri=str(d / "data.parquet"),
+        sha256="x",
+    )
+    (d / "window.json").write_bytes(closed.to_bytes())
+    v = WindowValidated(
+        id=stable_id("val", "period", wid),
+        window_id=f"period-{wid}",
+        stream="taxi",
+        stats_uri="",
+        verdict="ok",
+        example_count=table.num_rows,
+        scope="period",
+        window_start=start,
+        window_end=end,
+        members=[
+            MemberWindow(
+                window_id=wid, data_uri=str(d / "data.parquet"), example_count=table.num_rows
+            )
+        ],
+    )
+    return v, [example_id(TOPIC, partition, o) for o in offsets]
+
+
+@pytest.fixture
+def redis(redis_url: str) -> Iterator[Redis]:
+    """A client for the test's one event loop (asyncio.run), on an emptied database."""
+    import redis as sync_redis
+
+    sync_redis.Redis.from_url(redis_url).flushdb()
+    yield Redis.from_url(redis_url)
+
+
+def in_process_probabilities(saved_model: str, table: pa.Table) -> np.ndarray:
+    import tensorflow as tf
+
+    fn = tf.saved_model.load(saved_model).signatures["serving_default"]
+    out = fn(examples=tf.constant(rows_to_examples(table)))
+    return np.asarray(out["probabilities"]).reshape(-1)
+
+
+def test_labelled_windows_scored_through_serving(
+    served: Served, redis: Redis, tmp_path: Path
+) -> None:
+    r = rig(served, redis, tmp_path)
+    quarters = [
+        served.table.slice(i, min(1000, served.table.num_rows - i))
+        for i in range(0, served.table.num_rows, 1000)
+    ][:3]
+
+    async def go() -> list[WindowScored]:
+        out = []
+        for i, q in enumerate(quarters):
+            v, _ = write_window(tmp_path, q, q.num_rows, first=i * 10_000)
+            e = await r.monitor.on_validation(v)
+            assert e is not None
+            out.append(e)
+            # Handled again (redelivery): same event, nothing new published, serving not asked.
+            again = await r.monitor.on_validation(v)
+            assert again is not None and again.id == e.id and again.metrics == e.metrics
+
+        return [*out, await r.monitor.history("taxi", 10)]  # type: ignore[list-item]
+
+    *events, history = asyncio.run(go())
+    assert len(r.published) == len(quarters)
+    print("\nwindow  realized_auc  estimated_auc  error")
+    for q, e in zip(quarters, events, strict=True):
+        assert e.version == 1 and e.label_coverage == 1.0 and e.coverage_step == 0.9
+        assert e.labelled_count == e.example_count == q.num_rows
+        # The same numbers as the model called in-process on the same rows and labels.
+        want = quality.binary(in_process_probabilities(served.saved_model, q), true_labels(q))
+        assert e.metrics.realized["auc"] == pytest.approx(want["auc"], abs=1e-4)
+        assert e.metrics.realized["accuracy"] == pytest.approx(want["accuracy"], abs=1e-3)
+        assert 0.5 < e.metrics.estimated["auc"] < 1.0
+        slices = {s.slice for s in e.metrics.slices}
+        assert "payment_type=Cash" in slices and any(
+            s.startswith("trip_start_hour=") for s in slices
+        )
+        err = e.metrics.estimated["auc"] - e.metrics.realized["auc"]
+        print(
+            f"{e.window_id[-8:]}  {e.metrics.realized['auc']:.4f}  "
+            f"{e.metrics.estimated['auc']:.4f}  {err:+.4f}"
+        )
+    assert [h["window_id"] for h in history] == [e.window_id for e in reversed(events)]
+
+
+def test_delayed_labels_join_by_example_id(served: Served, redis: Redis, tmp_path: Path) -> None:
+    r = rig(served, redis, tmp_path)
+    q = served.table.slice(1000, 1000)
+    truth = true_labels(q)
+    # The trips arrive without their tips: the label comes later, on ctrain.labels.
+    blind = q.set_column(
+        q.schema.get_field_index("tips"), "tips", pa.nulls(q.num_rows, pa.float32())
+    )
+    v, ids = write_window(tmp_path, blind, q.num_rows, partition=1)
+    end = v.window_end
+    assert end is not None
+    rng = np.random.default_rng(7)
+    order = rng.permutation(len(ids))
+    early, rest = order[:300], order[300:-5]
+    src = Source("ctrain.labels", 0, 0, "{}")
+
+    def label(i: int, hours: float = 5.0) -> LabelRecord:
+        return LabelRecord(
+            example_id=ids[i], label=float(truth[i]), event_time=end + timedelta(hours=hours)
+        )
+
+    async def go() -> None:
+        m = r.monitor
+        # 30 % of the labels arrive before their window is scored: held, then joined.
+        for i in early:
+            assert await m.on_label(label(int(i)), src) == "held"
+        first = await m.on_validation(v)
+        assert first is not None and first.labelled_count == 300 and first.coverage_step == 0.0
+        assert first.metrics.estimated["auc"] > 0.5
+        # The rest out of order, a fifth of them twice, hours of event time later.
+        for n, i in enumerate(rest):
+            assert await m.on_label(label(int(i), hours=1 + n % 48), src) == "matched"
+            if n % 5 == 0:
+                assert await m.on_label(label(int(i)), src) == "duplicate"
+        # Late: past the window's lookback.
+        with pytest.raises(LateLabel, match="past its window's lookback"):
+            await m.on_label(label(int(order[-1]), hours=24 * 8), src)
+        # A label for no known example waits, then is given up on as unmatched.
+        stray = LabelRecord(example_id=f"{TOPIC}:9:1", label=1.0)
+        assert await m.on_label(stray, Source("ctrain.labels", 2, 41, '{"x": 1}')) == "held"
+        assert await m.expire() == 0
+        r.now[0] += 8 * 86400
+        assert await m.expire() == 1
+
+    asyncio.run(go())
+    steps_seen = [e.coverage_step for e in r.published]
+    assert steps_seen == [0.0, 0.5, 0.9], steps_seen
+    last = r.published[-1]
+    # Published when the 900th label arrived: the early 300 and the next 600.
+    assert last.labelled_count == 900
+    known = np.zeros(len(ids), bool)
+    known[order[:900]] = True
+    probs = in_process_probabilities(served.saved_model, blind)
+    want = quality.binary(probs[known], truth[known])
+    assert last.metrics.realized["auc"] == pytest.approx(want["auc"], abs=1e-4)
+    [letter] = r.letters
+    assert letter.reason == "unmatched_label" and letter.source.partition == 2
+    assert letter.source.offset == 41 and letter.payload == '{"x": 1}'
+    text = r.monitor.metrics  # the outcome counters saw each kind
+    reg = {
+        s.labels["outcome"]: s.value
+        for mf in text.labels.collect()
+        for s in mf.samples
+        if s.name.endswith("_total")
+    }
+    assert reg["held"] == 301 and reg["matched"] == 300 + len(rest)
+    assert reg["duplicate"] == len(range(0, len(rest), 5)) and reg["late"] == 1
+    assert reg["unmatched"] == 1
+
+
+def test_no_stable_version_and_serving_down(served: Served, redis: Redis, tmp_path: Path) -> None:
+    q = served.table.slice(0, 200)
+    v, _ = write_window(tmp_path, q, q.num_rows)
+    other = taxi_view(name="other")
+    r = rig(served, redis, tmp_path, other)
+    down = Served(f"127.0.0.1:{free_port()}", served.saved_model, q, served.proc, served.log)
+    r2 = rig(down, redis, tmp_path)
+    r2.monitor.scorer.timeout_s = 2
+
+    async def go() -> None:
+        assert await r.monitor.on_validation(v) is None
+        with pytest.raises(ServingUnavailable):
+            await r2.monitor.on_validation(v)
+
+    asyncio.run(go())
+    unscored = r.monitor.metrics.unscored.labels("other", "no_stable_version")._value.get()
+    assert unscored == 1 and r.published == []
