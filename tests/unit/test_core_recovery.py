@@ -12,6 +12,7 @@ import asyncio
 from pathlib import Path
 
 import orjson
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -23,7 +24,7 @@ from services.ingest.metrics import IngestMetrics
 from services.ingest.windowing import WindowPolicy
 from shared.artifacts import ArtifactStore
 from shared.schema import ExampleSpec, FeatureKind, FeatureSpec
-from shared.shard import read_shard
+from shared.shard import offsets_uri, read_shard
 from tests.unit.helpers import Crash, ListSink, Rec
 
 pytestmark = pytest.mark.unit
@@ -219,3 +220,22 @@ def test_quiet_partitions_with_nothing_open_are_announced_idle_once(tmp_path: Pa
         assert await core.announce_idle(position) == 1  # quiet again after new data
 
     asyncio.run(go())
+
+
+def test_each_row_keeps_its_source_offset_through_crashes(tmp_path: Path) -> None:
+    """offsets.parquet beside each shard: row i's offset, rejects and crashes notwithstanding
+    (the example ids that delayed labels join on)."""
+    items = [(t, t % 700 != 0) for t in range(0, 6000, 100)]  # every 7th record is bad
+    records = make_records(items)
+    policy = WindowPolicy(max_count=6, duration_ms=1000)
+    sink = asyncio.run(run(tmp_path, records, policy, [9, 22], 1, 4))
+    windows = {w.window_id: w for w in sink.windows}.values()
+    kept = []
+    for w in windows:
+        offsets = pq.read_table(offsets_uri(w.data_uri)).column("offset").to_pylist()
+        xs = read_shard(w.data_uri).column("x").to_pylist()
+        assert offsets == [int(x * 2) for x in xs]  # the record at offset o has x = o / 2
+        assert w.offsets[0].first == offsets[0] and w.offsets[0].last == offsets[-1]
+        kept += offsets
+    bad = {i for i, (_, ok) in enumerate(items) if not ok}
+    assert sorted(kept) == [i for i in range(len(items)) if i not in bad]
