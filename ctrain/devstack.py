@@ -34,7 +34,7 @@ class DevStackError(RuntimeError):
     """The dev stack cannot start; the message says what to do."""
 
 
-SERVICES = ("ingest", "validator", "trigger", "promoter")
+SERVICES = ("ingest", "validator", "trigger", "promoter", "monitor")
 
 
 def state_dir() -> Path:
@@ -331,7 +331,8 @@ def up(
         echo(f"topics created: {', '.join(created) if created else '(all existed)'}")
         state["serving_base"] = os.environ.get("CTRAIN_SERVING_BASE", str(d / "serving"))
         state["tokens_file"] = write_tokens(d)
-        if "promoter" in services and not os.environ.get("CTRAIN_SERVING_GRPC"):
+        serving_users = {"promoter", "monitor"} & set(services)
+        if serving_users and not os.environ.get("CTRAIN_SERVING_GRPC"):
             ms = start_modelserver(state, d)
             procs.append(ms)
             echo(f"serving {ms.address} (gRPC {state['serving_grpc']})")

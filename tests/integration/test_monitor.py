@@ -401,3 +401,80 @@ def test_no_stable_version_and_serving_down(served: Served, redis: Redis, tmp_pa
     asyncio.run(go())
     unscored = r.monitor.metrics.unscored.labels("other", "no_stable_version")._value.get()
     assert unscored == 1 and r.published == []
+
+
+def test_the_service_scores_windows_and_joins_labels_over_kafka(
+    served: Served, redis: Redis, kafka: str, redis_url: str, tmp_path: Path
+) -> None:
+    """``python -m services.monitor``: validations and labels in over the broker,
+    WindowScored out on ctrain.quality, bad records on ctrain.events.dlq, the HTTP view."""
+    from shared import topics
+    from shared.kafka import ensure_topics, make_producer
+    from shared.settings import CommonSettings
+    from tests.integration.support import read_topic, start_service
+
+    root = tmp_path / "artifacts"
+    q = served.table.slice(2000, 600)
+    blind = q.set_column(
+        q.schema.get_field_index("tips"), "tips", pa.nulls(q.num_rows, pa.float32())
+    )
+    v, ids = write_window(root, blind, q.num_rows, partition=2)
+    truth = true_labels(q)
+    common = CommonSettings(kafka_bootstrap=kafka, redis_url=redis_url, kafka_idempotent=False)
+    asyncio.run(ensure_topics(common, topics.ALL))
+    env = {k: x for k, x in os.environ.items() if not k.startswith("CTRAIN_")}
+    env.update(
+        CTRAIN_KAFKA_BOOTSTRAP=kafka,
+        CTRAIN_REDIS_URL=redis_url,
+        CTRAIN_ARTIFACT_ROOT=str(root),
+        CTRAIN_KAFKA_IDEMPOTENT="false",
+        CTRAIN_SERVING_GRPC=served.grpc_address,
+        CTRAIN_MONITOR_MODEL="taxi",
+        CTRAIN_MONITOR_MODULE_PATH=MODULE,
+    )
+    svc = start_service("monitor", env, tmp_path / "monitor.log")
+    svc.wait_healthy()
+
+    async def send() -> None:
+        p = make_producer(common)
+        await p.start()
+        try:
+            await p.send_and_wait(topics.VALIDATIONS, v.to_bytes(), key=v.key)
+            for i in range(len(ids)):
+                rec = LabelRecord(example_id=ids[i], label=float(truth[i]))
+                await p.send_and_wait(topics.LABELS, rec.model_dump_json().encode())
+            await p.send_and_wait(topics.LABELS, b'{"example_id": 3}')
+        finally:
+            await p.stop()
+
+    asyncio.run(send())
+
+    async def until_scored() -> tuple[list[Any], list[Any]]:
+        deadline = time.monotonic() + 120
+        while True:
+            scored = [e for e in await read_topic(kafka, topics.QUALITY)]
+            dlq = await read_topic(kafka, topics.EVENTS_DLQ)
+            if (len(scored) >= 3 and dlq) or time.monotonic() > deadline:
+                return scored, dlq
+            await asyncio.sleep(0.5)  # poll interval between full re-reads
+
+    scored, dlq = asyncio.run(until_scored())
+    assert [e.coverage_step for e in scored] == [0.0, 0.5, 0.9], svc.log.read_text()[-3000:]
+    assert all(isinstance(e, WindowScored) and e.version == 1 for e in scored)
+    [letter] = dlq
+    assert isinstance(letter, EventDeadLetter) and letter.reason == "invalid_event"
+    assert letter.source.topic == topics.LABELS
+    import httpx
+
+    view = httpx.get(f"{svc.url}/v1/quality", timeout=10).json()
+    [row] = view["windows"]
+    assert row["window_id"] == v.window_id and row["label_coverage"] >= 0.9
+    assert row["realized"]["auc"] > 0.8 and "auc" in row["estimated"]
+    one = httpx.get(f"{svc.url}/v1/quality/{v.window_id}", timeout=10)
+    assert one.status_code == 200 and one.json()["model"] == "taxi"
+    missing = httpx.get(f"{svc.url}/v1/quality/nope", timeout=10)
+    assert missing.status_code == 404 and "has not been scored" in missing.json()["detail"]
+    text = httpx.get(f"{svc.url}/metrics", timeout=10).text
+    assert 'ctrain_monitor_quality{kind="realized",metric="auc",model="taxi",role="stable"' in text
+    svc.proc.send_signal(signal.SIGTERM)
+    assert svc.proc.wait(timeout=60) == 0
