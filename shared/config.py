@@ -88,6 +88,12 @@ class TriggerPolicy(_Section):
     clock: Literal["wall", "event"] | None = Field(default=None, description="Policy clock.")
     epochs: int | None = Field(default=None, ge=1, description="Trainer epochs.")
     blocking_anomalies: list[str] | None = Field(default=None, description="Pipeline blocks.")
+    quality_metric: str | None = Field(default=None, description="Quality policy metric.")
+    quality_floor: float | None = Field(default=None, description="Quality floor.")
+    quality_margin: float | None = Field(default=None, ge=0, description="Margin to own eval.")
+    quality_consecutive: int | None = Field(default=None, ge=0, description="Poor streak.")
+    quality_source: Literal["realized", "estimated"] | None = Field(default=None, description="")
+    quality_min_coverage: float | None = Field(default=None, ge=0, le=1, description="")
 
 
 class Promotion(_Section):

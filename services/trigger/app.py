@@ -32,7 +32,14 @@ from shared import contract, topics
 from shared.artifacts import ArtifactStore
 from shared.config import config_of, model_settings
 from shared.consume import Consumer, decode
-from shared.events import Event, ModelCandidate, PromotionEvent, TrainingRun, WindowValidated
+from shared.events import (
+    Event,
+    ModelCandidate,
+    PromotionEvent,
+    TrainingRun,
+    WindowScored,
+    WindowValidated,
+)
 from shared.kafka import event_dead_letters, health, make_router, one_event_at_a_time
 from shared.metrics import Readiness, metrics_endpoint, new_registry
 from shared.periodic import every
@@ -73,7 +80,22 @@ def policy_from(s: TriggerSettings) -> pol.Policy:
         max_train_examples=s.max_train_examples,
         min_eval_examples=s.min_eval_examples,
         clock=s.clock,
+        quality_metric=quality_metric(s),
+        quality_floor=s.quality_floor,
+        quality_margin=s.quality_margin,
+        quality_consecutive=s.quality_consecutive,
+        quality_source=s.quality_source,
+        quality_min_coverage=s.quality_min_coverage,
     )
+
+
+def quality_metric(s: TriggerSettings) -> str:
+    """The quality policy's metric; "" (off) without a floor or a margin."""
+    if s.quality_floor is None and not s.quality_margin:
+        return ""
+    if s.quality_metric != "auto":
+        return s.quality_metric
+    return {"binary": "auc", "multiclass": "accuracy", "regression": "rmse"}[s.task]
 
 
 @dataclass(frozen=True)
@@ -208,6 +230,11 @@ def create_app(common: CommonSettings, settings: TriggerSettings) -> FastAPI:
                 },
             )
 
+    async def handle_quality(body: bytes) -> None:
+        ev = decode(WindowScored, body)
+        if ev.model in triggers:
+            await triggers[ev.model].on_quality(ev)
+
     async def handle_promotion(body: bytes) -> None:
         ev = decode(PromotionEvent, body)
         if ev.model in triggers:
@@ -216,10 +243,13 @@ def create_app(common: CommonSettings, settings: TriggerSettings) -> FastAPI:
     dead_letters = event_dead_letters(router.broker, "trigger", settings.group_id)
     validations_in = Consumer(topics.VALIDATIONS, metrics.consumer, dead_letters)
     promotions_in = Consumer(topics.PROMOTIONS, metrics.consumer, dead_letters)
+    quality_in = Consumer(topics.QUALITY, metrics.consumer, dead_letters)
     ready = Readiness(
         registry,
         "trigger",
-        lambda: health(redis, router.broker, validations_in.outage, promotions_in.outage),
+        lambda: health(
+            redis, router.broker, validations_in.outage, promotions_in.outage, quality_in.outage
+        ),
     )
 
     @one_event_at_a_time(router, topics.VALIDATIONS, settings.group_id)
@@ -229,6 +259,10 @@ def create_app(common: CommonSettings, settings: TriggerSettings) -> FastAPI:
     @one_event_at_a_time(router, topics.PROMOTIONS, settings.group_id)
     async def on_promotion(msg: KafkaMessage) -> None:
         await promotions_in.consume(msg, handle_promotion)
+
+    @one_event_at_a_time(router, topics.QUALITY, settings.group_id)
+    async def on_quality(msg: KafkaMessage) -> None:
+        await quality_in.consume(msg, handle_quality)
 
     async def tick() -> None:
         for model, trigger in triggers.items():

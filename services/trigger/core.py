@@ -37,6 +37,7 @@ from shared.events import (
     PromotionEvent,
     SliceMetrics,
     TrainingRun,
+    WindowScored,
     WindowValidated,
 )
 from shared.ids import stable_id
@@ -169,6 +170,7 @@ class Trigger:
         self.metrics.armed.set(1 if state.armed and not state.in_flight else 0)
         self.metrics.streak.labels("drift").set(state.consecutive_drift)
         self.metrics.streak.labels("skew").set(state.consecutive_skew)
+        self.metrics.streak.labels("quality").set(state.consecutive_quality)
         self.metrics.attempts.set(state.attempts)
 
     def _record(self, d: pol.Decision, run_id: str | None, source: str) -> None:
@@ -297,18 +299,64 @@ class Trigger:
         return d if run_id else None
 
     async def on_promotion(self, ev: PromotionEvent) -> bool:
-        """The promoter decided on a candidate: a rejection or failure re-arms the trigger."""
+        """The promoter decided on a candidate: a rejection or failure re-arms the trigger; a
+        promotion or rollback names the version serving now (what live quality is about)."""
         if ev.model != self.config.model:
             return False
         promoted = ev.decision in ("auto", "approved")
         async with self._lock:
             state = await self._locked_state()
-            if not pol.resolved(state, ev.candidate_id, promoted):
+            moved = await self._serving_moved(state, ev, promoted)
+            resolved = pol.resolved(state, ev.candidate_id, promoted)
+            if not resolved and not moved:
                 return False
-            if not promoted:
+            if resolved and not promoted:
                 self._note(f"re-armed: candidate {ev.candidate_id} {ev.decision} ({ev.reason})")
             await self._save(state)
+        return resolved
+
+    async def _serving_moved(
+        self, state: pol.ModelState, ev: PromotionEvent, promoted: bool
+    ) -> bool:
+        version = (
+            ev.labels.get("stable", ev.version) if ev.decision == "rolled_back" else ev.version
+        )
+        if not (promoted or ev.decision == "rolled_back") or version is None:
+            return False
+        if state.serving_version == version:
+            return False
+        own: dict[str, float] = {}
+        if promoted:
+            raw = await self.redis.get(f"ctrain:trigger:candidate:{ev.candidate_id}")
+            if raw:
+                own = dict(ModelCandidate.model_validate_json(raw).metrics.overall)
+        state.serving_version = version
+        state.serving_eval = own
+        state.consecutive_quality = 0
         return True
+
+    async def on_quality(self, ev: WindowScored) -> pol.Decision | None:
+        """Fold one scored window into the quality streak; maybe start a run. None when the
+        window does not count (another role or version, too few labels, already judged)."""
+        if ev.model != self.config.model or ev.role != "stable":
+            return None
+        info = pol.QualityInfo(
+            ev.window_id,
+            ev.version,
+            ev.label_coverage,
+            dict(ev.metrics.realized),
+            dict(ev.metrics.estimated),
+        )
+        async with self._lock:
+            state = await self._locked_state()
+            if pol.observe_quality(state, info, self.config.policy) is None:
+                return None
+            newest = state.windows[-1] if state.windows else None
+            d = pol.decide(state, self.now(state), self.config.policy, newest=newest)
+            await self._maybe_start(state, d, f"quality:{ev.window_id}")
+            await self._save(state)
+            self._follow_started()
+        return d
 
     def _note(self, text: str) -> None:
         self._record(pol.Decision(False, text), None, "state")
@@ -347,6 +395,9 @@ class Trigger:
             "consecutive_drift": state.consecutive_drift,
             "consecutive_skew": state.consecutive_skew,
             "consecutive_needed": p.consecutive,
+            "consecutive_quality": state.consecutive_quality,
+            "quality": state.quality_last or None,
+            "serving_version": state.serving_version,
             "attempts": state.attempts,
             "in_flight": state.in_flight,
             "awaiting": state.awaiting,

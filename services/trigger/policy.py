@@ -15,7 +15,9 @@ budget. Every decision names the policy that held and the guard that stopped
 it; "no policy fired" only when no condition holds.
 
 Policies, first that holds wins: manual, drift for N judged periods in a row,
-skew likewise, enough new examples, model too old. Guards, in order: blocking
+skew likewise, the serving model's quality on live data below its floor (or below its
+own evaluation by more than a margin) for N scored windows in a row, enough new
+examples, model too old. Guards, in order: blocking
 anomalies in the newest period, a run in flight, disarmed by a run whose
 outcome is awaited, cooldown/back-off, budget, not enough data.
 """
@@ -25,7 +27,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
-Reason = Literal["drift", "skew", "new_examples", "model_age", "manual"]
+Reason = Literal["drift", "skew", "quality", "new_examples", "model_age", "manual"]
+QualitySource = Literal["realized", "estimated"]
+# Metrics where a smaller value is better: their "floor" is a ceiling.
+LOWER_IS_BETTER = frozenset({"rmse", "mae", "log_loss", "brier", "ece"})
 ClockKind = Literal["wall", "event"]
 BUDGET_PERIOD_S = 86_400.0
 
@@ -43,6 +48,13 @@ class Policy:
     max_train_examples: int = 200_000
     min_eval_examples: int = 2_000
     clock: ClockKind = "wall"
+    # Quality on live data (the monitor's WindowScored): off when the metric is "".
+    quality_metric: str = ""
+    quality_floor: float | None = None  # worse than this: a poor window
+    quality_margin: float = 0.0  # worse than the model's own evaluation by more: poor (0: off)
+    quality_consecutive: int = 0  # poor windows in a row that fire (0: ``consecutive``)
+    quality_source: QualitySource = "realized"
+    quality_min_coverage: float = 0.5  # realized metrics count from this label coverage
 
     def wait_s(self, attempts: int) -> float:
         """Minimum time since the last run, after ``attempts`` unresolved runs this episode."""
@@ -91,6 +103,13 @@ class ModelState:
     event_now: float | None = None
     windows: list[WindowInfo] = field(default_factory=list)
     seen: list[str] = field(default_factory=list)
+    # Quality: windows scored poor in a row, the windows already judged, the serving
+    # model's version and its own evaluation (TFMA, overall) to compare live quality with.
+    consecutive_quality: int = 0
+    quality_seen: list[str] = field(default_factory=list)
+    quality_last: str = ""
+    serving_version: int | None = None
+    serving_eval: dict[str, float] = field(default_factory=dict)
 
     @property
     def armed(self) -> bool:
@@ -193,10 +212,71 @@ def new_episode(state: ModelState, serving: str, now: float) -> bool:
     state.episode = serving
     state.episode_started = now
     state.consecutive_drift = state.consecutive_skew = 0
+    state.consecutive_quality = 0
     state.attempts = 0
     state.disarmed_by = state.awaiting = None
     state.new_examples = 0
     return True
+
+
+@dataclass(frozen=True)
+class QualityInfo:
+    """One scored window as the quality policy sees it (from a ``WindowScored``)."""
+
+    window_id: str
+    version: int
+    label_coverage: float
+    realized: dict[str, float]
+    estimated: dict[str, float]
+
+
+def quality_verdict(q: QualityInfo, state: ModelState, policy: Policy) -> tuple[bool, str] | None:
+    """(poor?, why) for a scored window, or None when it does not count (policy off, too
+    few labels, no such metric, or a version other than the one serving now)."""
+    metric = policy.quality_metric
+    if not metric:
+        return None
+    if state.serving_version is not None and q.version != state.serving_version:
+        return None
+    if policy.quality_source == "realized":
+        if q.label_coverage < policy.quality_min_coverage:
+            return None
+        value = q.realized.get(metric)
+    else:
+        value = q.estimated.get(metric, q.realized.get(metric))
+    if value is None:
+        return None
+    lower = metric in LOWER_IS_BETTER
+    worse = (lambda a, b: a > b) if lower else (lambda a, b: a < b)
+    what = f"{policy.quality_source} {metric} {value:.4f} on {q.window_id}"
+    if policy.quality_floor is not None and worse(value, policy.quality_floor):
+        bound = "ceiling" if lower else "floor"
+        return True, f"{what} {'above' if lower else 'below'} the {bound} {policy.quality_floor:g}"
+    own = state.serving_eval.get(metric)
+    if policy.quality_margin and own is not None:
+        bar = own + policy.quality_margin if lower else own - policy.quality_margin
+        if worse(value, bar):
+            return True, (
+                f"{what} worse than its own evaluation {own:.4f} by more than "
+                f"{policy.quality_margin:g}"
+            )
+    return False, f"{what} within bounds"
+
+
+def observe_quality(
+    state: ModelState, q: QualityInfo, policy: Policy, keep: int = 256
+) -> str | None:
+    """Fold a scored window into the quality streak; None if it does not count or was seen."""
+    if q.window_id in state.quality_seen:
+        return None
+    verdict = quality_verdict(q, state, policy)
+    if verdict is None:
+        return None
+    poor, why = verdict
+    state.quality_seen = [*state.quality_seen, q.window_id][-4 * keep :]
+    state.consecutive_quality = state.consecutive_quality + 1 if poor else 0
+    state.quality_last = why
+    return why
 
 
 def _held(state: ModelState, now: float, policy: Policy, manual: bool) -> list[tuple[Reason, str]]:
@@ -210,6 +290,15 @@ def _held(state: ModelState, now: float, policy: Policy, manual: bool) -> list[t
         )
     if state.consecutive_skew >= k:
         held.append(("skew", f"skew in {state.consecutive_skew} judged periods in a row (>= {k})"))
+    kq = policy.quality_consecutive or k
+    if policy.quality_metric and state.consecutive_quality >= kq:
+        held.append(
+            (
+                "quality",
+                f"quality poor in {state.consecutive_quality} scored windows in a row (>= {kq}): "
+                f"{state.quality_last}",
+            )
+        )
     if policy.min_new_examples and state.new_examples >= policy.min_new_examples:
         held.append(
             ("new_examples", f"{state.new_examples} new examples (>= {policy.min_new_examples})")
@@ -276,6 +365,7 @@ def decide(
     inputs: dict[str, Any] = {
         "consecutive_drift": state.consecutive_drift,
         "consecutive_skew": state.consecutive_skew,
+        "consecutive_quality": state.consecutive_quality,
         "new_examples": state.new_examples,
         "armed": state.armed,
         "attempts": state.attempts,

@@ -70,6 +70,35 @@ class TriggerSettings(StrictSettings):
         description="Clock of cooldowns, budgets and model age: wall time, or the data's event "
         "time (a replay of two years then behaves as the two years would live).",
     )
+    quality_metric: str = Field(
+        default="auto",
+        description="Metric of the quality policy, on the monitor's WindowScored events (auto: "
+        "auc for binary, accuracy for multiclass, rmse for regression).",
+    )
+    quality_floor: float | None = Field(
+        default=None,
+        description="A scored window whose metric is worse than this is poor (for rmse, mae, "
+        "log_loss, brier, ece: above it). Unset: no floor.",
+    )
+    quality_margin: float = Field(
+        default=0.0,
+        ge=0,
+        description="A scored window worse than the serving model's own TFMA evaluation by "
+        "more than this is poor (0: off). With no floor and no margin the policy is off.",
+    )
+    quality_consecutive: int = Field(
+        default=0, ge=0, description="Poor windows in a row that start a run (0: CONSECUTIVE)."
+    )
+    quality_source: Literal["realized", "estimated"] = Field(
+        default="realized",
+        description="Judge on metrics realized on labels, or estimated without them (binary).",
+    )
+    quality_min_coverage: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="Realized metrics count once this fraction of a window's examples has labels.",
+    )
     tick_s: float = Field(
         default=5.0,
         gt=0,

@@ -8,6 +8,7 @@ have their own tests (kfp.local end to end, and a KFP REST server).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 from datetime import UTC, datetime, timedelta
@@ -31,7 +32,9 @@ from shared.events import (
     MemberWindow,
     ModelCandidate,
     PromotionEvent,
+    QualityMetrics,
     TrainingRun,
+    WindowScored,
     WindowValidated,
 )
 from tests.conftest import ROOT, TAXI_SCHEMA
@@ -328,5 +331,80 @@ def test_a_period_amended_by_a_late_window_is_not_decided_on_again(
         await asyncio.gather(*t.followers.values())
         params = backend.submitted[0][1]
         assert "/w/1-2.parquet" in json.loads(params["windows_json"])  # trained on all of it
+
+    asyncio.run(go())
+
+
+def scored(i: int, auc: float, version: int, model: str) -> WindowScored:
+    return WindowScored(
+        id=f"score-{i}-{version}",
+        model=model,
+        version=version,
+        window_id=f"per-{i}",
+        stream="taxi",
+        example_count=1000,
+        labelled_count=1000,
+        label_coverage=1.0,
+        metrics=QualityMetrics(realized={"auc": auc}, estimated={"auc": auc + 0.01}),
+    )
+
+
+def test_live_quality_below_the_models_own_evaluation_starts_a_quality_run(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """The monitor's WindowScored events: the promoted version's live AUC falls below its
+    own evaluation (0.9, from its candidate) by more than the margin for two windows."""
+
+    async def go() -> None:
+        backend = ScriptedBackend()
+        model = f"q-{tmp_path.name}"
+        t, out = await make(redis_url, tmp_path, backend, model)
+        t.config = dataclasses.replace(
+            t.config,
+            policy=dataclasses.replace(t.config.policy, quality_metric="auc", quality_margin=0.05),
+        )
+        for i in range(2):
+            await t.on_validation(validation(i, "ok"))
+        await t.on_validation(validation(2, "drift"))
+        await t.on_validation(validation(3, "drift"))
+        await asyncio.gather(*t.followers.values())
+        [cand] = [e for e in out if isinstance(e, ModelCandidate)]
+        promoted = PromotionEvent(
+            id="p",
+            candidate_id=cand.candidate_id,
+            model=model,
+            decision="approved",
+            actor="a",
+            reason="ok",
+            version=4,
+        )
+        assert await t.on_promotion(promoted)
+        await t.redis.set(f"ctrain:serving:{model}:model_uri", b"/models/v4")
+        state = await t.load_state()
+        assert state.serving_version == 4 and state.serving_eval["auc"] == 0.9
+        await t.on_validation(validation(4, "ok"))
+        # Scores of the version it replaced do not count; a good window breaks nothing.
+        assert await t.on_quality(scored(4, 0.5, 3, model)) is None
+        assert (
+            await t.on_quality(scored(3, 0.5, 4, model).model_copy(update={"role": "challenger"}))
+            is None
+        )
+        d = await t.on_quality(scored(3, 0.88, 4, model))
+        assert d is not None and not d.take
+        d = await t.on_quality(scored(4, 0.84, 4, model))  # 0.84 < 0.9 - 0.05
+        assert d is not None and not d.take and "no policy fired" in d.reason
+        await t.on_validation(validation(5, "ok"))
+        d = await t.on_quality(scored(5, 0.80, 4, model))
+        assert d is not None and d.take and d.trigger == "quality"
+        assert "worse than its own evaluation 0.9000" in d.reason
+        assert await t.on_quality(scored(5, 0.80, 4, model)) is None  # redelivered
+        await asyncio.gather(*t.followers.values())
+        runs = [e for e in out if isinstance(e, TrainingRun) and e.state == "submitted"]
+        assert [r.reason for r in runs] == ["drift", "quality"] and len(backend.submitted) == 2
+        view = await t.state_view()
+        assert view["serving_version"] == 4 and "realized auc 0.8000" in view["quality"]
+        assert t.metrics.streak.labels("quality")._value.get() == 2  # type: ignore[attr-defined]
+        entries = await t.decisions(50)
+        assert any(e["source"] == "quality:per-5" and e["taken"] == "true" for e in entries)
 
     asyncio.run(go())

@@ -301,3 +301,53 @@ def test_a_period_judged_again_with_a_late_window_replaces_it_and_counts_once() 
     assert not pol.amends(s, again)  # seen
     feed(s, win(2, "drift"))
     assert s.consecutive_drift == 2
+
+
+def scored(
+    i: int, auc: float, coverage: float = 1.0, version: int = 3, est: float = 0.9
+) -> pol.QualityInfo:
+    return pol.QualityInfo(f"per{i:03d}", version, coverage, {"auc": auc}, {"auc": est})
+
+
+def test_quality_fires_after_n_poor_windows_below_the_floor_or_own_evaluation() -> None:
+    p = pol.Policy(
+        consecutive=2, quality_metric="auc", quality_floor=0.8, quality_margin=0.05, **SMALL
+    )  # type: ignore[arg-type]
+    s = pol.ModelState(serving_version=3, serving_eval={"auc": 0.93})
+    feed(s, *(win(i) for i in range(4)))
+    assert (
+        pol.observe_quality(s, scored(2, 0.90), p) == "realized auc 0.9000 on per002 within bounds"
+    )
+    # Below its own evaluation by more than the margin (0.93 - 0.05 = 0.88).
+    why = pol.observe_quality(s, scored(3, 0.87), p)
+    assert why is not None and "worse than its own evaluation 0.9300 by more than 0.05" in why
+    assert not pol.decide(s, 0, p).take and s.consecutive_quality == 1
+    # Windows that do not count: few labels, another version, already judged.
+    assert pol.observe_quality(s, scored(4, 0.5, coverage=0.2), p) is None
+    assert pol.observe_quality(s, scored(4, 0.5, version=2), p) is None
+    assert pol.observe_quality(s, scored(3, 0.5), p) is None
+    why = pol.observe_quality(s, scored(4, 0.75), p)
+    assert why is not None and "below the floor 0.8" in why
+    d = pol.decide(s, 0, p, newest=win(3))
+    assert d.take and d.trigger == "quality" and "2 scored windows in a row" in d.reason
+    # The same guards: a run in flight stops it.
+    pol.started(s, "r1", 0)
+    assert pol.decide(s, 0, p).guard == "in_flight"
+    # A new episode (promotion) starts the streak afresh.
+    pol.new_episode(s, "cand-2", 1)
+    assert s.consecutive_quality == 0
+
+
+def test_quality_on_estimates_lower_is_better_metrics_and_off_by_default() -> None:
+    s = pol.ModelState()
+    off = pol.Policy()
+    assert pol.observe_quality(s, scored(0, 0.1), off) is None
+    est = pol.Policy(quality_metric="auc", quality_floor=0.85, quality_source="estimated")
+    why = pol.observe_quality(s, scored(1, 0.99, coverage=0.0, est=0.8), est)
+    assert why is not None and "estimated auc 0.8000" in why and s.consecutive_quality == 1
+    rmse = pol.Policy(quality_metric="rmse", quality_floor=2.0)
+    q = pol.QualityInfo("per009", 1, 1.0, {"rmse": 2.5}, {})
+    why = pol.observe_quality(s, q, rmse)
+    assert why is not None and "above the ceiling 2" in why
+    restored = pol.ModelState.from_json(s.to_json())
+    assert restored.consecutive_quality == 2 and restored.quality_seen == s.quality_seen
