@@ -6,6 +6,7 @@
 #   docker build --target validator   -t ctrain-validator .
 #   docker build --target trigger     -t ctrain-trigger .
 #   docker build --target promoter    -t ctrain-promoter .
+#   docker build --target monitor     -t ctrain-monitor .
 #   docker build --target modelserver -t ctrain-modelserver .   # dev-only TF Serving stand-in
 #
 # Each target installs only its service's extra from pyproject.toml, pinned by
@@ -48,6 +49,10 @@ RUN --mount=type=cache,target=/root/.cache/uv \
 FROM builder AS deps-promoter
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv pip install -p /opt/venv/bin/python -c constraints.txt -r pyproject.toml --extra promoter
+
+FROM builder AS deps-monitor
+RUN --mount=type=cache,target=/root/.cache/uv \
+    uv pip install -p /opt/venv/bin/python -c constraints.txt -r pyproject.toml --extra monitor
 
 # ---------------------------------------------------------------- runtime base
 FROM base AS runtime
@@ -127,6 +132,19 @@ EXPOSE 8084
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
     CMD ["python", "/usr/local/bin/ctrain-healthz", "promoter"]
 ENTRYPOINT ["python", "-m", "services.promoter"]
+
+FROM deps-monitor AS build-monitor
+COPY --from=project /src /src
+RUN uv pip install -p /opt/venv/bin/python --no-deps .
+
+FROM runtime AS monitor
+COPY --from=build-monitor /opt/venv /opt/venv
+USER 10001:10001
+ENV CTRAIN_MONITOR_HTTP_HOST=0.0.0.0 CTRAIN_MONITOR_HTTP_PORT=8085
+EXPOSE 8085
+HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
+    CMD ["python", "/usr/local/bin/ctrain-healthz", "monitor"]
+ENTRYPOINT ["python", "-m", "services.monitor"]
 
 # ---------------------------------------------------------------- dev-only model server
 # TF Serving's gRPC + REST APIs over the same model directory (ctrain/modelserver);

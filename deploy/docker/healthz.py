@@ -14,7 +14,13 @@ import socket
 import sys
 import urllib.request
 
-DEFAULT_PORTS = {"ingest": 8081, "validator": 8082, "trigger": 8083, "promoter": 8084}
+DEFAULT_PORTS = {
+    "ingest": 8081,
+    "validator": 8082,
+    "trigger": 8083,
+    "promoter": 8084,
+    "monitor": 8085,
+}
 
 
 def main(argv: list[str]) -> int:
@@ -26,7 +32,7 @@ def main(argv: list[str]) -> int:
             print(f"port {argv[1]}: {e}", file=sys.stderr)
             return 1
     if len(argv) != 1 or argv[0] not in DEFAULT_PORTS:
-        print("usage: ctrain-healthz {ingest|validator|trigger|promoter} | --tcp PORT")
+        print("usage: ctrain-healthz {ingest|validator|trigger|promoter|monitor} | --tcp PORT")
         return 2
     name = argv[0]
     port = int(os.environ.get(f"CTRAIN_{name.upper()}_HTTP_PORT") or DEFAULT_PORTS[name])

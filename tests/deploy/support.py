@@ -26,8 +26,9 @@ K8S = DEPLOY / "k8s"
 OVERLAYS = ("dev", "prod")
 
 # name -> default HTTP port (the settings classes' defaults; checked below)
-SERVICES = {"ingest": 8081, "validator": 8082, "trigger": 8083, "promoter": 8084}
+SERVICES = {"ingest": 8081, "validator": 8082, "trigger": 8083, "promoter": 8084, "monitor": 8085}
 # The topic each scalable consumer reads (its HPA must not outgrow the partitions).
+# The trigger, promoter and monitor run one replica each: no HPA.
 CONSUMES = {"ingest": "ctrain.examples", "validator": "ctrain.windows"}
 
 # Settings that must be set explicitly in a container, beyond those without a default:
@@ -49,6 +50,7 @@ REQUIRED = {
         "CTRAIN_PROMOTER_HTTP_PORT",
         "CTRAIN_PROMOTER_TOKENS_FILE",
     },
+    "monitor": {"CTRAIN_MONITOR_HTTP_HOST", "CTRAIN_MONITOR_HTTP_PORT"},
 }
 
 # Metrics the rules and dashboards use that the services do not export yet

@@ -3,6 +3,7 @@ specification and against the services they run."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import tomllib
@@ -125,6 +126,27 @@ def test_promoter_reaches_serving_and_models() -> None:
         'path: "/monitoring/prometheus/metrics"'
         in (DEPLOY / "serving" / "monitoring.config").read_text()
     )
+
+
+def test_monitor_reaches_serving_and_writes_artifacts() -> None:
+    doc = compose()
+    m = doc["services"]["monitor"]
+    env = compose_env(m)
+    assert m["depends_on"]["tfserving"]["condition"] == "service_healthy"
+    assert env["CTRAIN_SERVING_GRPC"] == "tfserving:8500"
+    assert "--port=8500" in doc["services"]["tfserving"]["command"]
+    # it writes <artifact root>/quality/: the artifacts volume is mounted read-write
+    assert env["CTRAIN_ARTIFACT_ROOT"] == "/artifacts" and "artifacts:/artifacts" in m["volumes"]
+
+
+def test_healthcheck_script_knows_every_service() -> None:
+    """ctrain-healthz <service> probes the service's default port; an unknown name exits 2."""
+    spec = importlib.util.spec_from_file_location("healthz", DEPLOY / "docker" / "healthz.py")
+    assert spec is not None and spec.loader is not None
+    healthz = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(healthz)
+    assert healthz.DEFAULT_PORTS == SERVICES
+    assert healthz.main(["no-such-service"]) == 2
 
 
 def test_topics_are_the_contracts_topics() -> None:

@@ -347,6 +347,23 @@ def test_serving_matches_compose(overlay: str) -> None:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_monitor_reaches_serving_and_writes_artifacts(overlay: str) -> None:
+    env = container_env(overlay, "monitor")
+    svc = one(overlay, "Service", "ctrain-serving")["spec"]["ports"]
+    host, port = env["CTRAIN_SERVING_GRPC"].split(":")
+    assert host == "ctrain-serving"
+    assert {"name": "grpc", "port": int(port), "targetPort": "grpc"} in svc
+    mounts = {m["name"]: m for m in container(overlay, "monitor")["volumeMounts"]}
+    art = mounts["artifacts"]
+    assert art["mountPath"] == env["CTRAIN_ARTIFACT_ROOT"] and not art.get("readOnly")
+    pod = one(overlay, "Deployment", "ctrain-monitor")["spec"]["template"]["spec"]
+    claims = {
+        v["name"]: v.get("persistentVolumeClaim", {}).get("claimName") for v in pod["volumes"]
+    }
+    assert claims["artifacts"] == "ctrain-artifacts"  # the RWX volume ingest writes shards to
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_redis_is_a_statefulset_with_aof(overlay: str) -> None:
     sts = one(overlay, "StatefulSet", "ctrain-redis")
     conf = one(overlay, "ConfigMap", "ctrain-redis")["data"]["redis.conf"]

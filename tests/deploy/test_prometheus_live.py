@@ -35,6 +35,7 @@ KEY_SERIES = {
     ],
     "validator": ["ctrain_validator_rows_total", "ctrain_validator_processing_seconds_count"],
     "trigger": ["ctrain_trigger_runs_in_flight", "ctrain_trigger_run_duration_seconds_count"],
+    "monitor": ["ctrain_monitor_timer_failures_total"],
 }
 
 

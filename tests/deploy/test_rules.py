@@ -81,6 +81,7 @@ def test_every_alert_has_a_firing_unit_test() -> None:
 def exported_metrics() -> set[str]:
     """Sample names the services' code registers (as Prometheus will see them)."""
     from services.ingest.metrics import IngestMetrics
+    from services.monitor.metrics import MonitorMetrics
     from services.promoter.metrics import PromoterMetrics
     from services.trigger.metrics import TriggerMetrics
     from services.validator.metrics import ValidatorMetrics
@@ -90,6 +91,7 @@ def exported_metrics() -> set[str]:
     ValidatorMetrics(reg)
     TriggerMetrics(reg)
     PromoterMetrics(reg)
+    MonitorMetrics(reg)
     names: set[str] = set()
     for fam in reg.collect():
         names |= _sample_names(fam.name, fam.type)
