@@ -109,6 +109,13 @@ class Promotion(_Section):
         default=None,
         description="Identities allowed to approve this model (empty or absent: any approver).",
     )
+    auto_rollback: bool | None = Field(
+        default=None,
+        description="Roll a promotion back by itself when live quality says the new version is "
+        "worse (absent: on for policy auto, off for manual).",
+    )
+    rollback_windows: int | None = Field(default=None, ge=1, description="Watched windows.")
+    rollback_margin: float | None = Field(default=None, ge=0, description="Rollback margin.")
 
 
 class Quality(_Section):

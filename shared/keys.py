@@ -16,3 +16,24 @@ def serving_windows(model: str) -> str:
     """JSON list of the windows the serving model trained on: written by the promoter; the
     validator measures skew against them."""
     return f"ctrain:serving:{model}:windows"
+
+
+def challengers(model: str) -> str:
+    """Hash candidate id -> JSON {model_uri, eval_window}: the candidates waiting for an
+    approval. Written by the promoter; the monitor scores each on the windows newer than
+    its evaluation window."""
+    return f"ctrain:quality:{model}:challengers"
+
+
+def challenger_scores(model: str, candidate_id: str) -> str:
+    """Hash window id -> JSON {challenger, stable, stable_version, labelled, metric...}: a
+    challenger's realized quality beside the stable version's on each window since its
+    evaluation. Written by the monitor; the approval API shows it."""
+    return f"ctrain:quality:{model}:challenger:{candidate_id}"
+
+
+def rollback_watch(model: str) -> str:
+    """JSON {stable, previous, windows}: after a promotion, the promoter watches the new
+    stable version against the one it replaced; while this key exists the monitor scores
+    the ``previous`` label too."""
+    return f"ctrain:quality:{model}:watch"

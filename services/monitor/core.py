@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 import pyarrow as pa
 
 from services.monitor import quality
@@ -38,6 +39,7 @@ from services.monitor.data import (
     write_table,
 )
 from services.monitor.errors import NotFound
+from services.monitor.local import LocalModels
 from services.monitor.metrics import MonitorMetrics
 from services.monitor.serving import NoSuchVersion, Scorer
 from services.monitor.store import QualityStore
@@ -91,6 +93,20 @@ def encode(table: pa.Table) -> list[bytes]:
     return rows_to_examples(table)
 
 
+class _Read:
+    """A window's rows and their tf.Examples, read once however many versions score them."""
+
+    def __init__(self, store: ArtifactStore, v: WindowValidated, m: ModelView) -> None:
+        self.args = (store, v, m)
+        self.got: tuple[WindowData, list[bytes]] | None = None
+
+    async def __call__(self) -> tuple[WindowData, list[bytes]]:
+        if self.got is None:
+            data = await asyncio.to_thread(load_window, *self.args)
+            self.got = data, await asyncio.to_thread(encode, data.table)
+        return self.got
+
+
 class Monitor:
     def __init__(
         self,
@@ -104,7 +120,9 @@ class Monitor:
         *,
         group_id: str = "ctrain-monitor",
         clock: Callable[[], float] = time.time,
+        local: LocalModels | None = None,
     ) -> None:
+        self.local = local or LocalModels()
         self.models = models
         self.by_stream = {m.stream: m for m in models.values()}
         self.store = store
@@ -128,20 +146,23 @@ class Monitor:
         m = self.by_stream.get(v.stream)
         if m is None or v.scope != "period":
             return None
+        await self.state.note_members(m.name, [x.window_id for x in v.members], _ms(v.window_start))
         win = await self.state.window(m.name, v.window_id)
+        read = _Read(self.store, v, m)
         if win.get("validation_id") != v.id:
-            if not await self._score(m, v):
+            if not await self._score(m, v, read):
                 return None
+            win = await self.state.window(m.name, v.window_id)
+        await self._score_others(m, v, win, read)
         return await self.publish_scores(m, v.window_id)
 
-    async def _score(self, m: ModelView, v: WindowValidated) -> bool:
+    async def _score(self, m: ModelView, v: WindowValidated, read: _Read) -> bool:
         started = time.monotonic()
-        data = await asyncio.to_thread(load_window, self.store, v, m)
+        data, examples = await read()
         n = data.table.num_rows
         if n == 0:
             self.metrics.unscored.labels(m.name, "empty").inc()
             return False
-        examples = await asyncio.to_thread(encode, data.table)
         try:
             version, scores = await self.scorer.predict(
                 m.name, examples, m.output_key, label=STABLE
@@ -215,22 +236,83 @@ class Monitor:
                 cols[f"slice:{feature}"] = data.table.column(feature).cast(pa.string())
         return pa.table(cols)
 
+    async def _score_others(
+        self, m: ModelView, v: WindowValidated, win: dict[str, str], read: _Read
+    ) -> None:
+        """The version ``stable`` replaced (while the promoter watches a promotion), and each
+        candidate waiting for approval on the windows newer than its evaluation window."""
+        watch = await self.state.watch(m.name)
+        if (
+            watch
+            and int(watch.get("stable", -1)) == int(win["version"])
+            and "file:previous" not in win
+        ):
+            _, examples = await read()
+            try:
+                version, scores = await self.scorer.predict(
+                    m.name, examples, m.output_key, label="previous"
+                )
+            except NoSuchVersion:
+                version = None
+            if version is not None:
+                await self._save_role(m, v, "previous", version, scores)
+        start = int(win.get("start_ms") or 0)
+        for cid, c in (await self.state.challengers(m.name)).items():
+            if f"file:challenger:{cid}" in win:
+                continue
+            eval_start = await self.state.member_start(m.name, str(c.get("eval_window", "")))
+            if eval_start is not None and start <= eval_start:
+                continue  # not newer than the window it was evaluated on
+            _, examples = await read()
+            scores = await self.local.predict(str(c["model_uri"]), examples, m.output_key)
+            await self._save_role(m, v, f"challenger:{cid}", 0, scores)
+
+    async def _save_role(
+        self, m: ModelView, v: WindowValidated, role: str, version: int, scores: np.ndarray
+    ) -> None:
+        s = np.asarray(scores, dtype=np.float64)
+        col = (
+            pa.array(list(s), pa.list_(pa.float64()))
+            if m.task == "multiclass" and s.ndim == 2 and s.shape[1] > 1
+            else pa.array(quality.positive_probability(s) if m.task == "binary" else s.reshape(-1))
+        )
+        uri = predictions_uri(
+            self.store, m.name, v.window_id, f"{v.id}-{role.replace(':', '-')}-v{version}.parquet"
+        )
+        await asyncio.to_thread(write_table, self.store, uri, pa.table({"score": col}))
+        await self.state.set_fields(
+            m.name, v.window_id, {f"file:{role}": uri, f"version:{role}": version}
+        )
+        self.metrics.rows.labels(m.name).inc(len(s))
+
     async def publish_scores(self, m: ModelView, window_id: str) -> WindowScored | None:
-        """The window's metrics with the labels it has now; published when new."""
+        """Every scored version's metrics on the window with the labels it has now; each
+        event published when new. Returns the stable version's."""
         win = await self.state.window(m.name, window_id)
         if not win:
             return None
         table = await asyncio.to_thread(read_table, self.store, win["file"])
         delayed = await self.state.labels(m.name, window_id)
-        event = self._scored(m, window_id, win, table, delayed)
+        labels = _labels(table, delayed)
+        stable = self._scored(m, window_id, win, table, _scores(table), labels, "stable")
+        await self._emit(stable)
+        await self.state.save_scored(m.name, window_id, stable.to_bytes())
+        for key in sorted(k.removeprefix("file:") for k in win if k.startswith("file:")):
+            role_table = await asyncio.to_thread(read_table, self.store, win[f"file:{key}"])
+            e = self._scored(m, window_id, win, table, _scores(role_table), labels, key)
+            await self._emit(e)
+            await self.state.save_role_scored(m.name, window_id, key, e.to_bytes())
+            if e.role == "challenger" and e.candidate_id:
+                await self.state.compare(m.name, e.candidate_id, window_id, _comparison(e, stable))
+        await self.state.raise_step(m.name, window_id, stable.coverage_step)
+        return stable
+
+    async def _emit(self, event: WindowScored) -> None:
         if not await self.state.published(event.id):
             await self.publish(event)
             await self.state.mark_published(event.id)
-            self.metrics.scored.labels(m.name, event.role).inc()
-        await self.state.save_scored(m.name, window_id, event.to_bytes())
-        await self.state.raise_step(m.name, window_id, event.coverage_step)
+            self.metrics.scored.labels(event.model, event.role).inc()
         self.metrics.observe(event)
-        return event
 
     def _scored(
         self,
@@ -238,19 +320,11 @@ class Monitor:
         window_id: str,
         win: dict[str, str],
         table: pa.Table,
-        delayed: dict[str, float],
+        scores: np.ndarray,
+        labels: np.ndarray,
+        role_key: str,
     ) -> WindowScored:
-        labels = np.asarray(table.column("label").to_numpy(), np.float64)
-        if delayed:
-            ids = table.column("example_id").to_pylist()
-            for i, x in enumerate(ids):
-                if x is not None and np.isnan(labels[i]) and x in delayed:
-                    labels[i] = delayed[x]
-        score_col = table.column("score")
-        if pa.types.is_list(score_col.type):
-            scores = np.asarray(score_col.to_pylist(), np.float64)
-        else:
-            scores = np.asarray(score_col.to_numpy(), np.float64)
+        role, _, candidate = role_key.partition(":")
         known = ~np.isnan(labels)
         n = len(labels)
         coverage = float(known.sum() / n) if n else 0.0
@@ -262,11 +336,13 @@ class Monitor:
         )
         estimated = quality.estimated(m.task, scores, m.threshold)
         slices = self._slices(m, table, scores, labels, known)
-        version = int(win["version"])
+        version = int(win["version"] if role == "stable" else win[f"version:{role_key}"])
         return WindowScored(
-            id=stable_id("score", m.name, window_id, win["validation_id"], version, step),
+            id=stable_id("score", m.name, window_id, win["validation_id"], role_key, version, step),
             model=m.name,
             version=version,
+            role=role,  # type: ignore[arg-type]
+            candidate_id=candidate or None,
             window_id=window_id,
             stream=win.get("stream", m.stream),
             window_start=_dt(int(win["start_ms"])) if win.get("start_ms") else None,
@@ -438,6 +514,38 @@ def summary(e: WindowScored) -> dict[str, Any]:
         "realized": e.metrics.realized,
         "estimated": e.metrics.estimated,
     }
+
+
+def _labels(table: pa.Table, delayed: dict[str, float]) -> np.ndarray:
+    """In-window labels, completed by the delayed ones joined by example id (NaN: none)."""
+    labels = np.asarray(table.column("label").to_numpy(), np.float64).copy()
+    if delayed:
+        for i, x in enumerate(table.column("example_id").to_pylist()):
+            if x is not None and np.isnan(labels[i]) and x in delayed:
+                labels[i] = delayed[x]
+    return labels
+
+
+def _scores(table: pa.Table) -> np.ndarray:
+    col = table.column("score")
+    if pa.types.is_list(col.type):
+        return np.asarray(col.to_pylist(), np.float64)
+    return np.asarray(col.to_numpy(), np.float64)
+
+
+def _comparison(challenger: WindowScored, stable: WindowScored) -> bytes:
+    return orjson.dumps(
+        {
+            "window_id": challenger.window_id,
+            "start": challenger.window_start.isoformat() if challenger.window_start else None,
+            "labelled": challenger.labelled_count,
+            "challenger": challenger.metrics.realized,
+            "stable": stable.metrics.realized,
+            "stable_version": stable.version,
+            "challenger_estimated": challenger.metrics.estimated,
+            "stable_estimated": stable.metrics.estimated,
+        }
+    )
 
 
 def _dt(ms: int) -> Any:

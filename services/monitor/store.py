@@ -25,6 +25,8 @@ from typing import Any
 
 import orjson
 
+from shared import keys
+
 _ATTACH = """
 local new = redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HDEL', KEYS[2], ARGV[1])
@@ -181,3 +183,31 @@ class QualityStore:
         for i in range(0, len(batch), CHUNK):
             await self.redis.hdel(self.k(model, "ids"), *batch[i : i + CHUNK])
         await self.redis.zrem(self.k(model, "open"), window_id)
+
+    # ------------------------------------------- roles (keys shared with the promoter)
+    async def note_members(self, model: str, members: list[str], start_ms: int) -> None:
+        """Where each window shard sits in event time (a challenger's evaluation window
+        is named by its shard)."""
+        if members:
+            await self.redis.hset(self.k(model, "members"), mapping={m: start_ms for m in members})
+
+    async def member_start(self, model: str, member: str) -> int | None:
+        v = await self.redis.hget(self.k(model, "members"), member)
+        return int(v) if v is not None else None
+
+    async def set_fields(self, model: str, window_id: str, fields: dict[str, str | int]) -> None:
+        await self.redis.hset(self.k(model, "win", window_id), mapping=fields)
+
+    async def watch(self, model: str) -> dict[str, Any] | None:
+        raw = await self.redis.get(keys.rollback_watch(model))
+        return dict(orjson.loads(raw)) if raw else None
+
+    async def challengers(self, model: str) -> dict[str, dict[str, Any]]:
+        raw = await self.redis.hgetall(keys.challengers(model))
+        return {k.decode(): dict(orjson.loads(v)) for k, v in raw.items()}
+
+    async def compare(self, model: str, candidate_id: str, window_id: str, entry: bytes) -> None:
+        await self.redis.hset(keys.challenger_scores(model, candidate_id), window_id, entry)
+
+    async def save_role_scored(self, model: str, window_id: str, role: str, event: bytes) -> None:
+        await self.redis.set(self.k(model, "scored", window_id, role), event)

@@ -24,12 +24,13 @@ from services.promoter.auth import Identity, TokenBook
 from services.promoter.core import Promoter, PromoterConfig
 from services.promoter.errors import NotFound, PromoterError
 from services.promoter.metrics import PromoterMetrics
+from services.promoter.quality import TASK_METRIC, RollbackPolicy
 from services.promoter.serving import ServingClient
 from services.promoter.settings import PromoterSettings
 from shared import topics
 from shared.config import CtrainConfig, config_of
 from shared.consume import Consumer, decode
-from shared.events import ModelCandidate, PromotionEvent
+from shared.events import ModelCandidate, PromotionEvent, WindowScored
 from shared.kafka import event_dead_letters, health, make_router, one_event_at_a_time
 from shared.metrics import Readiness, metrics_endpoint, new_registry
 from shared.periodic import every
@@ -81,6 +82,34 @@ def gate_from(
     return policies, frozenset(two), approvers
 
 
+def rollback_from(
+    cfg: CtrainConfig | None, settings: PromoterSettings, policies: dict[str, str]
+) -> dict[str, RollbackPolicy]:
+    """Each model's watch after a promotion: on by default where promotion is automatic
+    (no human looked), off where an approver decided, unless the models file says."""
+    out: dict[str, RollbackPolicy] = {}
+    models = cfg.models.items() if cfg else []
+    for name, m in models:
+        p = m.promotion
+        auto = policies.get(name, settings.default_policy) == "auto"
+        out[name] = RollbackPolicy(
+            enabled=p.auto_rollback if p.auto_rollback is not None else auto,
+            windows=p.rollback_windows or settings.rollback_windows,
+            margin=p.rollback_margin if p.rollback_margin is not None else settings.rollback_margin,
+            metric=TASK_METRIC[m.task],
+            min_coverage=settings.rollback_min_coverage,
+        )
+    for name, policy in policies.items():
+        if name not in out:
+            out[name] = RollbackPolicy(
+                enabled=policy == "auto",
+                windows=settings.rollback_windows,
+                margin=settings.rollback_margin,
+                min_coverage=settings.rollback_min_coverage,
+            )
+    return out
+
+
 def create_app(common: CommonSettings, settings: PromoterSettings) -> FastAPI:
     registry = new_registry()
     metrics = PromoterMetrics(registry)
@@ -91,7 +120,8 @@ def create_app(common: CommonSettings, settings: PromoterSettings) -> FastAPI:
     async def publish(ev: PromotionEvent) -> None:
         await router.broker.publish(ev.to_bytes(), topic=topics.PROMOTIONS, key=ev.key)
 
-    policies, two, approvers = gate_from(config_of(common), settings)
+    cfg = config_of(common)
+    policies, two, approvers = gate_from(cfg, settings)
     promoter = Promoter(
         redis=redis,
         serving=ServingClient(common.serving_grpc),
@@ -103,6 +133,7 @@ def create_app(common: CommonSettings, settings: PromoterSettings) -> FastAPI:
             approvers=approvers,
             available_timeout_s=settings.available_timeout_s,
             smoke_examples=settings.smoke_examples,
+            rollback=rollback_from(cfg, settings, policies),
         ),
         publish=publish,
         smoke=smoke_examples,
@@ -118,15 +149,30 @@ def create_app(common: CommonSettings, settings: PromoterSettings) -> FastAPI:
         event_dead_letters(router.broker, "promoter", settings.group_id),
     )
 
+    async def handle_quality(body: bytes) -> None:
+        await promoter.on_quality(decode(WindowScored, body))
+
+    quality_in = Consumer(
+        topics.QUALITY,
+        metrics.consumer,
+        event_dead_letters(router.broker, "promoter", settings.group_id),
+    )
+
     async def why_not_ready() -> str | None:
         # Serving unreachable is said as such (never as "no version behind the label").
-        return await health(redis, router.broker, candidates_in.outage) or (await promoter.health())
+        return await health(redis, router.broker, candidates_in.outage, quality_in.outage) or (
+            await promoter.health()
+        )
 
     ready = Readiness(registry, "promoter", why_not_ready)
 
     @one_event_at_a_time(router, topics.CANDIDATES, settings.group_id)
     async def on_candidate(msg: KafkaMessage) -> None:
         await candidates_in.consume(msg, handle_candidate)
+
+    @one_event_at_a_time(router, topics.QUALITY, settings.group_id)
+    async def on_quality(msg: KafkaMessage) -> None:
+        await quality_in.consume(msg, handle_quality)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -213,6 +259,8 @@ def create_app(common: CommonSettings, settings: PromoterSettings) -> FastAPI:
         return {
             **rec.to_public(),
             "metrics": {"overall": overall, "slices": slices},
+            # Live data since its evaluation, beside the serving version (the monitor).
+            "live": await promoter.quality.live(c.model, c.candidate_id),
             "trigger_reason": c.reason,
             "trigger_evidence": c.trigger_evidence,
             "lineage": {

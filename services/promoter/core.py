@@ -30,14 +30,17 @@ from services.promoter.errors import (
     ServingUnavailable,
 )
 from services.promoter.metrics import PromoterMetrics
+from services.promoter.quality import QualityGate, RollbackPolicy
 from services.promoter.serving import ModelLayout, ServingClient
 from services.promoter.store import CandidateStore, Record
 from shared import keys
 from shared.consume import outage_of, retry_outages
-from shared.events import ModelCandidate, PromotionEvent
+from shared.events import ModelCandidate, PromotionEvent, WindowScored
 from shared.ids import stable_id
 
 log = logging.getLogger(__name__)
+# Who the audit trail names for what the promoter does on live quality by itself.
+AUTO_ACTOR = "ctrain-monitor"
 Publish = Callable[[PromotionEvent], Awaitable[None]]
 
 
@@ -51,6 +54,8 @@ class PromoterConfig:
     approvers: dict[str, frozenset[str]] = field(default_factory=dict)
     available_timeout_s: float = 120.0
     smoke_examples: int = 4
+    # model -> how a promotion is watched on live quality (absent: not watched)
+    rollback: dict[str, RollbackPolicy] = field(default_factory=dict)
 
 
 class Promoter:
@@ -72,6 +77,7 @@ class Promoter:
         self.publish = publish
         self.smoke = smoke
         self.metrics = metrics or PromoterMetrics(CollectorRegistry())
+        self.quality = QualityGate(redis, config.rollback)
         self.tasks: set[asyncio.Task[None]] = set()
         self._promoting: set[str] = set()
         self.outage_backoff_s = outage_backoff_s  # first wait when a promotion meets an outage
@@ -141,9 +147,13 @@ class Promoter:
             await self.store.transition(c.candidate_id, "auto", "gate", "blessed; policy auto")
             self._spawn(self.promote(c.candidate_id, "gate", "auto"))
         else:
-            await self.store.transition(
+            done, _ = await self.store.transition(
                 c.candidate_id, "await_approval", "gate", "blessed; policy manual"
             )
+            rec = await self._get(c.candidate_id)
+            if rec.state == "pending_approval":
+                # Scored on live data beside stable while it waits (the monitor).
+                await self.quality.offer(c)
         return await self._get(c.candidate_id)
 
     async def _get(self, cid: str) -> Record:
@@ -324,6 +334,8 @@ class Promoter:
         await self.store.transition(cid, "served", actor, f"stable -> version {version}")
         self.metrics.promotion_seconds.observe(time.perf_counter() - started)
         self._label_gauges(model, labels)
+        if stable is not None and int(stable) != version:
+            await self.quality.start_watch(model, version, int(stable), cid)
         await self._event(await self._get(cid), decision, actor, "promoted", version, labels)
 
     def _next_version(self, model: str, prior: dict[str, Any]) -> int:
@@ -355,6 +367,39 @@ class Promoter:
     ) -> dict[str, Any]:
         TokenBook.require(who, "approver")
         self._may_decide(model, who)
+        return await self._roll_back(model, who.name, reason, target)
+
+    async def on_quality(self, ev: WindowScored) -> str | None:
+        """A scored window of a watched promotion: roll back when the new stable was worse
+        than the version it replaced on all the watched windows ("rollback"), end the
+        watch when it was not ("keep"); None while the watch goes on."""
+        got = await self.quality.observe(ev)
+        if got is None:
+            return None
+        watch, verdict, evidence = got
+        model = ev.model
+        if verdict == "rollback":
+            try:
+                await self._roll_back(
+                    model, AUTO_ACTOR, f"automatic rollback: {evidence}", int(watch["previous"])
+                )
+            except Conflict as e:
+                # Rolled back already (this event handled again), or by an operator.
+                log.warning("automatic rollback not needed", extra={"model": model, "why": str(e)})
+            else:
+                self.metrics.auto_rollbacks.labels(model).inc()
+        else:
+            await self.store.note(
+                str(watch.get("candidate", "")), model, AUTO_ACTOR, "keep", evidence
+            )
+        await self.quality.end_watch(model)
+        self.metrics.watches.labels(model, verdict).inc()
+        log.info("promotion watch ended", extra={"model": model, "verdict": verdict})
+        return verdict
+
+    async def _roll_back(
+        self, model: str, actor: str, reason: str, target: int | None
+    ) -> dict[str, Any]:
         layout = (await self.layouts()).get(model)
         if not layout or "stable" not in layout["labels"]:
             raise NotFound(f"model {model!r} has no stable version to roll back")
@@ -376,16 +421,17 @@ class Promoter:
         self._label_gauges(model, new["labels"])
         by_version = layout.get("by_version", {})
         if by_version.get(str(current)):
-            await self.store.transition(by_version[str(current)], "roll_back", who.name, reason)
+            await self.store.transition(by_version[str(current)], "roll_back", actor, reason)
         target_cid = by_version.get(str(goal))
         if target_cid:
-            await self.store.transition(target_cid, "restore", who.name, reason)
+            await self.store.transition(target_cid, "restore", actor, reason)
             tgt = await self.store.get(target_cid)
             if tgt is not None:
                 await self.redis.set(keys.serving_model_uri(model), tgt.candidate.model_uri)
                 await self.redis.set(
                     keys.serving_windows(model), orjson.dumps(tgt.candidate.windows)
                 )
+        await self.quality.end_watch(model)
         self.metrics.promotions.labels("rolled_back").inc()
         await self.publish(
             PromotionEvent(
@@ -393,7 +439,7 @@ class Promoter:
                 candidate_id=by_version.get(str(current), ""),
                 model=model,
                 decision="rolled_back",
-                actor=who.name,
+                actor=actor,
                 reason=reason,
                 version=goal,
                 labels=new["labels"],
@@ -443,6 +489,8 @@ class Promoter:
             "versions": layout["versions"],
             "labels": layout["labels"],
             "candidates": layout.get("by_version", {}),
+            # A promotion being watched on live quality (None: none).
+            "watch": await self.quality.watch(model),
             **await self._serving_view(model),
         }
 
@@ -477,6 +525,7 @@ class Promoter:
         count: bool = True,
     ) -> None:
         c = rec.candidate
+        await self.quality.withdraw(c.model, c.candidate_id)  # decided: no challenger now
         if count:
             self.metrics.promotions.labels(decision).inc()
         await self.publish(

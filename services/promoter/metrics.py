@@ -11,6 +11,19 @@ class PromoterMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         # How its event consumers settle records: retries, dead letters, outages.
         self.consumer = ConsumerMetrics(registry, "promoter")
+        self.auto_rollbacks = Counter(
+            "ctrain_promoter_auto_rollbacks_total",
+            "Promotions rolled back by the promoter itself: the new stable was worse on live "
+            "data than the version it replaced, on every watched window.",
+            ["model"],
+            registry=registry,
+        )
+        self.watches = Counter(
+            "ctrain_promoter_rollback_watches_total",
+            "Watched promotions that ended, by verdict (keep, rollback).",
+            ["model", "verdict"],
+            registry=registry,
+        )
         self.promotions = Counter(
             "ctrain_promoter_promotions_total",
             "Promotion events, by decision (auto, approved, rejected, rolled_back, failed, ...).",

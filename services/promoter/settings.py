@@ -33,6 +33,21 @@ class PromoterSettings(StrictSettings):
     smoke_examples: int = Field(
         default=4, ge=1, description="Examples from the eval window sent as the smoke prediction."
     )
+    rollback_windows: int = Field(
+        default=3,
+        ge=1,
+        description="Labelled windows a promotion is watched on (new stable beside the version "
+        "it replaced) before it is kept or rolled back.",
+    )
+    rollback_margin: float = Field(
+        default=0.02,
+        ge=0,
+        description="Rolled back when worse than the replaced version by more than this on all "
+        "watched windows.",
+    )
+    rollback_min_coverage: float = Field(
+        default=0.5, ge=0, le=1, description="Label coverage from which a window counts."
+    )
     http_host: str = Field(default="127.0.0.1", description="Bind address of the approval API.")
     http_port: int = Field(default=8084, ge=0, description="Port of the approval API.")
 

