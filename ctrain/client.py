@@ -114,6 +114,9 @@ class PromoterClient(_Api):
             body["version"] = version
         return dict(self.call("POST", f"/v1/models/{model}/rollback", json=body))
 
+    def audit(self, count: int = 100) -> list[Any]:
+        return list(self.call("GET", "/v1/audit", params={"count": count})["entries"])
+
     def model(self, name: str) -> dict[str, Any] | None:
         try:
             return dict(self.call("GET", f"/v1/models/{name}"))
@@ -155,6 +158,16 @@ class ValidatorClient(_Api):
     def windows(self, stream: str, limit: int = 20) -> list[Any]:
         params: dict[str, Any] = {"stream": stream, "limit": limit}
         return list(self.call("GET", "/v1/windows", params=params)["windows"])
+
+
+class MonitorClient(_Api):
+    def quality(self, model: str, limit: int = 20) -> list[Any]:
+        params: dict[str, Any] = {"model": model, "limit": limit}
+        return list(self.call("GET", "/v1/quality", params=params)["windows"])
+
+
+def monitor(state: dict[str, Any] | None = None) -> MonitorClient:
+    return MonitorClient(service_url("monitor", state))
 
 
 def promoter(role: str = "viewer", state: dict[str, Any] | None = None) -> PromoterClient:

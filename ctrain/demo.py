@@ -31,7 +31,14 @@ import pyarrow.compute as pc
 from ctrain import client, devstack
 from ctrain.loop import EventTail, LoopError, LoopState, headline, predict_stable
 from shared.config import load_config
-from shared.events import Event, ModelCandidate, PromotionEvent, TrainingRun, WindowClosed
+from shared.events import (
+    Event,
+    ModelCandidate,
+    PromotionEvent,
+    TrainingRun,
+    WindowClosed,
+    WindowScored,
+)
 from shared.settings import CommonSettings
 
 T = TypeVar("T")
@@ -558,9 +565,27 @@ def describe(ev: Event) -> str:
             f"[bold green]promotion[/bold green] {ev.candidate_id} {ev.decision} by {ev.actor}"
             f"{f' -> {labels}' if labels else ''} ({ev.reason})"
         )
+    if isinstance(ev, WindowScored):
+        return describe_scored(ev)
     if isinstance(ev, DeadLetter):
         return f"[red]dead letter[/red] {ev.reason}: {ev.message}"
     return f"{type(ev).__name__}"
+
+
+def describe_scored(ev: WindowScored) -> str:
+    """The monitor's score of a window: realized on its labels, estimated without them."""
+    real, est = ev.metrics.realized, ev.metrics.estimated
+    key = next((k for k in ("auc", "accuracy", "rmse") if k in real or k in est), None)
+    if key is None:
+        return f"[blue]quality[/blue] {ev.window_id}: no metric"
+    who = f"challenger {ev.candidate_id}" if ev.role == "challenger" else f"{ev.role} v{ev.version}"
+    start = f"{ev.window_start:%Y-%m-%d}" if ev.window_start else ev.window_id
+    shown = f"{key} {real[key]:.3f}" if key in real else "no labels yet"
+    guess = f", estimated {est[key]:.3f}" if key in est else ""
+    return (
+        f"[blue]quality[/blue] {who} on {start}: {shown}{guess} "
+        f"({ev.label_coverage:.0%} of {ev.example_count:,} labelled)"
+    )
 
 
 def retrying(fn: Callable[[], T], timeout: float, what: str) -> T:

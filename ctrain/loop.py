@@ -28,6 +28,7 @@ from shared.events import (
     PromotionEvent,
     TrainingRun,
     WindowClosed,
+    WindowScored,
     WindowValidated,
     parse_event,
 )
@@ -40,6 +41,7 @@ WATCHED = (
     topics.TRAINING,
     topics.CANDIDATES,
     topics.PROMOTIONS,
+    topics.QUALITY,
 )
 
 
@@ -54,6 +56,8 @@ class LoopState:
     runs: dict[str, list[TrainingRun]] = field(default_factory=dict)
     candidates: dict[str, ModelCandidate] = field(default_factory=dict)
     promotions: list[PromotionEvent] = field(default_factory=list)
+    # The monitor's scores (a window is scored again as its labels arrive).
+    scored: list[WindowScored] = field(default_factory=list)
     dlq: list[DeadLetter] = field(default_factory=list)
     window_dlq: list[dict[str, Any]] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
@@ -86,6 +90,9 @@ class LoopState:
         elif isinstance(ev, PromotionEvent):
             if not any(p.id == ev.id for p in self.promotions):
                 self.promotions.append(ev)
+        elif isinstance(ev, WindowScored):
+            if not any(x.id == ev.id for x in self.scored):
+                self.scored.append(ev)
         elif isinstance(ev, DeadLetter):
             if not any(d.id == ev.id for d in self.dlq):
                 self.dlq.append(ev)

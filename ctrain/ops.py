@@ -85,6 +85,16 @@ def summary(d: Any) -> None:
     for c in loop.candidates.values():
         t.add_row("candidate", f"{c.candidate_id}: {'blessed' if c.blessed else 'not blessed'}")
     t.add_row("stable", f"v{loop.stable_version(p.model)}")
+    latest: dict[tuple[str, str], Any] = {}
+    for e in loop.scored:  # the last score of each window by each version
+        latest[(e.window_id, e.role + (e.candidate_id or str(e.version)))] = e
+    for e in sorted(latest.values(), key=lambda e: (str(e.window_start or ""), e.role)):
+        from ctrain.demo import describe_scored
+
+        t.add_row("live quality", describe_scored(e).removeprefix("[blue]quality[/blue] "))
+    for pr in loop.promotions:
+        if pr.decision == "rolled_back":
+            t.add_row("rollback", f"by {pr.actor}: {pr.reason}")
     if p.drift_started and p.stable_moved:
         t.add_row(
             "drift → stable",
@@ -162,9 +172,51 @@ def gather_status(args: argparse.Namespace, state: dict[str, Any] | None) -> dic
     try:
         out["candidates"] = pc.candidates(model=args.model)
         out["serving"] = pc.model(args.model)
+        out["rollbacks"] = [
+            a
+            for a in pc.audit(200)
+            if a.get("model") == args.model and a.get("action") == "roll_back"
+        ][:3]
     finally:
         pc.close()
+    out["quality"] = _quality(args, state)
     return out
+
+
+def _quality(args: argparse.Namespace, state: dict[str, Any] | None) -> list[Any] | None:
+    """The monitor's view, or None where no monitor runs (a stack without it)."""
+    try:
+        mc = client.monitor(state)
+    except RuntimeError:
+        return None
+    try:
+        return mc.quality(args.model, limit=args.windows)
+    finally:
+        mc.close()
+
+
+def _quality_table(rows: list[Any], model: str) -> None:
+    t = Table(
+        "window", "start", "version", "examples", "labelled", "realized", "estimated",
+        title=f"live quality of {model} (monitor)",
+    )  # fmt: skip
+    for r in rows:
+        main = "auc" if "auc" in r["realized"] or "auc" in r["estimated"] else None
+        main = main or next(iter(r["realized"] or r["estimated"] or {"-": 0}))
+
+        def fmt(m: dict[str, float], key: str | None = main) -> str:
+            return f"{key} {m[key]:.3f}" if key in m else "-"
+
+        t.add_row(
+            r["window_id"],
+            (r.get("start") or "")[:10],
+            f"v{r['version']}",
+            str(r["examples"]),
+            f"{r['label_coverage']:.0%}",
+            fmt(r["realized"]),
+            fmt(r["estimated"]),
+        )
+    console.print(t)
 
 
 def status(args: argparse.Namespace) -> int:
@@ -198,6 +250,16 @@ def status(args: argparse.Namespace) -> int:
         labels = ", ".join(f"{k}=v{v}" for k, v in model["labels"].items())
         states = ", ".join(f"v{k} {s}" for k, s in model["serving_reports"].items())
         console.print(f"serving {args.model}: versions {model['versions']}; {labels}; {states}")
+        watch = model.get("watch")
+        if watch:
+            console.print(
+                f"watching v{watch['stable']} against v{watch['previous']} on live data: "
+                f"{len(watch.get('windows', {}))} window(s) so far"
+            )
+    if data.get("quality"):
+        _quality_table(data["quality"], args.model)
+    for a in data.get("rollbacks") or []:
+        console.print(f"[yellow]rolled back[/yellow] by {a['actor']}: {a['reason']}")
     return 0
 
 
@@ -352,6 +414,9 @@ def _show(c: dict[str, Any]) -> None:
             change = f"{cand - base:+.4f}" if base is not None else "-"
             t.add_row(slice_name, k, f"{cand:.4f}", "-" if base is None else f"{base:.4f}", change)
     console.print(t)
+    live = c.get("live")
+    if live:
+        console.print(f"live data: {live['summary']}")
     lin = c.get("lineage", {})
     evals = lin.get("eval_windows") or [lin.get("eval_window")]
     console.print(

@@ -29,7 +29,7 @@ TASK_METRIC = {"binary": "auc", "multiclass": "accuracy", "regression": "rmse"}
 
 @dataclass(frozen=True)
 class RollbackPolicy:
-    """How a promotion is watched (per model; docs/promoter.md)."""
+    """How a promotion is watched (per model; docs/monitor.md)."""
 
     enabled: bool = False
     windows: int = 3

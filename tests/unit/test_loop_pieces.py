@@ -216,3 +216,49 @@ def test_demo_summary_counts_judged_periods(monkeypatch: pytest.MonkeyPatch) -> 
     ops.summary(demo)
     assert "3 judged (1 drifted or skewed), 0 windows" in screen.getvalue()
     assert loop.judged_windows() == {"w0", "w1", "w2"} and loop.validations == {}
+
+
+def test_demo_shows_live_quality_and_a_rollback(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from ctrain import ops
+    from ctrain.demo import Progress, describe
+    from ctrain.loop import LoopState
+    from shared.events import PromotionEvent, QualityMetrics, WindowScored
+
+    loop = LoopState()
+    start = datetime(2014, 4, 1, tzinfo=UTC)
+    for step, auc in ((0.0, None), (0.9, 0.912)):
+        loop.add(
+            WindowScored(
+                id=f"s{step}", model="taxi", version=2, window_id="period-1", stream="taxi",
+                window_start=start, example_count=1000, labelled_count=int(step * 1000),
+                label_coverage=step, coverage_step=step,
+                metrics=QualityMetrics(realized={"auc": auc} if auc else {},
+                                       estimated={"auc": 0.901}),
+            ),
+            0.0,
+        )  # fmt: skip
+    loop.add(
+        PromotionEvent(id="p", candidate_id="c", model="taxi", decision="rolled_back",
+                       actor="ctrain-monitor", reason="automatic rollback: worse", version=1),
+        0.0,
+    )  # fmt: skip
+    assert describe(loop.scored[0]) == (
+        "[blue]quality[/blue] stable v2 on 2014-04-01: no labels yet, estimated 0.901 "
+        "(0% of 1,000 labelled)"
+    )
+    screen = io.StringIO()
+    monkeypatch.setattr(ops, "console", Console(file=screen, width=200))
+    demo = SimpleNamespace(progress=Progress(), tail=SimpleNamespace(state=loop),
+                           opts=SimpleNamespace(keep=False))  # fmt: skip
+    ops.summary(demo)
+    text = screen.getvalue()
+    # The last score of the window only, and the rollback with its actor.
+    assert "stable v2 on 2014-04-01: auc 0.912, estimated 0.901 (90% of 1,000 labelled)" in text
+    assert "no labels yet" not in text
+    assert "by ctrain-monitor: automatic rollback: worse" in text
