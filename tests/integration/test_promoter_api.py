@@ -145,6 +145,22 @@ def test_approval_api(kafka: str, redis_url: str, tmp_path: Path) -> None:
     assert ok["metrics"]["overall"]["auc"] == {"candidate": 0.8, "baseline": 0.79}
     assert ok["lineage"]["windows"] == ["w1", "w2"] and ok["trigger_reason"] == "drift"
     assert ok["trigger_evidence"] == {"w2": ["payment_type drift linf 0.069 > 0.06"]}
+    # Waiting for approval, it is offered to the monitor; what the monitor measured on
+    # live data since its evaluation is shown beside stable.
+    import redis as sync_redis
+
+    from shared import keys
+
+    r_ = sync_redis.Redis.from_url(redis_url)
+    offered = json.loads(r_.hget(keys.challengers(m), "c-ok") or b"{}")
+    assert offered["model_uri"] == str(saved)
+    assert ok["live"]["summary"] == "not scored on live data yet"
+    for i, (c, s) in enumerate(((0.95, 0.93), (0.96, 0.94))):
+        entry = {"window_id": f"p{i}", "start": f"2014-0{i + 1}", "labelled": 500,
+                 "challenger": {"auc": c}, "stable": {"auc": s}}  # fmt: skip
+        r_.hset(keys.challenger_scores(m, "c-ok"), f"p{i}", json.dumps(entry))
+    ok = httpx.get(f"{url}/v1/candidates/c-ok", headers=H("tok-viewer")).json()
+    assert ok["live"]["summary"] == "on 2 windows since its evaluation: AUC 0.955 vs 0.935 (stable)"
 
     # only an admin overrides a rejection; a reject of a rejected candidate is 409
     r = httpx.post(
