@@ -98,7 +98,8 @@ def load_window(store: ArtifactStore, v: WindowValidated, model: ModelView) -> W
         else:
             found = _ids_of_member(store, uri, t.num_rows)
             ids = None if ids is None or found is None else ids + found
-    table = pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
+    # Every shard of a stream is written with the schema's one Arrow schema.
+    table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
     labelled = np.ones(table.num_rows, dtype=bool)
     for name in model.label_inputs(table.column_names):
         if name not in table.column_names:

@@ -253,6 +253,31 @@ def write_window(
     return v, [example_id(TOPIC, partition, o) for o in offsets]
 
 
+def write_period(
+    root: Path, parts: list[tuple[pa.Table, int, int]]
+) -> tuple[WindowValidated, list[str]]:
+    """A period of several partitions' windows (as the validator judges it), from
+    (rows, partition, first offset) per member; returns the event and the ids in order."""
+    members: list[MemberWindow] = []
+    ids: list[str] = []
+    first_v: WindowValidated | None = None
+    for table, partition, first in parts:
+        v, member_ids = write_window(root, table, table.num_rows, partition, first)
+        members += v.members
+        ids += member_ids
+        first_v = first_v or v
+    assert first_v is not None
+    period = first_v.model_copy(
+        update={
+            "id": stable_id("val", "period", *[m.window_id for m in members]),
+            "window_id": stable_id("period", *[m.window_id for m in members]),
+            "members": members,
+            "example_count": sum(m.example_count for m in members),
+        }
+    )
+    return period, ids
+
+
 @pytest.fixture
 def redis(redis_url: str) -> Iterator[Redis]:
     """A client for the test's one event loop (asyncio.run), on an emptied database."""
@@ -282,7 +307,13 @@ def test_labelled_windows_scored_through_serving(
     async def go() -> list[WindowScored]:
         out = []
         for i, q in enumerate(quarters):
-            v, _ = write_window(tmp_path, q, q.num_rows, first=i * 10_000)
+            if i < 2:
+                v, _ = write_window(tmp_path, q, q.num_rows, first=i * 10_000)
+            else:  # a period of two partitions' windows
+                half = q.num_rows // 2
+                parts = [(q.slice(0, half), 0, i * 10_000), (q.slice(half), 1, i * 10_000)]
+                v, ids = write_period(tmp_path, parts)
+                assert len(ids) == q.num_rows and len(set(ids)) == q.num_rows
             e = await r.monitor.on_validation(v)
             assert e is not None
             out.append(e)
