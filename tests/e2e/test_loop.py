@@ -10,6 +10,7 @@ Redis, the embedded model server and kfp.local.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 from pathlib import Path
@@ -20,7 +21,9 @@ from rich.console import Console
 
 from ctrain import cli, client, ops
 from ctrain.demo import Demo, DemoOptions
+from shared import topics
 from shared.events import ModelCandidate
+from shared.kafka import read_to_end
 from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -144,11 +147,21 @@ def test_drift_retrains_and_the_approved_model_serves(
         assert model is not None and model["labels"]["stable"] == 2
         assert model["serving_reports"]["2"] == "AVAILABLE"
         _no_duplicates(d)
+        # The monitor scored every period judged while v1 served (2014: data the model
+        # never saw), on the trips' own labels, through serving; nothing dead-lettered.
+        by_v1 = {e.window_id: e for e in s.scored if e.role == "stable" and e.version == 1}
+        assert len(by_v1) >= 3, [(e.window_id, e.version, e.role) for e in s.scored]
+        for e in by_v1.values():
+            assert e.label_coverage == 1.0 and 0.7 < e.metrics.realized["auc"] <= 1.0, e
+            assert abs(e.metrics.estimated["auc"] - e.metrics.realized["auc"]) < 0.1, e
+        letters = asyncio.run(read_to_end(d.state["kafka"], topics.EVENTS_DLQ))
+        assert letters == [], [r.value[:300] for r in letters]
         # The operator's one view, then a rollback from the CLI: v1 answers again.
         assert cli.main(["status"]) == 0
         out = screen.getvalue()
         assert "skew" in out and "stable=v2" in out and drift_run in out
         assert "trigger of taxi:" in out and "budget left" in out
+        assert "live quality of taxi (monitor)" in out
         assert cli.main(["rollback", "--reason", "e2e: back to v1"]) == 0
         assert d.predict(d.load()[1].slice(0, 2))[0] == 1
     finally:
