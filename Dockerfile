@@ -10,7 +10,7 @@
 #   docker build --target modelserver -t ctrain-modelserver .   # dev-only TF Serving stand-in
 #
 # Each target installs only its service's extra from pyproject.toml, pinned by
-# constraints.txt, with uv; the dependency layer is cached apart from the source.
+# uv.lock, with uv; the dependency layer is cached apart from the source.
 # Runtime images: python:3.11-slim, a non-root user (10001), no compiler, no uv.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
@@ -27,32 +27,33 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 FROM base AS builder
 ARG UV_VERSION=0.13.9
 RUN pip install --no-cache-dir "uv==${UV_VERSION}"
-ENV UV_COMPILE_BYTECODE=1 UV_LINK_MODE=copy UV_PYTHON_DOWNLOADS=never
+ENV UV_COMPILE_BYTECODE=1 UV_LINK_MODE=copy UV_PYTHON_DOWNLOADS=never \
+    UV_PROJECT_ENVIRONMENT=/opt/venv
 WORKDIR /src
-COPY pyproject.toml constraints.txt README.md ./
+COPY pyproject.toml uv.lock README.md ./
 RUN uv venv /opt/venv --python /usr/local/bin/python3.11
 
-# One dependency stage per extra: `-r pyproject.toml --extra X` installs the
-# extra's dependencies without the project, so source edits keep this layer.
+# One dependency stage per extra: `uv sync --no-install-project --extra X` installs
+# the extra's locked dependencies without the project, so source edits keep this layer.
 FROM builder AS deps-ingest
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv pip install -p /opt/venv/bin/python -c constraints.txt -r pyproject.toml --extra ingest
+    uv sync --frozen --no-install-project --no-dev --extra ingest
 
 FROM builder AS deps-validator
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv pip install -p /opt/venv/bin/python -c constraints.txt -r pyproject.toml --extra validator
+    uv sync --frozen --no-install-project --no-dev --extra validator
 
 FROM builder AS deps-trigger
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv pip install -p /opt/venv/bin/python -c constraints.txt -r pyproject.toml --extra trigger
+    uv sync --frozen --no-install-project --no-dev --extra trigger
 
 FROM builder AS deps-promoter
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv pip install -p /opt/venv/bin/python -c constraints.txt -r pyproject.toml --extra promoter
+    uv sync --frozen --no-install-project --no-dev --extra promoter
 
 FROM builder AS deps-monitor
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv pip install -p /opt/venv/bin/python -c constraints.txt -r pyproject.toml --extra monitor
+    uv sync --frozen --no-install-project --no-dev --extra monitor
 
 # ---------------------------------------------------------------- runtime base
 FROM base AS runtime

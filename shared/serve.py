@@ -65,3 +65,37 @@ def answer_outages_with_503(app: Any) -> None:
 
     for kind in OUTAGE_TYPES:
         app.add_exception_handler(kind, unavailable)
+
+
+def service_routes(
+    app: Any,
+    registry: Any,
+    ready: Any,
+    root_error: type[Exception],
+    ok: dict[str, Any] | None = None,
+) -> None:
+    """What every event-driven service's app serves besides its own API: ``/metrics``,
+    ``/livez``, ``/healthz`` (503 naming what is down, from ``ready()``), outages as 503,
+    and its root exception as ``{"error", "detail"}`` with the class's ``status_code``."""
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+
+    from shared.metrics import metrics_endpoint
+
+    app.add_route("/metrics", metrics_endpoint(registry), methods=["GET"])
+    app.add_route("/livez", livez, methods=["GET"])
+    answer_outages_with_503(app)
+
+    async def error(_: Request, exc: Exception) -> JSONResponse:
+        status = int(getattr(exc, "status_code", 500))
+        return JSONResponse({"error": type(exc).__name__, "detail": str(exc)}, status)
+
+    app.add_exception_handler(root_error, error)
+
+    async def healthz(_: Request) -> JSONResponse:
+        reason = await ready()
+        if reason:
+            return JSONResponse({"status": "down", "reason": reason}, 503)
+        return JSONResponse({"status": "ok", **(ok or {})})
+
+    app.add_route("/healthz", healthz, methods=["GET"])

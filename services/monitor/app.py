@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
 
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Query
 from fastapi.responses import JSONResponse, Response
 from faststream.kafka.fastapi import KafkaMessage
 
@@ -32,10 +32,10 @@ from shared.config import config_of, model_settings
 from shared.consume import Consumer, Record, decode
 from shared.events import EventDeadLetter, LabelRecord, WindowScored, WindowValidated
 from shared.kafka import event_dead_letters, health, make_router, one_event_at_a_time
-from shared.metrics import Readiness, metrics_endpoint, new_registry
+from shared.metrics import Readiness, new_registry
 from shared.periodic import every
 from shared.redis import make_redis
-from shared.serve import answer_outages_with_503, livez
+from shared.serve import service_routes
 from shared.settings import CommonSettings, SettingsError
 
 log = logging.getLogger(__name__)
@@ -150,20 +150,7 @@ def create_app(common: CommonSettings, settings: MonitorSettings) -> FastAPI:
 
     app = FastAPI(title="ctrain monitor", version="0.1.0", lifespan=lifespan)
     app.include_router(router)
-    app.add_route("/metrics", metrics_endpoint(registry), methods=["GET"])
-    app.add_route("/livez", livez, methods=["GET"])
-    answer_outages_with_503(app)
-
-    @app.exception_handler(MonitorError)
-    async def _err(_: Request, exc: MonitorError) -> JSONResponse:
-        return JSONResponse({"error": type(exc).__name__, "detail": str(exc)}, exc.status_code)
-
-    @app.get("/healthz")
-    async def healthz() -> JSONResponse:
-        reason = await ready()
-        if reason:
-            return JSONResponse({"status": "down", "reason": reason}, 503)
-        return JSONResponse({"status": "ok", "models": sorted(models)})
+    service_routes(app, registry, ready, MonitorError, ok={"models": sorted(models)})
 
     @app.get("/v1/quality")
     async def quality_over_windows(

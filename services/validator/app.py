@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import orjson
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Query
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from faststream.kafka.fastapi import KafkaMessage
 
@@ -40,10 +40,10 @@ from shared.events import (
     WindowValidated,
 )
 from shared.kafka import SourceOffsets, health, make_router, one_event_at_a_time
-from shared.metrics import Readiness, metrics_endpoint, new_registry
+from shared.metrics import Readiness, new_registry
 from shared.periodic import every
 from shared.redis import make_redis
-from shared.serve import answer_outages_with_503, livez
+from shared.serve import service_routes
 from shared.settings import CommonSettings
 
 log = logging.getLogger(__name__)
@@ -154,20 +154,7 @@ def create_app(common: CommonSettings, settings: ValidatorSettings) -> FastAPI:
 
     app = FastAPI(title="ctrain validator", version="0.1.0", lifespan=lifespan)
     app.include_router(router)
-    app.add_route("/metrics", metrics_endpoint(registry), methods=["GET"])
-    app.add_route("/livez", livez, methods=["GET"])
-    answer_outages_with_503(app)
-
-    @app.exception_handler(ValidatorError)
-    async def _err(_: Request, exc: ValidatorError) -> JSONResponse:
-        return JSONResponse({"error": type(exc).__name__, "detail": str(exc)}, exc.status_code)
-
-    @app.get("/healthz")
-    async def healthz() -> JSONResponse:
-        reason = await ready()
-        if reason:
-            return JSONResponse({"status": "down", "reason": reason}, 503)
-        return JSONResponse({"status": "ok"})
+    service_routes(app, registry, ready, ValidatorError)
 
     async def find(window_id: str) -> Any:
         ref = await validator.index.get(window_id)

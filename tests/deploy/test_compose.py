@@ -200,7 +200,7 @@ def test_dockerfile_target_per_service(name: str) -> None:
     deps = stage_chain(stages, f"build-{name}")[1]
     assert deps.name == f"deps-{name}"
     (run,) = deps.all("RUN")
-    assert re.search(rf"-c constraints.txt -r pyproject.toml --extra {name}$", run)
+    assert re.search(rf"uv sync --frozen --no-install-project --no-dev --extra {name}$", run)
     assert name in pyproject_extras()
     assert stage_chain(stages, name)[-1].base.startswith("${PYTHON_IMAGE}")
 
