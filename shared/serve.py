@@ -99,3 +99,42 @@ def service_routes(
         return JSONResponse({"status": "ok", **(ok or {})})
 
     app.add_route("/healthz", healthz, methods=["GET"])
+
+
+DOCS_ASSETS = "/docs-assets"
+
+
+def service_app(title: str, lifespan: Any, description: str | None = None) -> Any:
+    """A service's FastAPI app whose ``/docs`` needs no network: the Swagger UI scripts and
+    styles come from the ``swagger-ui-bundle`` wheel, served by the app itself (FastAPI's
+    default page loads them from a CDN, which a cluster without internet never reaches).
+    ``/redoc`` is off for the same reason."""
+    import swagger_ui_bundle
+    from fastapi import FastAPI
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+    from starlette.requests import Request
+
+    app = FastAPI(
+        title=title,
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        description=description or "",
+    )
+    app.mount(
+        DOCS_ASSETS, StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets"
+    )
+
+    async def docs(_: Request) -> Any:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{title} — API",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
+        )
+
+    app.add_route("/docs", docs, methods=["GET"], include_in_schema=False)
+    return app

@@ -33,7 +33,7 @@ from shared.config import config_of, model_settings
 from shared.kafka import make_consumer, make_producer
 from shared.metrics import metrics_endpoint, new_registry
 from shared.schema import example_spec, load_schema
-from shared.serve import livez
+from shared.serve import livez, service_app
 from shared.settings import CommonSettings, SettingsError
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ def create_app(common: CommonSettings, settings: IngestSettings) -> FastAPI:
                 await producer.stop()
                 log.info("ingest stopped cleanly")
 
-    app = FastAPI(title="ctrain ingest", version="0.1.0", lifespan=lifespan)
+    app = service_app("ctrain ingest", lifespan)
     app.state.metrics = metrics
     app.state.registry = registry
 

@@ -35,7 +35,7 @@ from shared.kafka import event_dead_letters, health, make_router, one_event_at_a
 from shared.metrics import Readiness, new_registry
 from shared.periodic import every
 from shared.redis import make_redis
-from shared.serve import service_routes
+from shared.serve import service_app, service_routes
 from shared.settings import CommonSettings, SettingsError
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ def create_app(common: CommonSettings, settings: MonitorSettings) -> FastAPI:
                 readiness.cancel()
                 await scorer.close()
 
-    app = FastAPI(title="ctrain monitor", version="0.1.0", lifespan=lifespan)
+    app = service_app("ctrain monitor", lifespan)
     app.include_router(router)
     service_routes(app, registry, ready, MonitorError, ok={"models": sorted(models)})
 

@@ -35,7 +35,7 @@ from shared.kafka import event_dead_letters, health, make_router, one_event_at_a
 from shared.metrics import Readiness, metrics_endpoint, new_registry
 from shared.periodic import every
 from shared.redis import make_redis
-from shared.serve import answer_outages_with_503, livez
+from shared.serve import answer_outages_with_503, livez, service_app
 from shared.settings import CommonSettings
 
 log = logging.getLogger(__name__)
@@ -197,10 +197,9 @@ def create_app(common: CommonSettings, settings: PromoterSettings) -> FastAPI:
                 task.cancel()
         await promoter.serving.close()
 
-    app = FastAPI(
-        title="ctrain promoter — approval API",
-        version="0.1.0",
-        lifespan=lifespan,
+    app = service_app(
+        "ctrain promoter — approval API",
+        lifespan,
         description="Candidates, approvals, rollbacks and the audit trail. "
         "Authenticate with `Authorization: Bearer <token>`.",
     )

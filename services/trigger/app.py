@@ -45,7 +45,7 @@ from shared.metrics import Readiness, metrics_endpoint, new_registry
 from shared.periodic import every
 from shared.redis import make_redis
 from shared.schema import SchemaError, load_schema
-from shared.serve import answer_outages_with_503, livez
+from shared.serve import answer_outages_with_503, livez, service_app
 from shared.settings import CommonSettings, SettingsError
 
 log = logging.getLogger(__name__)
@@ -288,7 +288,7 @@ def create_app(common: CommonSettings, settings: TriggerSettings) -> FastAPI:
             for task in followers():
                 task.cancel()  # the run goes on in its worker; a restart re-attaches
 
-    app = FastAPI(title="ctrain trigger", version="0.1.0", lifespan=lifespan)
+    app = service_app("ctrain trigger", lifespan)
     app.include_router(router)
     app.add_route("/metrics", metrics_endpoint(registry), methods=["GET"])
     app.add_route("/livez", livez, methods=["GET"])

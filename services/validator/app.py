@@ -43,7 +43,7 @@ from shared.kafka import SourceOffsets, health, make_router, one_event_at_a_time
 from shared.metrics import Readiness, new_registry
 from shared.periodic import every
 from shared.redis import make_redis
-from shared.serve import service_routes
+from shared.serve import service_app, service_routes
 from shared.settings import CommonSettings
 
 log = logging.getLogger(__name__)
@@ -152,7 +152,7 @@ def create_app(common: CommonSettings, settings: ValidatorSettings) -> FastAPI:
                 readiness.cancel()
                 await offsets.close()
 
-    app = FastAPI(title="ctrain validator", version="0.1.0", lifespan=lifespan)
+    app = service_app("ctrain validator", lifespan)
     app.include_router(router)
     service_routes(app, registry, ready, ValidatorError)
 
