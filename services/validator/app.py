@@ -15,14 +15,14 @@ import html
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import FastAPI, Query
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from faststream.kafka.fastapi import KafkaMessage
 
-from services.validator import checks
+from services.validator import checks, statsview
 from services.validator.core import Validator, ValidatorConfig
 from services.validator.errors import NoBaseline, UnknownWindow, ValidatorError
 from services.validator.flow import WindowFlow
@@ -47,6 +47,7 @@ from shared.serve import service_app, service_routes
 from shared.settings import CommonSettings
 
 log = logging.getLogger(__name__)
+View = Literal["ctrain", "facets"]
 
 
 def config_from(s: ValidatorSettings, model: str | None = None) -> ValidatorConfig:
@@ -184,15 +185,20 @@ def create_app(common: CommonSettings, settings: ValidatorSettings) -> FastAPI:
         return Response(result.to_bytes(), media_type="application/json")
 
     @app.get("/v1/windows/{window_id}/stats.html", response_class=HTMLResponse)
-    async def stats_html(window_id: str) -> HTMLResponse:
+    async def stats_html(window_id: str, view: View = "ctrain") -> HTMLResponse:
+        """The window's statistics (``view=facets``: TFDV's Facets page, which loads its
+        scripts from a CDN and so needs the network)."""
         result = await find(window_id)
         stats = validator.load_stats(result.stats_uri)
-        return HTMLResponse(
-            _page(f"Statistics of {window_id}", _facets(stats, None, window_id, ""))
-        )
+        title = f"Statistics of {window_id}"
+        if view == "facets":
+            return HTMLResponse(_page(title, _facets(stats, None, window_id, "")))
+        return HTMLResponse(statsview.render(stats, None, window_id, title=title))
 
     @app.get("/v1/windows/{window_id}/compare.html", response_class=HTMLResponse)
-    async def compare_html(window_id: str, baseline: str = "drift") -> HTMLResponse:
+    async def compare_html(
+        window_id: str, baseline: str = "drift", view: View = "ctrain"
+    ) -> HTMLResponse:
         if baseline not in ("drift", "skew"):
             raise UnknownWindow(f"baseline must be 'drift' or 'skew', not {baseline!r}")
         result = await find(window_id)
@@ -206,8 +212,11 @@ def create_app(common: CommonSettings, settings: ValidatorSettings) -> FastAPI:
             raise NoBaseline(f"baseline {base_id!r} of window {window_id!r} is not indexed")
         base_stats = validator.load_stats(refs[0].stats_uri)
         stats = validator.load_stats(result.stats_uri)
-        body = _facets(stats, base_stats, window_id, f"{baseline} baseline {base_id}")
-        return HTMLResponse(_page(f"{window_id} against its {baseline} baseline {base_id}", body))
+        title = f"{window_id} against its {baseline} baseline {base_id}"
+        rhs = f"{baseline} baseline {base_id}"
+        if view == "facets":
+            return HTMLResponse(_page(title, _facets(stats, base_stats, window_id, rhs)))
+        return HTMLResponse(statsview.render(stats, base_stats, window_id, rhs, title=title))
 
     app.state.validator = validator
     app.state.registry = registry

@@ -94,9 +94,14 @@ def test_windows_are_validated_viewable_and_deduplicated(
     r = httpx.get(f"{validator.url}/v1/windows/{last.window_id}", timeout=10)
     assert r.status_code == 200 and r.json()["window_id"] == last.window_id
     page = httpx.get(f"{validator.url}/v1/windows/{last.window_id}/stats.html", timeout=30)
-    assert page.status_code == 200 and "facets" in page.text.lower()
+    # ctrain's own page: no script, nothing from elsewhere; Facets stays an option.
+    assert page.status_code == 200 and "<h2>payment_type</h2>" in page.text
+    assert "<script" not in page.text and "http" not in page.text
+    facets = httpx.get(f"{validator.url}/v1/windows/{last.window_id}/stats.html?view=facets")
+    assert facets.status_code == 200 and "facets" in facets.text.lower()
     cmp_page = httpx.get(f"{validator.url}/v1/windows/{last.window_id}/compare.html", timeout=30)
     assert cmp_page.status_code == 200 and last.drift_baseline in cmp_page.text  # type: ignore[operator]
+    assert "<script" not in cmp_page.text
     missing = httpx.get(f"{validator.url}/v1/windows/win-nope", timeout=10)
     assert missing.status_code == 404 and "win-nope" in missing.json()["detail"]
     metrics = httpx.get(f"{validator.url}/metrics", timeout=10).text
