@@ -116,23 +116,29 @@ def _svg_categories(window: dict[str, float], base: dict[str, float]) -> str:
     ]
     if not labels:
         return ""
-    row = 16
+    row, width, bars_at, text_w = 16, 440, 160, 90
     top = max([*window.values(), *base.values(), 1e-9])
     parts = []
     for i, label in enumerate(labels):
         y = i * row
-        parts.append(f'<text x="0" y="{y + 11}" font-size="11">{html.escape(label[:24])}</text>')
+        shown = label if len(label) <= 22 else label[:21] + "…"
+        parts.append(
+            f'<text x="0" y="{y + 11}" font-size="11">{html.escape(shown or "(empty)")}</text>'
+        )
         for j, shares in enumerate((window, base) if base else (window,)):
             v = shares.get(label, 0.0)
-            w = v / top * (W - 170)
+            w = v / top * (width - bars_at - text_w)
             parts.append(
-                f'<rect x="130" y="{y + 2 + j * 6}" width="{w:.1f}" height="6" fill="{COLORS[j]}"/>'
+                f'<rect x="{bars_at}" y="{y + 2 + j * 6}" width="{w:.1f}" height="6" '
+                f'fill="{COLORS[j]}"/>'
             )
         v = window.get(label, 0.0)
         b = f" / {100 * base.get(label, 0.0):.1f}" if base else ""
-        parts.append(f'<text x="{W}" y="{y + 11}" font-size="10" text-anchor="end">'
-                     f"{100 * v:.1f}{b} %</text>")  # fmt: skip
-    return f'<svg width="{W}" height="{len(labels) * row}" role="img">{"".join(parts)}</svg>'
+        parts.append(
+            f'<text x="{width}" y="{y + 11}" font-size="10" text-anchor="end">'
+            f"{100 * v:.1f}{b} %</text>"
+        )
+    return f'<svg width="{width}" height="{len(labels) * row}" role="img">{"".join(parts)}</svg>'
 
 
 def _summary(f: statistics_pb2.FeatureNameStatistics | None) -> list[tuple[str, str]]:
