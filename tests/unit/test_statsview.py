@@ -33,6 +33,8 @@ def test_window_beside_its_baseline() -> None:
     # A categorical one: the top categories with both shares.
     pay = page.split("<h2>payment_type</h2>")[1].split("</section>")[0]
     assert ">Cash</text>" in pay and re.search(r"\d+\.\d / \d+\.\d %", pay)
+    company = page.split("<h2>company</h2>")[1].split("</section>")[0]
+    assert ">(empty)</text>" in company and "…</text>" in company  # long names shortened
 
 
 def test_a_window_alone_and_names_are_escaped() -> None:
