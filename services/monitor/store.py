@@ -76,7 +76,16 @@ class QualityStore:
             mapping = {x: window_id for x in waiting_ids[i : i + CHUNK] if x}
             if mapping:
                 await self.redis.hset(self.k(model, "ids"), mapping=mapping)
+        # A period judged again (a late window amended it) has other rows: the scores
+        # other versions made of the old rows no longer line up with them.
+        stale = [
+            k
+            for k in await self.redis.hkeys(self.k(model, "win", window_id))
+            if k.startswith((b"file:", b"version:"))
+        ]
         async with self.redis.pipeline(transaction=True) as p:
+            if stale:
+                p.hdel(self.k(model, "win", window_id), *stale)
             p.hset(self.k(model, "win", window_id), mapping=fields)
             p.hsetnx(self.k(model, "win", window_id), "step", "0")
             p.zadd(self.k(model, "windows"), {window_id: start_ms})

@@ -592,6 +592,15 @@ def test_a_worse_promotion_rolls_back_by_itself_and_a_challenger_is_compared(
         out["live"] = await manual.quality.live("taxi", "cand-next")
         await manual.reject("cand-next", Identity("alice", "approver"), "worse on live data")
         out["challengers_after"] = await redis.hgetall(keys.challengers("taxi"))
+        # The second window's period judged again with a late window of another partition:
+        # scored again on all its rows, the other versions' scores of the old rows dropped.
+        amended = windows[1].model_copy(
+            update={"id": "val-amended", "members": windows[1].members + windows[2].members}
+        )
+        r.published.clear()
+        again = await r.monitor.on_validation(amended)
+        assert again is not None
+        out["amended"] = (again.version, again.example_count, [e.role for e in r.published])
         await auto.serving.close()
         await manual.serving.close()
         return out
@@ -626,3 +635,4 @@ def test_a_worse_promotion_rolls_back_by_itself_and_a_challenger_is_compared(
     assert live["summary"].startswith("on 1 window since its evaluation: AUC ")
     assert live["stable"] > 0.85 and live["challenger"] < 0.7
     assert out["challengers_after"] == {}
+    assert out["amended"] == (2, 1400, ["stable"])
