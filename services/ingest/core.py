@@ -185,9 +185,10 @@ class Ingestor:
         """Handle one batch of one partition; return an offset to commit, if any."""
         part = self.parts.get(tp)
         if part is None:
-            part = self.parts[tp] = _Partition(
-                PartitionWindows(self.stream, tp[0], tp[1], self.policy)
-            )
+            # Never route a partition without its checkpoint (the consume loop assigns
+            # first; this keeps a direct caller from windowing it afresh).
+            await self.assign(tp)
+            part = self.parts[tp]
         windows = part.windows
         recs = list(records)
         if part.committed is not None and recs and recs[0].offset < part.committed:

@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from services.ingest.streams import Streams
 from shared import topics
@@ -47,14 +48,21 @@ class _Rebalance(ConsumerRebalanceListener):
     def __init__(self, loop: ConsumeLoop) -> None:
         self.loop = loop
 
+    # aiokafka calls these from its coordinator task, concurrently with the poll loop:
+    # both wait for the loop's lock, so a partition is never checkpointed, dropped or
+    # restored while one of its batches is half handled.
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        await self.loop.release(revoked)
+        async with self.loop.lock:
+            self.loop.generation += 1
+            await self.loop.release(revoked)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        for tp in assigned:
-            resume = await self.loop.ingestor.assign((tp.topic, tp.partition))
-            if resume is not None:
-                self.loop.consumer.seek(tp, resume)
+        async with self.loop.lock:
+            self.loop.generation += 1
+            for tp in assigned:
+                resume = await self.loop.ingestor.assign((tp.topic, tp.partition))
+                if resume is not None:
+                    self.loop.consumer.seek(tp, resume)
 
 
 class ConsumeLoop:
@@ -67,6 +75,10 @@ class ConsumeLoop:
         self._stopping = asyncio.Event()
         self.running = False
         self.listener = _Rebalance(self)
+        # Held while a batch is handled and while partitions move (see _Rebalance).
+        self.lock = asyncio.Lock()
+        # Bumped by every revoke/assign: a batch fetched under an older assignment is stale.
+        self.generation = 0
 
     def subscribe(self) -> None:
         self.consumer.subscribe(self.ingestor.topics, listener=self.listener)
@@ -75,18 +87,62 @@ class ConsumeLoop:
         self.running = True
         try:
             while not self._stopping.is_set():
+                seen = self.generation
                 batch = await self.consumer.getmany(timeout_ms=200, max_records=self.max_records)
-                for tp, records in batch.items():
-                    if self._stopping.is_set():
-                        break  # not processed: replayed from the committed offset
-                    commit = await self.ingestor.process((tp.topic, tp.partition), records)
-                    if commit is not None:
-                        await self.consumer.commit({tp: commit})
-                for (t, p), commit in (await self.ingestor.close_idle()).items():
-                    await self.consumer.commit({TopicPartition(t, p): commit})
+                async with self.lock:
+                    if self.generation != seen:
+                        await self._refetch(batch)
+                        continue
+                    await self._handle(batch)
+                # Outside the lock: position() can wait for an assignment in progress.
                 await self.ingestor.announce_idle(self._position)
         finally:
             self.running = False
+
+    async def _handle(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        for tp, records in batch.items():
+            if self._stopping.is_set():
+                break  # not processed: replayed from the committed offset
+            commit = await self.ingestor.process((tp.topic, tp.partition), records)
+            if commit is not None:
+                await self._commit(tp, commit)
+        for (t, p), commit in (await self.ingestor.close_idle()).items():
+            await self._commit(TopicPartition(t, p), commit)
+
+    async def _commit(self, tp: TopicPartition, offset: int) -> None:
+        """Commit to the group; the checkpoint, not this commit, is where a new owner
+        resumes, so a commit refused because the group is rebalancing loses nothing."""
+        try:
+            await self.consumer.commit({tp: offset})
+        except (CommitFailedError, IllegalStateError) as e:
+            log.warning(
+                "offset commit refused (the group is rebalancing); the checkpoint keeps it",
+                extra={"tp": f"{tp.topic}-{tp.partition}", "offset": offset, "error": repr(e)},
+            )
+
+    async def _refetch(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        """Partitions moved while this batch was in hand: hand none of it to the core.
+
+        A partition we lost belongs to its new owner. One we (re)gained was restored and
+        sought to its checkpoint, but the batch may have come from the old position, or
+        from the new one already, moving the fetch position past records nobody routed:
+        seek back to where the core expects its next record.
+        """
+        assigned = self.consumer.assignment()
+        for tp, records in batch.items():
+            part = self.ingestor.parts.get((tp.topic, tp.partition))
+            if tp not in assigned or part is None or not records:
+                continue
+            resume = part.next_offset if part.next_offset is not None else part.committed
+            if resume is None:
+                # Nothing routed, no checkpoint: where a fresh owner starts (the group's
+                # commit, else the beginning: the consumer's auto_offset_reset).
+                resume = await self.consumer.committed(tp)
+            if resume is None:
+                await self.consumer.seek_to_beginning(tp)
+            else:
+                self.consumer.seek(tp, resume)
+        log.info("batch fetched across a rebalance dropped", extra={"partitions": len(batch)})
 
     async def _position(self, tp: tuple[str, int]) -> int:
         return int(await self.consumer.position(TopicPartition(*tp)))
@@ -102,9 +158,10 @@ class ConsumeLoop:
                 continue
             commit = await self.ingestor.drain_one(key)
             if commit is not None:
-                await self.consumer.commit({tp: commit})
+                await self._commit(tp, commit)
             self.ingestor.revoke(key)
 
     async def drain(self) -> None:
-        for (t, p), commit in (await self.ingestor.drain()).items():
-            await self.consumer.commit({TopicPartition(t, p): commit})
+        async with self.lock:
+            for (t, p), commit in (await self.ingestor.drain()).items():
+                await self._commit(TopicPartition(t, p), commit)
