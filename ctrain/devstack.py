@@ -175,6 +175,10 @@ def service_env(state: dict[str, Any]) -> dict[str, str]:
             env[f"CTRAIN_{key.upper()}"] = state[key]
     if "tokens_file" in state:
         env.setdefault("CTRAIN_PROMOTER_TOKENS_FILE", state["tokens_file"])
+    # The console (served by the promoter) reads the other services through it.
+    for name, port in state.get("ports", {}).items():
+        if name in ("validator", "trigger", "monitor"):
+            env.setdefault(f"CTRAIN_PROMOTER_{name.upper()}_URL", f"http://127.0.0.1:{port}")
     return env
 
 
@@ -337,7 +341,9 @@ def up(
             procs.append(ms)
             echo(f"serving {ms.address} (gRPC {state['serving_grpc']})")
         # Start every service at once (TF imports take seconds), then wait for each.
-        spawned = [spawn_service(name, state, d) for name in services]
+        # Ports first: the promoter is told where the others listen (its console).
+        state["ports"] = {name: free_port() for name in services}
+        spawned = [spawn_service(name, state, d, state["ports"][name]) for name in services]
         procs.extend(p for p, _, _ in spawned)
         state["procs"] = [x.__dict__ for x in procs]
         save_state(state)

@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field
 from starlette.requests import Request
 
 from services.promoter.auth import Identity, TokenBook
+from services.promoter.console import Upstreams, add_console, upstreams
 from services.promoter.core import Promoter, PromoterConfig
 from services.promoter.errors import NotFound, PromoterError
 from services.promoter.metrics import PromoterMetrics
@@ -114,6 +115,7 @@ def create_app(common: CommonSettings, settings: PromoterSettings) -> FastAPI:
     registry = new_registry()
     metrics = PromoterMetrics(registry)
     book = TokenBook.load(settings.tokens_file, settings.tokens)
+    ups = Upstreams(upstreams(settings), settings.upstream_timeout_s)
     redis = make_redis(common)
     router = make_router(common)
 
@@ -196,6 +198,7 @@ def create_app(common: CommonSettings, settings: PromoterSettings) -> FastAPI:
             for task in list(promoter.tasks):
                 task.cancel()
         await promoter.serving.close()
+        await ups.close()
 
     app = service_app(
         "ctrain promoter — approval API",
@@ -297,5 +300,7 @@ def create_app(common: CommonSettings, settings: PromoterSettings) -> FastAPI:
         TokenBook.require(user, "viewer")
         return {"entries": await promoter.store.audit_log(count)}
 
+    add_console(app, book, ups)
     app.state.promoter = promoter
+    app.state.upstreams = ups
     return app

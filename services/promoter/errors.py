@@ -46,3 +46,15 @@ class Ambiguous(PromoterError):
     """An id prefix names several candidates; the message lists them."""
 
     status_code = 400
+
+
+class UpstreamNotConfigured(PromoterError):
+    """The console asked for a service whose URL the promoter was not given."""
+
+    status_code = 503
+
+
+class UpstreamUnreachable(PromoterError):
+    """The console's request to another ctrain service got no answer."""
+
+    status_code = 502

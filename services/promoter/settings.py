@@ -48,6 +48,20 @@ class PromoterSettings(StrictSettings):
     rollback_min_coverage: float = Field(
         default=0.5, ge=0, le=1, description="Label coverage from which a window counts."
     )
+    validator_url: str = Field(
+        default="",
+        description="Base URL of the validator's API (http://host:port), read by the console "
+        "through the promoter; empty: the console shows no windows.",
+    )
+    trigger_url: str = Field(
+        default="", description="Base URL of the trigger's API, for the console's runs view."
+    )
+    monitor_url: str = Field(
+        default="", description="Base URL of the monitor's API, for the console's quality view."
+    )
+    upstream_timeout_s: float = Field(
+        default=10.0, gt=0, description="How long the console's reads of other services may take."
+    )
     http_host: str = Field(default="127.0.0.1", description="Bind address of the approval API.")
     http_port: int = Field(default=8084, ge=0, description="Port of the approval API.")
 

@@ -157,14 +157,38 @@ def create_app(common: CommonSettings, settings: ValidatorSettings) -> FastAPI:
     app.include_router(router)
     service_routes(app, registry, ready, ValidatorError)
 
+    index = validator.index
+    assert isinstance(index, RedisWindowIndex)
+
     async def find(window_id: str) -> Any:
-        ref = await validator.index.get(window_id)
-        if ref is None:
+        ref = await index.get(window_id)
+        stream = ref.stream if ref is not None else await index.period_stream(window_id)
+        if stream is None:
             raise UnknownWindow(f"window {window_id!r} has not been validated")
-        result = validator.load_result(ref.stream, window_id)
+        result = validator.load_result(stream, window_id)
         if result is None:
             raise UnknownWindow(f"window {window_id!r}: no stored result")
         return result
+
+    async def baseline_stats(result: WindowValidated, baseline: str) -> tuple[str, Any]:
+        """(id, statistics) of a result's drift or skew baseline: one indexed window, or
+        the union of several (``base-...``, cached by the validator when it measured)."""
+        if baseline not in ("drift", "skew"):
+            raise UnknownWindow(f"baseline must be 'drift' or 'skew', not {baseline!r}")
+        base_id = result.drift_baseline if baseline == "drift" else None
+        if baseline == "skew":
+            base_id = next((f.skew.baseline for f in result.features if f.skew is not None), None)
+        if not base_id:
+            raise NoBaseline(f"window {result.window_id!r} has no {baseline} baseline")
+        ref = await index.get(base_id)
+        if ref is not None:
+            return base_id, validator.load_stats(ref.stats_uri)
+        union = store.uri("validations", result.stream, "_baselines", f"{base_id}.pb")
+        if store.exists(union):
+            return base_id, validator.load_stats(union)
+        raise NoBaseline(
+            f"baseline {base_id!r} of window {result.window_id!r} is neither indexed nor stored"
+        )
 
     @app.get("/v1/windows")
     async def list_windows(
@@ -178,6 +202,35 @@ def create_app(common: CommonSettings, settings: ValidatorSettings) -> FastAPI:
             if r is not None:
                 out.append(window_summary(r))
         return JSONResponse({"stream": stream, "windows": out})
+
+    @app.get("/v1/periods")
+    async def list_periods(
+        stream: Annotated[str, Query(min_length=1, max_length=200)],
+        limit: Annotated[int, Query(ge=1, le=500)] = 20,
+    ) -> JSONResponse:
+        """The latest judged periods of a stream (newest first): the verdicts the trigger
+        acts on, each over all its partitions' windows (``members``)."""
+        out = []
+        for pid in await index.latest_periods(stream, limit):
+            r = validator.load_result(stream, pid)
+            if r is not None:
+                out.append({**window_summary(r), "members": [m.window_id for m in r.members]})
+        return JSONResponse({"stream": stream, "periods": out})
+
+    @app.get("/v1/windows/{window_id}/features/{feature}")
+    async def feature(window_id: str, feature: str, baseline: str = "drift") -> JSONResponse:
+        """One feature's distribution beside its drift or skew baseline's (JSON for charts);
+        a window without that baseline (the first) comes with ``baseline: null``."""
+        result = await find(window_id)
+        stats = validator.load_stats(result.stats_uri)
+        try:
+            base_id, base = await baseline_stats(result, baseline)
+        except NoBaseline:
+            base_id, base = None, None
+        data = statsview.feature_data(stats, base, feature)
+        if data is None:
+            raise UnknownWindow(f"window {window_id!r} has no feature {feature!r}")
+        return JSONResponse({"window_id": window_id, "baseline_id": base_id, **data})
 
     @app.get("/v1/windows/{window_id}")
     async def get_window(window_id: str) -> Response:
@@ -199,18 +252,8 @@ def create_app(common: CommonSettings, settings: ValidatorSettings) -> FastAPI:
     async def compare_html(
         window_id: str, baseline: str = "drift", view: View = "ctrain"
     ) -> HTMLResponse:
-        if baseline not in ("drift", "skew"):
-            raise UnknownWindow(f"baseline must be 'drift' or 'skew', not {baseline!r}")
         result = await find(window_id)
-        base_id = result.drift_baseline if baseline == "drift" else None
-        if baseline == "skew":
-            base_id = next((f.skew.baseline for f in result.features if f.skew is not None), None)
-        if not base_id:
-            raise NoBaseline(f"window {window_id!r} has no {baseline} baseline")
-        refs = [await validator.index.get(base_id)]
-        if refs[0] is None:
-            raise NoBaseline(f"baseline {base_id!r} of window {window_id!r} is not indexed")
-        base_stats = validator.load_stats(refs[0].stats_uri)
+        base_id, base_stats = await baseline_stats(result, baseline)
         stats = validator.load_stats(result.stats_uri)
         title = f"{window_id} against its {baseline} baseline {base_id}"
         rhs = f"{baseline} baseline {base_id}"

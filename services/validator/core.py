@@ -401,7 +401,9 @@ class Validator:
 
     async def _judge_unit(self, stream: str, unit: per.Unit, prev_last: list[str]) -> None:
         if self.load_result(stream, unit.unit_id) is not None:
-            return  # judged before a crash: the stored verdict stands
+            # Judged before a crash: the stored verdict stands (its listing may not).
+            await self.index.add_period(stream, unit.unit_id, unit.start_ms)
+            return
         refs = [r for r in [await self.index.get(m) for m in unit.members] if r is not None]
         if not refs:
             raise UnknownWindow(f"period {unit.unit_id}: none of its windows is indexed")
@@ -441,6 +443,7 @@ class Validator:
             complete=unit.complete,
         )
         self._write_artifacts(stream, unit.unit_id, result, stats)
+        await self.index.add_period(stream, unit.unit_id, unit.start_ms)
         self.metrics.periods.labels(result.verdict).inc()
         log.info(
             "period judged",

@@ -33,6 +33,7 @@ class WindowIndex(Protocol):
     async def first(self, stream: str) -> list[WindowRef]: ...
     async def serving_windows(self, model: str) -> list[str] | None: ...
     async def latest(self, stream: str, limit: int) -> list[WindowRef]: ...
+    async def add_period(self, stream: str, period_id: str, start_ms: int) -> None: ...
 
 
 def serving_windows_key(model: str) -> str:
@@ -51,6 +52,26 @@ class RedisWindowIndex:
     @staticmethod
     def _wkey(window_id: str) -> str:
         return f"ctrain:validator:window:{window_id}"
+
+    @staticmethod
+    def _pkey(stream: str) -> str:
+        return f"ctrain:validator:{stream}:periods"
+
+    async def add_period(self, stream: str, period_id: str, start_ms: int) -> None:
+        """A judged period, for the HTTP views (its verdict is in the artifact store)."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.zadd(self._pkey(stream), {period_id: start_ms})
+        pipe.set(f"ctrain:validator:period:{period_id}", stream)
+        await pipe.execute()
+
+    async def period_stream(self, period_id: str) -> str | None:
+        raw: Any = await self.redis.get(f"ctrain:validator:period:{period_id}")
+        return bytes(raw).decode() if raw else None
+
+    async def latest_periods(self, stream: str, limit: int) -> list[str]:
+        """The ``limit`` latest judged periods by event time, newest first."""
+        ids: list[Any] = await self.redis.zrevrange(self._pkey(stream), 0, limit - 1)
+        return [i.decode() for i in ids]
 
     async def add(self, ref: WindowRef) -> None:
         pipe = self.redis.pipeline(transaction=True)

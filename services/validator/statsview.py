@@ -205,3 +205,33 @@ def render(
         )
     out.append("</body></html>")
     return "".join(out)
+
+
+def feature_data(
+    stats: statistics_pb2.DatasetFeatureStatisticsList,
+    base: statistics_pb2.DatasetFeatureStatisticsList | None,
+    name: str,
+) -> dict[str, Any] | None:
+    """One feature's distribution in a window and its baseline, as JSON for charts:
+    histogram buckets (numeric) or category shares (categorical), with the summary rows.
+    None when the window has no such feature."""
+    mine = _features(stats).get(name)
+    if mine is None:
+        return None
+    theirs = _features(base).get(name)
+
+    def side(f: statistics_pb2.FeatureNameStatistics | None) -> dict[str, Any] | None:
+        if f is None:
+            return None
+        return {
+            "summary": dict(_summary(f)),
+            "histogram": [{"low": a, "high": b, "count": c} for a, b, c in _histogram(f)],
+            "categories": _top_values(f),
+        }
+
+    return {
+        "feature": name,
+        "kind": "numeric" if mine.HasField("num_stats") else "categorical",
+        "window": side(mine),
+        "baseline": side(theirs),
+    }

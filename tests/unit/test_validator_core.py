@@ -30,6 +30,7 @@ class MemoryIndex:
     def __init__(self) -> None:
         self.refs: dict[str, WindowRef] = {}
         self.serving: list[str] | None = None
+        self.periods: dict[str, int] = {}
 
     async def add(self, ref: WindowRef) -> None:
         self.refs[ref.window_id] = ref
@@ -54,6 +55,9 @@ class MemoryIndex:
 
     async def latest(self, stream: str, limit: int) -> list[WindowRef]:
         return sorted(self.refs.values(), key=lambda r: -r.start_ms)[:limit]
+
+    async def add_period(self, stream: str, period_id: str, start_ms: int) -> None:
+        self.periods[period_id] = start_ms
 
 
 def quarter_windows(tmp: Path) -> list[WindowClosed]:
