@@ -178,10 +178,11 @@ def _reindex(args: argparse.Namespace) -> int:
     """Rebuild the validator's window index in Redis from the artifact store."""
     from redis.asyncio import Redis
 
-    from services.validator.index import RedisWindowIndex, refs_in_store
+    from services.validator.index import RedisWindowIndex, periods_in_store, refs_in_store
 
     common: Any = _common_from_dev()
     refs = refs_in_store(_artifact_root(), args.stream)
+    periods = periods_in_store(_artifact_root(), args.stream)
 
     async def go() -> None:
         redis = Redis.from_url(common.redis_url)
@@ -189,13 +190,16 @@ def _reindex(args: argparse.Namespace) -> int:
             index = RedisWindowIndex(redis)
             for ref in refs:
                 await index.add(ref)
+            for stream, period_id, start_ms in periods:
+                await index.add_period(stream, period_id, start_ms)
         finally:
             await redis.aclose()
 
     asyncio.run(go())
     streams = sorted({r.stream for r in refs})
     console.print(
-        f"indexed {len(refs)} validated window(s) of {', '.join(streams) or 'no stream'} "
+        f"indexed {len(refs)} validated window(s) and {len(periods)} judged period(s) of "
+        f"{', '.join(streams) or 'no stream'} "
         f"from {_artifact_root()}"
     )
     return 0
@@ -277,12 +281,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_model(sub)
     from ctrain.backtest_cmd import add_parser as add_backtest
+    from ctrain.console_cmd import add_parser as add_console
     from ctrain.dlq_cmd import add_parser as add_dlq
     from ctrain.ops import add_parsers
 
     add_parsers(sub)
     add_backtest(sub)
     add_dlq(sub)
+    add_console(sub)
     return p
 
 

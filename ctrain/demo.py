@@ -203,7 +203,13 @@ class Demo:
         self.tail = EventTail(self.state["kafka"], on_event=self._on_event)
         self.tail.__enter__()
         procs = {p["name"]: p["address"] for p in self.state["procs"]}
+        # The console first: everything below can be watched there live.
+        self.say(
+            f"[bold]console[/bold] {procs['promoter']}/  (sign in with a token from "
+            f"{self.state['tokens_file']})"
+        )
         self.progress.urls = {
+            "console": f"{procs['promoter']}/",
             "approval API docs": f"{procs['promoter']}/docs",
             **{f"{n} metrics": f"{procs[n]}/metrics" for n in devstack.SERVICES},
             "statistics views": f"{procs['validator']}/v1/windows/<window_id>/stats.html",

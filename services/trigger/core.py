@@ -238,6 +238,7 @@ class Trigger:
             "submitted_at": meta["submitted_at"],
             "finished_at": outcome.get("finished_at"),
             "failed_component": outcome.get("failed_component"),
+            "error": outcome.get("error"),
             "components": components_of(log),
         }
 
@@ -635,6 +636,8 @@ class Trigger:
                 {
                     "state": outcome.state,
                     "failed_component": outcome.failed_component,
+                    # The failed component's last log lines, for the console and `runs`.
+                    "error": (outcome.log_tail or "")[-4000:] or None,
                     "finished_at": self.clock(),
                 }
             ),

@@ -55,7 +55,8 @@ class RedisWindowIndex:
 
     @staticmethod
     def _pkey(stream: str) -> str:
-        return f"ctrain:validator:{stream}:periods"
+        # Not ``:periods``: that key is the period book (core.py).
+        return f"ctrain:validator:{stream}:judged"
 
     async def add_period(self, stream: str, period_id: str, start_ms: int) -> None:
         """A judged period, for the HTTP views (its verdict is in the artifact store)."""
@@ -138,4 +139,22 @@ def refs_in_store(root: str, stream: str | None = None) -> list[WindowRef]:
                     r.example_count,
                 )
             )
+    return out
+
+
+def periods_in_store(root: str, stream: str | None = None) -> list[tuple[str, str, int]]:
+    """Every judged period the artifact store holds, as (stream, period id, start ms): what
+    ``ctrain validator reindex`` lists again for ``/v1/periods``."""
+    from pathlib import Path
+
+    from shared.events import WindowValidated
+
+    base = Path(root) / "validations"
+    streams = [base / stream] if stream else sorted(p for p in base.glob("*") if p.is_dir())
+    out: list[tuple[str, str, int]] = []
+    for s in streams:
+        for f in sorted(s.glob("*/validated.json")):
+            r = WindowValidated.model_validate_json(f.read_bytes())
+            if r.scope == "period" and r.window_start is not None:
+                out.append((r.stream, r.window_id, int(r.window_start.timestamp() * 1000)))
     return out

@@ -140,25 +140,30 @@ def test_a_lost_index_is_rebuilt_from_the_artifact_store(
         for ev in evs:
             await flow.handle(ev.to_bytes())
         before = await index.latest(stream, 10)
+        periods = await index.latest_periods(stream, 10)
         await redis.delete(
             f"ctrain:validator:{stream}:by_start",
+            f"ctrain:validator:{stream}:judged",
             *(f"ctrain:validator:window:{e.window_id}" for e in evs),
         )
         assert await index.latest(stream, 10) == []
+        assert await index.latest_periods(stream, 10) == []
         await redis.aclose()
-        return before
+        return before, periods
 
-    before = asyncio.run(validate_and_lose())
+    before, periods = asyncio.run(validate_and_lose())
     assert len(before) == 3
+    assert len(periods) >= 2  # the judged periods are listed too
     monkeypatch.setenv("CTRAIN_ARTIFACT_ROOT", str(tmp_path))
     monkeypatch.setenv("CTRAIN_REDIS_URL", redis_url)
     monkeypatch.setenv("CTRAIN_DEV_STATE_DIR", str(tmp_path / "dev"))
     assert main(["validator", "reindex", "--stream", stream]) == 0
 
-    async def after() -> list[Any]:
+    async def after() -> tuple[list[Any], list[str]]:
         redis = Redis.from_url(redis_url)
         got = await RedisWindowIndex(redis).latest(stream, 10)
+        got_periods = await RedisWindowIndex(redis).latest_periods(stream, 10)
         await redis.aclose()
-        return got
+        return got, got_periods
 
-    assert asyncio.run(after()) == before
+    assert asyncio.run(after()) == (before, periods)

@@ -202,6 +202,10 @@ def test_failed_run_reports_component_and_log_tail(redis_url: str, tmp_path: Pat
         assert len(failed) == 1 and failed[0].failed_component == "transform"
         assert "ValueError: boom" in (failed[0].log_tail or "")
         assert not [e for e in out if isinstance(e, ModelCandidate)]
+        # The run's view (the console's runs page) carries the same error.
+        view = await t.run(failed[0].run_id)
+        assert view is not None and view["failed_component"] == "transform"
+        assert "ValueError: boom" in view["error"]
 
     asyncio.run(go())
 

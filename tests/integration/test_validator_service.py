@@ -104,6 +104,28 @@ def test_windows_are_validated_viewable_and_deduplicated(
     assert "<script" not in cmp_page.text
     missing = httpx.get(f"{validator.url}/v1/windows/win-nope", timeout=10)
     assert missing.status_code == 404 and "win-nope" in missing.json()["detail"]
+    # The judged periods are listed (newest first) and resolve like windows.
+    listed = httpx.get(f"{validator.url}/v1/periods", params={"stream": "taxi", "limit": 500})
+    rows = listed.json()["periods"]
+    assert {r["window_id"] for r in rows} == {p.window_id for p in periods}
+    assert [r["start"] for r in rows] == sorted((r["start"] for r in rows), reverse=True)
+    assert all(len(r["members"]) == 1 and r["distances"] for r in rows)
+    one = httpx.get(f"{validator.url}/v1/windows/{rows[0]['window_id']}", timeout=10).json()
+    assert one["scope"] == "period" and one["members"]
+    # A feature's distribution beside its baseline, as JSON for the console's charts.
+    cat = httpx.get(
+        f"{validator.url}/v1/windows/{last.window_id}/features/payment_type", timeout=30
+    ).json()
+    assert cat["kind"] == "categorical" and cat["baseline_id"] == last.drift_baseline
+    assert abs(sum(cat["window"]["categories"].values()) - 1) < 0.05
+    assert cat["baseline"]["categories"] and cat["window"]["summary"]["present"]
+    first = httpx.get(
+        f"{validator.url}/v1/windows/{ordered[0].window_id}/features/fare", timeout=30
+    ).json()
+    assert first["kind"] == "numeric" and first["window"]["histogram"]
+    assert first["baseline"] is None and first["baseline_id"] is None  # the first window
+    nofeat = httpx.get(f"{validator.url}/v1/windows/{last.window_id}/features/nope", timeout=10)
+    assert nofeat.status_code == 404 and "no feature 'nope'" in nofeat.json()["detail"]
     metrics = httpx.get(f"{validator.url}/metrics", timeout=10).text
     assert (
         'ctrain_validator_feature_distance{baseline="drift",feature="payment_type",measure="linf"}'

@@ -32,7 +32,11 @@ function svg(tag, attrs, ...kids) {
   for (const k of kids.flat()) e.append(k instanceof Node ? k : document.createTextNode(String(k)));
   return e;
 }
-function fill(id, ...kids) { const box = $(id); box.replaceChildren(...kids.flat()); return box; }
+function fill(id, ...kids) {
+  const box = $(id);
+  box.replaceChildren(...kids.flat().filter((k) => k !== null && k !== undefined));
+  return box;
+}
 function num(x, digits = 3) {
   if (x === null || x === undefined || x === "") return "–";
   const n = Number(x);
@@ -108,6 +112,7 @@ function signOut(why) {
   S.token = ""; S.me = null;
   sessionStorage.removeItem("ctrain.token");
   clearInterval(S.timer);
+  for (const id of ["decide", "rollback"]) { $(id).replaceChildren(); $(id).dataset.for = ""; }
   $("app").hidden = true; $("session").hidden = true; $("login").hidden = false;
   say(why || "");
   $("token").focus();
@@ -143,6 +148,7 @@ async function refresh() {
   const views = { windows: viewWindows, runs: viewRuns, candidates: viewCandidates, serving: viewServing };
   try {
     await views[S.view]();
+    if ($("message").className !== "info") say("");  // an error that no longer holds
     $("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
   } catch (e) {
     if (S.me) say(e.message);
@@ -283,7 +289,8 @@ async function viewRuns() {
       el("p", {}, `reason ${r.reason} · submitted ${when(r.submitted_at)} · finished ${when(r.finished_at)}`,
         r.candidate_id ? ` · candidate ${r.candidate_id}` : ""),
       r.why ? el("p", { class: "k" }, r.why) : null,
-      r.failed_component ? el("p", { class: "worse" }, `failed in ${r.failed_component}: ${r.error || "see the run's log"}`) : null,
+      r.failed_component ? el("div", { class: "worse" }, `failed in ${r.failed_component}`,
+        el("pre", { class: "error" }, r.error || "no log tail recorded; see the run's run.log")) : null,
       r.components.length ? table(["component", "state", "seconds", ""], r.components.map((c) => el("tr", {},
         el("td", {}, c.name), el("td", { class: `state-${c.state}` }, c.state), el("td", { class: "num" }, num(c.seconds, 1)),
         el("td", {}, el("span", { class: `bar ${c.state}`, "data-w": String(Math.round(200 * (c.seconds || 0) / longest)) }))))) :
@@ -317,15 +324,23 @@ async function viewCandidates() {
   }
   if (S.candidate) await drawCandidate();
 }
-async function openCandidate(cid) { S.candidate = cid; $("decide").replaceChildren(); await drawCandidate(); }
+async function openCandidate(cid) {
+  S.candidate = cid;
+  if (!($("decide").dataset.for || "").startsWith(`${cid}:`)) { $("decide").replaceChildren(); $("decide").dataset.for = ""; }
+  await drawCandidate();
+}
 async function drawCandidate() {
   const c = await api(`/v1/candidates/${encodeURIComponent(S.candidate)}`);
-  const delta = (m) => (m.candidate === null || m.baseline === null || m.baseline === undefined) ? "" : m.candidate - m.baseline;
-  const metricRows = (slice, ms) => Object.entries(ms).map(([k, m]) => {
-    const d = delta(m);
-    return el("tr", {}, el("td", {}, slice), el("td", {}, k), el("td", { class: "num" }, num(m.candidate, 4)),
-      el("td", { class: "num" }, num(m.baseline, 4)), el("td", { class: `num ${d === "" ? "" : d >= 0 ? "better" : "worse"}` }, d === "" ? "–" : (d >= 0 ? "+" : "") + d.toFixed(4)));
-  });
+  // Slices as rows, metrics as columns: "candidate (Δ against serving)".
+  const names = Object.keys(c.metrics.overall);
+  const cell = (m) => {
+    if (!m) return el("td", {});
+    const d = m.baseline === null || m.baseline === undefined ? null : m.candidate - m.baseline;
+    return el("td", { class: "num", title: `serving ${num(m.baseline, 4)}` }, num(m.candidate, 4),
+      d === null ? "" : el("span", { class: d >= 0 ? "better" : "worse" }, ` (${d >= 0 ? "+" : ""}${d.toFixed(3)})`));
+  };
+  const metricRows = [["overall", c.metrics.overall], ...c.metrics.slices.map((s) => [s.slice, s.metrics])]
+    .map(([slice, ms]) => el("tr", {}, el("th", { scope: "row" }, slice), names.map((k) => cell(ms[k]))));
   const L = c.lineage;
   fill("candidate", el("div", { class: "card", id: "candidate-card", "data-candidate": c.candidate_id, "data-state": c.state },
     el("h3", {}, `${c.candidate_id} `, el("span", { class: `state-${c.state}`, id: "candidate-state" }, c.state)),
@@ -333,9 +348,8 @@ async function drawCandidate() {
       c.version ? ` · version ${c.version}` : "", c.approvals.length ? ` · approved by ${c.approvals.join(", ")}` : "",
       c.reason ? ` · ${c.reason}` : ""),
     el("p", {}, el("strong", {}, "Live: "), c.live ? c.live.summary : "–"),
-    el("h4", {}, "TFMA against the serving model, per slice"),
-    table(["slice", "metric", "candidate", "serving", "Δ"], [...metricRows("overall", c.metrics.overall),
-      ...c.metrics.slices.flatMap((s) => metricRows(s.slice, s.metrics))]),
+    el("h4", {}, "TFMA per slice: candidate (Δ against the serving model)"),
+    el("div", { class: "scroll slices" }, table(["slice", ...names], metricRows, "tfma")),
     el("h4", {}, `Why it was trained: ${c.trigger_reason || "–"}`),
     el("ul", {}, Object.entries(c.trigger_evidence || {}).map(([p, lines]) => el("li", {}, `${p}: ${lines.join("; ")}`))),
     el("h4", {}, "Lineage"),
@@ -346,8 +360,9 @@ async function drawCandidate() {
 }
 function drawDecide(c) {
   const box = $("decide");
-  if (box.dataset.for === `${c.candidate_id}:${c.state}`) return;  // keep what is being typed
-  box.dataset.for = `${c.candidate_id}:${c.state}`;
+  const key = `${c.candidate_id}:${c.state}:${S.me.role}`;
+  if (box.dataset.for === key) return;  // keep what is being typed
+  box.dataset.for = key;
   if (c.state !== "pending_approval" && !(c.state === "rejected" && can("admin"))) { box.replaceChildren(); return; }
   if (!can("approver")) {
     box.replaceChildren(el("p", { class: "k", id: "viewer-note" }, `${S.me.identity} has role ${S.me.role}: approving needs an approver.`));
@@ -414,7 +429,7 @@ function qualityChart(rows, metric) {
 }
 function drawRollback(m) {
   const box = $("rollback");
-  const key = `${m.labels.stable}:${m.labels.previous}`;
+  const key = `${m.labels.stable}:${m.labels.previous}:${S.me.role}`;
   if (box.dataset.for === key) return;
   box.dataset.for = key;
   if (!can("approver") || !m.labels.previous) { box.replaceChildren(); return; }
