@@ -2,7 +2,9 @@
 
 Prints examples/s for one ingest core (real aiokafka consumer, real decode and
 schema checks, real shards and events) beside a bare aiokafka consume + orjson
-decode loop over the same topic, in the same run, alternating, median of N.
+decode loop over the same topic, and two ingest processes sharing the topic's six
+partitions (three each, as two members of one group get them), in the same run,
+alternating, median of N.
 
     python bench/ingest.py [--rows 104863] [--runs 3]
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import os
 import signal
 import statistics
@@ -20,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -46,8 +50,10 @@ SCHEMA = ROOT / "examples" / "taxi" / "data" / "schema.pbtxt"
 
 
 async def assigned_consumer(
-    bootstrap: str, group: str | None = None
+    bootstrap: str, group: str | None = None, share: tuple[int, int] = (0, 1)
 ) -> tuple[AIOKafkaConsumer, list[TopicPartition]]:
+    """A consumer on the examples topic's partitions; ``share`` (k, n): every n-th from k,
+    the split two members of one group get."""
     c = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         group_id=group,
@@ -57,9 +63,9 @@ async def assigned_consumer(
         fetch_max_bytes=32 << 20,
     )
     await c.start()
-    tps = [
-        TopicPartition(topics.EXAMPLES, p) for p in c.partitions_for_topic(topics.EXAMPLES) or []
-    ]
+    k, n = share
+    parts = sorted(c.partitions_for_topic(topics.EXAMPLES) or [])
+    tps = [TopicPartition(topics.EXAMPLES, p) for p in parts if p % n == k]
     c.assign(tps)
     await c.seek_to_beginning(*tps)
     return c, tps
@@ -81,8 +87,10 @@ async def bare(bootstrap: str, total: int) -> float:
         await c.stop()
 
 
-async def ingest(settings: CommonSettings, total: int, root: str) -> tuple[float, int]:
-    c, tps = await assigned_consumer(settings.kafka_bootstrap, f"bench-{root}")
+async def ingest(
+    settings: CommonSettings, total: int, root: str, share: tuple[int, int] = (0, 1)
+) -> tuple[float, int, int]:
+    c, tps = await assigned_consumer(settings.kafka_bootstrap, f"bench-{root}", share)
     producer = make_producer(settings)
     await producer.start()
     clock = [time.time()]
@@ -114,10 +122,34 @@ async def ingest(settings: CommonSettings, total: int, root: str) -> tuple[float
             await c.commit({TopicPartition(t, p): commit})
         rate = n / (time.perf_counter() - t0)
         windows = len(os.listdir(Path(root) / "windows" / "bench")) - 1
-        return rate, windows
+        return rate, windows, n
     finally:
         await c.stop()
         await producer.stop()
+
+
+def _member(bootstrap: str, total: int, root: str, k: int, out: Any) -> None:
+    """One of two ingest processes: half of the partitions, its own core."""
+    settings = CommonSettings(kafka_bootstrap=bootstrap, kafka_idempotent=False)
+    t0 = time.perf_counter()
+    _, _, n = asyncio.run(ingest(settings, total, root, (k, 2)))
+    out.put((n, time.perf_counter() - t0))
+
+
+def two_processes(bootstrap: str, halves: list[int], root: str) -> float:
+    """Both halves at once in two processes; the rate is all examples over the slower."""
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    procs = [
+        ctx.Process(target=_member, args=(bootstrap, halves[k], f"{root}/m{k}", k, out))
+        for k in (0, 1)
+    ]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=600) for _ in procs]
+    for p in procs:
+        p.join()
+    return sum(n for n, _ in results) / max(t for _, t in results)
 
 
 async def main(rows: int, runs: int) -> None:
@@ -136,22 +168,39 @@ async def main(rows: int, runs: int) -> None:
 
 async def _measure(bootstrap: str, tmp: str, rows: int, runs: int) -> None:
     settings = CommonSettings(kafka_bootstrap=bootstrap, kafka_idempotent=False)
-    # Consumer-group commits need a group: give the ingest consumer one per run.
-    await ensure_topics(settings, partitions=1)
+    # Six partitions: one process reads them all, or two share them (three each).
+    await ensure_topics(settings, partitions=6)
     repeat = -(-rows // 9533)
     s = await replay(settings, CSV, time_column="trip_start_timestamp", repeat=repeat)
     total = s.sent
-    print(f"produced {total:,} taxi examples ({s.rate:,.0f}/s replay)")
-    bare_rates, ingest_rates = [], []
+    print(f"produced {total:,} taxi examples over 6 partitions ({s.rate:,.0f}/s replay)")
+    halves = [await _count(bootstrap, (k, 2)) for k in (0, 1)]
+    bare_rates, ingest_rates, two_rates = [], [], []
     for i in range(runs):
         bare_rates.append(await bare(bootstrap, total))
-        rate, windows = await ingest(settings, total, f"{tmp}/run{i}")
+        rate, windows, _ = await ingest(settings, total, f"{tmp}/run{i}")
         ingest_rates.append(rate)
-        print(f"run {i}: bare {bare_rates[-1]:,.0f}/s  ingest {rate:,.0f}/s  ({windows} windows)")
-    b, g = statistics.median(bare_rates), statistics.median(ingest_rates)
-    print(f"median bare aiokafka+orjson loop: {b:,.0f} examples/s")
-    print(f"median ingest to durable shards:  {g:,.0f} examples/s")
-    print(f"ratio ingest/bare: {g / b:.2f}  (targets: >= 100,000/s and >= 0.35)")
+        two_rates.append(two_processes(bootstrap, halves, f"{tmp}/two{i}"))
+        print(
+            f"run {i}: bare {bare_rates[-1]:,.0f}/s  ingest {rate:,.0f}/s  ({windows} windows)"
+            f"  two processes {two_rates[-1]:,.0f}/s"
+        )
+    b, g, t = (statistics.median(x) for x in (bare_rates, ingest_rates, two_rates))
+    print(f"median bare aiokafka+orjson loop:       {b:,.0f} examples/s")
+    print(f"median ingest to durable shards:        {g:,.0f} examples/s")
+    print(f"median two ingest processes (3+3 parts): {t:,.0f} examples/s ({t / g:.2f}x one)")
+    print(f"ratio ingest/bare: {g / b:.2f}  (targets: >= 100,000/s and >= 0.5)")
+
+
+async def _count(bootstrap: str, share: tuple[int, int]) -> int:
+    """How many examples a member with ``share`` of the partitions will read."""
+    c, tps = await assigned_consumer(bootstrap, None, share)
+    try:
+        ends = await c.end_offsets(tps)
+        starts = await c.beginning_offsets(tps)
+        return sum(ends[tp] - starts[tp] for tp in tps)
+    finally:
+        await c.stop()
 
 
 if __name__ == "__main__":

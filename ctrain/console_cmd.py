@@ -77,9 +77,11 @@ def screenshots(
     with browser() as b:
         page = b.new_page(viewport={"width": 1400, "height": 1000})
         sign_in(page, url, token)
-        crossed = page.locator("#heatmap td.crossed")
-        if crossed.count():
-            crossed.first.click()
+        # The feature crossed most often, opened at its first crossing.
+        rows = page.locator("#heatmap tr[data-feature]")
+        counts = [rows.nth(i).locator("td.crossed").count() for i in range(rows.count())]
+        if counts and max(counts):
+            rows.nth(counts.index(max(counts))).locator("td.crossed").first.click()
             page.wait_for_selector("#feature-card", timeout=60_000)
         for view in VIEWS:
             if view != "windows":

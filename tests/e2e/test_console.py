@@ -26,6 +26,8 @@ from ctrain.demo import Demo, DemoOptions
 from shared.events import ModelCandidate
 
 pytestmark = pytest.mark.e2e
+# Read at import: the suite's autouse fixture clears CTRAIN_* variables for each test.
+ARTIFACTS = os.environ.get("CTRAIN_TEST_ARTIFACTS")
 
 
 class BrowserThread:
@@ -69,7 +71,7 @@ def test_the_console_shows_the_loop_and_takes_the_decisions(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CTRAIN_DEV_STATE_DIR", str(tmp_path / "dev"))
-    out = Path(os.environ.get("CTRAIN_TEST_ARTIFACTS") or tmp_path) / "console"
+    out = Path(ARTIFACTS or tmp_path) / "console"
     seen: dict[str, Any] = {}
 
     web = BrowserThread()
@@ -141,17 +143,14 @@ def test_the_console_shows_the_loop_and_takes_the_decisions(
             def roll_back(page: Any) -> None:
                 # The page shows stable moving to the approved version (live, no reload).
                 open_view(page, "serving")
-                page.wait_for_function(
-                    "document.getElementById('stable-version')?.textContent === '2'",
-                    timeout=60_000,
-                )
+                # (wait_for_selector, not wait_for_function: the page's CSP forbids eval)
+                page.wait_for_selector('#stable-version:text-is("2")', timeout=60_000)
                 # A rollback from the page: stable goes back to version 1.
                 page.fill("#rollback-reason", "rolled back from the console")
                 page.click("#rollback-button")
-                page.wait_for_function(
-                    "document.getElementById('stable-version')?.textContent === '1'",
-                    timeout=120_000,
-                )
+                page.wait_for_selector('#stable-version:text-is("1")', timeout=120_000)
+                page.wait_for_selector("#message.info")
+                assert "rolled back" in page.inner_text("#message")
 
             web(roll_back)
             web.close()
