@@ -160,6 +160,13 @@ def test_the_console_shows_the_loop_and_takes_the_decisions(
                 audit = pc.audit(50)
             finally:
                 pc.close()
+            # No token ever reached a URL or a log line.
+            logs = "".join(
+                Path(p["log"]).read_text(errors="replace")
+                for p in state["procs"]
+                if p.get("log") and Path(p["log"]).is_file()
+            )
+            assert not [t for t in tokens(state).values() if t in logs]
             reasons = {e["reason"] for e in audit}
             assert "skew confirmed in the console" in reasons
             assert "rolled back from the console" in reasons

@@ -181,10 +181,13 @@ async function viewWindows() {
     units.map((u) => {
       const d = cellOf(u, f);
       if (!d) return el("td", { class: "cell" });
+      const r = d.threshold ? d.value / d.threshold : 0, m = Math.min(r, 1);
+      const bg = d.crossed ? `hsl(4 75% ${Math.max(35, 60 - (r - 1) * 20)}%)`
+        : `hsl(${210 - 175 * m} ${60 + 30 * m}% ${94 - 24 * m}%)`;
       const label = `${f} ${kind} ${d.measure} ${num(d.value, 4)} ${d.crossed ? ">" : "≤"} ${num(d.threshold, 4)} in ${u.window_id}`;
       return el("td", {
         class: `cell${d.crossed ? " crossed" : ""}`, tabindex: "0", role: "button",
-        "aria-label": label, title: label, "data-window": u.window_id, "data-crossed": String(d.crossed),
+        "aria-label": label, title: label, "data-window": u.window_id, "data-crossed": String(d.crossed), "data-bg": bg,
         onclick: () => selectFeature(u.window_id, f),
         onkeydown: (ev) => { if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); selectFeature(u.window_id, f); } },
       }, d.crossed ? "✕" : "");
@@ -193,13 +196,12 @@ async function viewWindows() {
   t.querySelector("thead").replaceChildren(head);
   // Colours set through the CSSOM (the page's CSP allows no inline style attributes).
   fill("heatmap", t);
-  for (const td of t.querySelectorAll("td.cell[data-window]")) {
-    const u = units.find((x) => x.window_id === td.dataset.window);
-    const d = cellOf(u, td.parentElement.dataset.feature);
-    const r = d.threshold ? d.value / d.threshold : 0;
-    td.style.background = d.crossed ? `hsl(4 75% ${Math.max(35, 60 - (r - 1) * 20)}%)`
-      : `hsl(${210 - 175 * Math.min(r, 1)} ${60 + 30 * Math.min(r, 1)}% ${94 - 24 * Math.min(r, 1)}%)`;
-  }
+  for (const td of t.querySelectorAll("td.cell[data-bg]")) td.style.background = td.dataset.bg;
+  const listed = units.flatMap((u) => u.anomalies.map((a) => ({ u, a }))).reverse().slice(0, 50);
+  fill("anomalies", listed.length ? table(["window", "start", "feature", "anomaly", "severity", "description"],
+    listed.map(({ u, a }) => el("tr", {}, el("td", {}, u.window_id), el("td", {}, day(u.start)), el("td", {}, a.feature),
+      el("td", {}, a.code), el("td", { class: a.severity === "blocking" ? "worse" : "" }, a.severity), el("td", {}, a.description)))) :
+    el("p", { class: "empty" }, "no anomalies in these windows"));
   if (S.selected) await drawFeature();
 }
 async function selectFeature(windowId, feature) {
