@@ -199,15 +199,20 @@ class Demo:
         policy = "auto" if self.opts.auto_approve else "manual"
         os.environ["CTRAIN_PROMOTER_POLICIES"] = orjson.dumps({self.model: policy}).decode()
         self.progress.phase = "starting the stack"
-        self.state = devstack.up(echo=lambda m: self.say(f"[dim]{m}[/dim]"), config=config)
+        # The console's address first: everything below can be watched there live.
+        promoter_port = devstack.free_port()
+        self.say(
+            f"[bold]console[/bold] http://127.0.0.1:{promoter_port}/  (up once the stack "
+            f"below is; sign in with a token from {d / 'tokens.json'})"
+        )
+        self.state = devstack.up(
+            echo=lambda m: self.say(f"[dim]{m}[/dim]"),
+            config=config,
+            ports={"promoter": promoter_port},
+        )
         self.tail = EventTail(self.state["kafka"], on_event=self._on_event)
         self.tail.__enter__()
         procs = {p["name"]: p["address"] for p in self.state["procs"]}
-        # The console first: everything below can be watched there live.
-        self.say(
-            f"[bold]console[/bold] {procs['promoter']}/  (sign in with a token from "
-            f"{self.state['tokens_file']})"
-        )
         self.progress.urls = {
             "console": f"{procs['promoter']}/",
             "approval API docs": f"{procs['promoter']}/docs",

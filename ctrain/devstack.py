@@ -286,8 +286,12 @@ def save_state(state: dict[str, Any]) -> None:
 
 
 def up(
-    services: tuple[str, ...] = SERVICES, echo: Any = print, config: str | None = None
+    services: tuple[str, ...] = SERVICES,
+    echo: Any = print,
+    config: str | None = None,
+    ports: dict[str, int] | None = None,
 ) -> dict[str, Any]:
+    """Start the stack; ``ports`` fixes some services' HTTP ports (the rest are free ones)."""
     existing = load_state()
     if existing and any(Proc(**p).alive() for p in existing.get("procs", [])):
         raise DevStackError(
@@ -342,7 +346,7 @@ def up(
             echo(f"serving {ms.address} (gRPC {state['serving_grpc']})")
         # Start every service at once (TF imports take seconds), then wait for each.
         # Ports first: the promoter is told where the others listen (its console).
-        state["ports"] = {name: free_port() for name in services}
+        state["ports"] = {name: (ports or {}).get(name) or free_port() for name in services}
         spawned = [spawn_service(name, state, d, state["ports"][name]) for name in services]
         procs.extend(p for p, _, _ in spawned)
         state["procs"] = [x.__dict__ for x in procs]
