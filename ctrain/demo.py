@@ -329,7 +329,8 @@ class Demo:
             self.say(
                 f"[bold yellow]approval needed[/bold yellow]: `ctrain candidates show "
                 f"{cand.candidate_id}` then `ctrain candidates approve {cand.candidate_id}` "
-                f"(or POST {self.progress.urls['approval API docs'][:-5]}/v1/candidates/"
+                f"(or in the console, {self.progress.urls['console']}, or POST "
+                f"{self.progress.urls['approval API docs'][:-5]}/v1/candidates/"
                 f"{cand.candidate_id}/approve)"
             )
         promo: PromotionEvent = self.wait(
