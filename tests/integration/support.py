@@ -117,3 +117,27 @@ def windows_and_dlq(
             await asyncio.sleep(0.5)  # poll interval between full re-reads
 
     return asyncio.run(go())
+
+
+def conserved_windows(
+    kafka: str, produced: int, timeout: float, label: str = ""
+) -> list[WindowClosed]:
+    """DESIGN §4 read back from the topics: wait until windows + dead letters account for
+    ``produced``, then assert no window id has two contents and nothing is counted
+    twice or lost. Returns the windows."""
+
+    def done(windows: list[WindowClosed], dlq: list[DeadLetter]) -> bool:
+        counts = {w.window_id: w.example_count for w in windows}
+        return sum(counts.values()) + len({d.id for d in dlq}) >= produced
+
+    windows, dlq = windows_and_dlq(kafka, done, timeout)
+    contents: dict[str, tuple[str, int]] = {}
+    for w in windows:
+        first = contents.setdefault(w.window_id, (w.sha256, w.example_count))
+        assert first == (w.sha256, w.example_count), f"{w.window_id} published with two contents"
+    in_windows = sum(c for _, c in contents.values())
+    dead = len({d.id for d in dlq})
+    assert in_windows + dead == produced, (
+        f"{label}windows {in_windows} + dlq {dead} != produced {produced}"
+    )
+    return windows

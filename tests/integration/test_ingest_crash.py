@@ -21,7 +21,7 @@ from ctrain.replay import replay
 from shared.kafka import ensure_topics
 from shared.settings import CommonSettings
 from tests.conftest import TAXI_CSV
-from tests.integration.support import ingest_env, start_ingest, windows_and_dlq
+from tests.integration.support import conserved_windows, ingest_env, start_ingest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REPEAT = 3
@@ -75,21 +75,7 @@ def test_sigkill_at_random_points_loses_and_doubles_nothing(
     producer.join(timeout=120)
     assert result.get("sent") == produced
 
-    def done(windows: list, dlq: list) -> bool:  # type: ignore[type-arg]
-        counts = {w.window_id: w.example_count for w in windows}
-        return sum(counts.values()) + len({d.id for d in dlq}) >= produced
-
-    windows, dlq = windows_and_dlq(kafka, done, timeout=240)
-    contents: dict[str, tuple[str, int]] = {}
-    for w in windows:
-        first = contents.setdefault(w.window_id, (w.sha256, w.example_count))
-        assert first == (w.sha256, w.example_count), f"{w.window_id} published with two contents"
-    dlq_ids = {d.id for d in dlq}
-    total = sum(c for _, c in contents.values()) + len(dlq_ids)
-    assert total == produced, (
-        f"seed {seed}: windows {sum(c for _, c in contents.values())} + dlq {len(dlq_ids)} "
-        f"!= produced {produced}"
-    )
+    conserved_windows(kafka, produced, timeout=240, label=f"seed {seed}: ")
     assert kills >= 3
     svc.proc.send_signal(signal.SIGTERM)
     assert svc.proc.wait(timeout=60) == 0

@@ -20,7 +20,7 @@ from ctrain.replay import replay
 from shared.kafka import ensure_topics
 from shared.settings import CommonSettings
 from tests.conftest import TAXI_CSV
-from tests.integration.support import ingest_env, start_ingest, windows_and_dlq
+from tests.integration.support import conserved_windows, ingest_env, start_ingest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 TAXI_ROWS = 9533
@@ -83,17 +83,7 @@ def test_two_processes_share_six_partitions_and_a_kill_loses_nothing(
     produced = TAXI_ROWS * REPEAT
     assert result.get("sent") == produced
 
-    def done(windows: list, dlq: list) -> bool:  # type: ignore[type-arg]
-        counts = {w.window_id: w.example_count for w in windows}
-        return sum(counts.values()) + len({d.id for d in dlq}) >= produced
-
-    windows, dlq = windows_and_dlq(kafka, done, timeout=300)
-    contents: dict[str, tuple[str, int]] = {}
-    for w in windows:
-        first = contents.setdefault(w.window_id, (w.sha256, w.example_count))
-        assert first == (w.sha256, w.example_count), f"{w.window_id} published with two contents"
-    total = sum(c for _, c in contents.values()) + len({d.id for d in dlq})
-    assert total == produced
+    windows = conserved_windows(kafka, produced, timeout=300)
     # The survivor took the killed member's partitions over.
     assert partitions_of(a.url) == 6
     assert {w.offsets[0].partition for w in windows} == set(range(6))
