@@ -30,6 +30,9 @@ CLIENT_VARIABLES = frozenset(
         "CTRAIN_TRIGGER_URL",
         "CTRAIN_PROMOTER_URL",
         "CTRAIN_MONITOR_URL",
+        # `ctrain console screenshots` (the browser binary) and the tests' artifact dir.
+        "CTRAIN_CHROMIUM",
+        "CTRAIN_TEST_ARTIFACTS",
     }
 )
 
