@@ -80,6 +80,9 @@ class Promoter:
         self.quality = QualityGate(redis, config.rollback)
         self.tasks: set[asyncio.Task[None]] = set()
         self._promoting: set[str] = set()
+        # What this process last submitted to serving per model, and one submit at a time.
+        self._applied: dict[str, dict[str, Any]] = {}
+        self._serving_lock = asyncio.Lock()
         self.outage_backoff_s = outage_backoff_s  # first wait when a promotion meets an outage
         # Why a promotion waits (serving or Redis unreachable), for /healthz; None if none.
         self.outage: str | None = None
@@ -96,21 +99,28 @@ class Promoter:
         return str(Path(self.config.serving_base) / model)
 
     async def _apply(self, model: str, layout: dict[str, Any]) -> None:
-        """Submit the full config: every model, or the ones left out would unload."""
-        all_layouts = await self.layouts()
-        all_layouts[model] = layout
-        await self.serving.reload(
-            [
-                ModelLayout(
-                    m,
-                    self._base(m),
-                    tuple(int(v) for v in lay["versions"]),
-                    {k: int(v) for k, v in lay["labels"].items()},
-                )
-                for m, lay in sorted(all_layouts.items())
-                if lay["versions"]
-            ]
-        )
+        """Submit the full config: every model, or the ones left out would unload.
+
+        One config at a time, built from what this process last applied for each model
+        (a promotion's "loading" layout is applied but not yet saved): two models promoted
+        at once otherwise each submitted a config without the other's new version, and
+        serving unloaded it before its label could move (seen with three models)."""
+        async with self._serving_lock:
+            all_layouts = {**(await self.layouts()), **self._applied}
+            all_layouts[model] = layout
+            await self.serving.reload(
+                [
+                    ModelLayout(
+                        m,
+                        self._base(m),
+                        tuple(int(v) for v in lay["versions"]),
+                        {k: int(v) for k, v in lay["labels"].items()},
+                    )
+                    for m, lay in sorted(all_layouts.items())
+                    if lay["versions"]
+                ]
+            )
+            self._applied[model] = layout
 
     # ------------------------------------------------------------- gate
     async def on_candidate(self, c: ModelCandidate) -> Record | None:

@@ -170,3 +170,37 @@ def test_an_approval_interrupted_by_an_outage_is_finished_by_the_same_approver(
             task.cancel()  # the promotions wait for a serving that is not there
 
     asyncio.run(go())
+
+
+def test_two_models_promoted_at_once_keep_each_others_versions_loaded(redis_url: str) -> None:
+    """Serving unloads every model a config leaves out. Two promotions of different models
+    at once: each config submitted must hold the other's version being loaded (it is not
+    yet saved as a layout), or that version unloads before its label can move."""
+    from services.promoter.serving import ModelLayout
+
+    class Recording:
+        def __init__(self) -> None:
+            self.configs: list[dict[str, tuple[int, ...]]] = []
+
+        async def reload(self, layouts: list[ModelLayout]) -> None:
+            await asyncio.sleep(0.01)  # the RPC in flight: the other promotion goes on
+            self.configs.append({lay.name: lay.versions for lay in layouts})
+
+    async def go() -> None:
+        serving = Recording()
+        p = Promoter(
+            redis=Redis.from_url(redis_url),
+            serving=serving,  # type: ignore[arg-type]
+            config=PromoterConfig(serving_base="/nowhere"),
+            publish=lambda ev: asyncio.sleep(0),  # type: ignore[arg-type, return-value]
+            smoke=_no_smoke,
+        )
+        a, b = "concurrent-a", "concurrent-b"
+        await asyncio.gather(
+            p._apply(a, {"versions": [1], "labels": {}}),
+            p._apply(b, {"versions": [1], "labels": {}}),
+        )
+        assert len(serving.configs) == 2
+        assert serving.configs[-1][a] == (1,) and serving.configs[-1][b] == (1,), serving.configs
+
+    asyncio.run(go())
