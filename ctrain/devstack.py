@@ -41,7 +41,30 @@ def state_dir() -> Path:
     return Path(os.environ.get("CTRAIN_DEV_STATE_DIR", ".ctrain")).resolve()
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default start of the range
+
+
 def free_port() -> int:
+    """A free loopback port below the kernel's ephemeral range. A port the kernel hands
+    out (bind to 0) lies inside that range, where any outgoing connection may take it as
+    its source port in the seconds before the service binds it (seen in CI: a service of
+    the dev stack failing with "address already in use")."""
+    import random
+
+    low = _ephemeral_low()
+    pick = random.SystemRandom()
+    for _ in range(200):
+        port = pick.randrange(20000, low) if low > 20001 else 0
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # taken: try another
+            return int(s.getsockname()[1])
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

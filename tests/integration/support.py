@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,9 +18,9 @@ from tests.conftest import ROOT, TAXI_SCHEMA
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    from ctrain.devstack import free_port as below_the_ephemeral_range
+
+    return below_the_ephemeral_range()
 
 
 @dataclass

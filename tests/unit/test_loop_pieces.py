@@ -262,3 +262,17 @@ def test_demo_shows_live_quality_and_a_rollback(monkeypatch: pytest.MonkeyPatch)
     assert "stable v2 on 2014-04-01: auc 0.912, estimated 0.901 (90% of 1,000 labelled)" in text
     assert "no labels yet" not in text
     assert "by ctrain-monitor: automatic rollback: worse" in text
+
+
+def test_dev_ports_are_chosen_below_the_ephemeral_range() -> None:
+    """A port inside the kernel's ephemeral range can be taken as the source port of an
+    outgoing connection before the service binds it; the dev stack picks below it."""
+    import socket
+
+    from ctrain.devstack import _ephemeral_low, free_port
+
+    for _ in range(20):
+        port = free_port()
+        assert 20000 <= port < _ephemeral_low()
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))  # and it is free
