@@ -41,6 +41,12 @@ def state_dir() -> Path:
     return Path(os.environ.get("CTRAIN_DEV_STATE_DIR", ".ctrain")).resolve()
 
 
+# Ports this process has handed out: a stack picks all its ports before its services bind
+# them, so the same free port must not be handed out twice (seen in CI: two services of
+# one stack on one port, the trigger refused its bind and another app answered its URL).
+_HANDED_OUT: set[int] = set()
+
+
 def _ephemeral_low() -> int:
     try:
         return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
@@ -59,11 +65,14 @@ def free_port() -> int:
     pick = random.SystemRandom()
     for _ in range(200):
         port = pick.randrange(20000, low) if low > 20001 else 0
+        if port in _HANDED_OUT:
+            continue  # given to a service of this process that may not have bound it yet
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue  # taken: try another
+            _HANDED_OUT.add(port)
             return int(s.getsockname()[1])
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -271,8 +271,9 @@ def test_dev_ports_are_chosen_below_the_ephemeral_range() -> None:
 
     from ctrain.devstack import _ephemeral_low, free_port
 
-    for _ in range(20):
-        port = free_port()
+    ports = [free_port() for _ in range(200)]
+    assert len(set(ports)) == len(ports)  # never the same port twice before anyone binds
+    for port in ports[:20]:
         assert 20000 <= port < _ephemeral_low()
         with socket.socket() as s:
             s.bind(("127.0.0.1", port))  # and it is free
