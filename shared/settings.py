@@ -33,6 +33,8 @@ CLIENT_VARIABLES = frozenset(
         # `ctrain console screenshots` (the browser binary) and the tests' artifact dir.
         "CTRAIN_CHROMIUM",
         "CTRAIN_TEST_ARTIFACTS",
+        # The trigger's warm step worker, in the environment of its pipeline components.
+        "CTRAIN_STEP_WORKER",
     }
 )
 

@@ -28,6 +28,7 @@ from services.trigger.core import Trigger, TriggerConfig
 from services.trigger.metrics import TriggerMetrics
 from services.trigger.pipeline import ComponentImages, compile_pipeline
 from services.trigger.settings import TriggerSettings
+from services.trigger.warm import WarmProcess
 from shared import contract, topics
 from shared.artifacts import ArtifactStore
 from shared.config import config_of, model_settings
@@ -57,7 +58,10 @@ class TriggerRequest(BaseModel):
 
 def make_backend(s: TriggerSettings) -> Backend:
     if s.backend == "local":
-        return LocalBackend(fault_file=s.local_fault_file or None)
+        return LocalBackend(
+            fault_file=s.local_fault_file or None,
+            step_worker=WarmProcess() if s.warm_worker else None,
+        )
     if not s.kfp_host:
         raise SettingsError("backend=kfp needs CTRAIN_TRIGGER_KFP_HOST")
     package = s.pipeline_package or compile_pipeline(
@@ -276,6 +280,9 @@ def create_app(common: CommonSettings, settings: TriggerSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with router.lifespan_context(app):
+            warm = getattr(backend, "step_worker", None)
+            if warm is not None:
+                warm.ensure()  # imports TensorFlow while nothing waits for it yet
             for trigger in triggers.values():
                 await trigger.resume()
             ticker = asyncio.create_task(
@@ -287,6 +294,8 @@ def create_app(common: CommonSettings, settings: TriggerSettings) -> FastAPI:
             readiness.cancel()
             for task in followers():
                 task.cancel()  # the run goes on in its worker; a restart re-attaches
+            if warm is not None:
+                warm.stop()
 
     app = service_app("ctrain trigger", lifespan)
     app.include_router(router)

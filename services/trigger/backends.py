@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from services.trigger.warm import WarmProcess
 from shared.consume import Outage
 
 
@@ -96,8 +97,16 @@ class LocalBackend:
 
     name = "local"
 
-    def __init__(self, poll_s: float = 1.0, fault_file: str | None = None) -> None:
+    def __init__(
+        self,
+        poll_s: float = 1.0,
+        fault_file: str | None = None,
+        step_worker: WarmProcess | None = None,
+    ) -> None:
         self.poll_s = poll_s
+        # Steps fork from this process (TensorFlow imported once) instead of each
+        # starting a fresh interpreter; None: fresh interpreters.
+        self.step_worker = step_worker
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         # A fault switch for infrastructure tests: while this file holds a Unix time in
         # the future, submits fail as a KFP API answering 503 would. Off by default.
@@ -125,7 +134,11 @@ class LocalBackend:
             [sys.executable, "-m", "services.trigger.run_local", str(run_dir / "params.json")],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={
+                **os.environ,
+                "PYTHONUNBUFFERED": "1",
+                **(self.step_worker.env() if self.step_worker else {}),
+            },
         )
         log.close()
         (run_dir / "worker.pid").write_text(str(self.procs[run_id].pid))

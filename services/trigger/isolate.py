@@ -17,21 +17,32 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from services.trigger import warm
+
 
 class StepFailed(RuntimeError):
     """The step raised (its traceback is in the log above) or the child died."""
 
 
 def run_step(step: str, **kwargs: Any) -> Any:
+    """``steps.<step>(**kwargs)`` in a child: forked from the trigger's warm step
+    worker when the environment names one (``warm.ENV``), else a fresh interpreter."""
     with tempfile.TemporaryDirectory(prefix=f"ctrain-{step}-") as d:
         args, out = Path(d) / "args.json", Path(d) / "out.json"
         args.write_text(json.dumps(kwargs))
-        proc = subprocess.run(
-            [sys.executable, "-m", "services.trigger.isolate", step, str(args), str(out)],
-            check=False,
-        )
-        if proc.returncode != 0 or not out.exists():
-            raise StepFailed(f"step {step} failed (exit {proc.returncode}); see the log above")
+        code = None
+        if os.environ.get(warm.ENV):
+            try:
+                code = warm.request(os.environ[warm.ENV], step, str(args), str(out))
+            except warm.WorkerLost as e:
+                raise StepFailed(f"step {step} failed: {e}") from e
+        if code is None:
+            code = subprocess.run(
+                [sys.executable, "-m", "services.trigger.isolate", step, str(args), str(out)],
+                check=False,
+            ).returncode
+        if code != 0 or not out.exists():
+            raise StepFailed(f"step {step} failed (exit {code}); see the log above")
         return json.loads(out.read_text())
 
 

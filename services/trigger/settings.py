@@ -113,6 +113,12 @@ class TriggerSettings(StrictSettings):
     backend: Literal["local", "kfp"] = Field(
         default="local", description="kfp.local in a worker process, or a KFP API server."
     )
+    warm_worker: bool = Field(
+        default=True,
+        description="backend=local: pipeline steps fork from one worker process that has "
+        "imported TensorFlow, TFT, TFMA and Beam once, started with the trigger; false: "
+        "each step starts a fresh interpreter (5-8 s of imports per step).",
+    )
     local_fault_file: str = Field(
         default="",
         description="Testing only (backend=local): while this file holds a Unix time in the "

@@ -1,0 +1,229 @@
+"""The warm step worker: steps forked from it give the results and failures a fresh
+interpreter would, its absence falls back to one, and its faults fail the step
+instead of hanging it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from services.trigger import isolate, warm
+
+pytestmark = pytest.mark.unit
+
+
+def _wait_for(what: str, probe, timeout: float = 30.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = probe()
+        if got:
+            return got
+        time.sleep(0.02)  # polling a condition, not waiting for readiness blindly
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Running:
+    def __init__(self, path: Path, proc: subprocess.Popen[bytes]) -> None:
+        self.path, self.proc = path, proc
+
+    def children(self) -> list[int]:
+        task = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        return [int(p) for p in task.read_text().split()]
+
+
+@pytest.fixture
+def worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Running]:
+    path = tmp_path / "w.sock"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "services.trigger.warm",
+            str(path),
+            "--preload",
+            "pyarrow",
+            "tests.unit.warm_steps",
+        ],
+        stdout=open(tmp_path / "worker.log", "wb"),
+        stderr=subprocess.STDOUT,
+    )
+    _wait_for("the socket", path.exists)
+    monkeypatch.setenv(warm.ENV, str(path))
+    yield Running(path, proc)
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+
+
+def _shards(d: Path) -> tuple[list[str], list[str]]:
+    d.mkdir()
+    t = pa.table({"x": [1, 2, 3], "y": ["a", "b", None]})
+    for name in ("w1", "w2", "e1"):
+        pq.write_table(t, d / f"{name}.parquet")
+    return [str(d / "w1.parquet"), str(d / "w2.parquet")], [str(d / "e1.parquet")]
+
+
+def test_a_forked_step_returns_what_a_fresh_interpreter_returns(
+    worker: Running, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    train, held = _shards(tmp_path / "in")
+    got = isolate.run_step("gather", window_uris=train, eval_uris=held, out_dir=str(tmp_path / "w"))
+    assert "not reachable" not in capfd.readouterr().out
+    os.environ.pop(warm.ENV)
+    fresh = isolate.run_step(
+        "gather", window_uris=train, eval_uris=held, out_dir=str(tmp_path / "f")
+    )
+    assert {k: v for k, v in got.items() if isinstance(v, int)} == {
+        "train_rows": 6,
+        "eval_rows": 3,
+    }
+    assert got["train_rows"] == fresh["train_rows"] and got["eval_rows"] == fresh["eval_rows"]
+    assert pq.read_table(got["train"]).equals(pq.read_table(fresh["train"]))
+
+
+def test_a_step_error_reaches_the_components_log_and_fails_the_step(
+    worker: Running, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    missing = str(tmp_path / "nope.parquet")
+    with pytest.raises(isolate.StepFailed, match="exit 1"):
+        isolate.run_step("gather", window_uris=[missing], eval_uris=[missing], out_dir="/tmp/x")
+    # The child wrote its traceback into *our* stderr: the descriptors travelled.
+    assert "cannot read training shard" in capfd.readouterr().err
+
+
+def test_without_a_worker_the_step_starts_a_fresh_interpreter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv(warm.ENV, str(tmp_path / "gone.sock"))
+    train, held = _shards(tmp_path / "in")
+    got = isolate.run_step("gather", window_uris=train, eval_uris=held, out_dir=str(tmp_path / "o"))
+    assert got["train_rows"] == 6
+    assert "not reachable" in capfd.readouterr().out
+
+
+def _blocked_step(tmp_path: Path) -> tuple[subprocess.Popen[bytes], Path]:
+    """A step that blocks on a FIFO until the test writes it (``warm_steps``), run
+    from a component process of its own, as kfp.local runs one."""
+    fifo = tmp_path / "step.fifo"
+    os.mkfifo(fifo)
+    code = (
+        "from services.trigger import isolate\n"
+        "try:\n"
+        f"    print('STEP RESULT', isolate.run_step('wait_on', fifo={str(fifo)!r}))\n"
+        "except isolate.StepFailed as e:\n"
+        "    print('STEP FAILED', e)\n"
+    )
+    # Its log is a file: a pipe would stay open as long as the step holds it.
+    comp = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=open(tmp_path / "component.log", "wb"),
+        stderr=subprocess.STDOUT,
+    )
+    return comp, fifo
+
+
+def _log_of(comp: subprocess.Popen[bytes], tmp_path: Path) -> bytes:
+    comp.wait(timeout=60)
+    return (tmp_path / "component.log").read_bytes()
+
+
+def _writer(fifo: Path, data: bytes = b"") -> bool:
+    try:
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:  # ENXIO: nobody has it open for reading (yet)
+        return False
+    os.write(fd, data)
+    os.close(fd)
+    return True
+
+
+def _release(fifo: Path, data: bytes = b"") -> None:
+    """Once the step is blocked on the FIFO, write ``data`` and close: with none the
+    step fails, with some it succeeds."""
+    _wait_for("the step to open its FIFO", lambda: _writer(fifo, data))
+
+
+def test_a_step_killed_by_a_signal_fails_with_that_signal(worker: Running, tmp_path: Path) -> None:
+    comp, _ = _blocked_step(tmp_path)
+    (child,) = _wait_for("the forked step", worker.children)
+    os.kill(child, signal.SIGKILL)
+    assert b"STEP FAILED step wait_on failed (exit -9)" in _log_of(comp, tmp_path)
+    assert worker.proc.poll() is None  # the worker outlives its children
+
+
+def test_a_lost_worker_fails_the_step_instead_of_hanging_it(
+    worker: Running, tmp_path: Path
+) -> None:
+    comp, fifo = _blocked_step(tmp_path)
+    _wait_for("the forked step", worker.children)
+    worker.proc.kill()
+    worker.proc.wait()
+    assert b"closed before step wait_on ended" in _log_of(comp, tmp_path)
+    _writer(fifo)  # the orphaned child, if it got as far as the shard, ends
+
+
+def test_sigterm_stops_taking_steps_but_reports_the_ones_in_flight(
+    worker: Running, tmp_path: Path
+) -> None:
+    comp, fifo = _blocked_step(tmp_path)
+    _wait_for("the forked step", worker.children)
+    worker.proc.terminate()
+    _wait_for("the socket to go", lambda: not worker.path.exists())
+    assert worker.proc.poll() is None  # still waiting for its step
+    _release(fifo, b"done")
+    assert b"STEP RESULT {'read': 4}" in _log_of(comp, tmp_path)
+    assert worker.proc.wait(timeout=30) == 0
+
+
+def test_a_bad_request_or_a_vanished_caller_leaves_the_worker_serving(
+    worker: Running, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(worker.path))
+        s.sendall(b"\x00")  # not a request
+        assert s.recv(10) == b""  # closed on us
+    # A caller that leaves before its step's status comes back.
+    comp, fifo = _blocked_step(tmp_path)
+    _wait_for("the forked step", worker.children)
+    comp.kill()
+    comp.wait()
+    _release(fifo, b"late")
+    _wait_for("the step to be reaped", lambda: not worker.children())
+    train, held = _shards(tmp_path / "in")
+    got = isolate.run_step("gather", window_uris=train, eval_uris=held, out_dir=str(tmp_path / "o"))
+    assert got["train_rows"] == 6
+    assert "not reachable" not in capfd.readouterr().out  # served by the same worker
+    assert worker.proc.poll() is None
+    assert "bad request" in (tmp_path / "worker.log").read_text()
+
+
+def test_the_step_runs_in_the_callers_working_directory(
+    worker: Running, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    train, held = _shards(tmp_path / "in")
+    isolate.run_step("gather", window_uris=train, eval_uris=held, out_dir="rel")
+    assert (tmp_path / "rel" / "train.parquet").exists()
+
+
+def test_ping_answers_once_the_worker_takes_steps(worker: Running) -> None:
+    assert warm.ping(str(worker.path))
+    # A prober that gives up while the worker is busy (stopped here) leaves before
+    # its answer: the worker must survive answering it.
+    os.kill(worker.proc.pid, signal.SIGSTOP)
+    try:
+        assert not warm.ping(str(worker.path), timeout=0.3)
+    finally:
+        os.kill(worker.proc.pid, signal.SIGCONT)
+    assert _wait_for("the worker to answer again", lambda: warm.ping(str(worker.path)))
+    assert worker.proc.poll() is None
