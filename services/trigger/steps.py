@@ -298,6 +298,25 @@ def transform(
     return paths
 
 
+def keras_without_autograph() -> None:
+    """Keep autograph from transpiling Keras 2 itself (``tf_keras``).
+
+    Keras 2 sat on autograph's do-not-convert list as ``keras`` until TF 2.15; TF 2.16
+    ships it as ``tf_keras`` and the list was not updated, so every first ``fit`` in a
+    process transpiled some 4,500 Keras functions (16 s of a 21 s training step on 8,000
+    rows). Keras's code runs unconverted as it did before (its control flow is on
+    Python values); a model module's own functions are still converted. Same
+    weights, same history, same metrics (``tests/unit/test_keras_autograph.py``).
+    """
+    from tensorflow.python.autograph.core import config, config_lib
+
+    if not any(
+        isinstance(r, config_lib.DoNotConvert) and r.matches("tf_keras")
+        for r in config.CONVERSION_RULES
+    ):
+        config.CONVERSION_RULES = (config_lib.DoNotConvert("tf_keras"), *config.CONVERSION_RULES)
+
+
 def _transformed_dataset(
     pattern: str, spec: dict[str, Any], label_key: str, batch_size: int, task: str = "binary"
 ) -> Any:
@@ -351,6 +370,7 @@ def train(
     if label_key not in spec:
         raise StepError(f"preprocessing_fn has no output {label_key!r} (LABEL_KEY)")
 
+    keras_without_autograph()
     keras.utils.set_random_seed(seed)
     train_ds = _transformed_dataset(transformed["train"], spec, label_key, batch_size, task)
     if shuffle_labels:
