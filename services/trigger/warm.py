@@ -35,11 +35,16 @@ import struct
 import subprocess
 import sys
 import tempfile
+import traceback
 from pathlib import Path
 from typing import Any
 
-# What every heavy step imports; ``services.trigger.steps`` pulls in the rest lazily.
+# What every heavy step imports (``services.trigger.steps`` pulls in the rest lazily),
+# and what a run's worker imports (kfp: 3-4 s, most of it its REST client).
 PRELOAD = (
+    "kfp.local",
+    "services.trigger.run_local",
+    "services.trigger.pipeline",
     "tensorflow",
     "tensorflow_transform",
     "tensorflow_transform.beam",
@@ -139,6 +144,27 @@ class WarmProcess:
         return True
 
 
+def start_run(
+    path: str, params_path: str, log_fd: int, env: dict[str, str], timeout: float = 120.0
+) -> int | None:
+    """Fork a run's worker (``run_local.main(params_path)``) from the warm worker at
+    ``path``, writing into ``log_fd``; its pid. ``None`` when no worker answers
+    there (the caller starts ``run_local`` as a fresh interpreter instead)."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            # A worker still importing answers once it is done; not forever.
+            sock.settimeout(timeout)
+            sock.connect(path)
+            body = json.dumps(
+                {"kind": "run", "params": params_path, "cwd": os.getcwd(), "env": env}
+            ).encode()
+            socket.send_fds(sock, [_HEADER.pack(len(body)) + body], [log_fd, log_fd])
+            line = sock.makefile("rb").readline()
+    except OSError:
+        return None
+    return int(json.loads(line)["pid"]) if line else None
+
+
 def ping(path: str, timeout: float = 1.0) -> bool:
     """True once the worker at ``path`` has finished its imports and takes steps."""
     try:
@@ -184,6 +210,17 @@ def _child(req: dict[str, Any], fds: list[int]) -> None:
     os.environ.clear()
     os.environ.update(req["env"])
     os.chdir(req["cwd"])
+    if req.get("kind") == "run":
+        code = 1
+        try:
+            from services.trigger import run_local
+
+            code = run_local.main(req["params"])
+        except BaseException:  # noqa: BLE001 - as an uncaught error would: traceback, exit 1
+            traceback.print_exc()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     from services.trigger import isolate
 
     isolate.main(req["step"], req["args"], req["out"])  # leaves with os._exit
@@ -236,6 +273,11 @@ class Worker:
             os.close(fd)
         conn.settimeout(None)
         self.children[pid] = conn
+        if req.get("kind") == "run":
+            # A run's caller wants its pid (it follows the run as it would a re-attached
+            # one); it does not wait on this connection for the status.
+            with contextlib.suppress(OSError):
+                conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
 
     def _reap(self) -> None:
         while self.children:

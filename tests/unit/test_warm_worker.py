@@ -4,6 +4,8 @@ instead of hanging it."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import signal
 import socket
@@ -18,6 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from services.trigger import isolate, warm
+from services.trigger.backends import Forked, LocalBackend
 
 pytestmark = pytest.mark.unit
 
@@ -43,7 +46,7 @@ class Running:
 
 @pytest.fixture
 def worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Running]:
-    path = tmp_path / "w.sock"
+    path = tmp_path / "steps.sock"  # where a WarmProcess on tmp_path looks
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -227,3 +230,49 @@ def test_ping_answers_once_the_worker_takes_steps(worker: Running) -> None:
         os.kill(worker.proc.pid, signal.SIGCONT)
     assert _wait_for("the worker to answer again", lambda: warm.ping(str(worker.path)))
     assert worker.proc.poll() is None
+
+
+def _params(tmp_path: Path) -> dict[str, object]:
+    """A run whose first component fails at once: its window does not exist."""
+    return {
+        "run_dir": str(tmp_path / "run"),
+        "windows_json": json.dumps([str(tmp_path / "missing.parquet")]),
+        "eval_json": json.dumps([str(tmp_path / "missing.parquet")]),
+        "schema_path": "unused",
+        "module_path": "unused",
+        "model_dir": str(tmp_path / "model"),
+    }
+
+
+def _backend(tmp_path: Path, worker: Running | None) -> LocalBackend:
+    wp = warm.WarmProcess()
+    wp.dir = tmp_path
+    wp.proc = worker.proc if worker else subprocess.Popen(["sleep", "60"])  # alive, not a worker
+    return LocalBackend(poll_s=0.1, step_worker=wp)
+
+
+def test_a_run_forked_from_the_worker_is_followed_to_its_end(
+    worker: Running, tmp_path: Path
+) -> None:
+    b = _backend(tmp_path, worker)
+    rid = asyncio.run(b.submit("run-1", _params(tmp_path)))
+    assert isinstance(b.procs["run-1"], Forked)
+    assert b.procs["run-1"].pid in worker.children()
+    outcome = asyncio.run(b.wait("run-1", rid, str(tmp_path / "run")))
+    assert (outcome.state, outcome.failed_component) == ("failed", "gather")
+    # The run's components found the worker through their environment: the step
+    # ran forked, not in a fresh interpreter.
+    log = (tmp_path / "run" / "run.log").read_text()
+    assert "cannot read training shard" in log and "not reachable" not in log
+
+
+def test_without_a_worker_answering_the_run_starts_as_a_fresh_interpreter(
+    tmp_path: Path,
+) -> None:
+    b = _backend(tmp_path, None)  # nothing listens on tmp_path/steps.sock
+    rid = asyncio.run(b.submit("run-1", _params(tmp_path)))
+    assert isinstance(b.procs["run-1"], subprocess.Popen)
+    outcome = asyncio.run(b.wait("run-1", rid, str(tmp_path / "run")))
+    assert (outcome.state, outcome.failed_component) == ("failed", "gather")
+    assert b.step_worker is not None and b.step_worker.proc is not None
+    b.step_worker.proc.kill()
