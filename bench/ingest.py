@@ -6,7 +6,10 @@ decode loop over the same topic, and two ingest processes sharing the topic's si
 partitions (three each, as two members of one group get them), in the same run,
 alternating, median of N.
 
-    python bench/ingest.py [--rows 104863] [--runs 3]
+Then the peak RSS of one ingest process over those examples and over 1,000,000
+(``--rss-rows``), which must not grow with the number of examples.
+
+    python bench/ingest.py [--rows 104863] [--runs 3] [--rss-rows 1000000]
 
 Starts its own Tansu broker unless CTRAIN_KAFKA_BOOTSTRAP is set.
 """
@@ -136,6 +139,26 @@ def _member(bootstrap: str, total: int, root: str, k: int, out: Any) -> None:
     out.put((n, time.perf_counter() - t0))
 
 
+def _rss_member(bootstrap: str, total: int, root: str, out: Any) -> None:
+    """One ingest core in a process of its own: its peak RSS after ``total`` examples."""
+    import resource
+
+    settings = CommonSettings(kafka_bootstrap=bootstrap, kafka_idempotent=False)
+    rate, _, n = asyncio.run(ingest(settings, total, root))
+    out.put((n, rate, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+
+
+def peak_rss(bootstrap: str, total: int, root: str) -> tuple[int, float, float]:
+    """(examples, rate, peak RSS in MiB) of one ingest process reading ``total`` examples."""
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    p = ctx.Process(target=_rss_member, args=(bootstrap, total, root, out))
+    p.start()
+    got = out.get(timeout=1800)
+    p.join()
+    return got  # type: ignore[no-any-return]
+
+
 def two_processes(bootstrap: str, halves: list[int], root: str) -> float:
     """Both halves at once in two processes; the rate is all examples over the slower."""
     ctx = multiprocessing.get_context("spawn")
@@ -152,7 +175,7 @@ def two_processes(bootstrap: str, halves: list[int], root: str) -> float:
     return sum(n for n, _ in results) / max(t for _, t in results)
 
 
-async def main(rows: int, runs: int) -> None:
+async def main(rows: int, runs: int, rss_rows: int) -> None:
     bootstrap = os.environ.get("CTRAIN_KAFKA_BOOTSTRAP")
     tmp = tempfile.mkdtemp(prefix="ctrain-bench-")
     broker = None
@@ -161,6 +184,8 @@ async def main(rows: int, runs: int) -> None:
         bootstrap = broker.address
     try:
         await _measure(bootstrap, tmp, rows, runs)
+        if rss_rows:
+            await _memory(bootstrap, tmp, rss_rows)
     finally:
         if broker is not None:
             os.kill(broker.pid, signal.SIGTERM)
@@ -192,6 +217,23 @@ async def _measure(bootstrap: str, tmp: str, rows: int, runs: int) -> None:
     print(f"ratio ingest/bare: {g / b:.2f}  (targets: >= 100,000/s and >= 0.5)")
 
 
+async def _memory(bootstrap: str, tmp: str, rows: int) -> None:
+    """Peak RSS of one ingest process over the topic as it is, then over ``rows``
+    examples: bounded memory means the second is not ~10x the first."""
+    settings = CommonSettings(kafka_bootstrap=bootstrap, kafka_idempotent=False)
+    have = sum([await _count(bootstrap, (k, 2)) for k in (0, 1)])
+    n1, r1, m1 = peak_rss(bootstrap, have, f"{tmp}/rss-small")
+    if rows > have:
+        more = -(-(rows - have) // 9533)
+        s = await replay(settings, CSV, time_column="trip_start_timestamp", repeat=more)
+        print(f"produced {s.sent:,} more ({s.rate:,.0f}/s replay)")
+    total = sum([await _count(bootstrap, (k, 2)) for k in (0, 1)])
+    n2, r2, m2 = peak_rss(bootstrap, total, f"{tmp}/rss-large")
+    print(f"peak RSS of one ingest process: {m1:,.0f} MiB after {n1:,} examples ({r1:,.0f}/s)")
+    print(f"peak RSS of one ingest process: {m2:,.0f} MiB after {n2:,} examples ({r2:,.0f}/s)")
+    print(f"{n2 / n1:.1f}x the examples, {m2 / m1:.2f}x the peak RSS")
+
+
 async def _count(bootstrap: str, share: tuple[int, int]) -> int:
     """How many examples a member with ``share`` of the partitions will read."""
     c, tps = await assigned_consumer(bootstrap, None, share)
@@ -207,5 +249,11 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=104_863)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument(
+        "--rss-rows",
+        type=int,
+        default=1_000_000,
+        help="then peak RSS of one process over the topic and over this many (0: skip)",
+    )
     a = ap.parse_args()
-    asyncio.run(main(a.rows, a.runs))
+    asyncio.run(main(a.rows, a.runs, a.rss_rows))

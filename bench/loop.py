@@ -101,6 +101,10 @@ def breakdown(d: Demo) -> list[tuple[str, float]]:
     stages.append(("promotion", promo.produced_at.timestamp() - gate_ms / 1000))
     stages.append(("_total", promo.produced_at.timestamp() - t0))
     stages.append(("_pipeline_own", own))
+    # The guarantee beside the speed: the candidate's held-out AUC, and the serving one's.
+    stages.append(("_auc", cand.metrics.overall.get("auc", float("nan"))))
+    base = cand.baseline_metrics.overall if cand.baseline_metrics else {}
+    stages.append(("_baseline_auc", base.get("auc", float("nan"))))
     return stages
 
 
@@ -177,11 +181,13 @@ def main() -> None:
     med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     total = med.pop("_total")
     own = med.pop("_pipeline_own")
+    auc, base_auc = med.pop("_auc"), med.pop("_baseline_auc")
     print(f"\ntime to recovery (median of {len(runs)}): {total:.1f}s")
     print(f"{'stage':<16}{'seconds':>9}{'share':>8}")
     for k, v in med.items():
         print(f"{k:<16}{v:>9.2f}{v / total:>8.1%}")
-    print(f"\nbaseline (same run): pipeline components' own time {own:.1f}s")
+    print(f"\ncandidate AUC (median) {auc:.4f}, serving model's on the same rows {base_auc:.4f}")
+    print(f"baseline (same run): pipeline components' own time {own:.1f}s")
     print(f"ratio time-to-recovery / training itself: {total / own:.2f}")
     fl = {k: statistics.median(f[k] for f in floors) for k in floors[0]}
     pure, epochs = fl.pop("_floor"), int(fl.pop("_epochs"))
