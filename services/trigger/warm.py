@@ -234,6 +234,9 @@ class Worker:
         self.path = path
         self.children: dict[int, socket.socket] = {}
         self.stopping = False
+        # The trigger that started us: if it dies without stopping us (SIGKILL, a
+        # crash), we stop as on SIGTERM instead of serving nobody forever.
+        self.parent = os.getppid()
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         if os.path.exists(path):
             os.unlink(path)  # a socket left by a worker that was killed
@@ -311,9 +314,11 @@ class Worker:
         # Children started before a SIGTERM still report their status: the loop ends
         # once the last one is reaped.
         while not self.stopping or self.children:
-            for key, _ in sel.select():
+            for key, _ in sel.select(timeout=1.0):
                 key.data()
             self._reap()
+            if os.getppid() != self.parent:
+                self.stopping = True
             if self.stopping and self.listener.fileno() >= 0:
                 sel.unregister(self.listener)
                 self.listener.close()

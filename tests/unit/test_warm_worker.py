@@ -276,3 +276,31 @@ def test_without_a_worker_answering_the_run_starts_as_a_fresh_interpreter(
     assert (outcome.state, outcome.failed_component) == ("failed", "gather")
     assert b.step_worker is not None and b.step_worker.proc is not None
     b.step_worker.proc.kill()
+
+
+def test_the_worker_stops_when_the_process_that_started_it_dies(tmp_path: Path) -> None:
+    path = tmp_path / "steps.sock"
+    # A stand-in for the trigger: starts the worker, says its pid, then is SIGKILLed.
+    code = (
+        "import subprocess, sys, time\n"
+        f"w = subprocess.Popen([sys.executable, '-m', 'services.trigger.warm', {str(path)!r},"
+        " '--preload', 'json'])\n"
+        "print(w.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    assert parent.stdout is not None
+    pid = int(parent.stdout.readline())
+    _wait_for("the worker to take steps", lambda: warm.ping(str(path)))
+    parent.kill()
+    parent.wait()
+
+    def gone() -> bool:
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return True
+        return False
+
+    _wait_for("the orphaned worker to leave", gone)
+    assert not path.exists()
