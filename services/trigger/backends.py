@@ -126,7 +126,13 @@ class LocalBackend:
             raise BackendUnavailable(f"local backend refuses submits ({self.fault_file} is set)")
         run_dir = Path(params["run_dir"])
         run_dir.mkdir(parents=True, exist_ok=True)
-        if (run_dir / "result.json").exists() or run_id in self.procs:
+        if (
+            (run_dir / "result.json").exists()
+            or run_id in self.procs
+            or _alive(run_dir / "worker.pid")
+        ):
+            # Done, followed, or its worker runs on its own (this trigger lost track of
+            # it): wait() follows it by its pid.
             return f"local-{run_id}"
         (run_dir / "params.json").write_text(json.dumps(params))
         log = open(run_dir / "run.log", "ab")
@@ -138,9 +144,13 @@ class LocalBackend:
         if self.step_worker is not None:
             # Forked from the warm worker, the run's own worker starts without importing
             # kfp again (3-4 s); it is followed by its pid, as a re-attached run is.
-            pid = await asyncio.to_thread(
-                start_run, env[ENV], str(run_dir / "params.json"), log.fileno(), env
-            )
+            try:
+                pid = await asyncio.to_thread(
+                    start_run, env[ENV], str(run_dir / "params.json"), log.fileno(), env
+                )
+            except BaseException:
+                log.close()
+                raise
             if pid is not None:
                 log.close()
                 self.procs[run_id] = Forked(pid)

@@ -6,16 +6,19 @@ TFMA and Beam before it does any work, which was most of a small window's
 pipeline. The warm worker imports them once, then forks one child per step: the
 same code, the same arguments and the same isolation (a process of its own that
 leaves with ``os._exit``), started in milliseconds. Forking is safe here because
-the worker only *imports*: it never runs TensorFlow, so no runtime, thread pool
-or session exists to be copied half-held into a child.
+the worker only *imports*: it never runs TensorFlow, so no runtime or session
+exists to be copied half-held into a child (the few native threads the imports
+start sit idle in their pools, holding nothing), and its own loop is one thread.
 
 Protocol (one Unix stream connection per step): the client sends its stdout and
 stderr descriptors (``SCM_RIGHTS``) with a length-prefixed JSON request (step,
 argument and result paths, working directory, environment); the worker forks;
 the child writes into the component's own log through those descriptors. The
-status line ``{"exit": code}`` (or ``{"signal": n}``) comes back once the child
-is reaped. The socket is bound before the imports, so a step that arrives
-during warm-up waits for them instead of importing everything a second time.
+worker answers ``{"pid": n}`` once the child exists (no answer: nothing ran, and
+the caller starts a fresh interpreter), then ``{"exit": code}`` (or
+``{"signal": n}``) once the child is reaped. The socket is bound before the
+imports, so a step that arrives during warm-up waits for them instead of
+importing everything a second time.
 
     python -m services.trigger.warm SOCKET [--preload MODULE ...]
 """
@@ -29,6 +32,7 @@ import importlib
 import json
 import os
 import selectors
+import shutil
 import signal
 import socket
 import struct
@@ -87,8 +91,27 @@ def request(path: str, step: str, args_path: str, out_path: str) -> int | None:
         ).encode()
         sys.stdout.flush()
         sys.stderr.flush()
-        socket.send_fds(sock, [_HEADER.pack(len(body)) + body], [1, 2])
-        line = sock.makefile("rb").readline()
+        try:
+            socket.send_fds(sock, [_HEADER.pack(len(body)) + body], [1, 2])
+            replies = sock.makefile("rb")
+            started = replies.readline()
+        except OSError as e:
+            started, why = b"", repr(e)
+        else:
+            why = "it closed the connection"
+        if not started:
+            # Refused before a child existed (stopping, a failed fork): nothing ran.
+            print(
+                f"warm step worker at {path} did not take the step ({why}); starting a fresh "
+                "interpreter"
+            )
+            return None
+        try:
+            line = replies.readline()
+        except OSError as e:
+            raise WorkerLost(
+                f"the warm step worker at {path} failed during step {step}: {e}"
+            ) from e
     if not line:
         raise WorkerLost(f"the warm step worker at {path} closed before step {step} ended")
     status = json.loads(line)
@@ -133,14 +156,17 @@ class WarmProcess:
 
     def stop(self, timeout: float = 2.0) -> bool:
         """SIGTERM: the worker takes no new step and leaves once the steps in flight
-        have ended, as their runs outlive a trigger restart. True when it has left."""
-        if self.proc is None or self.proc.poll() is not None:
-            return True
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return False
+        have ended, as their runs outlive a trigger restart. True when it has left
+        (and its directory is removed)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                return False
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir = None
         return True
 
 
@@ -183,6 +209,17 @@ def ping(path: str, timeout: float = 1.0) -> bool:
 
 def _read_request(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
     data, fds, _flags, _addr = socket.recv_fds(conn, 1 << 16, 2)
+    try:
+        return _parse_request(conn, data, fds)
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+
+
+def _parse_request(
+    conn: socket.socket, data: bytes, fds: list[int]
+) -> tuple[dict[str, Any], list[int]]:
     if len(data) < _HEADER.size:
         raise ValueError("request too short")
     (size,) = _HEADER.unpack_from(data)
@@ -193,6 +230,8 @@ def _read_request(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
             raise ValueError("request truncated")
         body += more
     req = json.loads(bytes(body))
+    if not isinstance(req, dict):
+        raise ValueError(f"a request is a JSON object, got {type(req).__name__}")
     if len(fds) != 2 and not req.get("ping"):
         raise ValueError(f"expected 2 descriptors (stdout, stderr), got {len(fds)}")
     return req, fds
@@ -204,9 +243,15 @@ def _child(req: dict[str, Any], fds: list[int]) -> None:
     os.dup2(fds[1], 2)
     for fd in fds:
         os.close(fd)
+    # The worker's own streams were made for its log file (block-buffered); a step's
+    # and a run's lines must reach their log as they are written (kfp.local streams
+    # them, and a crash must not eat the last ones), as PYTHONUNBUFFERED made them.
+    sys.stdout = open(1, "w", buffering=1, closefd=False, errors="backslashreplace")
+    sys.stderr = open(2, "w", buffering=1, closefd=False, errors="backslashreplace")
     signal.set_wakeup_fd(-1)
-    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGCHLD, signal.SIGTERM):
         signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     os.environ.clear()
     os.environ.update(req["env"])
     os.chdir(req["cwd"])
@@ -254,7 +299,11 @@ class Worker:
         gc.freeze()
 
     def _accept(self) -> None:
-        conn, _ = self.listener.accept()
+        try:
+            conn, _ = self.listener.accept()
+        except OSError as e:  # EMFILE and the like: the caller falls back, we go on
+            print(f"warm worker: accept failed ({e})", file=sys.stderr, flush=True)
+            return
         conn.settimeout(10)  # a caller that connects and sends nothing must not stall us
         try:
             req, fds = _read_request(conn)
@@ -262,6 +311,17 @@ class Worker:
             print(f"warm worker: bad request ({e})", file=sys.stderr, flush=True)
             conn.close()
             return
+        try:
+            self._start(conn, req, fds)
+        except OSError as e:
+            # A failed fork (ENOMEM, EAGAIN): no child, so no acknowledgement, and the
+            # caller starts a fresh interpreter instead.
+            print(f"warm worker: could not fork ({e})", file=sys.stderr, flush=True)
+            for fd in fds:
+                os.close(fd)
+            conn.close()
+
+    def _start(self, conn: socket.socket, req: dict[str, Any], fds: list[int]) -> None:
         if req.get("ping"):
             # A prober that gave up while we imported asks again.
             with conn, contextlib.suppress(OSError):
@@ -276,11 +336,10 @@ class Worker:
             os.close(fd)
         conn.settimeout(None)
         self.children[pid] = conn
-        if req.get("kind") == "run":
-            # A run's caller wants its pid (it follows the run as it would a re-attached
-            # one); it does not wait on this connection for the status.
-            with contextlib.suppress(OSError):
-                conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+        # The acknowledgement: a child exists. A run's caller follows it by this pid (as
+        # it would a re-attached run); a step's caller waits on for the status.
+        with contextlib.suppress(OSError):
+            conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
 
     def _reap(self) -> None:
         while self.children:

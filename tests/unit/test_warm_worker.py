@@ -135,6 +135,23 @@ def _blocked_step(tmp_path: Path) -> tuple[subprocess.Popen[bytes], Path]:
     return comp, fifo
 
 
+def _blocked_in_step(worker: Running) -> int:
+    """The forked step's pid once it is blocked opening its FIFO: by then the worker
+    has long acknowledged it."""
+
+    def blocked() -> int | None:
+        for pid in worker.children():
+            try:
+                wchan = Path(f"/proc/{pid}/wchan").read_text()
+            except OSError:
+                continue
+            if "partner" in wchan or "fifo" in wchan:
+                return pid
+        return None
+
+    return int(_wait_for("the step to block on its FIFO", blocked))
+
+
 def _log_of(comp: subprocess.Popen[bytes], tmp_path: Path) -> bytes:
     comp.wait(timeout=60)
     return (tmp_path / "component.log").read_bytes()
@@ -168,7 +185,7 @@ def test_a_lost_worker_fails_the_step_instead_of_hanging_it(
     worker: Running, tmp_path: Path
 ) -> None:
     comp, fifo = _blocked_step(tmp_path)
-    _wait_for("the forked step", worker.children)
+    _blocked_in_step(worker)
     worker.proc.kill()
     worker.proc.wait()
     assert b"closed before step wait_on ended" in _log_of(comp, tmp_path)
@@ -179,7 +196,9 @@ def test_sigterm_stops_taking_steps_but_reports_the_ones_in_flight(
     worker: Running, tmp_path: Path
 ) -> None:
     comp, fifo = _blocked_step(tmp_path)
-    _wait_for("the forked step", worker.children)
+    _blocked_in_step(worker)
+    # Its output is in the component's log while it runs, as with PYTHONUNBUFFERED.
+    assert b"waiting on" in (tmp_path / "component.log").read_bytes()
     worker.proc.terminate()
     _wait_for("the socket to go", lambda: not worker.path.exists())
     assert worker.proc.poll() is None  # still waiting for its step
@@ -304,3 +323,71 @@ def test_the_worker_stops_when_the_process_that_started_it_dies(tmp_path: Path) 
 
     _wait_for("the orphaned worker to leave", gone)
     assert not path.exists()
+
+
+def test_a_failed_fork_falls_back_to_a_fresh_interpreter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In this process: the worker object with its fork failing (ENOMEM)."""
+    import threading
+
+    w = warm.Worker(str(tmp_path / "w.sock"))
+
+    def no_fork() -> int:
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(warm.os, "fork", no_fork)
+    got: list[int | None] = []
+    args = tmp_path / "args.json"
+    args.write_text("{}")
+    client = threading.Thread(
+        target=lambda: got.append(
+            warm.request(str(tmp_path / "w.sock"), "gather", str(args), str(tmp_path / "o"))
+        )
+    )
+    client.start()
+    w._accept()
+    client.join(30)
+    assert got == [None]  # not a lost worker: nothing ran, so the caller runs it itself
+    # A request that is JSON but not an object is refused, and the worker goes on.
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(tmp_path / "w.sock"))
+        s.sendall(warm._HEADER.pack(2) + b"[]")
+        w._accept()
+        assert s.recv(10) == b""
+    w.listener.close()
+
+
+def test_a_second_worker_for_a_run_waits_and_finds_the_result(tmp_path: Path) -> None:
+    import fcntl
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    params = tmp_path / "params.json"
+    params.write_text(json.dumps({**_params(tmp_path), "run_dir": str(run_dir)}))
+    with open(run_dir / "run.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the first worker holds the run
+        second = subprocess.Popen(
+            [sys.executable, "-m", "services.trigger.run_local", str(params)],
+            stdout=open(tmp_path / "second.log", "wb"),
+            stderr=subprocess.STDOUT,
+        )
+        time.sleep(1.0)  # give the second one time to (wrongly) start the pipeline
+        assert second.poll() is None  # it waits for the lock
+        (run_dir / "result.json").write_text("{}")
+    assert second.wait(timeout=60) == 0
+    assert "Running pipeline" not in (tmp_path / "second.log").read_text()
+
+
+def test_submit_does_not_start_a_run_whose_worker_is_alive(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    alive = subprocess.Popen(["sleep", "60"])
+    try:
+        (run_dir / "worker.pid").write_text(str(alive.pid))
+        b = LocalBackend(poll_s=0.1)
+        asyncio.run(b.submit("run-1", _params(tmp_path)))
+        assert "run-1" not in b.procs and not (run_dir / "params.json").exists()
+    finally:
+        alive.kill()
+        alive.wait()

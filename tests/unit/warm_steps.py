@@ -7,6 +7,7 @@ from services.trigger import steps
 
 
 def wait_on(fifo: str) -> dict[str, int]:
+    print(f"waiting on {fifo}")  # no flush: the line must reach the log by itself
     with open(fifo, "rb") as f:  # blocks until a writer opens it
         data = f.read()
     if not data:
