@@ -372,8 +372,12 @@ def test_a_second_worker_for_a_run_waits_and_finds_the_result(tmp_path: Path) ->
             stdout=open(tmp_path / "second.log", "wb"),
             stderr=subprocess.STDOUT,
         )
-        time.sleep(1.0)  # give the second one time to (wrongly) start the pipeline
-        assert second.poll() is None  # it waits for the lock
+        # Probed, not slept on: the second worker is blocked waiting for the run's lock.
+        _wait_for(
+            "the second worker to wait for the lock",
+            lambda: "lock" in Path(f"/proc/{second.pid}/wchan").read_text(),
+        )
+        assert second.poll() is None
         (run_dir / "result.json").write_text("{}")
     assert second.wait(timeout=60) == 0
     assert "Running pipeline" not in (tmp_path / "second.log").read_text()
