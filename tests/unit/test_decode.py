@@ -145,6 +145,19 @@ def test_iso_event_time() -> None:
     assert isinstance(missing, Rejected) and "'ts'" in missing.message
 
 
+@pytest.mark.parametrize("t", [253402300800, -62135596801, 1e300, -(2**62)])
+def test_event_time_outside_years_1_to_9999_is_rejected_not_a_crash(t: float) -> None:
+    """Found by a property test: such a time raised in the decoder (a poison pill:
+    datetime cannot name it, int() cannot hold 1e300 ms)."""
+    spec = example_spec(load_schema(TAXI_SCHEMA))
+    d = Decoder(spec, DecoderConfig(event_time_field="ts"))
+    res = dec(d, {**good(), "ts": t})
+    assert isinstance(res, Rejected) and res.reason == Reason.BAD_EVENT_TIME
+    assert "outside years 1 to 9999" in res.message
+    ok = dec(d, {**good(), "ts": -62135596800})  # 0001-01-01: in range
+    assert isinstance(ok, Accepted)
+
+
 def test_optional_feature_may_be_absent(decoder: Decoder) -> None:
     res = dec(decoder, good(company=...))
     assert isinstance(res, Accepted) and "company" not in res.row
