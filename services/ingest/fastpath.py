@@ -157,7 +157,7 @@ def epoch_ms(col: pa.Array, unit_ms: int) -> list[int] | None:
     bounds = pc.min_max(scaled)
     if bounds["min"].as_py() < MIN_EPOCH_MS or bounds["max"].as_py() > MAX_EPOCH_MS:
         return None
-    return pc.cast(scaled, pa.int64(), safe=False).to_pylist()  # type: ignore[no-any-return]
+    return pc.cast(scaled, pa.int64(), safe=False).to_pylist()
 
 
 def _float32(col: pa.Array) -> pa.Array | None:

@@ -48,7 +48,7 @@ def same(a: BatchResult, b: BatchResult) -> None:
 
 def test_clean_batch_is_taken_whole_with_the_python_values(tmp_path: Path) -> None:
     fast, slow = decoders()
-    values = rows(200)
+    values: list[bytes | None] = list(rows(200))
     assert fast._fast.decode(values, [0] * 200, NOW) is not None
     a = fast.decode_batch(values, [0] * 200, NOW)
     b = slow.decode_batch(values, [0] * 200, NOW)
