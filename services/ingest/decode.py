@@ -15,7 +15,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from services.ingest.fastpath import MAX_EPOCH_MS, MIN_EPOCH_MS, FastPath, epoch_ms
+from services.ingest.fastpath import MAX_EPOCH_MS, MIN_EPOCH_MS, Clean, FastPath, epoch_ms
 from shared.schema import ExampleSpec, FeatureKind
 
 
@@ -180,11 +180,35 @@ class Decoder:
         self, values: list[bytes | None], timestamps: list[int], now_ms: int, *, retry: bool
     ) -> BatchResult | None:
         clean = self._fast.decode(values, timestamps, now_ms)
-        if clean is not None:
+        if clean is None:
+            if not retry and len(values) > FAST_PIECE:
+                return None
+            return self._decode_python(values, timestamps, now_ms)
+        if not clean.suspects:
             return BatchResult(clean.batch, list(range(len(values))), clean.event_ms, [])
-        if not retry and len(values) > FAST_PIECE:
-            return None
-        return self._decode_python(values, timestamps, now_ms)
+        return self._with_suspects(values, timestamps, now_ms, clean)
+
+    def _with_suspects(
+        self, values: list[bytes | None], timestamps: list[int], now_ms: int, clean: Clean
+    ) -> BatchResult:
+        """The fast rows plus the Python verdicts of the rows set aside, in input order."""
+        sus = clean.suspects
+        judged = self._decode_python([values[i] for i in sus], [timestamps[i] for i in sus], now_ms)
+        aside = set(sus)
+        positions = [i for i in range(len(values)) if i not in aside]
+        positions += [sus[j] for j in judged.accepted]
+        order = sorted(range(len(positions)), key=positions.__getitem__)
+        both = pa.Table.from_batches([clean.batch, judged.batch], schema=self.schema)
+        rows = both.take(pa.array(order, pa.int64()))
+        times = clean.event_ms + judged.event_ms
+        return BatchResult(
+            batch=pa.RecordBatch.from_arrays(
+                [c.combine_chunks() for c in rows.columns], schema=self.schema
+            ),
+            accepted=[positions[k] for k in order],
+            event_ms=[times[k] for k in order],
+            rejected=[(sus[j], why) for j, why in judged.rejected],
+        )
 
     def _decode_python(
         self, values: list[bytes | None], timestamps: list[int], now_ms: int

@@ -4,9 +4,11 @@ The Python decoder (:mod:`services.ingest.decode`) gives every record its verdic
 but spends most of ingest's time building dicts and inferring types. Most batches
 have nothing wrong with them. For those, Arrow's JSON reader turns the joined
 records straight into typed columns, and the checks below prove that the Python
-path would have accepted every record with exactly these values. If any check
-fails, the function returns None and the caller decodes those records in Python.
-So this path can only make a batch faster: it never gives a verdict of its own.
+path would have accepted each row it keeps with exactly these values. A row a
+check cannot clear (a missing required value, a NaN) is set aside, and the caller
+gives it its verdict in Python; a batch the reader cannot read as a whole is
+refused (None) and decoded in Python. So this path only makes a batch faster:
+it never gives a verdict of its own.
 
 What the checks stand on (each is exercised in ``tests/unit/test_fastpath.py``):
 
@@ -17,8 +19,9 @@ What the checks stand on (each is exercised in ``tests/unit/test_fastpath.py``):
   error or a broken surrogate pair makes the reader raise.
 - The reader is lenient where the Python path is not. It reads ``NaN`` and
   ``Infinity``, promotes an int64 column holding ``19.5`` to double, and keeps
-  invalid UTF-8 in strings. Hence: exact column types, finite float32-range
-  floats, no missing required values, valid UTF-8.
+  invalid UTF-8 in strings. Hence: exact column types and valid UTF-8 for the
+  batch; finite floats, required values present and event times in range (years
+  1 to 9999, not too far ahead) for each row kept.
 - Floats are read as double and rounded to float32 as the Python path does. A
   value beyond 2**53 takes the Python path, which rounds an integer that large
   to float32 directly rather than through double.
@@ -39,16 +42,17 @@ _READ = {
     FeatureKind.INT: pa.int64(),
     FeatureKind.BYTES: pa.string(),
 }
-_FLOAT32_MAX = 3.4028234663852886e38
 _EXACT_DOUBLE = float(2**53)
 
 
 @dataclass(frozen=True)
 class Clean:
-    """A batch every record of which the Python path accepts, with the same values."""
+    """The rows the Python path would accept with these values, in input order, and
+    the input positions of the rows it must judge itself."""
 
     batch: pa.RecordBatch
     event_ms: list[int]
+    suspects: list[int]
 
 
 class FastPath:
@@ -77,19 +81,28 @@ class FastPath:
     def decode(
         self, values: list[bytes | None], timestamps: list[int], now_ms: int
     ) -> Clean | None:
-        """The batch, typed, if every record is clean; None if any record needs a verdict."""
+        """The batch, typed, with the rows that need a verdict of their own set aside
+        (``suspects``); None if the batch as a whole cannot be read this way."""
         n = len(values)
-        limit = self.max_bytes
-        for v in values:
-            if not v or len(v) > limit or v[0] != 0x7B or v[-1] != 0x7D:
-                return None
+        if not n or None in values:
+            return None
+        if min(map(len, values)) < 2 or max(map(len, values)) > self.max_bytes:  # type: ignore[arg-type]
+            return None
         joined = b"\n".join(values)  # type: ignore[arg-type]  # None was refused above
-        if joined.count(b"\n") != n - 1 or not _utf8(joined):
+        # One line per record: the n-1 newlines are exactly the n-1 joins, each between
+        # a "}" and a "{", so every record starts with "{" and ends with "}".
+        if (
+            joined[0] != 0x7B
+            or joined[-1] != 0x7D
+            or joined.count(b"\n") != n - 1
+            or joined.count(b"}\n{") != n - 1
+            or not _utf8(joined)
+        ):
             return None
         try:
             table = pj.read_json(
                 pa.BufferReader(joined),
-                read_options=pj.ReadOptions(block_size=max(1 << 20, len(joined) // 2 + 1)),
+                read_options=pj.ReadOptions(block_size=max(1 << 18, len(joined) // 2 + 1)),
                 parse_options=pj.ParseOptions(
                     explicit_schema=self.read_schema, unexpected_field_behavior="infer"
                 ),
@@ -103,38 +116,75 @@ class FastPath:
         if not set(table.column_names) <= self._allowed:
             return None
         arrays = []
+        flags: list[pa.Array] = []  # per row: True if it needs the Python path
         for f in self.spec.features:
             col = table.column(f.name).combine_chunks()
-            if col.type != _READ[f.kind] or (f.required and col.null_count):
-                return None
+            if col.type != _READ[f.kind]:
+                return None  # e.g. an int64 column promoted by a 19.5: whole columns
+            if f.required and col.null_count:
+                flags.append(col.is_null())
             if f.kind is FeatureKind.FLOAT:
-                col = _float32(col)
-                if col is None:
-                    return None
+                odd = _unusual_float(col)
+                if odd is not None:
+                    flags.append(odd)
+                col = col.cast(pa.float32(), safe=False)
             elif f.kind is FeatureKind.BYTES:
                 try:
                     col.validate(full=True)
                 except pa.ArrowInvalid:
                     return None
             arrays.append(col)
-        times = self._event_times(table, timestamps, now_ms)
+        times = self._event_times(table, timestamps, now_ms, flags)
         if times is None:
             return None
-        return Clean(pa.RecordBatch.from_arrays(arrays, schema=self.target), times)
+        batch = pa.RecordBatch.from_arrays(arrays, schema=self.target)
+        if not flags:
+            return Clean(batch, times.to_pylist(), [])
+        suspect = flags[0]
+        for more in flags[1:]:
+            suspect = pc.or_(suspect, more)
+        if not pc.any(suspect).as_py():
+            return Clean(batch, times.to_pylist(), [])
+        keep = pc.invert(suspect)
+        return Clean(
+            batch.filter(keep),
+            times.filter(keep).to_pylist(),
+            pc.indices_nonzero(suspect).to_pylist(),
+        )
 
-    def _event_times(self, table: pa.Table, kafka_ts: list[int], now_ms: int) -> list[int] | None:
+    def _event_times(
+        self, table: pa.Table, kafka_ts: list[int], now_ms: int, flags: list[pa.Array]
+    ) -> pa.Array | None:
         field = self.event_time_field
         if not field:
-            times = list(kafka_ts)
+            times = pa.array(kafka_ts, pa.int64())
         else:
             if field not in table.column_names:
                 return None
-            got = epoch_ms(table.column(field).combine_chunks(), self.unit_ms)
-            if got is None:
+            col = table.column(field).combine_chunks()
+            if col.type not in (pa.int64(), pa.float64()):
                 return None
-            times = got
-        if times and max(times) > now_ms + self.max_future_ms:
-            return None
+            # Unsafe: an int beyond 2**53 is out of range anyway (flagged below).
+            scaled = pc.multiply(col.cast(pa.float64(), safe=False), float(self.unit_ms))
+            bad = pc.fill_null(
+                pc.invert(
+                    pc.and_(
+                        pc.is_finite(scaled),
+                        pc.and_(
+                            pc.greater_equal(scaled, float(MIN_EPOCH_MS)),
+                            pc.less_equal(scaled, float(MAX_EPOCH_MS)),
+                        ),
+                    )
+                ),
+                True,
+            )
+            if pc.any(bad).as_py():
+                flags.append(bad)
+                scaled = pc.if_else(bad, 0.0, scaled)
+            times = pc.cast(scaled, pa.int64(), safe=False)
+        future = pc.greater(times, now_ms + self.max_future_ms)
+        if pc.any(future).as_py():
+            flags.append(future)
         return times
 
 
@@ -160,17 +210,14 @@ def epoch_ms(col: pa.Array, unit_ms: int) -> list[int] | None:
     return pc.cast(scaled, pa.int64(), safe=False).to_pylist()
 
 
-def _float32(col: pa.Array) -> pa.Array | None:
-    """Double to float32 as the Python path rounds it; None for a value it would refuse
-    (non-finite, beyond float32) or round differently (an integer beyond 2**53)."""
+def _unusual_float(col: pa.Array) -> pa.Array | None:
+    """Rows whose double the Python path must judge (non-finite, beyond float32) or
+    round itself (beyond 2**53, where it rounds an integer straight to float32)."""
     if col.null_count == len(col):
-        return col.cast(pa.float32())
-    if not pc.all(pc.is_finite(col)).as_py():
         return None
-    biggest = pc.max(pc.abs(col)).as_py()
-    if biggest > _FLOAT32_MAX or biggest >= _EXACT_DOUBLE:
-        return None
-    return col.cast(pa.float32(), safe=False)
+    ok = pc.and_(pc.is_finite(col), pc.less(pc.abs(col), _EXACT_DOUBLE))
+    odd = pc.fill_null(pc.invert(ok), False)
+    return odd if pc.any(odd).as_py() else None
 
 
 def _utf8(data: bytes) -> bool:
