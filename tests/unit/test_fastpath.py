@@ -198,4 +198,6 @@ def test_any_batch_decodes_as_the_python_path_does(raws: list[bytes]) -> None:
     fast, slow = decoders(max_bytes=2048)
     batch: list[bytes | None] = list(raws)
     ts = [0] * len(batch)
-    same(fast.decode_batch(batch, ts, NOW), slow.decode_batch(batch, ts, NOW))
+    a, b = fast.decode_batch(batch, ts, NOW), slow.decode_batch(batch, ts, NOW)
+    assert a.batch.schema == b.batch.schema and a.batch.equals(b.batch)
+    assert (a.accepted, a.event_ms, a.rejected) == (b.accepted, b.event_ms, b.rejected)
