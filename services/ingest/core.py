@@ -16,16 +16,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+import numpy as np
 import orjson
 import pyarrow as pa
 
 from services.ingest.decode import Decoder, Reason, Rejected
 from services.ingest.metrics import IngestMetrics
 from services.ingest.windowing import (
-    Add,
     ClosedRange,
     CloseReason,
-    Late,
     OpenWindow,
     PartitionWindows,
     WindowPolicy,
@@ -215,52 +214,39 @@ class Ingestor:
         )
         for i, why in res.rejected:
             await self._reject(recs[i], why)
-        closing: list[tuple[OpenWindow, CloseReason]] = []
-        rows: dict[str, list[int]] = {}
-        route = windows.route
-        max_count = self.policy.max_count
-        for j, i in enumerate(res.accepted):
-            r = route(recs[i].offset, res.event_ms[j])
-            if type(r) is Add:
-                w = r.window
-                rows.setdefault(w.window_id, []).append(j)
-                if max_count and w.count >= max_count:
-                    closing.append((w, "count"))
-                    windows.close(w)
-                if self.policy.duration_ms:
-                    for due in windows.watermark_due():
-                        closing.append((due, "watermark"))
-                        windows.close(due)
-            elif type(r) is Late:
-                t = res.event_ms[j]
-                await self._reject(
-                    recs[i],
-                    Rejected(
-                        Reason.LATE,
-                        f"event time {_ts(t).isoformat()} belongs to window starting "
-                        f"{_ts(r.bucket).isoformat()}, closed at watermark "
-                        f"{_ts(r.watermark).isoformat()}",
-                    ),
-                )
-            else:
-                self.metrics.replayed.inc()
+        acc = res.accepted
+        offs = np.fromiter((recs[i].offset for i in acc), np.int64, len(acc))
+        routed = windows.route_many(offs, res.event_ms)
+        for j, late in routed.late:
+            t = res.event_ms[j]
+            await self._reject(
+                recs[acc[j]],
+                Rejected(
+                    Reason.LATE,
+                    f"event time {_ts(t).isoformat()} belongs to window starting "
+                    f"{_ts(late.bucket).isoformat()}, closed at watermark "
+                    f"{_ts(late.watermark).isoformat()}",
+                ),
+            )
+        self.metrics.replayed.inc(routed.skipped)
         accepted = 0
-        for wid, idx in rows.items():
-            writer = part.writers.get(wid)
+        for w, start, stop in routed.adds:
+            writer = part.writers.get(w.window_id)
             if writer is None:
-                writer = part.writers[wid] = self._new_writer(wid)
-            whole = len(idx) == res.batch.num_rows
-            writer.rows.add(res.batch if whole else res.batch.take(pa.array(idx, pa.int64())))
-            offs = pa.array([recs[res.accepted[j]].offset for j in idx], pa.int64())
-            writer.offsets.add(pa.RecordBatch.from_arrays([offs], schema=OFFSETS_SCHEMA))
-            accepted += len(idx)
+                writer = part.writers[w.window_id] = self._new_writer(w.window_id)
+            # Zero-copy slices: the shard writer cuts row groups itself.
+            writer.rows.add(res.batch.slice(start, stop - start))
+            writer.offsets.add(
+                pa.RecordBatch.from_arrays([pa.array(offs[start:stop])], schema=OFFSETS_SCHEMA)
+            )
+            accepted += stop - start
         if n:
             part.last_read_wall = self.clock()
             part.idle_announced = False
         self.metrics.accepted.inc(accepted)
         if windows.watermark is not None:
             self.metrics.watermark.labels(str(tp[1])).set(windows.watermark / 1000)
-        return await self._settle(tp, part, closing)
+        return await self._settle(tp, part, routed.closing)
 
     async def close_idle(self) -> dict[TopicPartition, int]:
         """Close the open windows of partitions that have been quiet too long."""

@@ -13,8 +13,11 @@ duration, one unbounded bucket is cut by count alone.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
+
+import numpy as np
 
 from shared.ids import stable_id
 
@@ -80,6 +83,18 @@ class Add:
 
 
 @dataclass
+class Routed:
+    """Where a batch of accepted records went, in input positions (see ``route_many``)."""
+
+    # (window, start, stop): positions start..stop-1 were added to the window, in order.
+    adds: list[tuple[OpenWindow, int, int]] = field(default_factory=list)
+    late: list[tuple[int, Late]] = field(default_factory=list)
+    skipped: int = 0
+    # Windows closed while routing, in the order they closed.
+    closing: list[tuple[OpenWindow, CloseReason]] = field(default_factory=list)
+
+
+@dataclass
 class PartitionWindows:
     stream: str
     topic: str
@@ -114,6 +129,104 @@ class PartitionWindows:
         if w.max_t is None or t_ms > w.max_t:
             w.max_t = t_ms
         return Add(w)
+
+    def route_many(
+        self, offsets: Sequence[int] | np.ndarray, times: Sequence[int] | np.ndarray
+    ) -> Routed:
+        """Route a batch of accepted records, closing windows as they fill or fall behind
+        the watermark: exactly what ``route`` record by record followed, after each
+        ``Add``, by closing a full window and then the watermark's due ones would do.
+
+        Records come in runs that share a bucket and change nothing but one window's
+        count and the watermark; each run is routed at once. A record that may be late
+        or inside a range closed before a restart is routed by ``route`` on its own.
+        """
+        out = Routed()
+        n = len(times)
+        if not n:
+            return out
+        p = self.policy
+        dur = p.duration_ms
+        t = np.asarray(times, dtype=np.int64)
+        off = np.asarray(offsets, dtype=np.int64)
+        # The watermark after each record: late records never raise it (they are behind it).
+        wm_after = np.maximum.accumulate(t)
+        if self.watermark is not None:
+            np.maximum(wm_after, self.watermark, out=wm_after)
+        odd = np.zeros(n, dtype=bool)
+        if dur:
+            buckets = t - t % dur
+            wm_before = np.empty(n, dtype=np.int64)
+            wm_before[1:] = wm_after[:-1]
+            wm_before[0] = self.watermark if self.watermark is not None else np.iinfo(np.int64).min
+            odd |= buckets + dur + p.allowed_lateness_ms <= wm_before
+            # Where the bucket changes: a run never spans two.
+            edges = np.flatnonzero(buckets[1:] != buckets[:-1]) + 1
+        for c in self.closed:
+            odd |= (off >= c.first) & (off <= c.last)
+        odd_at = np.flatnonzero(odd)
+        i = 0
+        while i < n:
+            if odd[i]:
+                self._route_one(out, i, int(off[i]), int(t[i]))
+                i += 1
+                continue
+            stop = n
+            k = int(np.searchsorted(odd_at, i, side="right"))
+            if k < len(odd_at):
+                stop = int(odd_at[k])
+            b = NO_BUCKET
+            if dur:
+                b = int(buckets[i])
+                k = int(np.searchsorted(edges, i, side="right"))
+                if k < len(edges):
+                    stop = min(stop, int(edges[k]))
+                others = [ob for ob in self.open if ob != b]
+                if others:
+                    # The first record that makes another open window due ends the run
+                    # (it closes right after that record).
+                    due_at = min(others) + dur + p.allowed_lateness_ms
+                    j = int(np.searchsorted(wm_after, due_at, side="left"))
+                    stop = min(stop, max(j, i) + 1)
+            w = self.open.get(b)
+            if p.max_count:
+                stop = min(stop, i + p.max_count - (w.count if w is not None else 0))
+            first = int(off[i])
+            if w is None:
+                wid = stable_id("win", self.stream, self.topic, self.partition, b, first)
+                w = OpenWindow(wid, b, first, first, self.watermark)
+                self.open[b] = w
+            run = t[i:stop]
+            lo, hi = int(run.min()), int(run.max())
+            w.last = int(off[stop - 1])
+            w.count += stop - i
+            w.min_t = lo if w.min_t is None else min(w.min_t, lo)
+            w.max_t = hi if w.max_t is None else max(w.max_t, hi)
+            self.watermark = int(wm_after[stop - 1])
+            out.adds.append((w, i, stop))
+            self._close_due(w, out)
+            i = stop
+        return out
+
+    def _route_one(self, out: Routed, i: int, offset: int, t_ms: int) -> None:
+        r = self.route(offset, t_ms)
+        if type(r) is Add:
+            out.adds.append((r.window, i, i + 1))
+            self._close_due(r.window, out)
+        elif type(r) is Late:
+            out.late.append((i, r))
+        else:
+            out.skipped += 1
+
+    def _close_due(self, added_to: OpenWindow, out: Routed) -> None:
+        """After an add: the window if it is full, then those the watermark has passed."""
+        if self.policy.max_count and added_to.count >= self.policy.max_count:
+            out.closing.append((added_to, "count"))
+            self.close(added_to)
+        if self.policy.duration_ms:
+            for due in self.watermark_due():
+                out.closing.append((due, "watermark"))
+                self.close(due)
 
     def due(self, window: OpenWindow) -> CloseReason | None:
         """Whether ``window`` closes now, and why."""

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -104,3 +106,100 @@ def test_window_ids_are_deterministic(times: list[int], n: int) -> None:
     a = feed(PartitionWindows("s", "t", 0, policy), times)
     b = feed(PartitionWindows("s", "t", 0, policy), times)
     assert a == b
+
+
+def _one_by_one(
+    pw: PartitionWindows, offsets: list[int], times: list[int]
+) -> tuple[list[str], list[tuple[str, str]]]:
+    """The reference: ``route`` per record, then the closes the core makes after an add.
+    Returns each record's fate (window id, "late" or "skip") and the closes in order."""
+    fates: list[str] = []
+    closes: list[tuple[str, str]] = []
+    for off, t in zip(offsets, times, strict=True):
+        r = pw.route(off, t)
+        if isinstance(r, Late):
+            fates.append("late")
+            continue
+        if isinstance(r, Skip):
+            fates.append("skip")
+            continue
+        fates.append(r.window.window_id)
+        if pw.policy.max_count and r.window.count >= pw.policy.max_count:
+            closes.append((r.window.window_id, "count"))
+            pw.close(r.window)
+        for w in pw.watermark_due():
+            closes.append((w.window_id, "watermark"))
+            pw.close(w)
+    return fates, closes
+
+
+def _state(pw: PartitionWindows) -> tuple[object, ...]:
+    return (pw.watermark, list(pw.closed), sorted((b, w.__dict__) for b, w in pw.open.items()))
+
+
+@st.composite
+def _streams(draw: st.DrawFn) -> tuple[WindowPolicy, list[int], list[int], list[int], int]:
+    duration = draw(st.sampled_from([None, 7, 50, 1000]))
+    count = draw(st.sampled_from([None, 1, 2, 5, 40])) if duration else draw(st.integers(1, 40))
+    policy = WindowPolicy(
+        max_count=count, duration_ms=duration, allowed_lateness_ms=draw(st.integers(0, 60))
+    )
+    # Mostly ordered, sometimes out of order, sometimes negative: every path of the router.
+    steps = draw(st.lists(st.integers(-40, 60), min_size=1, max_size=300))
+    t0 = draw(st.integers(-500, 500))
+    times = [t0 + sum(steps[: i + 1]) for i in range(len(steps))]
+    cuts = sorted(draw(st.lists(st.integers(0, len(times)), max_size=6)))
+    first = draw(st.integers(0, 1000))
+    restart = draw(st.integers(0, len(times)))
+    return policy, times, cuts, list(range(first, first + len(times))), restart
+
+
+@given(stream=_streams())
+@settings(max_examples=400, deadline=None)
+def test_route_many_equals_route_record_by_record(
+    stream: tuple[WindowPolicy, list[int], list[int], list[int], int],
+) -> None:
+    """Batched routing is the record-by-record router, whatever the batch boundaries:
+    same window per record, same lates and skips, same closes in the same order, same
+    state after, including after a restart that replays records of closed windows."""
+    policy, times, cuts, offsets, restart = stream
+    ref = PartitionWindows("s", "t", 3, policy)
+    fast = PartitionWindows("s", "t", 3, policy)
+    # A first run up to ``restart``, then both routers resume from its closed ranges and
+    # watermark, as a new owner does from a checkpoint, and replay everything.
+    first = PartitionWindows("s", "t", 3, policy)
+    _one_by_one(first, offsets[:restart], times[:restart])
+    if not first.open:
+        for r in (ref, fast):
+            r.closed = list(first.closed)
+            r.watermark = first.watermark
+    want, want_closes = _one_by_one(ref, offsets, times)
+    got: list[str] = []
+    got_closes: list[tuple[str, str]] = []
+    bounds = [0, *cuts, len(times)]
+    for a, b in itertools.pairwise(bounds):
+        routed = fast.route_many(offsets[a:b], times[a:b])
+        fates = ["skip"] * (b - a)
+        for w, start, stop in routed.adds:
+            fates[start:stop] = [w.window_id] * (stop - start)
+        for i, _late in routed.late:
+            fates[i] = "late"
+        assert fates.count("skip") == routed.skipped
+        got += fates
+        got_closes += [(w.window_id, why) for w, why in routed.closing]
+    assert got == want
+    assert got_closes == want_closes
+    assert _state(fast) == _state(ref)
+
+
+def test_route_many_late_exactly_at_the_boundary() -> None:
+    """A record whose window ends exactly at the watermark (plus lateness) is late, in
+    the middle of a batch as well as on its own."""
+    for lateness in (0, 200):
+        pw = PartitionWindows(
+            "s", "t", 0, WindowPolicy(max_count=None, duration_ms=D, allowed_lateness_ms=lateness)
+        )
+        routed = pw.route_many([0, 1, 2, 3], [100, D + lateness, 999, D + lateness + 1])
+        assert [(w.bucket, a, b) for w, a, b in routed.adds] == [(0, 0, 1), (D, 1, 2), (D, 3, 4)]
+        assert [(i, late.bucket) for i, late in routed.late] == [(2, 0)]
+        assert [(w.bucket, why) for w, why in routed.closing] == [(0, "watermark")]
