@@ -9,6 +9,7 @@ performs the commits this object hands back. Order of effects for each close
 from __future__ import annotations
 
 import base64
+import bisect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -20,7 +21,7 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
-from services.ingest.decode import Decoder, Reason, Rejected
+from services.ingest.decode import BatchResult, Decoder, Reason, Rejected
 from services.ingest.metrics import IngestMetrics
 from services.ingest.windowing import (
     ClosedRange,
@@ -108,6 +109,18 @@ def dead_letter(
     )
 
 
+def _share(res: BatchResult, lo: int, hi: int) -> BatchResult:
+    """The part of a batch's result for input positions lo..hi-1, renumbered from 0."""
+    first = bisect.bisect_left(res.accepted, lo)
+    last = bisect.bisect_left(res.accepted, hi)
+    return BatchResult(
+        batch=res.batch.slice(first, last - first),
+        accepted=[i - lo for i in res.accepted[first:last]],
+        event_ms=res.event_ms[first:last],
+        rejected=[(i - lo, why) for i, why in res.rejected if lo <= i < hi],
+    )
+
+
 def _ts(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, UTC)
 
@@ -182,14 +195,46 @@ class Ingestor:
     # ----------------------------------------------------------- records
     async def process(self, tp: TopicPartition, records: Iterable[Record]) -> int | None:
         """Handle one batch of one partition; return an offset to commit, if any."""
+        return (await self.process_many({tp: records})).get(tp)
+
+    async def process_many(
+        self, batches: dict[TopicPartition, Iterable[Record]]
+    ) -> dict[TopicPartition, int]:
+        """Handle one poll's batches of several partitions; return offsets to commit.
+
+        The records of all partitions are decoded in one call (a verdict never depends
+        on a record's neighbours, so this changes nothing but the per-call costs), then
+        each partition's share is routed to its own windows, in partition order.
+        """
+        fresh: list[tuple[TopicPartition, _Partition, list[Record]]] = []
+        for tp, records in batches.items():
+            part = await self._owned(tp)
+            fresh.append((tp, part, self._unseen(part, list(records))))
+        every = [r for _, _, recs in fresh for r in recs]
+        res = self.decoder.decode_batch(
+            [r.value for r in every], [r.timestamp for r in every], int(self.clock() * 1000)
+        )
+        out: dict[TopicPartition, int] = {}
+        lo = 0
+        for tp, part, recs in fresh:
+            hi = lo + len(recs)
+            commit = await self._route(tp, part, recs, _share(res, lo, hi))
+            if commit is not None:
+                out[tp] = commit
+            lo = hi
+        return out
+
+    async def _owned(self, tp: TopicPartition) -> _Partition:
         part = self.parts.get(tp)
         if part is None:
             # Never route a partition without its checkpoint (the consume loop assigns
             # first; this keeps a direct caller from windowing it afresh).
             await self.assign(tp)
             part = self.parts[tp]
-        windows = part.windows
-        recs = list(records)
+        return part
+
+    def _unseen(self, part: _Partition, recs: list[Record]) -> list[Record]:
+        """The records of a batch not yet routed nor durable."""
         if part.committed is not None and recs and recs[0].offset < part.committed:
             # Below the checkpoint everything is durable already. The consumer may
             # resume from Kafka's committed offset, which can trail the checkpoint
@@ -205,13 +250,16 @@ class Ingestor:
             before = len(recs)
             recs = [r for r in recs if r.offset >= part.next_offset]
             self.metrics.replayed.inc(before - len(recs))
+        return recs
+
+    async def _route(
+        self, tp: TopicPartition, part: _Partition, recs: list[Record], res: BatchResult
+    ) -> int | None:
+        windows = part.windows
         n = len(recs)
         if not n:
             return await self._settle(tp, part, [])
         part.next_offset = recs[-1].offset + 1
-        res = self.decoder.decode_batch(
-            [r.value for r in recs], [r.timestamp for r in recs], int(self.clock() * 1000)
-        )
         for i, why in res.rejected:
             await self._reject(recs[i], why)
         acc = res.accepted

@@ -100,12 +100,13 @@ class ConsumeLoop:
             self.running = False
 
     async def _handle(self, batch: dict[TopicPartition, list[Any]]) -> None:
-        for tp, records in batch.items():
-            if self._stopping.is_set():
-                break  # not processed: replayed from the committed offset
-            commit = await self.ingestor.process((tp.topic, tp.partition), records)
-            if commit is not None:
-                await self._commit(tp, commit)
+        if self._stopping.is_set():
+            return  # not processed: replayed from the committed offset
+        commits = await self.ingestor.process_many(
+            {(tp.topic, tp.partition): records for tp, records in batch.items()}
+        )
+        for (t, p), commit in commits.items():
+            await self._commit(TopicPartition(t, p), commit)
         for (t, p), commit in (await self.ingestor.close_idle()).items():
             await self._commit(TopicPartition(t, p), commit)
 

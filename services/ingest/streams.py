@@ -42,6 +42,17 @@ class Streams:
     async def process(self, tp: TopicPartition, records: Iterable[Record]) -> int | None:
         return await self._of(tp).process(tp, records)
 
+    async def process_many(
+        self, batches: dict[TopicPartition, Iterable[Record]]
+    ) -> dict[TopicPartition, int]:
+        by_stream: dict[str, dict[TopicPartition, Iterable[Record]]] = {}
+        for tp, records in batches.items():
+            by_stream.setdefault(tp[0], {})[tp] = records
+        out: dict[TopicPartition, int] = {}
+        for topic, share in by_stream.items():
+            out.update(await self.by_topic[topic].process_many(share))
+        return out
+
     async def drain_one(self, tp: TopicPartition) -> int | None:
         return await self._of(tp).drain_one(tp)
 
