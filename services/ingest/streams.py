@@ -39,9 +39,6 @@ class Streams:
     def revoke(self, tp: TopicPartition) -> None:
         self._of(tp).revoke(tp)
 
-    async def process(self, tp: TopicPartition, records: Iterable[Record]) -> int | None:
-        return await self._of(tp).process(tp, records)
-
     async def process_many(
         self, batches: dict[TopicPartition, Iterable[Record]]
     ) -> dict[TopicPartition, int]:
