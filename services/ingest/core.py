@@ -9,12 +9,12 @@ performs the commits this object hands back. Order of effects for each close
 from __future__ import annotations
 
 import base64
-import bisect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Any, Protocol
 
 import numpy as np
@@ -111,14 +111,18 @@ def dead_letter(
 
 def _share(res: BatchResult, lo: int, hi: int) -> BatchResult:
     """The part of a batch's result for input positions lo..hi-1, renumbered from 0."""
-    first = bisect.bisect_left(res.accepted, lo)
-    last = bisect.bisect_left(res.accepted, hi)
+    first, last = (int(k) for k in np.searchsorted(res.accepted, (lo, hi)))
     return BatchResult(
         batch=res.batch.slice(first, last - first),
-        accepted=[i - lo for i in res.accepted[first:last]],
+        accepted=res.accepted[first:last] - lo,
         event_ms=res.event_ms[first:last],
         rejected=[(i - lo, why) for i, why in res.rejected if lo <= i < hi],
     )
+
+
+_VALUE = attrgetter("value")
+_TIMESTAMP = attrgetter("timestamp")
+_OFFSET = attrgetter("offset")
 
 
 def _ts(ms: int) -> datetime:
@@ -212,7 +216,7 @@ class Ingestor:
             fresh.append((tp, part, self._unseen(part, list(records))))
         every = [r for _, _, recs in fresh for r in recs]
         res = self.decoder.decode_batch(
-            [r.value for r in every], [r.timestamp for r in every], int(self.clock() * 1000)
+            list(map(_VALUE, every)), list(map(_TIMESTAMP, every)), int(self.clock() * 1000)
         )
         out: dict[TopicPartition, int] = {}
         lo = 0
@@ -263,10 +267,10 @@ class Ingestor:
         for i, why in res.rejected:
             await self._reject(recs[i], why)
         acc = res.accepted
-        offs = np.fromiter((recs[i].offset for i in acc), np.int64, len(acc))
+        offs = np.fromiter(map(_OFFSET, recs), np.int64, n)[acc]
         routed = windows.route_many(offs, res.event_ms)
         for j, late in routed.late:
-            t = res.event_ms[j]
+            t = int(res.event_ms[j])
             await self._reject(
                 recs[acc[j]],
                 Rejected(

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
@@ -51,7 +52,7 @@ class Clean:
     the input positions of the rows it must judge itself."""
 
     batch: pa.RecordBatch
-    event_ms: list[int]
+    event_ms: np.ndarray  # int64
     suspects: list[int]
 
 
@@ -86,16 +87,18 @@ class FastPath:
         n = len(values)
         if not n or None in values:
             return None
-        if min(map(len, values)) < 2 or max(map(len, values)) > self.max_bytes:  # type: ignore[arg-type]
+        lens = np.fromiter(map(len, values), np.int64, n)  # type: ignore[arg-type]
+        if lens.min() < 2 or lens.max() > self.max_bytes:
             return None
         joined = b"\n".join(values)  # type: ignore[arg-type]  # None was refused above
-        # One line per record: the n-1 newlines are exactly the n-1 joins, each between
-        # a "}" and a "{", so every record starts with "{" and ends with "}".
+        # One line per record: the n-1 newlines are exactly the n-1 joins, and every
+        # record starts with "{" and ends with "}".
+        ends = np.cumsum(lens + 1) - 1  # one past each record: its join, or the end
+        buf = np.frombuffer(joined, np.uint8)
         if (
-            joined[0] != 0x7B
-            or joined[-1] != 0x7D
-            or joined.count(b"\n") != n - 1
-            or joined.count(b"}\n{") != n - 1
+            joined.count(b"\n") != n - 1
+            or not (buf[ends - lens] == 0x7B).all()
+            or not (buf[ends - 1] == 0x7D).all()
             or not _utf8(joined)
         ):
             return None
@@ -138,17 +141,18 @@ class FastPath:
         if times is None:
             return None
         batch = pa.RecordBatch.from_arrays(arrays, schema=self.target)
+        ms = times.to_numpy()  # no nulls: a view, not a copy
         if not flags:
-            return Clean(batch, times.to_pylist(), [])
+            return Clean(batch, ms, [])
         suspect = flags[0]
         for more in flags[1:]:
             suspect = pc.or_(suspect, more)
         if not pc.any(suspect).as_py():
-            return Clean(batch, times.to_pylist(), [])
+            return Clean(batch, ms, [])
         keep = pc.invert(suspect)
         return Clean(
             batch.filter(keep),
-            times.filter(keep).to_pylist(),
+            ms[keep.to_numpy(zero_copy_only=False)],
             pc.indices_nonzero(suspect).to_pylist(),
         )
 
@@ -164,20 +168,7 @@ class FastPath:
             col = table.column(field).combine_chunks()
             if col.type not in (pa.int64(), pa.float64()):
                 return None
-            # Unsafe: an int beyond 2**53 is out of range anyway (flagged below).
-            scaled = pc.multiply(col.cast(pa.float64(), safe=False), float(self.unit_ms))
-            bad = pc.fill_null(
-                pc.invert(
-                    pc.and_(
-                        pc.is_finite(scaled),
-                        pc.and_(
-                            pc.greater_equal(scaled, float(MIN_EPOCH_MS)),
-                            pc.less_equal(scaled, float(MAX_EPOCH_MS)),
-                        ),
-                    )
-                ),
-                True,
-            )
+            scaled, bad = _scaled(col, self.unit_ms)
             if pc.any(bad).as_py():
                 flags.append(bad)
                 scaled = pc.if_else(bad, 0.0, scaled)
@@ -200,14 +191,25 @@ def epoch_ms(col: pa.Array, unit_ms: int) -> list[int] | None:
         return None
     if not len(col):
         return []
-    # Unsafe: an int beyond 2**53 is out of range anyway (checked below), not an error.
-    scaled = pc.multiply(col.cast(pa.float64(), safe=False), float(unit_ms))
-    if not pc.all(pc.is_finite(scaled)).as_py():
-        return None
-    bounds = pc.min_max(scaled)
-    if bounds["min"].as_py() < MIN_EPOCH_MS or bounds["max"].as_py() > MAX_EPOCH_MS:
+    scaled, bad = _scaled(col, unit_ms)
+    if pc.any(bad).as_py():
         return None
     return pc.cast(scaled, pa.int64(), safe=False).to_pylist()
+
+
+def _scaled(col: pa.Array, unit_ms: int) -> tuple[pa.Array, pa.Array]:
+    """Numeric event times scaled to ms (as doubles), and per row whether it is missing,
+    not finite, or outside years 1 to 9999: the arithmetic both paths share."""
+    # Unsafe: an int beyond 2**53 is out of range anyway (flagged here), not an error.
+    scaled = pc.multiply(col.cast(pa.float64(), safe=False), float(unit_ms))
+    ok = pc.and_(
+        pc.is_finite(scaled),
+        pc.and_(
+            pc.greater_equal(scaled, float(MIN_EPOCH_MS)),
+            pc.less_equal(scaled, float(MAX_EPOCH_MS)),
+        ),
+    )
+    return scaled, pc.fill_null(pc.invert(ok), True)
 
 
 def _unusual_float(col: pa.Array) -> pa.Array | None:
