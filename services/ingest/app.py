@@ -12,7 +12,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse
 from services.ingest.core import Ingestor, dead_letter
 from services.ingest.decode import Decoder, DecoderConfig, Rejected
 from services.ingest.errors import BodyTooLarge, IngestError, NotReady, UnknownStream
+from services.ingest.gc_tuning import gc_tuned
 from services.ingest.kafka_io import ConsumeLoop, KafkaSink
 from services.ingest.metrics import IngestMetrics
 from services.ingest.settings import IngestSettings
@@ -120,6 +121,8 @@ def create_app(common: CommonSettings, settings: IngestSettings) -> FastAPI:
         loop = ConsumeLoop(consumer, streams, settings.poll_max_records)
         loop.subscribe()
         await consumer.start()
+        tuned = ExitStack()
+        tuned.enter_context(gc_tuned(settings.gc_young_threshold))
         task = asyncio.create_task(loop.run(), name="ingest-poll")
         state.update(producer=producer, loop=loop, task=task)
         log.info(
@@ -136,6 +139,7 @@ def create_app(common: CommonSettings, settings: IngestSettings) -> FastAPI:
                 await loop.drain()
                 await consumer.stop()
                 await producer.stop()
+                tuned.close()
                 log.info("ingest stopped cleanly")
 
     app = service_app("ctrain ingest", lifespan)

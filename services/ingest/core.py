@@ -50,6 +50,8 @@ class Record(Protocol):
 class Sink(Protocol):
     """Where the core's events go (Kafka in production, lists in unit tests)."""
 
+    # dead_letter and window_closed may return before the broker has the event;
+    # flush returns once it has every event sent so far.
     async def dead_letter(self, letter: DeadLetter) -> None: ...
     async def flush(self) -> None: ...
     async def window_closed(self, event: WindowClosed) -> None: ...
@@ -82,6 +84,10 @@ class _Partition:
     next_offset: int | None = None
     committed: int | None = None
     idle_announced: bool = False
+
+
+# A partition, and the windows a batch (or the idle timer) just closed on it.
+_Closing = tuple[TopicPartition, "_Partition", list[tuple[OpenWindow, CloseReason]]]
 
 
 def dead_letter(
@@ -177,6 +183,8 @@ class Ingestor:
         # The last step may have died between its checkpoint and its publish.
         for ev in ck["pending"]:
             await self.sink.window_closed(WindowClosed.model_validate(ev))
+        if ck["pending"]:
+            await self.sink.flush()
         log.info(
             "partition restored",
             extra={
@@ -218,15 +226,13 @@ class Ingestor:
         res = self.decoder.decode_batch(
             list(map(_VALUE, every)), list(map(_TIMESTAMP, every)), int(self.clock() * 1000)
         )
-        out: dict[TopicPartition, int] = {}
+        settling: list[_Closing] = []
         lo = 0
         for tp, part, recs in fresh:
             hi = lo + len(recs)
-            commit = await self._route(tp, part, recs, _share(res, lo, hi))
-            if commit is not None:
-                out[tp] = commit
+            settling.append((tp, part, await self._route(tp, part, recs, _share(res, lo, hi))))
             lo = hi
-        return out
+        return await self._settle(settling)
 
     async def _owned(self, tp: TopicPartition) -> _Partition:
         part = self.parts.get(tp)
@@ -258,11 +264,12 @@ class Ingestor:
 
     async def _route(
         self, tp: TopicPartition, part: _Partition, recs: list[Record], res: BatchResult
-    ) -> int | None:
+    ) -> list[tuple[OpenWindow, CloseReason]]:
+        """Route one partition's share of a batch; return the windows it closes."""
         windows = part.windows
         n = len(recs)
         if not n:
-            return await self._settle(tp, part, [])
+            return []
         part.next_offset = recs[-1].offset + 1
         for i, why in res.rejected:
             await self._reject(recs[i], why)
@@ -298,22 +305,20 @@ class Ingestor:
         self.metrics.accepted.inc(accepted)
         if windows.watermark is not None:
             self.metrics.watermark.labels(str(tp[1])).set(windows.watermark / 1000)
-        return await self._settle(tp, part, routed.closing)
+        return routed.closing
 
     async def close_idle(self) -> dict[TopicPartition, int]:
         """Close the open windows of partitions that have been quiet too long."""
         now = self.clock()
-        out: dict[TopicPartition, int] = {}
+        settling: list[_Closing] = []
         for tp, part in list(self.parts.items()):
             if part.windows.open and now - part.last_read_wall >= self.idle_timeout_s:
                 closing: list[tuple[OpenWindow, CloseReason]] = []
                 for w in list(part.windows.open.values()):
                     part.windows.close(w)
                     closing.append((w, "idle"))
-                commit = await self._settle(tp, part, closing)
-                if commit is not None:
-                    out[tp] = commit
-        return out
+                settling.append((tp, part, closing))
+        return await self._settle(settling)
 
     async def announce_idle(self, position: Callable[[TopicPartition], Awaitable[int]]) -> int:
         """Tell the validator which partitions are quiet with no open window (once per quiet
@@ -357,7 +362,7 @@ class Ingestor:
 
     async def drain_one(self, tp: TopicPartition) -> int | None:
         await self.sink.flush()
-        return await self._settle(tp, self.parts[tp], [], force=True)
+        return (await self._settle([(tp, self.parts[tp], [])], force=True)).get(tp)
 
     # ------------------------------------------------------------ inner
     def _new_writer(self, window_id: str) -> _Shard:
@@ -405,43 +410,59 @@ class Ingestor:
         return event
 
     async def _settle(
-        self,
-        tp: TopicPartition,
-        part: _Partition,
-        closing: list[tuple[OpenWindow, CloseReason]],
-        force: bool = False,
-    ) -> int | None:
-        windows = part.windows
-        events = [self._finish_window(tp, part, w, why) for w, why in closing]
-        if part.next_offset is None:
-            return None
-        commit, wm = windows.commit_point(part.next_offset)
-        if not events and not force and (windows.open or commit == part.committed):
-            return None
-        if commit == part.committed and not events:
-            return None
-        await self.sink.flush()  # DLQ entries below the commit point must be durable
-        windows.prune(commit)
-        checkpoint: dict[str, Any] = {
-            "commit": commit,
-            "watermark_ms": wm,
-            "closed": [c.__dict__ for c in windows.closed],
-            "pending": [e.model_dump(mode="json") for e in events],
-        }
-        self.store.write_bytes(self.checkpoint_uri(tp), orjson.dumps(checkpoint))
+        self, settling: list[_Closing], force: bool = False
+    ) -> dict[TopicPartition, int]:
+        """Make closed windows durable and checkpoint the partitions whose commit point
+        moved; return those commit points. Each step is done for all partitions before
+        the next, so a poll that closes windows on six partitions waits for the broker
+        twice, not twice per partition (DESIGN §4's order holds for each partition)."""
+        steps: list[tuple[TopicPartition, _Partition, list[WindowClosed], int, int | None]] = []
+        for tp, part, closing in settling:
+            events = [self._finish_window(tp, part, w, why) for w, why in closing]
+            if part.next_offset is None:
+                continue
+            commit, wm = part.windows.commit_point(part.next_offset)
+            if not events and not force and (part.windows.open or commit == part.committed):
+                continue
+            if commit == part.committed and not events:
+                continue
+            steps.append((tp, part, events, commit, wm))
+        if not steps:
+            return {}
+        await self.sink.flush()  # DLQ entries below the commit points must be durable
+        for tp, part, events, commit, wm in steps:
+            part.windows.prune(commit)
+            checkpoint: dict[str, Any] = {
+                "commit": commit,
+                "watermark_ms": wm,
+                "closed": [c.__dict__ for c in part.windows.closed],
+                "pending": [e.model_dump(mode="json") for e in events],
+            }
+            self.store.write_bytes(self.checkpoint_uri(tp), orjson.dumps(checkpoint))
+        for _, _, events, _, _ in steps:
+            for e in events:
+                await self.sink.window_closed(e)
+        # Every WindowClosed acknowledged before any offset is committed (and before
+        # the next checkpoint of its partition drops it from "pending").
+        await self.sink.flush()
         now = self.clock()
-        for e in events:
-            await self.sink.window_closed(e)
-            self.metrics.windows.labels(e.close_reason).inc()
-            self.metrics.window_size.observe(e.example_count)
-            self.metrics.close_lag.observe(max(0.0, now - part.last_read_wall))
-            log.info(
-                "window closed",
-                extra={"window_id": e.window_id, "count": e.example_count, "why": e.close_reason},
-            )
-        part.committed = commit
+        out: dict[TopicPartition, int] = {}
+        for tp, part, events, commit, _ in steps:
+            for e in events:
+                self.metrics.windows.labels(e.close_reason).inc()
+                self.metrics.window_size.observe(e.example_count)
+                self.metrics.close_lag.observe(max(0.0, now - part.last_read_wall))
+                log.info(
+                    "window closed",
+                    extra={
+                        "window_id": e.window_id,
+                        "count": e.example_count,
+                        "why": e.close_reason,
+                    },
+                )
+            part.committed = out[tp] = commit
         self._update_open_gauge()
-        return commit
+        return out
 
     def _update_open_gauge(self) -> None:
         self.metrics.open_windows.set(sum(len(p.windows.open) for p in self.parts.values()))

@@ -27,8 +27,14 @@ class KafkaSink:
         self._inflight: list[asyncio.Future[Any]] = []
 
     async def dead_letter(self, letter: DeadLetter) -> None:
-        fut = await self.producer.send(topics.EXAMPLES_DLQ, letter.to_bytes(), key=letter.key)
-        self._inflight.append(fut)
+        await self._send(topics.EXAMPLES_DLQ, letter.to_bytes(), letter.key)
+
+    async def window_closed(self, event: WindowClosed) -> None:
+        # Not awaited one by one: the core flushes once for all of a poll's windows.
+        await self._send(topics.WINDOWS, event.to_bytes(), event.key)
+
+    async def _send(self, topic: str, value: bytes, key: bytes) -> None:
+        self._inflight.append(await self.producer.send(topic, value, key=key))
         if len(self._inflight) >= 10_000:
             await self.flush()
 
@@ -38,9 +44,6 @@ class KafkaSink:
             await asyncio.gather(*pending)
 
     async def partition_idle(self, event: PartitionIdle) -> None:
-        await self.producer.send_and_wait(topics.WINDOWS, event.to_bytes(), key=event.key)
-
-    async def window_closed(self, event: WindowClosed) -> None:
         await self.producer.send_and_wait(topics.WINDOWS, event.to_bytes(), key=event.key)
 
 
@@ -105,20 +108,24 @@ class ConsumeLoop:
         commits = await self.ingestor.process_many(
             {(tp.topic, tp.partition): records for tp, records in batch.items()}
         )
-        for (t, p), commit in commits.items():
-            await self._commit(TopicPartition(t, p), commit)
-        for (t, p), commit in (await self.ingestor.close_idle()).items():
-            await self._commit(TopicPartition(t, p), commit)
+        await self._commit(commits)
+        await self._commit(await self.ingestor.close_idle())
 
-    async def _commit(self, tp: TopicPartition, offset: int) -> None:
-        """Commit to the group; the checkpoint, not this commit, is where a new owner
-        resumes, so a commit refused because the group is rebalancing loses nothing."""
+    async def _commit(self, offsets: dict[tuple[str, int], int]) -> None:
+        """Commit to the group, all partitions in one request; the checkpoint, not this
+        commit, is where a new owner resumes, so a commit refused because the group is
+        rebalancing loses nothing."""
+        if not offsets:
+            return
         try:
-            await self.consumer.commit({tp: offset})
+            await self.consumer.commit({TopicPartition(*tp): o for tp, o in offsets.items()})
         except (CommitFailedError, IllegalStateError) as e:
             log.warning(
                 "offset commit refused (the group is rebalancing); the checkpoint keeps it",
-                extra={"tp": f"{tp.topic}-{tp.partition}", "offset": offset, "error": repr(e)},
+                extra={
+                    "offsets": {f"{t}-{p}": o for (t, p), o in offsets.items()},
+                    "error": repr(e),
+                },
             )
 
     async def _refetch(self, batch: dict[TopicPartition, list[Any]]) -> None:
@@ -159,10 +166,9 @@ class ConsumeLoop:
                 continue
             commit = await self.ingestor.drain_one(key)
             if commit is not None:
-                await self._commit(tp, commit)
+                await self._commit({key: commit})
             self.ingestor.revoke(key)
 
     async def drain(self) -> None:
         async with self.lock:
-            for (t, p), commit in (await self.ingestor.drain()).items():
-                await self._commit(TopicPartition(t, p), commit)
+            await self._commit(await self.ingestor.drain())

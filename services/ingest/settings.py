@@ -49,6 +49,13 @@ class IngestSettings(StrictSettings):
         default=8192, ge=16, description="Rows buffered per window before a Parquet row group."
     )
     poll_max_records: int = Field(default=10_000, ge=1, description="Records per poll.")
+    gc_young_threshold: int = Field(
+        default=100_000,
+        ge=0,
+        description="Python's generation-0 collection threshold while ingest runs, with"
+        " start-up objects frozen (services/ingest/gc_tuning.py): a poll's records then pass"
+        " through no collection. 0 leaves the interpreter's default (700).",
+    )
     http_host: str = Field(default="127.0.0.1", description="Bind address of the HTTP API.")
     http_port: int = Field(default=8081, ge=0, description="Port of the HTTP API (0: any).")
     http_max_body_bytes: int = Field(

@@ -26,6 +26,7 @@ class ListSink:
     letters: list[DeadLetter] = field(default_factory=list)
     windows: list[WindowClosed] = field(default_factory=list)
     buffered: list[DeadLetter] = field(default_factory=list)
+    unflushed: list[WindowClosed] = field(default_factory=list)
     crash_on_publish: int | None = None  # crash before the Nth window publish
     idle: list[PartitionIdle] = field(default_factory=list)
 
@@ -38,6 +39,8 @@ class ListSink:
     async def flush(self) -> None:
         self.letters.extend(self.buffered)
         self.buffered.clear()
+        self.windows.extend(self.unflushed)
+        self.unflushed.clear()
 
     async def window_closed(self, event: WindowClosed) -> None:
         if self.crash_on_publish is not None:
@@ -45,8 +48,9 @@ class ListSink:
                 self.crash_on_publish = None
                 raise Crash("killed before publish")
             self.crash_on_publish -= 1
-        self.windows.append(event)
+        self.unflushed.append(event)
 
     def lose_unflushed(self) -> None:
         """A crash loses what the producer had not yet acknowledged."""
         self.buffered.clear()
+        self.unflushed.clear()

@@ -96,3 +96,46 @@ def test_one_decode_for_all_partitions_changes_nothing(tmp_path: Path) -> None:
     shards = _shards(tmp_path / "one")
     assert len(shards) == 2 * len(one.windows)
     assert _shards(tmp_path / "many") == shards
+
+
+class _Recording(ListSink):
+    """Logs each broker wait, and which checkpoints exist when a window is sent."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__()
+        self.root = root
+        self.log: list[str] = []
+
+    async def flush(self) -> None:
+        self.log.append("flush")
+        await super().flush()
+
+    async def window_closed(self, event: object) -> None:
+        checkpoints = sorted(p.name for p in self.root.rglob("_checkpoints/*.json"))
+        self.log.append(f"send after {len(checkpoints)} checkpoints")
+        await super().window_closed(event)  # type: ignore[arg-type]
+
+
+def test_a_poll_closing_windows_on_many_partitions_waits_for_the_broker_twice(
+    tmp_path: Path,
+) -> None:
+    # Every partition closes windows in the same poll (by count and by event time).
+    parts = {(TOPIC, p): _partition(p, 60) for p in (0, 1, 2)}
+
+    async def go() -> tuple[_Recording, dict[object, int]]:
+        sink = _Recording(tmp_path)
+        ing = _ingestor(tmp_path, sink)
+        for tp in parts:
+            await ing.assign(tp)
+        commits = await ing.process_many(parts)  # type: ignore[arg-type]
+        return sink, dict(commits)  # type: ignore[arg-type]
+
+    sink, commits = asyncio.run(go())
+    assert set(commits) == set(parts)
+    sends = [e for e in sink.log if e.startswith("send")]
+    # All three checkpoints are durable before the first window is sent, and the
+    # broker is waited on once before them (DLQ) and once after the sends.
+    assert len(sends) >= 3 and set(sends) == {"send after 3 checkpoints"}
+    assert sink.log == ["flush", *sends, "flush"]
+    assert len(sink.windows) == len(sends) and not sink.unflushed
+    assert {w.offsets[0].partition for w in sink.windows} == {0, 1, 2}
