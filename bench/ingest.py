@@ -39,8 +39,11 @@ from ctrain.devstack import start_tansu  # noqa: E402
 from ctrain.replay import replay  # noqa: E402
 from services.ingest.core import Ingestor  # noqa: E402
 from services.ingest.decode import Decoder, DecoderConfig  # noqa: E402
-from services.ingest.kafka_io import KafkaSink  # noqa: E402
+from services.ingest.gc_tuning import gc_tuned  # noqa: E402
+from services.ingest.kafka_io import ConsumeLoop, KafkaSink  # noqa: E402
 from services.ingest.metrics import IngestMetrics  # noqa: E402
+from services.ingest.settings import IngestSettings  # noqa: E402
+from services.ingest.streams import Streams  # noqa: E402
 from services.ingest.windowing import WindowPolicy  # noqa: E402
 from shared import topics  # noqa: E402
 from shared.artifacts import ArtifactStore  # noqa: E402
@@ -49,6 +52,9 @@ from shared.schema import example_spec, load_schema  # noqa: E402
 from shared.settings import CommonSettings  # noqa: E402
 
 CSV = ROOT / "examples" / "taxi" / "data" / "taxi_2013_2014.csv"
+# The service's collector setting, for every loop here, bare ones included: a bare
+# loop holds a poll's records alive as ingest does, and gains from it as much.
+GC = IngestSettings().gc_young_threshold
 SCHEMA = ROOT / "examples" / "taxi" / "data" / "schema.pbtxt"
 
 
@@ -160,33 +166,47 @@ async def ingest(
     )
     for tp in tps:
         await ing.assign((tp.topic, tp.partition))
-    r = Rate()
+    loop = _Measured(c, Streams({topics.EXAMPLES: ing}), 10_000, total, clock)
     try:
-        while r.n < total:
-            clock[0] = time.time()
-            poll = await c.getmany(timeout_ms=500, max_records=10_000)
-            # As the service's consume loop: one poll, all partitions, one call.
-            commits = await ing.process_many(
-                {(tp.topic, tp.partition): recs for tp, recs in poll.items()}
-            )
-            for (t, p), commit in commits.items():
-                await c.commit({TopicPartition(t, p): commit})
-            r.add(sum(len(recs) for recs in poll.values()))
+        await loop.run()  # the service's own poll loop, until ``total`` examples
         clock[0] += 3600  # the end of the stream: close what is open, durably
-        for (t, p), commit in (await ing.close_idle()).items():
-            await c.commit({TopicPartition(t, p): commit})
-        rate = r.rate()
+        await loop._commit(await ing.close_idle())
+        rate = loop.rate.rate()
         windows = len(os.listdir(Path(root) / "windows" / "bench")) - 1
-        return rate, windows, r.n
+        return rate, windows, loop.rate.n
     finally:
         await c.stop()
         await producer.stop()
 
 
+class _Measured(ConsumeLoop):
+    """The service's consume loop (prefetch, one decode and one commit per poll), on
+    assigned partitions, stopping after ``total`` examples."""
+
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        streams: Streams,
+        max_records: int,
+        total: int,
+        clock: list[float],
+    ) -> None:
+        super().__init__(consumer, streams, max_records)
+        self.total, self.clock, self.rate = total, clock, Rate()
+
+    async def _handle(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        self.clock[0] = time.time()
+        await super()._handle(batch)
+        self.rate.add(sum(len(recs) for recs in batch.values()))
+        if self.rate.n >= self.total:
+            self.stop()
+
+
 def _member(bootstrap: str, total: int, root: str, k: int, out: Any) -> None:
     """One of two ingest processes: half of the partitions, its own core."""
     settings = CommonSettings(kafka_bootstrap=bootstrap, kafka_idempotent=False)
-    rate, _, n = asyncio.run(ingest(settings, total, root, (k, 2)))
+    with gc_tuned(GC):
+        rate, _, n = asyncio.run(ingest(settings, total, root, (k, 2)))
     out.put((n, n / rate))
 
 
@@ -195,7 +215,8 @@ def _rss_member(bootstrap: str, total: int, root: str, out: Any) -> None:
     import resource
 
     settings = CommonSettings(kafka_bootstrap=bootstrap, kafka_idempotent=False)
-    rate, _, n = asyncio.run(ingest(settings, total, root))
+    with gc_tuned(GC):
+        rate, _, n = asyncio.run(ingest(settings, total, root))
     out.put((n, rate, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
 
 
@@ -253,9 +274,10 @@ async def _measure(bootstrap: str, tmp: str, rows: int, runs: int) -> None:
     halves = [await _count(bootstrap, (k, 2)) for k in (0, 1)]
     bare_rates, rd_rates, ingest_rates, two_rates = [], [], [], []
     for i in range(runs):
-        bare_rates.append(await bare(bootstrap, total))
-        rd_rates.append(bare_librdkafka(bootstrap, total))
-        rate, windows, _ = await ingest(settings, total, f"{tmp}/run{i}")
+        with gc_tuned(GC):
+            bare_rates.append(await bare(bootstrap, total))
+            rd_rates.append(bare_librdkafka(bootstrap, total))
+            rate, windows, _ = await ingest(settings, total, f"{tmp}/run{i}")
         ingest_rates.append(rate)
         two_rates.append(two_processes(bootstrap, halves, f"{tmp}/two{i}"))
         print(

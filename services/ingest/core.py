@@ -8,6 +8,7 @@ performs the commits this object hands back. Order of effects for each close
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import time
@@ -126,6 +127,8 @@ def _share(res: BatchResult, lo: int, hi: int) -> BatchResult:
     )
 
 
+# Below this many records a decode is quicker than the hand-off to a thread.
+_THREAD_MIN = 256
 _VALUE = attrgetter("value")
 _TIMESTAMP = attrgetter("timestamp")
 _OFFSET = attrgetter("offset")
@@ -223,9 +226,13 @@ class Ingestor:
             part = await self._owned(tp)
             fresh.append((tp, part, self._unseen(part, list(records))))
         every = [r for _, _, recs in fresh for r in recs]
-        res = self.decoder.decode_batch(
-            list(map(_VALUE, every)), list(map(_TIMESTAMP, every)), int(self.clock() * 1000)
-        )
+        args = (list(map(_VALUE, every)), list(map(_TIMESTAMP, every)), int(self.clock() * 1000))
+        if len(every) < _THREAD_MIN:
+            res = self.decoder.decode_batch(*args)
+        else:
+            # Off the event loop: Arrow's reader and compute kernels release the GIL,
+            # so the consumer fetches and unpacks the next poll meanwhile.
+            res = await asyncio.to_thread(self.decoder.decode_batch, *args)
         settling: list[_Closing] = []
         lo = 0
         for tp, part, recs in fresh:

@@ -88,19 +88,36 @@ class ConsumeLoop:
 
     async def run(self) -> None:
         self.running = True
+        fetch: asyncio.Future[dict[TopicPartition, list[Any]]] | None = None
         try:
             while not self._stopping.is_set():
-                seen = self.generation
-                batch = await self.consumer.getmany(timeout_ms=200, max_records=self.max_records)
+                if fetch is None:
+                    seen, fetch = self.generation, self._poll()
+                batch = await fetch
+                fetch = None
                 async with self.lock:
                     if self.generation != seen:
                         await self._refetch(batch)
                         continue
+                    # The next poll is fetched while this one is handled: the core
+                    # decodes off the event loop, and the consumer's own work runs
+                    # meanwhile. Partitions moving in between make it stale, as above.
+                    seen, fetch = self.generation, self._poll()
                     await self._handle(batch)
                 # Outside the lock: position() can wait for an assignment in progress.
                 await self.ingestor.announce_idle(self._position)
         finally:
             self.running = False
+            if fetch is not None:
+                # Records fetched and never handled are fetched again by whoever
+                # resumes from the checkpoint: nothing is lost by dropping them.
+                fetch.cancel()
+                await asyncio.gather(fetch, return_exceptions=True)
+
+    def _poll(self) -> asyncio.Future[dict[TopicPartition, list[Any]]]:
+        return asyncio.ensure_future(
+            self.consumer.getmany(timeout_ms=200, max_records=self.max_records)
+        )
 
     async def _handle(self, batch: dict[TopicPartition, list[Any]]) -> None:
         if self._stopping.is_set():

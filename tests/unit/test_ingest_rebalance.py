@@ -187,3 +187,40 @@ async def test_a_refused_commit_does_not_stop_the_loop(tmp_path: Path) -> None:
     assert [w.example_count for w in sink.windows] == [100, 100]
     # The refused commit's position is kept by the checkpoint a new owner resumes from.
     assert await make_loop(tmp_path, ListSink(), FakeConsumer([], {}))[1].assign(TP) == 200
+
+
+async def test_stopping_cancels_the_poll_fetched_ahead(tmp_path: Path) -> None:
+    """The loop fetches the next poll while it handles one; on stop, that poll is
+    cancelled and none of it reaches the core (the checkpoint is where it resumes)."""
+    cancelled = asyncio.Event()
+
+    class Hanging(FakeConsumer):
+        async def getmany(
+            self, timeout_ms: int, max_records: int
+        ) -> dict[TopicPartition, list[Rec]]:
+            self.calls += 1
+            if self.calls == 1:
+                return {KTP: records(0, 150)}
+            loop.stop()  # SIGTERM arrives while the next poll waits for the broker
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+            return {KTP: records(150, 50)}
+
+    class Yielding(ListSink):
+        async def flush(self) -> None:
+            await asyncio.sleep(0)  # a broker round trip: the fetch ahead starts here
+            await super().flush()
+
+    sink = Yielding()
+    consumer = Hanging([], {})
+    loop, ing = make_loop(tmp_path, sink, consumer)
+    await ing.assign(TP)
+    await asyncio.wait_for(loop.run(), 10)
+    assert cancelled.is_set() and not loop.running
+    assert consumer.calls == 2  # the second poll was in flight while the first was handled
+    await loop.drain()
+    assert [w.example_count for w in sink.windows] == [100]
+    assert checkpoint(tmp_path, ing)["commit"] == 100  # the open window's 50 are replayed
