@@ -1,10 +1,13 @@
 """Ingest throughput: ctrain.examples -> durable Parquet shards + WindowClosed.
 
-Prints examples/s for one ingest core (real aiokafka consumer, real decode and
-schema checks, real shards and events) beside two bare consume + orjson decode
-loops over the same topic (aiokafka, and librdkafka's batch consume), and two ingest processes sharing the topic's six
+Prints examples/s for one ingest process (the service's own ``ConsumeLoop`` over a
+real aiokafka consumer, real decode and schema checks, real shards and events)
+beside two bare consume + orjson decode loops over the same topic (aiokafka, and
+librdkafka's batch consume), and two ingest processes sharing the topic's six
 partitions (three each, as two members of one group get them), in the same run,
-alternating, median of N.
+alternating, median of N. Every loop runs with the service's collector setting
+(``CTRAIN_INGEST_GC_YOUNG_THRESHOLD``); the ingest loops poll
+``CTRAIN_INGEST_POLL_MAX_RECORDS`` records, the bare ones 10,000 (their faster).
 
 Then the peak RSS of one ingest process over those examples and over 1,000,000
 (``--rss-rows``), which must not grow with the number of examples.
