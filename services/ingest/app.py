@@ -12,7 +12,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import ExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,8 +121,6 @@ def create_app(common: CommonSettings, settings: IngestSettings) -> FastAPI:
         loop = ConsumeLoop(consumer, streams, settings.poll_max_records)
         loop.subscribe()
         await consumer.start()
-        tuned = ExitStack()
-        tuned.enter_context(gc_tuned(settings.gc_young_threshold))
         task = asyncio.create_task(loop.run(), name="ingest-poll")
         state.update(producer=producer, loop=loop, task=task)
         log.info(
@@ -130,7 +128,8 @@ def create_app(common: CommonSettings, settings: IngestSettings) -> FastAPI:
             extra={"streams": {s.stream: s.topic for s in setups}, "group": settings.group_id},
         )
         try:
-            yield
+            with gc_tuned(settings.gc_young_threshold):
+                yield
         finally:
             loop.stop()
             try:
@@ -139,7 +138,6 @@ def create_app(common: CommonSettings, settings: IngestSettings) -> FastAPI:
                 await loop.drain()
                 await consumer.stop()
                 await producer.stop()
-                tuned.close()
                 log.info("ingest stopped cleanly")
 
     app = service_app("ctrain ingest", lifespan)

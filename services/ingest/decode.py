@@ -168,9 +168,15 @@ class Decoder:
         if len(values) <= FAST_PIECE:
             return self._decode_python(values, timestamps, now_ms)
         pieces = [
-            (start, self.decode_batch(values[start:stop], timestamps[start:stop], now_ms))
+            (
+                start,
+                self.decode_batch(
+                    values[start : start + FAST_PIECE],
+                    timestamps[start : start + FAST_PIECE],
+                    now_ms,
+                ),
+            )
             for start in range(0, len(values), FAST_PIECE)
-            for stop in (start + FAST_PIECE,)
         ]
         return _concat(self.schema, pieces)
 
