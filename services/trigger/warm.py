@@ -237,7 +237,7 @@ def _parse_request(
     return req, fds
 
 
-def _child(req: dict[str, Any], fds: list[int]) -> None:
+def _child(req: dict[str, Any], fds: list[int], parent: int) -> None:
     """In the forked child: become the step's process, then run it (never returns)."""
     os.dup2(fds[0], 1)
     os.dup2(fds[1], 2)
@@ -268,7 +268,25 @@ def _child(req: dict[str, Any], fds: list[int]) -> None:
         os._exit(code)
     from services.trigger import isolate
 
+    _die_with(parent)
     isolate.main(req["step"], req["args"], req["out"])  # leaves with os._exit
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _die_with(parent: int) -> None:
+    """A step's child is killed when the worker dies: its caller has then failed the
+    step (``WorkerLost``), so the orphan's work would be read by nobody while it held
+    a core and wrote into a run's directory. A run is not tied so: it outlives the
+    worker (its later steps start fresh interpreters) and is followed by its pid."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the worker died before the tie was made
+        os._exit(1)
 
 
 class Worker:
@@ -327,11 +345,12 @@ class Worker:
             with conn, contextlib.suppress(OSError):
                 conn.sendall(b'{"ready": true}\n')
             return
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:
             for s in (self.listener, conn, self._wake_r, self._wake_w, *self.children.values()):
                 s.close()
-            _child(req, fds)
+            _child(req, fds, parent)
         for fd in fds:
             os.close(fd)
         conn.settimeout(None)

@@ -185,11 +185,22 @@ def test_a_lost_worker_fails_the_step_instead_of_hanging_it(
     worker: Running, tmp_path: Path
 ) -> None:
     comp, fifo = _blocked_step(tmp_path)
-    _blocked_in_step(worker)
+    child = _blocked_in_step(worker)
     worker.proc.kill()
     worker.proc.wait()
     assert b"closed before step wait_on ended" in _log_of(comp, tmp_path)
-    _writer(fifo)  # the orphaned child, if it got as far as the shard, ends
+    # The step's child dies with the worker instead of working on for nobody (it is
+    # still blocked on its FIFO, which nothing here opens).
+    _wait_for("the orphaned step to die", lambda: not _alive(child))
+    assert not _writer(fifo)  # nobody is left to read it
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
 
 
 def test_sigterm_stops_taking_steps_but_reports_the_ones_in_flight(
