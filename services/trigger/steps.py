@@ -530,16 +530,6 @@ def _failed_checks(validation: Any) -> list[str]:
     return failed
 
 
-def _model_type(model_dir: str) -> str:
-    """TFMA's model type for a SavedModel: ``tf_keras`` when it was saved by Keras (its
-    ``keras_metadata.pb``), which is what TFMA's own probe would find, else ``tf_generic``."""
-    import tensorflow as tf
-    import tensorflow_model_analysis as tfma
-
-    keras = tf.io.gfile.exists(os.path.join(model_dir, "keras_metadata.pb"))
-    return str(tfma.TF_KERAS if keras else tfma.TF_GENERIC)
-
-
 def evaluate(
     model_dir: str,
     eval_uri: str,
@@ -575,10 +565,6 @@ def evaluate(
             is_baseline=name == BASELINE,
         )
     dirs = {CANDIDATE: model_dir, BASELINE: baseline_model_dir}
-    for spec in config.model_specs:
-        # Left unset, TFMA finds the type by loading the whole model once more (2-3 s
-        # per model, for nothing it then uses); the files say it as well.
-        spec.model_type = _model_type(str(dirs[spec.name]))
 
     os.makedirs(out_dir, exist_ok=True)
     table = read_shard(eval_uri)

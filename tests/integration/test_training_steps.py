@@ -262,27 +262,3 @@ def test_shuffled_labels_model_is_not_blessed(chain: Chain, shuffled: Shuffled) 
     change = [c for c in e["failed_checks"] if c.startswith("auc change vs baseline on overall")]
     assert change, e["failed_checks"]
     assert "change_threshold" in change[0]
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(900)
-def test_evaluate_names_the_model_type_tfma_would_probe_for(chain: Chain, tmp_path: Path) -> None:
-    """The type evaluate hands TFMA (so TFMA need not load each model once more to find it)
-    is the one TFMA's own probe finds: Keras for a Keras SavedModel, generic otherwise."""
-    import tensorflow as tf
-    import tensorflow_model_analysis as tfma
-    from tensorflow_model_analysis.utils import model_util
-
-    keras_dir = chain.trained["model"]
-    generic = tf.Module()
-    generic.f = tf.function(lambda x: x + 1, input_signature=[tf.TensorSpec([None], tf.float32)])
-    generic_dir = str(tmp_path / "generic")
-    tf.saved_model.save(generic, generic_dir)
-
-    for d in (keras_dir, generic_dir):
-        assert steps._model_type(d) == model_util.get_model_type(None, d)
-    assert steps._model_type(keras_dir) == tfma.TF_KERAS
-    assert steps._model_type(generic_dir) == tfma.TF_GENERIC
-    # And the evaluation ran with it set (TFMA writes the config it used).
-    config = tfma.load_eval_result(chain.evaluated["eval_uri"]).config
-    assert [s.model_type for s in config.model_specs] == [tfma.TF_KERAS]
