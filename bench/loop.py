@@ -132,7 +132,7 @@ def floor(run_dir: Path) -> list[tuple[str, float]]:
         return steps._transformed_dataset(pattern, spec, module.LABEL_KEY, 256, task).cache()
 
     train, held = data("train"), data("eval")
-    steps.keras_without_autograph()
+    steps.libraries_without_autograph()
     model = module.build_model(tto)
     model.fit(train, epochs=1, verbose=0)
     t = time.perf_counter()

@@ -36,6 +36,7 @@ import types
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from services.trigger.beam_memo import dofn_specs_memoized
 from shared import contract
 
 if TYPE_CHECKING:
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 SERVING_SIGNATURE = contract.SERVING_SIGNATURE
 TRANSFORM_SIGNATURE = contract.TRANSFORM_SIGNATURE
 SERVING_INPUT = contract.SERVING_INPUT
+TFMA_MODEL_TYPE = "tf_generic"  # tfma.constants.TF_GENERIC, without importing TFMA here
 CANDIDATE = "candidate"
 BASELINE = "baseline"
 # In-process Beam: the data of one training run fits a worker; one worker
@@ -251,6 +253,7 @@ def transform(
     )
     try:
         with (
+            dofn_specs_memoized(),
             beam.Pipeline(options=PipelineOptions(list(BEAM_ARGS))) as p,
             tft_beam.Context(temp_dir=os.path.join(out_dir, "tmp")),
         ):
@@ -298,23 +301,38 @@ def transform(
     return paths
 
 
-def keras_without_autograph() -> None:
-    """Keep autograph from transpiling Keras 2 itself (``tf_keras``).
+# Libraries whose own code autograph should leave alone: both write graph-safe code (Keras
+# 2's control flow is on Python values; TFT also runs as TF1 graphs, where no autograph
+# exists), and converting them costs seconds per step. A model module's own functions
+# are still converted.
+UNCONVERTED_LIBRARIES = ("tf_keras", "tensorflow_transform")
+
+
+def libraries_without_autograph() -> None:
+    """Keep autograph from transpiling Keras 2 (``tf_keras``) and tf.Transform.
 
     Keras 2 sat on autograph's do-not-convert list as ``keras`` until TF 2.15; TF 2.16
     ships it as ``tf_keras`` and the list was not updated, so every first ``fit`` in a
     process transpiled some 4,500 Keras functions (16 s of a 21 s training step on 8,000
-    rows). Keras's code runs unconverted as it did before (its control flow is on
-    Python values); a model module's own functions are still converted. Same
-    weights, same history, same metrics (``tests/unit/test_keras_autograph.py``).
+    rows). tf.Transform was never on the list: exporting the serving signatures, which
+    call the TFT layer, transpiled TFT's graph-loading code (3.2 s of an 8.8 s training
+    step on 3,900 rows). Both run unconverted as their TF1 paths always did. Same
+    weights, same history, same predictions (``tests/unit/test_keras_autograph.py``).
     """
     from tensorflow.python.autograph.core import config, config_lib
 
-    if not any(
-        isinstance(r, config_lib.DoNotConvert) and r.matches("tf_keras")
-        for r in config.CONVERSION_RULES
-    ):
-        config.CONVERSION_RULES = (config_lib.DoNotConvert("tf_keras"), *config.CONVERSION_RULES)
+    missing = [
+        lib
+        for lib in UNCONVERTED_LIBRARIES
+        if not any(
+            isinstance(r, config_lib.DoNotConvert) and r.matches(lib)
+            for r in config.CONVERSION_RULES
+        )
+    ]
+    config.CONVERSION_RULES = (
+        *(config_lib.DoNotConvert(lib) for lib in missing),
+        *config.CONVERSION_RULES,
+    )
 
 
 def _transformed_dataset(
@@ -370,7 +388,7 @@ def train(
     if label_key not in spec:
         raise StepError(f"preprocessing_fn has no output {label_key!r} (LABEL_KEY)")
 
-    keras_without_autograph()
+    libraries_without_autograph()
     keras.utils.set_random_seed(seed)
     train_ds = _transformed_dataset(transformed["train"], spec, label_key, batch_size, task)
     if shuffle_labels:
@@ -563,6 +581,12 @@ def evaluate(
             prediction_key=contract.output_key(module, task),
             label_key=label_key,
             is_baseline=name == BASELINE,
+            # Both models are scored through their serving signature, so TFMA needs only the
+            # SavedModel (tf_generic). Left unset, TFMA first loads each model with
+            # tf.keras to guess its type: a whole extra Keras revival per model, whose
+            # answer depends on the process's Keras flavour (tf_keras in the warm worker,
+            # Keras 3 -- which cannot read these models -- in a fresh interpreter).
+            model_type=TFMA_MODEL_TYPE,
         )
     dirs = {CANDIDATE: model_dir, BASELINE: baseline_model_dir}
 
@@ -586,14 +610,15 @@ def evaluate(
             )
             for name in names
         ]
-        tfma.run_model_analysis(
-            eval_shared_model=shared if len(shared) > 1 else shared[0],
-            eval_config=config,
-            data_location=data_path,
-            file_format="tfrecords",
-            output_path=output_path,
-            pipeline_options=PipelineOptions(list(BEAM_ARGS)),
-        )
+        with dofn_specs_memoized():
+            tfma.run_model_analysis(
+                eval_shared_model=shared if len(shared) > 1 else shared[0],
+                eval_config=config,
+                data_location=data_path,
+                file_format="tfrecords",
+                output_path=output_path,
+                pipeline_options=PipelineOptions(list(BEAM_ARGS)),
+            )
     except Exception as e:  # TFMA/Beam raise assorted types for bad models/configs
         raise StepError(f"TFMA evaluation of {model_dir} failed: {e}") from e
 

@@ -1,5 +1,6 @@
-"""Keras 2 runs unconverted by autograph (``steps.keras_without_autograph``) and
-trains to exactly the same weights as when autograph transpiles it."""
+"""Keras 2 and tf.Transform run unconverted by autograph
+(``steps.libraries_without_autograph``); Keras trains to exactly the same weights as
+when autograph transpiles it."""
 
 from __future__ import annotations
 
@@ -26,28 +27,36 @@ def _fit_weights() -> list[Any]:
 
 
 def test_keras_is_left_unconverted_and_trains_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The rules as TF ships them, whatever an earlier training step in this process
+    # added (restored after the test).
+    import tensorflow_transform as tft
     import tf_keras as keras
     from tensorflow.python.autograph.core import config, config_lib
     from tensorflow.python.autograph.impl import conversion
 
     from services.trigger import steps
 
-    # The rules as TF ships them, whatever an earlier training step in this process
-    # added (restored after the test).
     shipped = tuple(
         r
         for r in config.CONVERSION_RULES
-        if not (isinstance(r, config_lib.DoNotConvert) and r.matches("tf_keras"))
+        if not (
+            isinstance(r, config_lib.DoNotConvert)
+            and any(r.matches(lib) for lib in steps.UNCONVERTED_LIBRARIES)
+        )
     )
     monkeypatch.setattr(config, "CONVERSION_RULES", shipped)
     train_step = keras.Model.train_step
+    tft_layer_call = tft.TransformFeaturesLayer.call  # what the serving signatures call
     assert not conversion.is_allowlisted(train_step)  # TF 2.16 as shipped converts Keras 2
+    assert not conversion.is_allowlisted(tft_layer_call)  # and tf.Transform
     converted = _fit_weights()
 
-    steps.keras_without_autograph()
-    steps.keras_without_autograph()  # idempotent: one rule, not two
+    steps.libraries_without_autograph()
+    steps.libraries_without_autograph()  # idempotent: one rule per library, not two
     assert conversion.is_allowlisted(train_step)
-    assert sum(r.matches("tf_keras") for r in config.CONVERSION_RULES) == 1
+    assert conversion.is_allowlisted(tft_layer_call)
+    for lib in steps.UNCONVERTED_LIBRARIES:
+        assert sum(r.matches(lib) for r in config.CONVERSION_RULES) == 1
     unconverted = _fit_weights()
 
     assert len(converted) == len(unconverted)
