@@ -10,9 +10,11 @@ A model module is a Python file the pipeline loads by path. What it must define:
   transformed features, with one output;
 - ``eval_config(baseline: bool) -> tfma.EvalConfig``: metrics, slices and
   thresholds (change thresholds only when ``baseline`` is true);
-- optionally ``SLICES`` (list of lists of feature names) and ``OUTPUT_KEY`` (the
+- optionally ``SLICES`` (list of lists of feature names), ``OUTPUT_KEY`` (the
   serving signature's output name; default ``probabilities`` for classifiers,
-  ``predictions`` for regression).
+  ``predictions`` for regression) and ``TFT_FORCE_TF_COMPAT_V1`` (bool, default
+  False: TF Transform traces ``preprocessing_fn`` into one TF1 graph instead of
+  ``tf.function`` s, which is faster; see docs/models.md).
 
 The checks here need no TensorFlow: they run at the trigger's start-up and in
 ``ctrain model check`` (which then also runs the module on data).
@@ -163,6 +165,13 @@ def check_module(module: types.ModuleType) -> list[Problem]:
     key = getattr(module, "OUTPUT_KEY", "x")
     if not isinstance(key, str) or not key:
         out.append(Problem(f"OUTPUT_KEY is {key!r}", 'make it a name, e.g. "probabilities"'))
+    compat = getattr(module, "TFT_FORCE_TF_COMPAT_V1", False)
+    if not isinstance(compat, bool):
+        out.append(
+            Problem(
+                f"TFT_FORCE_TF_COMPAT_V1 is {compat!r}", "make it True or False (or leave it out)"
+            )
+        )
     slices = getattr(module, "SLICES", [])
     if not isinstance(slices, list | tuple) or not all(
         isinstance(s, list | tuple) and all(isinstance(k, str) for k in s) for s in slices
@@ -185,6 +194,13 @@ def output_key(module: types.ModuleType, task: str) -> str:
     if key:
         return str(key)
     return "predictions" if task == "regression" else "probabilities"
+
+
+def tft_compat_v1(module: types.ModuleType) -> bool:
+    """Whether TF Transform runs the module's ``preprocessing_fn`` as a TF1 graph
+    (``force_tf_compat_v1``): the module's ``TFT_FORCE_TF_COMPAT_V1``, else False (TFT's
+    and TFX's default)."""
+    return getattr(module, "TFT_FORCE_TF_COMPAT_V1", False) is True
 
 
 def check_schema(

@@ -282,3 +282,87 @@ def test_shuffled_labels_model_is_not_blessed(chain: Chain, shuffled: Shuffled) 
     change = [c for c in e["failed_checks"] if c.startswith("auc change vs baseline on overall")]
     assert change, e["failed_checks"]
     assert "change_threshold" in change[0]
+
+
+def _signature_names(saved_model_dir: str) -> set[str]:
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString((Path(saved_model_dir) / "saved_model.pb").read_bytes())
+    return set(proto.meta_graphs[0].signature_def)
+
+
+def _transformed_rows(path: str) -> dict[str, list[float]]:
+    import tensorflow as tf
+
+    columns: dict[str, list[float]] = {}
+    for record in tf.data.TFRecordDataset(path, compression_type="GZIP"):
+        example = tf.train.Example.FromString(record.numpy())
+        for name, feature in example.features.feature.items():
+            values = list(feature.float_list.value) or list(feature.int64_list.value)
+            columns.setdefault(name, []).extend(values)
+    return columns
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_tf1_graph_and_tf_function_tracing_transform_alike(chain: Chain, tmp_path: Path) -> None:
+    """The taxi module asks for TF1 graph tracing; the same preprocessing_fn traced into
+    tf.functions (TFT's default) gives the same data. The second run lands on a copy of
+    the first one's output, as a retried step would, and replaces it."""
+    import shutil
+
+    import numpy as np
+    import tensorflow_transform as tft
+
+    # TFT loads a transform graph written in TF1 mode through this signature.
+    graph_dir = Path(chain.transformed["transform_graph"]) / "transform_fn"
+    assert "transform_signature" in _signature_names(str(graph_dir))
+
+    module = tmp_path / "model_tf2.py"
+    module.write_text(Path(MODULE).read_text().replace("TFT_FORCE_TF_COMPAT_V1 = True", ""))
+    out = tmp_path / "transform"
+    shutil.copytree(Path(chain.transformed["transform_graph"]).parent, out)
+    again = steps.transform(
+        chain.gathered["train"], chain.gathered["eval"], str(TAXI_SCHEMA), str(module), str(out)
+    )
+    assert "transform_signature" not in _signature_names(
+        str(Path(again["transform_graph"]) / "transform_fn")
+    )
+
+    tf1 = tft.TFTransformOutput(chain.transformed["transform_graph"])
+    tf2 = tft.TFTransformOutput(again["transform_graph"])
+    for vocab in ("payment_type", "company"):
+        assert tf1.vocabulary_by_name(vocab) == tf2.vocabulary_by_name(vocab)
+    assert tf1.transformed_feature_spec() == tf2.transformed_feature_spec()
+    for split in ("train", "eval"):
+        a, b = _transformed_rows(chain.transformed[split]), _transformed_rows(again[split])
+        assert set(a) == set(b)
+        for name in a:
+            if name.endswith("_xf") and name[: -len("_xf")] in (
+                "fare",
+                "trip_miles",
+                "trip_seconds",
+            ):
+                # z-scores: the two traces order float32 ops differently.
+                np.testing.assert_allclose(a[name], b[name], rtol=0, atol=1e-5)
+            else:
+                assert a[name] == b[name], name
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_the_export_keeps_its_signatures_and_no_layer_traces(chain: Chain) -> None:
+    """Readers call the two signatures only; Keras's per-layer call traces are not saved
+    (save_traces=False), which keeps training's export and every later load shorter."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    model_dir = Path(chain.trained["model"])
+    assert {"serving_default", "transform_features"} <= _signature_names(str(model_dir))
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString((model_dir / "saved_model.pb").read_bytes())
+    functions = [f.signature.name for f in proto.meta_graphs[0].graph_def.library.function]
+    assert functions
+    assert not [f for f in functions if "layer_call" in f]
+    # The TFT layer's vocabularies travel with the model.
+    assert {p.name for p in (model_dir / "assets").iterdir()} == {"payment_type", "company"}

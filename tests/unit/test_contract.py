@@ -55,6 +55,7 @@ def test_a_sound_module_has_no_problem(tmp_path: Path) -> None:
         (("def preprocessing_fn(inputs)", "def preprocessing_fn()"), "preprocessing_fn takes 0"),
         (("def build_model(tf_transform_output): return None", "build_model = 1"), "not a func"),
         (('SLICES = [["site"]]', 'SLICES = ["site"]'), "SLICES is"),
+        (('SLICES = [["site"]]', 'TFT_FORCE_TF_COMPAT_V1 = "yes"'), "TFT_FORCE_TF_COMPAT_V1 is"),
     ],
 )
 def test_each_breach_is_named(tmp_path: Path, edit: tuple[str, str], found: str) -> None:
@@ -67,6 +68,16 @@ def test_defaults_and_varargs_are_accepted(tmp_path: Path) -> None:
     text = GOOD.replace("def build_model(tf_transform_output)", "def build_model(t, lr=0.1)")
     text = text.replace("def eval_config(baseline)", "def eval_config(*args)")
     assert problems(tmp_path, text) == []
+
+
+def test_tf1_graph_tracing_is_the_modules_choice_and_off_by_default(tmp_path: Path) -> None:
+    default = contract.import_module(write(tmp_path, GOOD, "default.py"))
+    assert contract.tft_compat_v1(default) is False
+    chosen = contract.import_module(
+        write(tmp_path, GOOD + "TFT_FORCE_TF_COMPAT_V1 = True\n", "chosen.py")
+    )
+    assert contract.check_module(chosen) == []
+    assert contract.tft_compat_v1(chosen) is True
 
 
 def test_a_module_that_cannot_be_imported_is_reported(tmp_path: Path) -> None:
