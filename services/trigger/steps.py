@@ -460,17 +460,17 @@ def train(
 
 
 def _labelled_eval_examples(
-    model_dir: str, table: pa.Table, label_key: str, task: str = "binary"
+    loaded: Any, model_dir: str, table: pa.Table, label_key: str, task: str = "binary"
 ) -> list[bytes]:
-    """Raw eval examples plus the feature ``label_key`` from the transform signature: an int
-    class id for classification, a float for regression."""
+    """Raw eval examples plus the feature ``label_key`` from the transform signature of
+    ``loaded`` (the SavedModel at ``model_dir``): an int class id for classification, a
+    float for regression."""
     import numpy as np
     import pyarrow as pa
     import tensorflow as tf
 
     if label_key in table.column_names:
         raise StepError(f"raw data already has a column {label_key!r} (LABEL_KEY)")
-    loaded = tf.saved_model.load(model_dir)
     if TRANSFORM_SIGNATURE not in loaded.signatures:
         raise StepError(f"model {model_dir} has no {TRANSFORM_SIGNATURE!r} signature")
     fn = loaded.signatures[TRANSFORM_SIGNATURE]
@@ -561,6 +561,23 @@ def _failed_checks(validation: Any) -> list[str]:
     return failed
 
 
+def _seed(loader: Any, model: Any) -> None:
+    """Hand TFMA a model this process already loaded.
+
+    TFMA's DoFns get their model through the loader's Beam shared handle, which builds it
+    once per process and hands the same object out while someone holds it. Seeding the
+    handle with the candidate loaded for the labels saves loading the SavedModel a second
+    time in the in-process runner (the caller keeps ``model`` alive for the run). A runner
+    with workers elsewhere unpickles the loader there and loads from the path as before.
+    """
+    construct = loader.construct_fn
+    loader.construct_fn = lambda: model
+    try:
+        loader.load()
+    finally:
+        loader.construct_fn = construct
+
+
 def evaluate(
     model_dir: str,
     eval_uri: str,
@@ -607,9 +624,11 @@ def evaluate(
     table = read_shard(eval_uri)
     if table.num_rows == 0:
         raise StepError(f"the held-out data {eval_uri} has no rows")
-    data_path = os.path.join(out_dir, "eval_examples.tfrecord")
-    records = _labelled_eval_examples(model_dir, table, label_key, task)
     import tensorflow as tf
+
+    data_path = os.path.join(out_dir, "eval_examples.tfrecord")
+    candidate = tf.saved_model.load(model_dir, tags=[tf.saved_model.SERVING])
+    records = _labelled_eval_examples(candidate, model_dir, table, label_key, task)
 
     with tf.io.TFRecordWriter(data_path) as w:
         for r in records:
@@ -623,6 +642,7 @@ def evaluate(
             )
             for name in names
         ]
+        _seed(shared[0].model_loader, candidate)
         with dofn_specs_memoized():
             tfma.run_model_analysis(
                 eval_shared_model=shared if len(shared) > 1 else shared[0],

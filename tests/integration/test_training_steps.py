@@ -115,6 +115,7 @@ class Shuffled:
     trained: dict[str, Any]
     evaluated: dict[str, Any]
     keras_loads: list[str]  # models evaluate loaded through tf.keras (it should load none)
+    savedmodel_loads: list[str]  # every SavedModel evaluate loaded, by path
 
 
 @pytest.fixture(scope="module")
@@ -137,8 +138,18 @@ def shuffled(chain: Chain) -> Shuffled:
         keras_loads.append(str(path))
         raise OSError("evaluate must not load models through tf.keras")
 
+    savedmodel_loads: list[str] = []
+    original_load = tf.saved_model.load
+
+    def recorded_load(path: str, *args: Any, **kwargs: Any) -> Any:
+        savedmodel_loads.append(str(path))
+        return original_load(path, *args, **kwargs)
+
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(tf.keras.models, "load_model", keras_load)
+        # TFMA loads through the v1 alias, the labels through tf.saved_model.load.
+        mp.setattr(tf.saved_model, "load", recorded_load)
+        mp.setattr(tf.compat.v1.saved_model, "load_v2", recorded_load)
         evaluated = chain.timed(
             "evaluate_vs_baseline",
             steps.evaluate,
@@ -152,7 +163,7 @@ def shuffled(chain: Chain) -> Shuffled:
         card = [s for s in result["metrics"]["slices"] if s["slice"] == "payment_type=Credit Card"]
         print(f"\n{name} model, overall: {result['metrics']['overall']}, {card}")
     print(f"shuffled model failed checks: {evaluated['failed_checks']}")
-    return Shuffled(trained, evaluated, keras_loads)
+    return Shuffled(trained, evaluated, keras_loads, savedmodel_loads)
 
 
 @pytest.mark.slow
@@ -263,11 +274,17 @@ def test_evaluate_blesses_real_model(chain: Chain) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_evaluate_scores_both_models_through_the_savedmodel_alone(shuffled: Shuffled) -> None:
+def test_evaluate_scores_both_models_through_the_savedmodel_alone(
+    chain: Chain, shuffled: Shuffled
+) -> None:
     # TFMA left to guess a model's type loads it through tf.keras first: one more load
     # per model, and a different answer in a process whose tf.keras is Keras 3.
     assert shuffled.keras_loads == []
     assert shuffled.evaluated["baseline_metrics"]["overall"]["example_count"] == EVAL_ROWS
+    # The candidate loaded for the labels is the one TFMA scores: each model loads once.
+    assert sorted(shuffled.savedmodel_loads) == sorted(
+        [shuffled.trained["model"], chain.trained["model"]]
+    )
 
 
 @pytest.mark.slow
