@@ -123,9 +123,50 @@ class Quality(_Section):
 
     threshold: float | None = Field(default=None, gt=0, lt=1, description="Binary threshold.")
     coverage_steps: list[float] | None = Field(default=None, description="Rescoring coverages.")
-    label_lookback_s: float | None = Field(default=None, gt=0, description="Label lookback.")
-    example_id_field: str | None = Field(default=None, description="Example id feature.")
     slice_min_examples: int | None = Field(default=None, ge=1, description="Smallest slice.")
+
+
+class Labels(BaseModel):
+    """How the model's labels reach it (docs/models.md, "Labels"). Unlike the other
+    sections these keys are the model's own: no service has an environment variable
+    for them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: Literal["inline", "stream"] = Field(
+        default="inline",
+        description="inline: every example carries its label features (ingest rejects one "
+        "without); stream: examples arrive without them and labels are joined from "
+        "ctrain.labels.",
+    )
+    id_field: str = Field(
+        default="",
+        description="A feature of the example holding a business id that label records name "
+        "(empty: only the <topic>:<partition>:<offset> id).",
+    )
+    label_maturity_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="A window's labels are complete enough to use once its end is this old "
+        "in event time (the newest example or label seen).",
+    )
+    label_default: dict[str, float | int | str] | None = Field(
+        default=None,
+        description="Label features given to examples still unlabelled at maturity (e.g. "
+        "{is_fraud: 0}); absent: such examples are left out and counted.",
+    )
+    horizon_s: float = Field(
+        default=90 * 86_400.0,
+        gt=0,
+        description="A label whose event time is more than this after its example's window "
+        "end is dead-lettered (late_label).",
+    )
+    early_tolerance_s: float = Field(
+        default=86_400.0,
+        ge=0,
+        description="A label may arrive before its example: it is held until windows this "
+        "much newer than the label have been judged, then dead-lettered (unknown_example).",
+    )
 
 
 class ModelSpec(BaseModel):
@@ -149,6 +190,7 @@ class ModelSpec(BaseModel):
     trigger: TriggerPolicy = Field(default_factory=TriggerPolicy)
     promotion: Promotion = Field(default_factory=Promotion)
     quality: Quality = Field(default_factory=Quality)
+    labels: Labels = Field(default_factory=Labels)
 
 
 class CtrainConfig(BaseModel):

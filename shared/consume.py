@@ -159,6 +159,21 @@ class Record:
             body=bytes(msg.body),
         )
 
+    @classmethod
+    def batch_of(cls, msg: Any) -> list[Record]:
+        """The records of a batch subscriber's message."""
+        raw = msg.raw_message
+        return [
+            cls(
+                topic=str(r.topic),
+                partition=int(r.partition),
+                offset=int(r.offset),
+                key=r.key,
+                body=bytes(r.value or b""),
+            )
+            for r in (raw if isinstance(raw, tuple | list) else (raw,))
+        ]
+
 
 DeadLetterSink = Callable[[Record, str, str], Awaitable[None]]
 """Publishes a record's typed dead-letter event: (record, reason, message)."""
@@ -287,6 +302,51 @@ class Consumer:
             log.warning("commit refused after a rebalance", extra={"err": str(e)})
         self._recovered()
         self.metrics.handled.labels(self.topic).inc()
+
+    async def consume_batch(
+        self, msg: Any, handle: Callable[[list[Record]], Awaitable[None]]
+    ) -> None:
+        """Handle a batch until it is settled, then commit it. The handler dead-letters a
+        record that is its own fault itself; a batch that keeps failing otherwise is
+        dead-lettered record by record after ``max_attempts``."""
+        records = Record.batch_of(msg)
+        errors = outages = 0
+        while True:
+            try:
+                await handle(records)
+                break
+            except Exception as e:  # noqa: BLE001 - every failure is settled here, by kind
+                why = outage_of(e)
+                if why is not None:
+                    outages += 1
+                    await self._outage(why, outages)
+                    continue
+                errors += 1
+                if errors >= self.max_attempts:
+                    for r in records:
+                        await self.reject(r, e)
+                    break
+                log.warning(
+                    "handling a batch failed; trying again",
+                    extra={"topic": self.topic, "attempt": errors, "err": repr(e)},
+                )
+                self.metrics.retries.labels(self.topic, "error").inc()
+                await self.sleep(self._wait(errors))
+        self._recovered()
+        try:
+            await self._settle(msg.ack)
+        except kafka_errors.CommitFailedError as e:
+            log.warning("commit refused after a rebalance", extra={"err": str(e)})
+        self._recovered()
+        self.metrics.handled.labels(self.topic).inc(len(records))
+
+    async def reject(self, record: Record, e: Exception) -> None:
+        """Dead-letter one record of a batch (its own fault), with its reason."""
+        reason = str(getattr(type(e), "dlq_reason", "") or type(e).__name__)
+        self.metrics.dead_letters.labels(self.topic, reason).inc()
+        sink = self.dead_letter
+        detail = str(e)[:4000] or reason
+        await self._settle(lambda: sink(record, reason, detail))
 
     async def _poison(self, msg: Any, e: Exception) -> None:
         reason = str(getattr(type(e), "dlq_reason", "") or type(e).__name__)

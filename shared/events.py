@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 SCHEMA_VERSION = 1
 
@@ -306,19 +306,47 @@ class PromotionEvent(Event):
 
 # ------------------------------------------------------------------ quality
 class LabelRecord(BaseModel):
-    """Ground truth that arrives after its example, on ``ctrain.labels`` (written by clients).
+    """A label that travels on its own stream, ``ctrain.labels`` (written by clients).
 
-    ``example_id`` is the example's id (``<topic>:<partition>:<offset>`` of its write, or
-    the value of the model's ``quality.example_id_field``); ``label`` is what the model's
-    ``LABEL_KEY`` would be (a class id, or a number for regression)."""
+    ``example_id`` names the example: the value of the model's ``labels.id_field`` (a
+    business id, e.g. a transaction id) or ``<topic>:<partition>:<offset>`` of its write.
+    The label is the model's raw label features (docs/models.md, "Labels"): ``features``
+    maps each of them to its value; ``label`` is the short form when the model has one.
+    The label's definition stays in the module's ``preprocessing_fn``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     example_id: str = Field(min_length=1, max_length=512)
-    label: float
+    label: float | int | str | None = None
+    features: dict[str, float | int | str] | None = None
     event_time: datetime | None = None
     # Which model's examples (needed only when one labels topic serves several streams).
     model: str | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> LabelRecord:
+        if (self.label is None) == (self.features is None):
+            raise ValueError("give the label as 'label' (one label feature) or 'features'")
+        return self
+
+    def values(self, names: tuple[str, ...]) -> dict[str, float | int | str]:
+        """The label features, by name; ValueError naming what is missing."""
+        if self.features is None:
+            if len(names) != 1:
+                raise ValueError(
+                    f"the model's label has {len(names)} features ({', '.join(names)}): "
+                    "send them as 'features'"
+                )
+            return {names[0]: self.label}  # type: ignore[dict-item]
+        missing = [n for n in names if n not in self.features]
+        extra = sorted(set(self.features) - set(names))
+        if missing or extra:
+            raise ValueError(
+                f"label features {', '.join(names)} expected"
+                + (f"; missing {', '.join(missing)}" if missing else "")
+                + (f"; not label features: {', '.join(extra)}" if extra else "")
+            )
+        return dict(self.features)
 
 
 class QualityMetrics(BaseModel):

@@ -171,6 +171,23 @@ def one_event_at_a_time(router: Any, topic: str, group_id: str) -> Any:
     )
 
 
+def batches_of_events(router: Any, topic: str, group_id: str, max_records: int) -> Any:
+    """Subscriber decorator for a topic whose records are handled a batch at a time (the
+    label join: one write per shard per batch instead of per record). Acknowledgement is
+    manual and commits the whole batch once its effects are durable."""
+    from faststream import AckPolicy
+
+    return router.subscriber(
+        topic,
+        group_id=group_id,
+        auto_offset_reset="earliest",
+        ack_policy=AckPolicy.MANUAL,
+        batch=True,
+        max_records=max_records,
+        include_in_schema=False,
+    )
+
+
 def event_dead_letters(broker: Any, service: str, group_id: str) -> Any:
     """The dead-letter sink of a service's event consumers: an ``EventDeadLetter`` on
     ``ctrain.events.dlq``, its id fixed by the source record (a retry publishes the

@@ -37,3 +37,15 @@ def rollback_watch(model: str) -> str:
     stable version against the one it replaced; while this key exists the monitor scores
     the ``previous`` label too."""
     return f"ctrain:quality:{model}:watch"
+
+
+def labels_count(model: str) -> str:
+    """Hash window shard id -> labels joined to its examples: written by the monitor's
+    label join; the trigger sizes training and evaluation data by it."""
+    return f"ctrain:labels:{model}:count"
+
+
+def labels_clock(model: str) -> str:
+    """The newest label event time seen (ms): written by the label join; with the data's
+    own clock it says which windows' labels have matured."""
+    return f"ctrain:labels:{model}:clock"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -59,17 +60,20 @@ def load_schema(path: str | Path) -> schema_pb2.Schema:
         raise SchemaError(f"schema file {p} is not a valid TFMD schema: {e}") from e
 
 
-def example_spec(schema: schema_pb2.Schema) -> ExampleSpec:
-    """Scalar features; ``required`` where presence.min_fraction is 1.
+def example_spec(schema: schema_pb2.Schema, optional: Iterable[str] = ()) -> ExampleSpec:
+    """Scalar features; ``required`` where presence.min_fraction is 1, except the
+    ``optional`` ones (a model's label features when its labels arrive on their own
+    stream).
 
     A feature absent from serving data (schema environments) is checked by the
     validator, not here: ingest admits whatever the schema types allow.
     """
+    optional = frozenset(optional)
     specs = []
     for f in schema.feature:
         if f.type not in _KINDS:
             raise SchemaError(f"feature {f.name!r} has unsupported type {f.type}")
-        required = f.presence.min_fraction >= 1.0
+        required = f.presence.min_fraction >= 1.0 and f.name not in optional
         specs.append(FeatureSpec(f.name, _KINDS[f.type], required))
     if not specs:
         raise SchemaError("schema declares no features")

@@ -28,10 +28,11 @@ from services.ingest.metrics import IngestMetrics
 from services.ingest.settings import IngestSettings
 from services.ingest.streams import Streams
 from services.ingest.windowing import WindowPolicy
-from shared import topics
+from shared import contract, topics
 from shared.artifacts import ArtifactStore
-from shared.config import config_of, model_settings
+from shared.config import ModelSpec, config_of, model_settings
 from shared.kafka import make_consumer, make_producer
+from shared.labels import label_features
 from shared.metrics import metrics_endpoint, new_registry
 from shared.schema import example_spec, load_schema
 from shared.serve import livez, service_app
@@ -48,6 +49,8 @@ class StreamSetup:
     topic: str
     schema_path: str
     settings: IngestSettings
+    # Label features its examples may arrive without (labels joined from their stream).
+    optional: tuple[str, ...] = ()
 
 
 def streams_from(common: CommonSettings, settings: IngestSettings) -> list[StreamSetup]:
@@ -61,13 +64,20 @@ def streams_from(common: CommonSettings, settings: IngestSettings) -> list[Strea
         return [StreamSetup(settings.stream, topics.EXAMPLES, common.schema_path, settings)]
     per = model_settings(cfg, settings, lambda m: m.windows.given())
     return [
-        StreamSetup(m.stream, m.topic, m.schema_path, per[name]) for name, m in cfg.models.items()
+        StreamSetup(m.stream, m.topic, m.schema_path, per[name], _optional(m))
+        for name, m in cfg.models.items()
     ]
 
 
-def decoder_from(schema_path: str, s: IngestSettings) -> Decoder:
+def _optional(m: ModelSpec) -> tuple[str, ...]:
+    if m.labels.source != "stream":
+        return ()
+    return label_features(contract.import_module(m.module))
+
+
+def decoder_from(schema_path: str, s: IngestSettings, optional: tuple[str, ...] = ()) -> Decoder:
     return Decoder(
-        example_spec(load_schema(schema_path)),
+        example_spec(load_schema(schema_path), optional=optional),
         DecoderConfig(
             max_bytes=s.max_example_bytes,
             reject_unknown=s.reject_unknown_features,
@@ -90,7 +100,7 @@ def create_app(common: CommonSettings, settings: IngestSettings) -> FastAPI:
     registry = new_registry()
     metrics = IngestMetrics(registry)
     setups = streams_from(common, settings)
-    decoders = {s.stream: decoder_from(s.schema_path, s.settings) for s in setups}
+    decoders = {s.stream: decoder_from(s.schema_path, s.settings, s.optional) for s in setups}
     topic_of = {s.stream: s.topic for s in setups}
     store = ArtifactStore(common.artifact_root)
     state: dict[str, Any] = {}

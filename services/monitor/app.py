@@ -1,10 +1,11 @@
 """Wiring: ``create_app(settings)`` -> FastAPI app with two FastStream subscribers.
 
-``ctrain.validations`` (each judged period is scored by the stable version) and
-``ctrain.labels`` (delayed labels joined by example id), each through the one consumer
-every service uses (:mod:`shared.consume`): a serving or Redis outage holds the record
-and retries it without limit; a record that is not an event, a late label or a label of
-no monitored model goes to ``ctrain.events.dlq`` at once, with its reason.
+``ctrain.validations`` (each judged period's shards indexed for the label join, then
+scored by the stable version), one record at a time, and ``ctrain.labels`` (labels joined
+to their examples, :mod:`services.monitor.labeljoin`), a batch at a time, each through the
+one consumer every service uses (:mod:`shared.consume`): a serving or Redis outage holds
+the record (or batch) and retries it without limit; a record that is not an event, and a
+label the join refuses, goes to ``ctrain.events.dlq`` at once, with its reason.
 """
 
 from __future__ import annotations
@@ -19,19 +20,28 @@ from fastapi import FastAPI, Query
 from fastapi.responses import JSONResponse, Response
 from faststream.kafka.fastapi import KafkaMessage
 
-from services.monitor.core import Monitor, Source
+from services.monitor.core import Monitor
 from services.monitor.data import ModelView
 from services.monitor.errors import MonitorError
+from services.monitor.labeljoin import JoinModel, LabelJoin, Source
+from services.monitor.labelstate import LabelState
 from services.monitor.metrics import MonitorMetrics
 from services.monitor.serving import Scorer
 from services.monitor.settings import MonitorSettings
 from services.monitor.store import QualityStore
 from shared import contract, topics
+from shared import labels as lb
 from shared.artifacts import ArtifactStore
-from shared.config import config_of, model_settings
-from shared.consume import Consumer, Record, decode
+from shared.config import Labels, config_of, model_settings
+from shared.consume import Consumer, InvalidEvent, Record, decode
 from shared.events import EventDeadLetter, LabelRecord, WindowScored, WindowValidated
-from shared.kafka import event_dead_letters, health, make_router, one_event_at_a_time
+from shared.kafka import (
+    batches_of_events,
+    event_dead_letters,
+    health,
+    make_router,
+    one_event_at_a_time,
+)
 from shared.metrics import Readiness, new_registry
 from shared.periodic import every
 from shared.redis import make_redis
@@ -41,7 +51,14 @@ from shared.settings import CommonSettings, SettingsError
 log = logging.getLogger(__name__)
 
 
-def view_of(name: str, stream: str, module_path: str, task: str, s: MonitorSettings) -> ModelView:
+def view_of(
+    name: str,
+    stream: str,
+    module_path: str,
+    task: str,
+    s: MonitorSettings,
+    labels: Labels | None = None,
+) -> ModelView:
     """A model as the monitor sees it: its settings and what its module declares."""
     if not module_path:
         raise SettingsError(
@@ -62,27 +79,45 @@ def view_of(name: str, stream: str, module_path: str, task: str, s: MonitorSetti
         output_key=contract.output_key(module, task),
         threshold=s.threshold,
         coverage_steps=tuple(s.coverage_steps),
-        label_lookback_s=s.label_lookback_s,
-        example_id_field=s.example_id_field,
+        example_id_field=labels.id_field if labels else "",
         slice_min_examples=s.slice_min_examples,
+        label_features=lb.label_features(module),
     )
 
 
-def models_of(common: CommonSettings, settings: MonitorSettings) -> dict[str, ModelView]:
+def join_model(view: ModelView, labels: Labels | None) -> JoinModel:
+    spec = labels or Labels()
+    return JoinModel(
+        name=view.name,
+        stream=view.stream,
+        features=view.label_features,
+        id_field=spec.id_field,
+        horizon_s=spec.horizon_s,
+        early_tolerance_s=spec.early_tolerance_s,
+    )
+
+
+def models_of(
+    common: CommonSettings, settings: MonitorSettings
+) -> dict[str, tuple[ModelView, JoinModel]]:
     cfg = config_of(common)
     if cfg is None:
         s = settings
-        return {s.model: view_of(s.model, s.stream or s.model, s.module_path, s.task, s)}
+        view = view_of(s.model, s.stream or s.model, s.module_path, s.task, s)
+        return {s.model: (view, join_model(view, None))}
     per = model_settings(cfg, settings, lambda m: m.quality.given())
-    return {
-        name: view_of(name, m.stream, m.module, m.task, per[name]) for name, m in cfg.models.items()
-    }
+    out = {}
+    for name, m in cfg.models.items():
+        view = view_of(name, m.stream, m.module, m.task, per[name], m.labels)
+        out[name] = (view, join_model(view, m.labels))
+    return out
 
 
 def create_app(common: CommonSettings, settings: MonitorSettings) -> FastAPI:
     registry = new_registry()
     metrics = MonitorMetrics(registry)
-    models = models_of(common, settings)
+    both = models_of(common, settings)
+    models = {n: v for n, (v, _) in both.items()}
     metrics.touch(list(models))
     redis = make_redis(common)
     router = make_router(common)
@@ -96,16 +131,17 @@ def create_app(common: CommonSettings, settings: MonitorSettings) -> FastAPI:
     async def dead_letter(letter: EventDeadLetter) -> None:
         await router.broker.publish(letter.to_bytes(), topic=topics.EVENTS_DLQ, key=letter.key)
 
-    monitor = Monitor(
-        models,
-        ArtifactStore(common.artifact_root),
-        QualityStore(redis),
-        scorer,
-        metrics,
-        publish,
+    store = ArtifactStore(common.artifact_root)
+    join = LabelJoin(
+        {n: j for n, (_, j) in both.items()},
+        store,
+        LabelState(redis),
         dead_letter,
+        lambda model, outcome, n: metrics.labels.labels(model, outcome).inc(n),
         group_id=settings.group_id,
     )
+    monitor = Monitor(models, store, QualityStore(redis), scorer, metrics, publish, join)
+    join.on_joined = monitor.on_joined
     sink = event_dead_letters(router.broker, "monitor", settings.group_id)
     windows_in = Consumer(
         topics.VALIDATIONS, metrics.consumer, sink, max_attempts=settings.max_attempts
@@ -124,21 +160,33 @@ def create_app(common: CommonSettings, settings: MonitorSettings) -> FastAPI:
     async def on_validation(msg: KafkaMessage) -> None:
         await windows_in.consume(msg, on_validation_body)
 
-    @one_event_at_a_time(router, topics.LABELS, settings.group_id)
-    async def on_label(msg: KafkaMessage) -> None:
-        rec = Record.of(msg)
-        source = Source(rec.topic, rec.partition, rec.offset, rec.body.decode("utf-8", "replace"))
+    async def join_batch(records: list[Record]) -> None:
+        batch = []
+        for r in records:
+            try:
+                rec = decode(LabelRecord, r.body)
+            except InvalidEvent as e:
+                await labels_in.reject(r, e)
+                continue
+            batch.append(
+                (rec, Source(r.topic, r.partition, r.offset, r.body.decode("utf-8", "replace")))
+            )
+        await join.join(batch)
 
-        async def handle(body: bytes) -> None:
-            await monitor.on_label(decode(LabelRecord, body), source)
+    @batches_of_events(router, topics.LABELS, settings.group_id, settings.label_batch_records)
+    async def on_labels(msg: KafkaMessage) -> None:
+        await labels_in.consume_batch(msg, join_batch)
 
-        await labels_in.consume(msg, handle)
+    async def expire() -> None:
+        await join.expire()
+        for name in models:
+            metrics.pending.labels(name).set(await join.state.pending_count(name))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with router.lifespan_context(app):
             upkeep = asyncio.create_task(
-                every(30, monitor.expire, "expiring held labels", metrics.timer_failures.inc)
+                every(30, expire, "expiring held labels", metrics.timer_failures.inc)
             )
             readiness = asyncio.create_task(every(5, ready, "checking readiness"))
             try:
@@ -176,5 +224,6 @@ def create_app(common: CommonSettings, settings: MonitorSettings) -> FastAPI:
         )
 
     app.state.monitor = monitor
+    app.state.join = join
     app.state.registry = registry
     return app

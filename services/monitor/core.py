@@ -22,7 +22,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,21 +34,20 @@ from services.monitor.data import (
     WindowData,
     load_window,
     predictions_uri,
+    read_shard_table,
     read_table,
     write_table,
 )
 from services.monitor.errors import NotFound
+from services.monitor.labeljoin import LabelJoin
 from services.monitor.local import LocalModels
 from services.monitor.metrics import MonitorMetrics
 from services.monitor.serving import NoSuchVersion, Scorer
 from services.monitor.store import QualityStore
 from shared import contract
+from shared import labels as lb
 from shared.artifacts import ArtifactStore
-from shared.consume import Poison
 from shared.events import (
-    DlqSource,
-    EventDeadLetter,
-    LabelRecord,
     QualityMetrics,
     SliceMetrics,
     WindowScored,
@@ -59,28 +57,6 @@ from shared.ids import stable_id
 
 log = logging.getLogger(__name__)
 STABLE = "stable"
-
-
-class LateLabel(Poison):
-    """A label for an example whose window stopped taking labels (older than the lookback)."""
-
-    dlq_reason = "late_label"
-
-
-class UnknownModel(Poison):
-    """A label naming no model the monitor scores (or none, with several models)."""
-
-    dlq_reason = "unknown_model"
-
-
-@dataclass(frozen=True)
-class Source:
-    """Where a label record came from (kept with a held label, for its dead letter)."""
-
-    topic: str
-    partition: int
-    offset: int
-    payload: str
 
 
 def _ms(t: Any) -> int:
@@ -116,10 +92,8 @@ class Monitor:
         scorer: Scorer,
         metrics: MonitorMetrics,
         publish: Callable[[WindowScored], Awaitable[None]],
-        dead_letter: Callable[[EventDeadLetter], Awaitable[None]],
+        join: LabelJoin,
         *,
-        group_id: str = "ctrain-monitor",
-        clock: Callable[[], float] = time.time,
         local: LocalModels | None = None,
     ) -> None:
         self.local = local or LocalModels()
@@ -130,9 +104,7 @@ class Monitor:
         self.scorer = scorer
         self.metrics = metrics
         self.publish = publish
-        self.dead_letter = dead_letter
-        self.group_id = group_id
-        self.clock = clock
+        self.join = join
 
     def model(self, name: str) -> ModelView:
         m = self.models.get(name)
@@ -146,7 +118,11 @@ class Monitor:
         m = self.by_stream.get(v.stream)
         if m is None or v.scope != "period":
             return None
-        await self.state.note_members(m.name, [x.window_id for x in v.members], _ms(v.window_start))
+        # Labels are joined whether or not a version serves yet: training needs them too.
+        await self.join.index(v)
+        await self.state.note_members(
+            m.name, v.window_id, [x.window_id for x in v.members], _ms(v.window_start)
+        )
         win = await self.state.window(m.name, v.window_id)
         read = _Read(self.store, v, m)
         if win.get("validation_id") != v.id:
@@ -187,7 +163,6 @@ class Monitor:
         name = f"{v.id}-v{version}.parquet"
         uri = predictions_uri(self.store, m.name, v.window_id, name)
         await asyncio.to_thread(write_table, self.store, uri, table)
-        waiting = [] if data.ids is None else [data.ids[i] for i in np.flatnonzero(~data.labelled)]
         await self.state.save_window(
             m.name,
             v.window_id,
@@ -200,16 +175,10 @@ class Monitor:
                 "stream": v.stream,
                 "start_ms": _ms(v.window_start),
                 "end_ms": _ms(v.window_end),
+                "members": orjson.dumps(data.members).decode(),
             },
-            waiting,
             _ms(v.window_start),
-            _ms(v.window_end),
         )
-        # Labels that came before their window did.
-        held = await self.state.pending_for(m.name, waiting)
-        for example_id, entry in held.items():
-            await self.state.attach(m.name, v.window_id, example_id, float(entry["label"]))
-            self.metrics.labels.labels(m.name, "matched").inc()
         self.metrics.rows.labels(m.name).inc(n)
         self.metrics.scoring_seconds.labels(m.name).observe(time.monotonic() - started)
         return True
@@ -292,8 +261,7 @@ class Monitor:
         if not win:
             return None
         table = await asyncio.to_thread(read_table, self.store, win["file"])
-        delayed = await self.state.labels(m.name, window_id)
-        labels = _labels(table, delayed)
+        labels = await self._with_joined(m, win, table)
         stable = self._scored(m, window_id, win, table, _scores(table), labels, "stable")
         await self._emit(stable)
         await self.state.save_scored(m.name, window_id, stable.to_bytes())
@@ -383,105 +351,53 @@ class Monitor:
         return out
 
     # -------------------------------------------------------------- labels
-    def model_of_label(self, rec: LabelRecord) -> ModelView:
-        if rec.model is not None:
-            m = self.models.get(rec.model)
-            if m is None:
-                raise UnknownModel(f"label for model {rec.model!r}, which is not monitored")
-            return m
-        if len(self.models) != 1:
-            raise UnknownModel(
-                f"label {rec.example_id!r} names no model and {len(self.models)} are "
-                "monitored: set its 'model'"
-            )
-        return next(iter(self.models.values()))
+    async def _with_joined(self, m: ModelView, win: dict[str, str], table: pa.Table) -> np.ndarray:
+        """In-window labels, completed by the joined ones (NaN: none). A joined label is
+        the model's raw label features: its value comes from the version's own
+        ``transform_features``, as for the labels in the window."""
+        labels = np.asarray(table.column("label").to_numpy(), np.float64).copy()
+        base = 0
+        for _shard, uri, rows in orjson.loads(win.get("members") or "[]"):
+            joined = await asyncio.to_thread(lb.read_joined, self.store, uri)
+            if joined.num_rows:
+                data = await asyncio.to_thread(read_shard_table, uri)
+                got, idx = lb.joined_only(data, joined, m.label_features)
+                idx = idx + base
+                fresh = np.isnan(labels[idx])
+                if fresh.any():
+                    examples = await asyncio.to_thread(encode, got.filter(pa.array(fresh)))
+                    _, values = await self.scorer.predict(
+                        m.name,
+                        examples,
+                        m.label_key,
+                        version=int(win["version"]),
+                        signature=contract.TRANSFORM_SIGNATURE,
+                    )
+                    labels[idx[fresh]] = np.asarray(values, dtype=np.float64).reshape(-1)
+            base += int(rows)
+        return labels
 
-    async def on_label(self, rec: LabelRecord, source: Source) -> str:
-        """Join one delayed label; returns what became of it (the metric's outcome)."""
-        m = self.model_of_label(rec)
-        window_id = await self.state.window_of(m.name, rec.example_id)
-        if window_id is None:
-            entry = {
-                "label": rec.label,
-                "topic": source.topic,
-                "partition": source.partition,
-                "offset": source.offset,
-                "payload": source.payload,
-            }
-            await self.state.hold(m.name, rec.example_id, entry, self.clock())
-            # Its window may have been scored between the look-up and the hold.
-            window_id = await self.state.window_of(m.name, rec.example_id)
-            if window_id is None:
-                self.metrics.labels.labels(m.name, "held").inc()
-                return "held"
-        win = await self.state.window(m.name, window_id)
-        end_ms = int(win.get("end_ms") or 0)
-        if rec.event_time is not None and end_ms:
-            late_by = _ms(rec.event_time) - end_ms - m.label_lookback_s * 1000
-            if late_by > 0:
-                await self.state.drop_pending(m.name, rec.example_id)
-                self.metrics.labels.labels(m.name, "late").inc()
-                raise LateLabel(
-                    f"label of {rec.example_id} at {rec.event_time.isoformat()} is "
-                    f"{late_by / 3_600_000:.1f} h past its window's lookback "
-                    f"({m.label_lookback_s:g} s after {_dt(end_ms).isoformat()})"
-                )
-        new = await self.state.attach(m.name, window_id, rec.example_id, rec.label)
-        outcome = "matched" if new else "duplicate"
-        self.metrics.labels.labels(m.name, outcome).inc()
-        if new:
-            await self._maybe_rescore(m, window_id, win)
-        return outcome
+    async def on_joined(self, model: str, shards: set[str]) -> None:
+        """Labels were joined to these shards: rescore their scored windows whose label
+        coverage crossed a step."""
+        m = self.models.get(model)
+        if m is None:
+            return
+        for window_id in sorted(await self.state.periods_of(m.name, sorted(shards))):
+            win = await self.state.window(m.name, window_id)
+            if win.get("file"):
+                await self._maybe_rescore(m, window_id, win)
 
     async def _maybe_rescore(self, m: ModelView, window_id: str, win: dict[str, str]) -> None:
         rows = int(win.get("rows") or 0)
         if not rows:
             return
-        have = int(win.get("in_window") or 0) + await self.state.delayed_count(m.name, window_id)
-        coverage = have / rows
+        shards = [x[0] for x in orjson.loads(win.get("members") or "[]")]
+        joined = sum((await self.join.state.counts(m.name, shards)).values())
+        coverage = min(1.0, (int(win.get("in_window") or 0) + joined) / rows)
         done = float(win.get("step") or 0)
         if any(done < s <= coverage for s in m.coverage_steps):
             await self.publish_scores(m, window_id)
-
-    # ------------------------------------------------------------- upkeep
-    async def expire(self) -> int:
-        """Count held labels that never met their example as unmatched (each goes to the
-        events DLQ with its record, for redrive), and close windows past the lookback.
-        Returns the number of labels given up on."""
-        n = 0
-        for m in self.models.values():
-            stale = await self.state.expired_pending(m.name, self.clock() - m.label_lookback_s)
-            for example_id, entry in stale.items():
-                await self.dead_letter(
-                    EventDeadLetter(
-                        id=stable_id("unmatched", m.name, example_id, entry.get("offset")),
-                        reason="unmatched_label",
-                        message=f"no example {example_id!r} of model {m.name!r} was scored "
-                        f"within {m.label_lookback_s:g} s of its label's arrival",
-                        source=DlqSource(
-                            topic=str(entry.get("topic", "")),
-                            partition=int(entry.get("partition", -1)),
-                            offset=int(entry.get("offset", -1)),
-                        ),
-                        payload=str(entry.get("payload", "")),
-                        service="monitor",
-                        group_id=self.group_id,
-                    )
-                )
-                await self.state.drop_pending(m.name, example_id)
-                self.metrics.labels.labels(m.name, "unmatched").inc()
-                n += 1
-            for window_id in await self.state.closing_windows(
-                m.name, int(m.label_lookback_s * 1000)
-            ):
-                win = await self.state.window(m.name, window_id)
-                ids: list[str] = []
-                if win.get("file"):
-                    t = await asyncio.to_thread(read_table, self.store, win["file"])
-                    ids = [x for x in t.column("example_id").to_pylist() if x]
-                await self.state.close_window(m.name, window_id, ids)
-            self.metrics.pending.labels(m.name).set(await self.state.pending_count(m.name))
-        return n
 
     # ---------------------------------------------------------------- views
     async def history(self, model: str, limit: int) -> list[dict[str, Any]]:
@@ -514,16 +430,6 @@ def summary(e: WindowScored) -> dict[str, Any]:
         "realized": e.metrics.realized,
         "estimated": e.metrics.estimated,
     }
-
-
-def _labels(table: pa.Table, delayed: dict[str, float]) -> np.ndarray:
-    """In-window labels, completed by the delayed ones joined by example id (NaN: none)."""
-    labels = np.asarray(table.column("label").to_numpy(), np.float64).copy()
-    if delayed:
-        for i, x in enumerate(table.column("example_id").to_pylist()):
-            if x is not None and np.isnan(labels[i]) and x in delayed:
-                labels[i] = delayed[x]
-    return labels
 
 
 def _scores(table: pa.Table) -> np.ndarray:

@@ -8,15 +8,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from services.monitor.errors import WindowUnreadable
 from shared.artifacts import ArtifactStore
-from shared.events import WindowClosed, WindowValidated
-from shared.ids import example_id
-from shared.shard import offsets_uri, read_shard
+from shared.events import WindowValidated
+from shared.labels import LabelsUnreadable, offset_ids
+from shared.shard import read_shard
 
 
 @dataclass(frozen=True)
@@ -32,9 +31,10 @@ class ModelView:
     output_key: str
     threshold: float = 0.5
     coverage_steps: tuple[float, ...] = (0.5, 0.9)
-    label_lookback_s: float = 7 * 86400.0
     example_id_field: str = ""
     slice_min_examples: int = 30
+    # What a joined label carries (shared.labels.label_features).
+    label_features: tuple[str, ...] = ()
 
     def label_inputs(self, columns: list[str]) -> tuple[str, ...]:
         """Columns whose presence says an example carries its label in the window."""
@@ -50,32 +50,17 @@ class WindowData:
     ids: list[str] | None
     # Rows whose label can be computed from the window itself.
     labelled: np.ndarray
-
-
-def _ids_of_member(store: ArtifactStore, data_uri: str, rows: int) -> list[str] | None:
-    off_uri = offsets_uri(data_uri)
-    meta_uri = f"{data_uri.rsplit('/', 1)[0]}/window.json"
-    if not store.exists(off_uri) or not store.exists(meta_uri):
-        return None
-    try:
-        closed = WindowClosed.model_validate(orjson.loads(store.read_bytes(meta_uri)))
-        offsets = pq.read_table(pa.BufferReader(store.read_bytes(off_uri))).column("offset")
-    except (OSError, ValueError, pa.ArrowException) as e:
-        raise WindowUnreadable(f"offsets of {data_uri}: {e}") from e
-    if len(offsets) != rows or len(closed.offsets) != 1:
-        raise WindowUnreadable(
-            f"offsets of {data_uri}: {len(offsets)} offsets for {rows} rows"
-            if len(offsets) != rows
-            else f"{meta_uri}: a window of one partition expected"
-        )
-    src = closed.offsets[0]
-    return [example_id(src.topic, src.partition, o) for o in offsets.to_pylist()]
+    # (shard, data_uri, rows) of each member, in order.
+    members: list[tuple[str, str, int]]
 
 
 def load_window(store: ArtifactStore, v: WindowValidated, model: ModelView) -> WindowData:
     """Every member shard of a judged period, in member order, with ids and label presence."""
     members = v.members or []
-    uris = [m.data_uri for m in members] or ([v.data_uri] if v.data_uri else [])
+    named = [(m.window_id, m.data_uri) for m in members] or (
+        [(v.window_id, v.data_uri)] if v.data_uri else []
+    )
+    uris = [u for _, u in named]
     if not uris:
         raise WindowUnreadable(f"validation {v.id} names no data")
     tables: list[pa.Table] = []
@@ -96,7 +81,10 @@ def load_window(store: ArtifactStore, v: WindowValidated, model: ModelView) -> W
             member_ids = [None if x is None else str(x) for x in col]
             ids = None if ids is None else ids + [x or "" for x in member_ids]
         else:
-            found = _ids_of_member(store, uri, t.num_rows)
+            try:
+                found = offset_ids(store, uri, t.num_rows)
+            except LabelsUnreadable as e:
+                raise WindowUnreadable(str(e)) from e
             ids = None if ids is None or found is None else ids + found
     # Every shard of a stream is written with the schema's one Arrow schema.
     table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
@@ -106,7 +94,15 @@ def load_window(store: ArtifactStore, v: WindowValidated, model: ModelView) -> W
             labelled[:] = False
             break
         labelled &= ~np.asarray(table.column(name).is_null().to_numpy())
-    return WindowData(table, ids, labelled)
+    sizes = [(shard, uri, t.num_rows) for (shard, uri), t in zip(named, tables, strict=True)]
+    return WindowData(table, ids, labelled, sizes)
+
+
+def read_shard_table(uri: str) -> pa.Table:
+    try:
+        return read_shard(uri)
+    except (OSError, pa.ArrowException) as e:
+        raise WindowUnreadable(f"shard {uri}: {e}") from e
 
 
 def predictions_uri(store: ArtifactStore, model: str, window_id: str, name: str) -> str:

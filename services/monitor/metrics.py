@@ -7,7 +7,17 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from shared.consume import ConsumerMetrics
 from shared.events import WindowScored
 
-LABEL_OUTCOMES = ("matched", "held", "duplicate", "late", "unmatched")
+LABEL_OUTCOMES = (
+    "joined",
+    "held",
+    "redelivered",
+    "duplicate",
+    "late_label",
+    "conflicting_label",
+    "unknown_example",
+    "unknown_model",
+    "invalid_label",
+)
 
 
 class MonitorMetrics:
@@ -53,14 +63,15 @@ class MonitorMetrics:
         )
         self.labels = Counter(
             "ctrain_monitor_labels_total",
-            "Delayed labels by outcome: matched to a scored example, held until its example "
-            "is scored, duplicate, late (past the lookback), unmatched (never met its example).",
+            "Label records by outcome: joined, held (its example not judged yet), "
+            "redelivered, duplicate (the same label again), and the dead-lettered: "
+            "late_label, conflicting_label, unknown_example, unknown_model, invalid_label.",
             ["model", "outcome"],
             registry=registry,
         )
         self.pending = Gauge(
             "ctrain_monitor_labels_held",
-            "Delayed labels waiting for their example's window to be scored.",
+            "Labels held until their example's window is judged.",
             ["model"],
             registry=registry,
         )

@@ -36,24 +36,17 @@ class MonitorSettings(StrictSettings):
         description="Label coverages at which a window is scored again as delayed labels "
         "arrive (fractions of its examples, ascending).",
     )
-    label_lookback_s: float = Field(
-        default=7 * 86400.0,
-        gt=0,
-        description="How long (event time) after a window's end its examples still take "
-        "labels; a label for an older window is counted late. Also how long a label whose "
-        "example is not (yet) known waits before it is counted unmatched.",
-    )
-    example_id_field: str = Field(
-        default="",
-        description="A feature holding each example's id (empty: the id is where the example "
-        "was written, <topic>:<partition>:<offset>).",
-    )
     slice_min_examples: int = Field(
         default=30, ge=1, description="Smallest slice whose metrics are reported."
     )
     batch_rows: int = Field(default=2048, ge=1, description="Examples per Predict request.")
     in_flight: int = Field(default=2, ge=1, description="Predict requests in flight at once.")
     serving_timeout_s: float = Field(default=30.0, gt=0, description="Deadline of one Predict.")
+    label_batch_records: int = Field(
+        default=5000,
+        ge=1,
+        description="Label records joined per batch (one segment per window shard per batch).",
+    )
     max_attempts: int = Field(
         default=3, ge=1, description="Tries per record before it goes to ctrain.events.dlq."
     )

@@ -30,7 +30,7 @@ from services.validator.index import RedisWindowIndex
 from services.validator.metrics import ValidatorMetrics
 from services.validator.schemas import SchemaStore
 from services.validator.settings import ValidatorSettings
-from shared import topics
+from shared import contract, topics
 from shared.artifacts import ArtifactStore
 from shared.config import config_of, model_settings
 from shared.consume import Consumer, Record
@@ -40,6 +40,7 @@ from shared.events import (
     WindowValidated,
 )
 from shared.kafka import SourceOffsets, health, make_router, one_event_at_a_time
+from shared.labels import label_features
 from shared.metrics import Readiness, new_registry
 from shared.periodic import every
 from shared.redis import make_redis
@@ -50,7 +51,11 @@ log = logging.getLogger(__name__)
 View = Literal["ctrain", "facets"]
 
 
-def config_from(s: ValidatorSettings, model: str | None = None) -> ValidatorConfig:
+def config_from(
+    s: ValidatorSettings, model: str | None = None, optional: frozenset[str] = frozenset()
+) -> ValidatorConfig:
+    """``optional``: label features the stream's examples arrive without (labels joined
+    from their own stream): neither required nor measured."""
     return ValidatorConfig(
         min_examples=s.min_examples,
         model=model or s.model,
@@ -62,9 +67,11 @@ def config_from(s: ValidatorSettings, model: str | None = None) -> ValidatorConf
             skew_linf=s.skew_linf,
             skew_jsd=s.skew_jsd,
             jsd_histogram=s.jsd_histogram,
-            ignore=frozenset(s.ignore_features),
+            ignore=frozenset(s.ignore_features) | optional,
         ),
-        policy=checks.AnomalyPolicy(frozenset(s.blocking_anomalies), s.new_value_blocking_fraction),
+        policy=checks.AnomalyPolicy(
+            frozenset(s.blocking_anomalies), s.new_value_blocking_fraction, optional
+        ),
         stats_runner=s.stats_runner,
         beam_runner=s.beam_runner,
         beam_options=tuple(s.beam_options),
@@ -86,7 +93,12 @@ def create_app(common: CommonSettings, settings: ValidatorSettings) -> FastAPI:
     if cfg is not None:
         per = model_settings(cfg, settings, lambda m: m.validation.given())
         for name, m in cfg.models.items():
-            per_stream[m.stream] = config_from(per[name], model=name)
+            optional = (
+                frozenset(label_features(contract.import_module(m.module)))
+                if m.labels.source == "stream"
+                else frozenset()
+            )
+            per_stream[m.stream] = config_from(per[name], model=name, optional=optional)
             schemas[m.stream] = m.schema_path
     validator = Validator(
         store=store,

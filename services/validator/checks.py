@@ -45,6 +45,9 @@ class Defaults:
 class AnomalyPolicy:
     blocking: frozenset[str]
     new_value_blocking_fraction: float = 0.1
+    # Features a window may lack (label features whose labels arrive on their own stream):
+    # their presence is not checked.
+    optional: frozenset[str] = frozenset()
 
 
 def find_anomalies(
@@ -55,9 +58,12 @@ def find_anomalies(
 ) -> list[Anomaly]:
     import tensorflow_data_validation as tfdv
 
-    result = tfdv.validate_statistics(
-        stats, without_comparators(schema), environment=environment or None
-    )
+    checked = without_comparators(schema)
+    for f in checked.feature:
+        if f.name in policy.optional:
+            f.presence.min_fraction = 0.0
+            f.presence.min_count = 0
+    result = tfdv.validate_statistics(stats, checked, environment=environment or None)
     return classify(result, policy)
 
 

@@ -1,0 +1,163 @@
+"""The label join's Redis state: which example an id names, and which label each got.
+
+Keys, under ``ctrain:labels:<model>:`` (docs/monitor.md lists them):
+
+- ``ids`` hash: example id (business id or ``topic:partition:offset``) -> ``<shard>\\t<row>``;
+- ``shards`` hash: window shard -> JSON {data_uri, end_ms}: the shards indexed;
+- ``claims`` hash: ``<shard>\\t<row>`` -> JSON [partition, offset, features]: the label the
+  example got (the first by arrival; a redelivery of the same record is recognised by its
+  source position, so a crash between claim and write loses nothing);
+- ``count`` hash (``shared.keys.labels_count``): shard -> labels joined, one per claim;
+- ``pending`` hash + ``pending_at`` zset: labels whose example is not indexed yet, with
+  their source record, scored by the label's event time (ms);
+- ``clock`` (``shared.keys.labels_clock``): the newest label event time; ``watermark``:
+  the newest end of an indexed shard.
+
+Memory stays in Redis and the artifact store: the process holds one batch at a time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from shared import keys
+
+CHUNK = 5000
+_CLAIM = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if not cur then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
+  return false
+end
+return cur
+"""
+_MAX = """
+local cur = tonumber(redis.call('GET', KEYS[1]) or '-1')
+if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1]) end
+return 1
+"""
+
+
+class LabelState:
+    def __init__(self, redis: Any) -> None:
+        self.redis = redis
+        self._claim = redis.register_script(_CLAIM)
+        self._max = redis.register_script(_MAX)
+
+    @staticmethod
+    def k(model: str, part: str) -> str:
+        return f"ctrain:labels:{model}:{part}"
+
+    # ------------------------------------------------------------------ shards
+    async def indexed(self, model: str, shard: str) -> bool:
+        return bool(await self.redis.hexists(self.k(model, "shards"), shard))
+
+    async def index(
+        self, model: str, shard: str, data_uri: str, end_ms: int, ids: list[tuple[str, int]]
+    ) -> None:
+        """Map each (id, row) to the shard, then mark the shard indexed (repeatable)."""
+        for i in range(0, len(ids), CHUNK):
+            mapping = {x: f"{shard}\t{row}" for x, row in ids[i : i + CHUNK]}
+            if mapping:
+                await self.redis.hset(self.k(model, "ids"), mapping=mapping)
+        await self.redis.hset(
+            self.k(model, "shards"), shard, orjson.dumps({"data_uri": data_uri, "end_ms": end_ms})
+        )
+        await self._max(keys=[self.k(model, "watermark")], args=[end_ms])
+
+    async def shards(self, model: str, names: list[str]) -> dict[str, dict[str, Any]]:
+        if not names:
+            return {}
+        raw = await self.redis.hmget(self.k(model, "shards"), names)
+        return {n: orjson.loads(v) for n, v in zip(names, raw, strict=True) if v is not None}
+
+    async def locate(self, model: str, ids: list[str]) -> list[tuple[str, int] | None]:
+        out: list[tuple[str, int] | None] = []
+        for i in range(0, len(ids), CHUNK):
+            for v in await self.redis.hmget(self.k(model, "ids"), ids[i : i + CHUNK]):
+                if v is None:
+                    out.append(None)
+                else:
+                    shard, _, row = v.decode().partition("\t")
+                    out.append((shard, int(row)))
+        return out
+
+    async def watermark(self, model: str) -> int | None:
+        v = await self.redis.get(self.k(model, "watermark"))
+        return int(v) if v is not None else None
+
+    # ------------------------------------------------------------------ claims
+    async def claim(self, model: str, claims: list[tuple[str, int, bytes]]) -> list[bytes | None]:
+        """Claim each (shard, row, value) at once; None where the claim is new, else the
+        value already claimed."""
+        if not claims:
+            return []
+        async with self.redis.pipeline(transaction=False) as p:
+            for shard, row, value in claims:
+                await self._claim(
+                    keys=[self.k(model, "claims"), keys.labels_count(model)],
+                    args=[f"{shard}\t{row}", value, shard],
+                    client=p,
+                )
+            got = await p.execute()
+        return [None if g is None else bytes(g) for g in got]
+
+    async def counts(self, model: str, shards: list[str]) -> dict[str, int]:
+        if not shards:
+            return {}
+        raw = await self.redis.hmget(keys.labels_count(model), shards)
+        return {s: int(v) if v is not None else 0 for s, v in zip(shards, raw, strict=True)}
+
+    async def advance_clock(self, model: str, ms: int) -> None:
+        await self._max(keys=[keys.labels_clock(model)], args=[ms])
+
+    # ----------------------------------------------------------------- pending
+    async def hold(self, model: str, entries: dict[str, tuple[bytes, int]]) -> None:
+        """Keep labels whose example is not indexed yet (the first one per id wins)."""
+        if not entries:
+            return
+        async with self.redis.pipeline(transaction=False) as p:
+            for x, (entry, ms) in entries.items():
+                p.hsetnx(self.k(model, "pending"), x, entry)
+                p.zadd(self.k(model, "pending_at"), {x: ms}, nx=True)
+            await p.execute()
+
+    async def pending_for(self, model: str, ids: list[str]) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for i in range(0, len(ids), CHUNK):
+            chunk = ids[i : i + CHUNK]
+            for x, v in zip(
+                chunk, await self.redis.hmget(self.k(model, "pending"), chunk), strict=True
+            ):
+                if v is not None:
+                    out[x] = orjson.loads(v)
+        return out
+
+    async def has_pending(self, model: str) -> bool:
+        return bool(await self.redis.zcard(self.k(model, "pending_at")))
+
+    async def expired(self, model: str, before_ms: int) -> dict[str, dict[str, Any]]:
+        ids = [
+            x.decode()
+            for x in await self.redis.zrangebyscore(
+                self.k(model, "pending_at"), "-inf", f"({before_ms}"
+            )
+        ]
+        if not ids:
+            return {}
+        found = await self.pending_for(model, ids)
+        return {x: found.get(x, {}) for x in ids}
+
+    async def drop_pending(self, model: str, ids: list[str]) -> None:
+        for i in range(0, len(ids), CHUNK):
+            chunk = ids[i : i + CHUNK]
+            async with self.redis.pipeline(transaction=True) as p:
+                p.hdel(self.k(model, "pending"), *chunk)
+                p.zrem(self.k(model, "pending_at"), *chunk)
+                await p.execute()
+
+    async def pending_count(self, model: str) -> int:
+        return int(await self.redis.zcard(self.k(model, "pending_at")))
