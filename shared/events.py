@@ -278,6 +278,9 @@ class ModelCandidate(Event):
     eval_examples: int | None = None
     # Per window, the distances that crossed their thresholds when the run was decided.
     trigger_evidence: dict[str, list[str]] = Field(default_factory=dict)
+    # Labels from their own stream: {"train": counts, "eval": counts, "windows": {shard:
+    # counts}}, counts being labelled / defaulted / unlabelled (left out) examples.
+    labels: dict[str, Any] | None = None
 
     @property
     def key(self) -> bytes:

@@ -31,7 +31,7 @@ from services.trigger.settings import TriggerSettings
 from services.trigger.warm import WarmProcess
 from shared import contract, topics
 from shared.artifacts import ArtifactStore
-from shared.config import config_of, model_settings
+from shared.config import Labels, config_of, model_settings
 from shared.consume import Consumer, decode
 from shared.events import (
     Event,
@@ -42,6 +42,7 @@ from shared.events import (
     WindowValidated,
 )
 from shared.kafka import event_dead_letters, health, make_router, one_event_at_a_time
+from shared.labels import label_features
 from shared.metrics import Readiness, metrics_endpoint, new_registry
 from shared.periodic import every
 from shared.redis import make_redis
@@ -71,8 +72,12 @@ def make_backend(s: TriggerSettings) -> Backend:
     return KfpBackend(s.kfp_host, package, s.kfp_namespace or None, s.kfp_token or None)
 
 
-def policy_from(s: TriggerSettings) -> pol.Policy:
+def policy_from(s: TriggerSettings, labels: Labels | None = None) -> pol.Policy:
+    spec = labels or Labels()
     return pol.Policy(
+        label_stream=spec.source == "stream",
+        label_maturity_s=spec.label_maturity_s,
+        label_default=spec.label_default is not None,
         consecutive=s.consecutive,
         min_new_examples=s.min_new_examples,
         max_model_age_s=s.max_model_age_s,
@@ -112,6 +117,7 @@ class ModelSetup:
     schema_path: str
     settings: TriggerSettings
     task: str = "binary"
+    labels: Labels | None = None
 
 
 def models_from(common: CommonSettings, settings: TriggerSettings) -> list[ModelSetup]:
@@ -135,7 +141,7 @@ def models_from(common: CommonSettings, settings: TriggerSettings) -> list[Model
         ]
     per = model_settings(cfg, settings, lambda m: m.trigger.given())
     return [
-        ModelSetup(name, m.stream, m.module, m.schema_path, per[name], m.task)
+        ModelSetup(name, m.stream, m.module, m.schema_path, per[name], m.task, m.labels)
         for name, m in cfg.models.items()
     ]
 
@@ -151,10 +157,24 @@ def check_models(setups: list[ModelSetup], store: ArtifactStore) -> None:
             passed = store.uri("checks", f"{contract.sha256_file(s.module_path)}.ok")
             fresh = not store.exists(passed)
             contract.check(s.module_path, schema, eval_configs=fresh)
+            _check_labels(s)
             if fresh:
                 store.write_bytes(passed, s.module_path.encode())
         except (contract.ContractError, SchemaError) as e:
             raise SettingsError(f"model {s.model!r}: {e}") from e
+
+
+def _check_labels(s: ModelSetup) -> None:
+    """A default must give exactly the label features the module's label needs."""
+    if s.labels is None or s.labels.label_default is None:
+        return
+    names = label_features(contract.import_module(s.module_path))
+    given = set(s.labels.label_default)
+    if given != set(names):
+        raise SettingsError(
+            f"model {s.model!r}: labels.label_default gives {', '.join(sorted(given)) or 'nothing'}"
+            f"; the module's label features are {', '.join(names)}"
+        )
 
 
 class UnknownModel(Exception):
@@ -190,10 +210,12 @@ def create_app(common: CommonSettings, settings: TriggerSettings) -> FastAPI:
                 model=s.model,
                 module_path=s.module_path,
                 schema_path=s.schema_path,
-                policy=policy_from(s.settings),
+                policy=policy_from(s.settings, s.labels),
                 epochs=s.settings.epochs,
                 blocking=tuple(s.settings.blocking_anomalies),
                 task=s.task,
+                label_features=label_features(contract.import_module(s.module_path)),
+                label_default=s.labels.label_default if s.labels else None,
             ),
             publish=publish,
         )

@@ -15,7 +15,7 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -65,6 +65,9 @@ class TriggerConfig:
     epochs: int = 3
     blocking: tuple[str, ...] = ("SCHEMA_MISSING_COLUMN", "UNEXPECTED_DATA_TYPE")
     task: str = "binary"
+    # Labels from their own stream: the label features and the default at maturity.
+    label_features: tuple[str, ...] = ()
+    label_default: dict[str, Any] | None = None
 
 
 def _text(raw: bytes | str | None) -> str:
@@ -246,6 +249,43 @@ class Trigger:
     def now(self, state: pol.ModelState) -> float:
         return pol.now_of(state, self.config.policy, self.clock())
 
+    async def _label_counts(self, state: pol.ModelState) -> None:
+        """Each period's labelled examples and the labels' clock, as the label join has
+        them now (labels from their own stream only)."""
+        if not self.config.policy.label_stream:
+            return
+        members = [m for w in state.windows for m in w.members]
+        got = (
+            await self.redis.hmget(keys.labels_count(self.config.model), members) if members else []
+        )
+        count = {m: int(v) for m, v in zip(members, got, strict=True) if v is not None}
+        clock = await self.redis.get(keys.labels_clock(self.config.model))
+        known = [
+            x for x in (state.event_now, int(clock) / 1000 if clock else None) if x is not None
+        ]
+        state.label_now = max(known) if known else None
+        state.windows = [
+            replace(w, labelled=sum(count.get(m, 0) for m in w.members)) for w in state.windows
+        ]
+
+    def _labels_param(self, d: pol.Decision, state: pol.ModelState) -> str:
+        if not self.config.policy.label_stream:
+            return ""
+        p = self.config.policy
+        matured = [
+            u
+            for w in (*d.train, *d.evaluation)
+            if w.matured(p, state.label_now)
+            for u in w.data_uris
+        ]
+        return orjson.dumps(
+            {
+                "features": list(self.config.label_features),
+                "default": self.config.label_default if p.label_default else None,
+                "matured": matured,
+            }
+        ).decode()
+
     async def on_validation(self, v: WindowValidated) -> pol.Decision | None:
         """Fold one judged period in; maybe start a run. None if already seen or not a period."""
         if v.scope != "period":
@@ -275,6 +315,7 @@ class Trigger:
                 await self._save(state)
                 return None
             pol.observe(state, info)
+            await self._label_counts(state)
             d = pol.decide(state, self.now(state), self.config.policy, newest=info)
             run_id = await self._maybe_start(state, d, f"validation:{v.window_id}")
             await self._save(state)
@@ -291,6 +332,7 @@ class Trigger:
             state = await self._locked_state()
             if state.in_flight or state.disarmed_by or not state.windows:
                 return None
+            await self._label_counts(state)
             d = pol.decide(state, self.now(state), self.config.policy, newest=state.windows[-1])
             if not d.take:
                 return d
@@ -353,6 +395,7 @@ class Trigger:
             if pol.observe_quality(state, info, self.config.policy) is None:
                 return None
             newest = state.windows[-1] if state.windows else None
+            await self._label_counts(state)
             d = pol.decide(state, self.now(state), self.config.policy, newest=newest)
             await self._maybe_start(state, d, f"quality:{ev.window_id}")
             await self._save(state)
@@ -365,6 +408,7 @@ class Trigger:
     async def manual(self, reason: str = "manual") -> tuple[pol.Decision, str | None]:
         async with self._lock:
             state = await self._locked_state()
+            await self._label_counts(state)
             d = pol.decide(state, self.now(state), self.config.policy, manual=True)
             run_id = await self._maybe_start(state, d, f"manual:{reason}")
             await self._save(state)
@@ -458,6 +502,7 @@ class Trigger:
             "blocking_json": orjson.dumps(list(self.config.blocking)).decode(),
             "epochs": self.config.epochs,
             "task": self.config.task,
+            "labels_json": self._labels_param(d, state),
         }
         # The evidence behind the decision, shown to the approver with the candidate.
         evidence = {
@@ -478,6 +523,11 @@ class Trigger:
             "eval_periods": [w.window_id for w in d.evaluation],
             "train_examples": d.train_examples,
             "eval_examples": d.eval_examples,
+            # Per period: examples, labelled (joined so far; -1: inside the examples).
+            "labels": {
+                w.window_id: {"examples": w.example_count, "labelled": w.labelled}
+                for w in (*d.train, *d.evaluation)
+            },
             "module_sha256": module_sha,
             "params": params,
             "submitted_at": self.clock(),
@@ -683,4 +733,13 @@ class Trigger:
             eval_examples=meta.get("eval_examples"),
             reason=meta["reason"],
             trigger_evidence=meta.get("evidence", {}),
+            labels=self._gathered_labels(meta),
         )
+
+    def _gathered_labels(self, meta: dict[str, Any]) -> dict[str, Any] | None:
+        """What the run's gather step counted: labelled, defaulted and left-out examples of
+        its training and evaluation data and of each shard (labels from their own stream)."""
+        uri = f"{meta['params']['run_dir']}/gather/labels.json"
+        if not meta["params"].get("labels_json") or not self.store.exists(uri):
+            return None
+        return dict(orjson.loads(self.store.read_bytes(uri)))

@@ -39,7 +39,7 @@ def build_pipeline(images: ComponentImages | None = None) -> Any:
         )
 
     @component("gather")
-    def gather(run_dir: str, windows_json: str, eval_json: str) -> str:
+    def gather(run_dir: str, windows_json: str, eval_json: str, labels_json: str = "") -> str:
         import json
 
         from services.trigger.isolate import run_step
@@ -49,6 +49,7 @@ def build_pipeline(images: ComponentImages | None = None) -> Any:
             window_uris=json.loads(windows_json),
             eval_uris=json.loads(eval_json),
             out_dir=f"{run_dir}/gather",
+            labels_json=labels_json,
         )
         return json.dumps(out)
 
@@ -149,8 +150,14 @@ def build_pipeline(images: ComponentImages | None = None) -> Any:
         blocking_json: str = '["SCHEMA_MISSING_COLUMN", "UNEXPECTED_DATA_TYPE"]',
         epochs: int = 3,
         task: str = "binary",
+        labels_json: str = "",
     ) -> None:
-        g = gather(run_dir=run_dir, windows_json=windows_json, eval_json=eval_json)
+        g = gather(
+            run_dir=run_dir,
+            windows_json=windows_json,
+            eval_json=eval_json,
+            labels_json=labels_json,
+        )
         g.set_display_name("gather windows")
         v = validate(
             run_dir=run_dir, gathered=g.output, schema_path=schema_path, blocking_json=blocking_json

@@ -55,6 +55,11 @@ class Policy:
     quality_consecutive: int = 0  # poor windows in a row that fire (0: ``consecutive``)
     quality_source: QualitySource = "realized"
     quality_min_coverage: float = 0.5  # realized metrics count from this label coverage
+    # Labels joined from their own stream (docs/models.md, "Labels"): data is sized by
+    # labelled examples; evaluation takes periods whose labels matured.
+    label_stream: bool = False
+    label_maturity_s: float = 0.0
+    label_default: bool = False  # unlabelled examples of a matured period get the default
 
     def wait_s(self, attempts: int) -> float:
         """Minimum time since the last run, after ``attempts`` unresolved runs this episode."""
@@ -78,10 +83,25 @@ class WindowInfo:
     members: tuple[str, ...] = ()  # the window shards it is made of
     data_uris: tuple[str, ...] = ()
     member_counts: tuple[int, ...] = ()
+    # Labels joined to its examples so far (-1: labels travel inside the examples).
+    labelled: int = -1
 
     @property
     def usable(self) -> bool:
         return not self.blocking and bool(self.data_uris)
+
+    def matured(self, policy: Policy, label_now: float | None) -> bool:
+        """Its labels are complete enough to use (always, for labels inside examples)."""
+        if self.labelled < 0:
+            return True
+        return label_now is not None and self.end_s + policy.label_maturity_s <= label_now
+
+    def trainable(self, policy: Policy, label_now: float | None) -> int:
+        """Examples a run can train or evaluate on: labelled, or all once matured with a
+        default label."""
+        if self.labelled < 0 or (policy.label_default and self.matured(policy, label_now)):
+            return self.example_count
+        return min(self.labelled, self.example_count)
 
 
 @dataclass
@@ -110,6 +130,8 @@ class ModelState:
     quality_last: str = ""
     serving_version: int | None = None
     serving_eval: dict[str, float] = field(default_factory=dict)
+    # The labels' clock (event time, s): the newest example or label seen.
+    label_now: float | None = None
 
     @property
     def armed(self) -> bool:
@@ -155,11 +177,12 @@ class Decision:
 
     @property
     def train_examples(self) -> int:
-        return sum(w.example_count for w in self.train)
+        """Examples a run trains on (labelled ones, with labels from their own stream)."""
+        return int(self.inputs.get("train_examples", sum(w.example_count for w in self.train)))
 
     @property
     def eval_examples(self) -> int:
-        return sum(w.example_count for w in self.evaluation)
+        return int(self.inputs.get("eval_examples", sum(w.example_count for w in self.evaluation)))
 
 
 def now_of(state: ModelState, policy: Policy, wall: float) -> float:
@@ -315,43 +338,72 @@ def select(
 ) -> tuple[tuple[WindowInfo, ...], tuple[WindowInfo, ...], str | None]:
     """(train, eval, problem): the newest usable periods sized by examples, newest first.
 
-    Evaluation takes the newest periods until they hold ``min_eval_examples`` and
-    at least one was large enough to judge alone; training takes the periods
-    before them until ``min_train_examples``, never past ``max_train_examples``.
+    Evaluation takes the newest periods whose labels matured until they hold
+    ``min_eval_examples`` and at least one was large enough to judge alone; training
+    takes the periods before them until ``min_train_examples``, never past
+    ``max_train_examples``. With labels from their own stream an example counts once it
+    is labelled (or defaulted at maturity).
     """
+    now = state.label_now
+
+    def n_of(w: WindowInfo) -> int:
+        return w.trainable(policy, now)
+
     usable = [w for w in state.windows if w.usable]
     ev: list[WindowInfo] = []
     n = 0
-    for w in reversed(usable):
+    last = len(usable)
+    while last and not usable[last - 1].matured(policy, now):
+        last -= 1  # labels still coming: newer than any evaluation window
+    for w in reversed(usable[:last]):
         ev.insert(0, w)
-        n += w.example_count
+        n += n_of(w)
         if n >= policy.min_eval_examples and any(x.verdict != "insufficient_data" for x in ev):
             break
     else:
-        return (
-            (),
-            (),
-            (f"need {policy.min_eval_examples} evaluation examples in judged periods, have {n}"),
-        )
+        return (), (), _short(state, policy, "evaluation", policy.min_eval_examples, n)
     tr: list[WindowInfo] = []
     m = 0
-    for w in reversed(usable[: len(usable) - len(ev)]):
-        if tr and m + w.example_count > policy.max_train_examples:
+    for w in reversed(usable[: last - len(ev)]):
+        k = n_of(w)
+        if tr and m + k > policy.max_train_examples:
             break
         tr.insert(0, w)
-        m += w.example_count
+        m += k
         if m >= policy.min_train_examples:
             break
     if m < policy.min_train_examples:
         return (
             (),
             (),
-            (
-                f"need {policy.min_train_examples} training examples before the "
-                f"{n} evaluation examples, have {m}"
-            ),
+            _short(state, policy, "training", policy.min_train_examples, m, before=n),
         )
     return tuple(tr), tuple(ev), None
+
+
+def _short(
+    state: ModelState, policy: Policy, what: str, need: int, have: int, before: int = 0
+) -> str:
+    if not policy.label_stream:
+        if what == "evaluation":
+            return f"need {need} evaluation examples in judged periods, have {have}"
+        return f"need {need} training examples before the {before} evaluation examples, have {have}"
+    text = f"waiting for labels: {have:,} labelled {what} examples of {need:,} needed"
+    pending = [w for w in state.windows if w.usable and not w.matured(policy, state.label_now)]
+    if pending:
+        w = pending[0]
+        left = w.end_s + policy.label_maturity_s - (state.label_now or w.end_s)
+        text += f"; window {w.window_id} matures in {_span(left)}"
+    return text
+
+
+def _span(seconds: float) -> str:
+    s = max(0.0, seconds)
+    if s >= 86_400:
+        return f"{s / 86_400:.0f} d"
+    if s >= 3600:
+        return f"{s / 3600:.0f} h"
+    return f"{s:.0f} s"
 
 
 def decide(
@@ -417,7 +469,7 @@ def decide(
         return stop("budget", f"budget of {policy.daily_budget} runs per 24 h spent")
     train, ev, problem = select(state, policy)
     if problem:
-        return stop("data", problem)
+        return stop("labels" if problem.startswith("waiting for labels") else "data", problem)
     return Decision(
         True,
         f"{trigger}: {why}",
@@ -427,8 +479,8 @@ def decide(
         ev,
         {
             **inputs,
-            "train_examples": sum(w.example_count for w in train),
-            "eval_examples": sum(w.example_count for w in ev),
+            "train_examples": sum(w.trainable(policy, state.label_now) for w in train),
+            "eval_examples": sum(w.trainable(policy, state.label_now) for w in ev),
         },
     )
 

@@ -30,6 +30,7 @@ functions so that importing this module stays cheap.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -138,16 +139,31 @@ def _concat(uris: list[str], what: str) -> Any:
     return table
 
 
-def gather(window_uris: list[str], eval_uris: list[str], out_dir: str) -> dict[str, str | int]:
+def gather(
+    window_uris: list[str], eval_uris: list[str], out_dir: str, labels_json: str = ""
+) -> dict[str, str | int]:
     """Concatenate the training shards into out_dir/train.parquet and the held-out shards
-    into out_dir/eval.parquet. Returns {"train", "eval", "train_rows", "eval_rows"}."""
+    into out_dir/eval.parquet. Returns {"train", "eval", "train_rows", "eval_rows"}.
+
+    ``labels_json`` (labels from their own stream): {"features", "default", "matured"}.
+    Each shard's joined labels are set on its rows; a row without one gets the default
+    when its shard matured and a default is given, else it is left out. The counts go to
+    out_dir/labels.json."""
     if not window_uris:
         raise StepError("no training windows to gather")
     if not eval_uris:
         raise StepError("no held-out windows to evaluate on")
     os.makedirs(out_dir, exist_ok=True)
-    train_table = _concat(window_uris, "training")
-    eval_table = _concat(eval_uris, "held-out")
+    spec = json.loads(labels_json) if labels_json else None
+    if spec is None:
+        train_table = _concat(window_uris, "training")
+        eval_table = _concat(eval_uris, "held-out")
+    else:
+        counts: dict[str, Any] = {"windows": {}}
+        train_table = _labelled(window_uris, "training", spec, counts, "train")
+        eval_table = _labelled(eval_uris, "held-out", spec, counts, "eval")
+        with open(os.path.join(out_dir, "labels.json"), "w") as f:
+            json.dump(counts, f, indent=1, sort_keys=True)
     train_path = os.path.join(out_dir, "train.parquet")
     eval_path = os.path.join(out_dir, "eval.parquet")
     _write_parquet(train_table, train_path)
@@ -158,6 +174,39 @@ def gather(window_uris: list[str], eval_uris: list[str], out_dir: str) -> dict[s
         "train_rows": train_table.num_rows,
         "eval_rows": eval_table.num_rows,
     }
+
+
+def _labelled(
+    uris: list[str], what: str, spec: dict[str, Any], counts: dict[str, Any], part: str
+) -> Any:
+    import pyarrow as pa
+
+    from shared import labels as lb
+    from shared.artifacts import ArtifactStore
+    from shared.shard import read_shard
+
+    features = tuple(spec["features"])
+    matured = set(spec.get("matured") or ())
+    tables = []
+    total = lb.Counts()
+    for uri in uris:
+        store = ArtifactStore(lb.shard_dir(uri))
+        try:
+            table = read_shard(uri)
+            joined = lb.read_joined(store, uri)
+        except (OSError, pa.ArrowException, lb.LabelsUnreadable) as e:
+            raise StepError(f"cannot read the {what} shard {uri} or its labels: {e}") from e
+        default = spec.get("default") if uri in matured else None
+        got, n = lb.attach(table, joined, features, default)
+        tables.append(got)
+        counts["windows"][uri] = n.as_dict()
+        total = total + n
+    counts[part] = total.as_dict()
+    if sum(t.num_rows for t in tables) == 0:
+        raise StepError(
+            f"no labelled {what} examples: {total.unlabelled} examples wait for their labels"
+        )
+    return pa.concat_tables(tables)
 
 
 def validate_data(
