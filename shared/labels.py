@@ -157,7 +157,7 @@ def carries_label(table: pa.Table, features: Iterable[str]) -> np.ndarray:
     for name in features:
         if name not in table.column_names:
             return np.zeros(table.num_rows, dtype=bool)
-        out &= ~np.asarray(table.column(name).is_null().to_numpy(zero_copy_only=False))
+        out &= ~np.asarray(table.column(name).is_null().to_numpy(), dtype=bool)
     return out
 
 
@@ -240,4 +240,5 @@ def joined_only(
     out, _ = attach(marked, joined, features)
     rows = out.column("__row").to_numpy()
     keep = ~carries_label(table, features)[rows]
-    return out.filter(pa.array(keep)).drop_columns(["__row"]), rows[keep]
+    out = out.filter(pa.array(keep))
+    return out.remove_column(out.schema.get_field_index("__row")), rows[keep]

@@ -36,9 +36,11 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from services.monitor import quality
 from services.monitor.app import view_of
-from services.monitor.core import LateLabel, Monitor, Source
+from services.monitor.core import Monitor
 from services.monitor.data import ModelView
 from services.monitor.errors import ServingUnavailable
+from services.monitor.labeljoin import JoinModel, LabelJoin, Source
+from services.monitor.labelstate import LabelState
 from services.monitor.metrics import MonitorMetrics
 from services.monitor.serving import Scorer
 from services.monitor.settings import MonitorSettings
@@ -176,10 +178,12 @@ class Rig:
     monitor: Monitor
     published: list[WindowScored] = field(default_factory=list)
     letters: list[EventDeadLetter] = field(default_factory=list)
-    now: list[float] = field(default_factory=lambda: [1_000_000.0])
+    join: LabelJoin = None  # type: ignore[assignment]
 
 
-def rig(served: Served, redis: Redis, root: Path, view: ModelView | None = None) -> Rig:
+def rig(
+    served: Served, redis: Redis, root: Path, view: ModelView | None = None, **join: Any
+) -> Rig:
     metrics = MonitorMetrics(new_registry())
     r = Rig(monitor=None)  # type: ignore[arg-type]
 
@@ -189,16 +193,25 @@ def rig(served: Served, redis: Redis, root: Path, view: ModelView | None = None)
     async def letter(e: EventDeadLetter) -> None:
         r.letters.append(e)
 
+    v = view or taxi_view()
+    store = ArtifactStore(str(root))
+    r.join = LabelJoin(
+        {v.name: JoinModel(v.name, v.stream, v.label_features, **join)},
+        store,
+        LabelState(redis),
+        letter,
+        lambda model, outcome, n: metrics.labels.labels(model, outcome).inc(n),
+    )
     r.monitor = Monitor(
-        {"taxi": view or taxi_view()},
-        ArtifactStore(str(root)),
+        {v.name: v},
+        store,
         QualityStore(redis),
         Scorer(served.grpc_address, batch_rows=700),
         metrics,
         publish,
-        letter,
-        clock=lambda: r.now[0],
+        r.join,
     )
+    r.join.on_joined = r.monitor.on_joined
     return r
 
 
@@ -347,74 +360,106 @@ def test_labelled_windows_scored_through_serving(
     assert [h["window_id"] for h in history] == [e.window_id for e in reversed(events)]
 
 
-def test_delayed_labels_join_by_example_id(served: Served, redis: Redis, tmp_path: Path) -> None:
-    r = rig(served, redis, tmp_path)
+def tips_of(t: pa.Table) -> list[float]:
+    return [float(x) for x in np.nan_to_num(np.asarray(t.column("tips").to_numpy(), np.float32))]
+
+
+def test_labels_from_their_stream_join_once_whatever_happens(
+    served: Served, redis: Redis, tmp_path: Path
+) -> None:
+    """Each label is joined to one example once: held before its window, joined in
+    batches, redelivered after a restart without counting twice; a duplicate is counted,
+    a conflicting, a late and an unknown label each go to the DLQ with their reason. The
+    monitor's quality and the training data read the same joined labels."""
+    from shared import labels as lb
+
+    r = rig(served, redis, tmp_path, horizon_s=7 * 86400.0)
     q = served.table.slice(1000, 1000)
     truth = true_labels(q)
-    # The trips arrive without their tips: the label comes later, on ctrain.labels.
+    tips = tips_of(q)
+    # The trips arrive without their tips: the label (the raw tip) comes on its own stream.
     blind = q.set_column(
         q.schema.get_field_index("tips"), "tips", pa.nulls(q.num_rows, pa.float32())
     )
     v, ids = write_window(tmp_path, blind, q.num_rows, partition=1)
     end = v.window_end
     assert end is not None
-    rng = np.random.default_rng(7)
-    order = rng.permutation(len(ids))
-    early, rest = order[:300], order[300:-5]
-    src = Source("ctrain.labels", 0, 0, "{}")
+    order = np.random.default_rng(7).permutation(len(ids))
+    early, rest = order[:300], order[300:900]
+    offset = iter(range(10**6))
 
-    def label(i: int, hours: float = 5.0) -> LabelRecord:
-        return LabelRecord(
-            example_id=ids[i], label=float(truth[i]), event_time=end + timedelta(hours=hours)
+    def label(i: int, hours: float = 5.0, tip: float | None = None) -> tuple[LabelRecord, Source]:
+        rec = LabelRecord(
+            example_id=ids[i],
+            label=tips[i] if tip is None else tip,
+            event_time=end + timedelta(hours=hours),
         )
+        return rec, Source("ctrain.labels", 0, next(offset), rec.model_dump_json())
 
     async def go() -> None:
-        m = r.monitor
-        # 30 % of the labels arrive before their window is scored: held, then joined.
-        for i in early:
-            assert await m.on_label(label(int(i)), src) == "held"
+        j, m = r.join, r.monitor
+        # 30 % of the labels arrive before their window is judged: held, then joined.
+        got = await j.join([label(int(i)) for i in early])
+        assert got == {"held": 300}
         first = await m.on_validation(v)
         assert first is not None and first.labelled_count == 300 and first.coverage_step == 0.0
-        assert first.metrics.estimated["auc"] > 0.5
-        # The rest out of order, a fifth of them twice, hours of event time later.
-        for n, i in enumerate(rest):
-            assert await m.on_label(label(int(i), hours=1 + n % 48), src) == "matched"
-            if n % 5 == 0:
-                assert await m.on_label(label(int(i)), src) == "duplicate"
-        # Late: past the window's lookback.
-        with pytest.raises(LateLabel, match="past its window's lookback"):
-            await m.on_label(label(int(order[-1]), hours=24 * 8), src)
-        # A label for no known example waits, then is given up on as unmatched.
-        stray = LabelRecord(example_id=f"{TOPIC}:9:1", label=1.0)
-        assert await m.on_label(stray, Source("ctrain.labels", 2, 41, '{"x": 1}')) == "held"
-        assert await m.expire() == 0
-        r.now[0] += 8 * 86400
-        assert await m.expire() == 1
+        # The rest in batches of 100, hours of event time later: rescored at 50 % and 90 %.
+        for b in range(6):
+            batch = [label(int(i), hours=1 + b) for i in rest[b * 100 : (b + 1) * 100]]
+            assert await j.join(batch) == {"joined": 100}
+        # The same label again from another record: counted, not applied twice.
+        again = [label(int(i)) for i in rest[:50]]
+        assert await j.join(again) == {"duplicate": 50}
+        # The same record again (a redelivery after a crash, from a fresh process).
+        fresh = rig(served, redis, tmp_path, horizon_s=7 * 86400.0)
+        assert await fresh.join.join(again[:1]) == {"duplicate": 1}
+        redo = label(int(early[5]))  # its record was read at offset 5
+        redo = (redo[0], Source("ctrain.labels", 0, 5, redo[1].payload))
+        assert await fresh.join.join([redo]) == {"redelivered": 1}
+        # A different label for a labelled example, one past the horizon, one unknown.
+        bad = [
+            label(int(rest[0]), tip=tips[int(rest[0])] + 1.0),
+            label(int(order[950]), hours=24 * 8),
+        ]
+        stray = LabelRecord(example_id=f"{TOPIC}:9:1", label=1.0, event_time=v.window_start)
+        bad.append((stray, Source("ctrain.labels", 2, 41, '{"x": 1}')))
+        assert await j.join(bad) == {"conflicting_label": 1, "late_label": 1, "held": 1}
+        assert await j.expire() == 1
+        shard = v.members[0].window_id
+        assert await j.state.counts("taxi", [shard]) == {shard: 900}
 
     asyncio.run(go())
-    steps_seen = [e.coverage_step for e in r.published]
-    assert steps_seen == [0.0, 0.5, 0.9], steps_seen
+    assert [e.coverage_step for e in r.published] == [0.0, 0.5, 0.9]
+    assert [e.labelled_count for e in r.published] == [300, 500, 900]
     last = r.published[-1]
-    # Published when the 900th label arrived: the early 300 and the next 600.
-    assert last.labelled_count == 900
     known = np.zeros(len(ids), bool)
     known[order[:900]] = True
     probs = in_process_probabilities(served.saved_model, blind)
     want = quality.binary(probs[known], truth[known])
     assert last.metrics.realized["auc"] == pytest.approx(want["auc"], abs=1e-4)
-    [letter] = r.letters
-    assert letter.reason == "unmatched_label" and letter.source.partition == 2
-    assert letter.source.offset == 41 and letter.payload == '{"x": 1}'
-    text = r.monitor.metrics  # the outcome counters saw each kind
+    reasons = sorted(x.reason for x in r.letters)
+    assert reasons == ["conflicting_label", "late_label", "unknown_example"]
+    [unknown] = [x for x in r.letters if x.reason == "unknown_example"]
+    assert unknown.source.partition == 2 and unknown.source.offset == 41
+    assert unknown.payload == '{"x": 1}'
     reg = {
         s.labels["outcome"]: s.value
-        for mf in text.labels.collect()
+        for mf in r.monitor.metrics.labels.collect()
         for s in mf.samples
         if s.name.endswith("_total")
     }
-    assert reg["held"] == 301 and reg["matched"] == 300 + len(rest)
-    assert reg["duplicate"] == len(range(0, len(rest), 5)) and reg["late"] == 1
-    assert reg["unmatched"] == 1
+    assert reg["held"] == 301 and reg["joined"] == 900 and reg["duplicate"] == 50
+    assert reg["conflicting_label"] == 1 and reg["late_label"] == 1
+    assert reg["unknown_example"] == 1
+    # The training path reads the same labels from the artifact store: 900 rows, each with
+    # the tip its label record carried.
+    data_uri = v.members[0].data_uri
+    joined = lb.read_joined(ArtifactStore(str(tmp_path)), data_uri)
+    assert joined.num_rows == 900
+    train, counts = lb.attach(blind, joined, ("tips",))
+    assert counts == lb.Counts(labelled=900, defaulted=0, unlabelled=100)
+    got = dict(zip(joined.column("row").to_pylist(), train.column("tips").to_pylist(), strict=True))
+    assert all(got[i] == pytest.approx(tips[i]) for i in order[:900])
 
 
 def test_no_stable_version_and_serving_down(served: Served, redis: Redis, tmp_path: Path) -> None:
@@ -452,7 +497,7 @@ def test_the_service_scores_windows_and_joins_labels_over_kafka(
         q.schema.get_field_index("tips"), "tips", pa.nulls(q.num_rows, pa.float32())
     )
     v, ids = write_window(root, blind, q.num_rows, partition=2)
-    truth = true_labels(q)
+    tips = tips_of(q)
     common = CommonSettings(kafka_bootstrap=kafka, redis_url=redis_url, kafka_idempotent=False)
     asyncio.run(ensure_topics(common, topics.ALL))
     env = {k: x for k, x in os.environ.items() if not k.startswith("CTRAIN_")}
@@ -474,7 +519,7 @@ def test_the_service_scores_windows_and_joins_labels_over_kafka(
         try:
             await p.send_and_wait(topics.VALIDATIONS, v.to_bytes(), key=v.key)
             for i in range(len(ids)):
-                rec = LabelRecord(example_id=ids[i], label=float(truth[i]))
+                rec = LabelRecord(example_id=ids[i], label=tips[i])
                 await p.send_and_wait(topics.LABELS, rec.model_dump_json().encode())
             await p.send_and_wait(topics.LABELS, b'{"example_id": 3}')
         finally:
@@ -487,12 +532,16 @@ def test_the_service_scores_windows_and_joins_labels_over_kafka(
         while True:
             scored = [e for e in await read_topic(kafka, topics.QUALITY)]
             dlq = await read_topic(kafka, topics.EVENTS_DLQ)
-            if (len(scored) >= 3 and dlq) or time.monotonic() > deadline:
+            top = max((e.coverage_step for e in scored), default=0.0)
+            if (top >= 0.9 and dlq) or time.monotonic() > deadline:
                 return scored, dlq
             await asyncio.sleep(0.5)  # poll interval between full re-reads
 
     scored, dlq = asyncio.run(until_scored())
-    assert [e.coverage_step for e in scored] == [0.0, 0.5, 0.9], svc.log.read_text()[-3000:]
+    # Labels join a batch at a time: the steps a batch crosses publish once, at the highest.
+    steps_seen = [e.coverage_step for e in scored]
+    assert steps_seen[0] == 0.0 and steps_seen[-1] == 0.9, svc.log.read_text()[-3000:]
+    assert steps_seen == sorted(set(steps_seen))
     assert all(isinstance(e, WindowScored) and e.version == 1 for e in scored)
     [letter] = dlq
     assert isinstance(letter, EventDeadLetter) and letter.reason == "invalid_event"

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 from prometheus_client import CollectorRegistry
 
-from services.monitor.core import Monitor, _labels, _scores
+from services.monitor.core import Monitor, _scores
 from services.monitor.data import ModelView, WindowData
 from services.monitor.metrics import MonitorMetrics
 
@@ -31,11 +31,11 @@ WIN = {"validation_id": "v1", "version": "7", "start_ms": "0", "end_ms": "1000",
 
 def scored(m: ModelView, scores: np.ndarray, labels: list[float | None]) -> object:
     table = pa.table({"raw": [1, 2, 3, 4], "site": ["a", "a", "b", "b"]})
-    data = WindowData(table, ["t:0:0", "t:0:1", "t:0:2", "t:0:3"], np.ones(4, bool))
+    data = WindowData(table, ["t:0:0", "t:0:1", "t:0:2", "t:0:3"], np.ones(4, bool), [])
     lab = np.array([np.nan if x is None else x for x in labels])
     preds = Monitor._predictions(m, data, scores, lab)
-    delayed = {"t:0:3": 1.0}  # a label that arrived later for the one without
-    got = _labels(preds, delayed)
+    got = np.asarray(preds.column("label").to_numpy(), np.float64).copy()
+    got[3] = 1.0  # a label joined later for the one without
     return monitor(m)._scored(m, "w", WIN, preds, _scores(preds), got, "stable")
 
 
