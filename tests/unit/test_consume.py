@@ -255,3 +255,69 @@ def test_retry_outages_resumes_and_reports() -> None:
     assert calls[0] == 3 and states == ["Outage: serving down", "Outage: serving down", None]
     with pytest.raises(ValueError):
         asyncio.run(retry_outages(lambda: failing(ValueError("no"))[1](b""), "x", sleep=sleep))
+
+
+@dataclass
+class BatchRaw:
+    topic: str = "ctrain.labels"
+    partition: int = 0
+    offset: int = 0
+    key: bytes | None = None
+    value: bytes | None = b"{}"
+
+
+@dataclass
+class BatchMsg:
+    raw_message: tuple[BatchRaw, ...] = ()
+    acks: int = 0
+
+    async def ack(self) -> None:
+        self.acks += 1
+
+
+def batch(n: int) -> BatchMsg:
+    return BatchMsg(tuple(BatchRaw(offset=i, value=f'{{"i": {i}}}'.encode()) for i in range(n)))
+
+
+def test_a_batch_waits_out_an_outage_then_commits_once() -> None:
+    h = Harness()
+    msg = batch(3)
+    seen: list[list[int]] = []
+
+    async def handle(records: list[Record]) -> None:
+        seen.append([r.offset for r in records])
+        if len(seen) < 3:
+            raise redis.exceptions.ConnectionError("redis down")
+
+    asyncio.run(h.consumer.consume_batch(msg, handle))
+    assert seen == [[0, 1, 2]] * 3 and msg.acks == 1 and h.letters == []
+    assert h.sleeps == [0.5, 1.0] and h.consumer.outage is None
+    assert h.value("ctrain_svc_records_handled_total", topic="ctrain.validations") == 3
+
+
+def test_a_batch_that_keeps_failing_is_dead_lettered_record_by_record() -> None:
+    h = Harness(max_attempts=2)
+    msg = batch(2)
+
+    async def handle(records: list[Record]) -> None:
+        raise ValueError("a bug")
+
+    asyncio.run(h.consumer.consume_batch(msg, handle))
+    assert [(r.offset, reason) for r, reason, _ in h.letters] == [
+        (0, "ValueError"),
+        (1, "ValueError"),
+    ]
+    assert h.letters[1][0].body == b'{"i": 1}' and msg.acks == 1
+
+
+def test_one_record_of_a_batch_rejected_by_its_handler() -> None:
+    h = Harness()
+    msg = batch(2)
+
+    async def handle(records: list[Record]) -> None:
+        await h.consumer.reject(records[1], InvalidEvent("not JSON"))
+
+    asyncio.run(h.consumer.consume_batch(msg, handle))
+    [(rec, reason, message)] = h.letters
+    assert rec.offset == 1 and reason == "invalid_event" and message == "not JSON"
+    assert msg.acks == 1
