@@ -73,6 +73,8 @@ def _replay(args: argparse.Namespace) -> int:
 
     settings = _common_from_dev()
     topic = _replay_topic(args)
+    if args.label_delay is not None:
+        return _replay_labels(args, settings, topic)
     with Progress(
         TextColumn("[bold]replay"),
         BarColumn(),
@@ -108,6 +110,57 @@ def _replay(args: argparse.Namespace) -> int:
     console.print(
         f"sent [bold]{summary.sent:,}[/bold] examples to {summary.topic} in "
         f"{summary.seconds:.2f}s ({summary.rate:,.0f}/s); partitions {summary.partitions}"
+    )
+    return 0
+
+
+def _replay_labels(args: argparse.Namespace, settings: object, topic: str) -> int:
+    """The file as examples now and their labels ``--label-delay`` later."""
+    from ctrain import devstack
+    from ctrain.ops import models_file
+    from ctrain.replay import ReplayError, order_by_time, read_table
+    from ctrain.replay_labels import parse_duration, replay_with_labels
+    from shared import contract
+    from shared.config import pick_model
+    from shared.labels import label_features
+
+    if not args.time_column:
+        raise ReplayError("--label-delay needs --time-column (labels come later in event time)")
+    cfg = models_file(devstack.load_state())
+    model = pick_model(cfg, args.model) if cfg is not None and not args.topic else None
+    spec = cfg.models[model] if cfg is not None and model else None
+    columns = tuple(c for c in (args.label_columns or "").split(",") if c)
+    if not columns and spec is not None:
+        columns = label_features(contract.import_module(spec.module))
+    if not columns:
+        raise ReplayError("name the label columns (--label-columns a,b) or the model (--model)")
+    table = order_by_time(read_table(args.path), args.time_column)
+    if args.limit is not None:
+        table = table.slice(0, args.limit)
+    id_column = args.id_column or (spec.labels.id_field if spec is not None else "") or None
+    if id_column and id_column not in table.column_names and not args.id_column:
+        id_column = None  # the model's id field is not in this file: ids from the broker
+    summary = asyncio.run(
+        replay_with_labels(
+            settings,  # type: ignore[arg-type]
+            table,
+            time_column=args.time_column,
+            label_columns=columns,
+            delay_s=parse_duration(args.label_delay),
+            topic=topic,
+            id_column=id_column,
+            never_fraction=args.never_labelled,
+            seed=args.seed,
+            model=model if cfg is not None and len(cfg.models) > 1 else None,
+            rate=args.rate,
+            speedup=args.speedup,
+        )
+    )
+    console.print(
+        f"sent [bold]{summary.examples:,}[/bold] examples to {summary.topic} without "
+        f"{', '.join(columns)} and [bold]{summary.labels:,}[/bold] labels to ctrain.labels "
+        f"{args.label_delay} later ({summary.never_labelled:,} never labelled, "
+        f"{summary.unlabelled:,} without a label in the file) in {summary.seconds:.2f}s"
     )
     return 0
 
@@ -253,6 +306,20 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--limit", type=int, help="send only the first N rows")
     rp.add_argument("--repeat", type=int, default=1, help="send the file N times")
     rp.add_argument("--key-column", help="Kafka key column (keeps a key in one partition)")
+    rp.add_argument(
+        "--label-delay",
+        help="send each row's label to ctrain.labels this much later in event time (30d, 12h)",
+    )
+    rp.add_argument(
+        "--label-columns", help="the label columns (default: the model's label features)"
+    )
+    rp.add_argument(
+        "--id-column", help="the id labels name their example by (default: labels.id_field)"
+    )
+    rp.add_argument(
+        "--never-labelled", type=float, default=0.0, help="fraction of rows never labelled"
+    )
+    rp.add_argument("--seed", type=int, default=0, help="seed of the never-labelled choice")
     rp.set_defaults(func=_replay)
     sc = sub.add_parser("schema", help="review the inferred schema of a stream")
     sc.add_argument("action", choices=["export", "import"])

@@ -76,6 +76,13 @@ class DemoOptions:
     # Give up when a service process dies (off for chaos tests, which restart them).
     watch_processes: bool = True
     extra_env: dict[str, str] = field(default_factory=dict)
+    # Labels on their own stream, this long after their example in event time (the
+    # model's labels become ``source: stream`` with this maturity unless its file says).
+    label_delay_s: float | None = None
+    never_labelled: float = 0.0  # a fraction of examples whose label never comes
+    # Whether the data tells the bundled story (a 2014 shift that must retrain);
+    # default: when the data is the bundled file.
+    story: bool | None = None
 
 
 @dataclass
@@ -170,20 +177,30 @@ class Demo:
         self.model = model
         self.spec = cfg.models[model]
         self.progress.model = model
+        self.labels_seed = 0
         self.time_column = self.spec.windows.event_time_field or None
         # The bundled taxi story (a 2014 shift) expects a retraining; other data may not.
-        self.story = Path(opts.data).resolve() == BUNDLED.resolve()
+        self.story = (
+            opts.story if opts.story is not None else Path(opts.data).resolve() == BUNDLED.resolve()
+        )
+        if opts.label_delay_s is not None and not self.time_column:
+            raise LoopError("--label-delay needs a model whose windows have an event_time_field")
 
     def _config(self, d: Path) -> str:
-        """The models file the stack runs: the option's, with ``model_module`` swapped in."""
-        if not self.opts.model_module:
+        """The models file the stack runs: the option's, with ``model_module`` swapped in
+        and, with a label delay, the model's labels on their own stream."""
+        if not self.opts.model_module and self.opts.label_delay_s is None:
             return self.opts.config
         import yaml
 
         raw = yaml.safe_load(Path(self.opts.config).read_text())
         entry = raw["models"][self.model]
-        entry["module"] = str(Path(self.opts.model_module).resolve())
+        entry["module"] = str(Path(self.opts.model_module or self.spec.module).resolve())
         entry["schema"] = self.spec.schema_path
+        if self.opts.label_delay_s is not None:
+            labels = entry.setdefault("labels", {})
+            labels["source"] = "stream"
+            labels.setdefault("label_maturity_s", self.opts.label_delay_s)
         d.mkdir(parents=True, exist_ok=True)
         out = d / "ctrain.yaml"
         out.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -257,6 +274,9 @@ class Demo:
             self.progress.replayed = sent
 
         sent_at = time.time()
+        if self.opts.label_delay_s is not None:
+            self._replay_labelled(settings, table, seen)
+            return sent_at
         asyncio.run(
             replay(
                 settings,
@@ -268,6 +288,32 @@ class Demo:
             )
         )
         return sent_at
+
+    def _replay_labelled(
+        self, settings: CommonSettings, table: pa.Table, seen: Callable[[int, int], None]
+    ) -> None:
+        from ctrain.replay_labels import replay_with_labels
+        from shared import contract
+        from shared.labels import label_features
+
+        assert self.time_column and self.opts.label_delay_s is not None
+        id_field = self.spec.labels.id_field
+        self.labels_seed += 1
+        asyncio.run(
+            replay_with_labels(
+                settings,
+                table,
+                time_column=self.time_column,
+                label_columns=label_features(contract.import_module(self.spec.module)),
+                delay_s=self.opts.label_delay_s,
+                topic=self.spec.topic,
+                id_column=id_field if id_field in table.column_names else None,
+                never_fraction=self.opts.never_labelled,
+                seed=self.labels_seed,
+                speedup=self.opts.speedup or None,
+                progress=seen,
+            )
+        )
 
     def settle(self, expected: int, what: str) -> None:
         """Wait until every replayed example is in a closed, validated window or the DLQ."""
