@@ -145,21 +145,26 @@ class LabelJoin:
             out += [(x, i) for i, x in enumerate(offsets)]
         return out
 
-    async def _join_held(self, m: JoinModel, held: dict[str, dict[str, Any]]) -> None:
+    async def _join_held(
+        self,
+        m: JoinModel,
+        held: dict[str, list[dict[str, Any]]],
+        outcomes: Counter[str] | None = None,
+    ) -> None:
         items = []
-        for x, entry in held.items():
-            rec = LabelRecord.model_validate(entry["record"])
-            src = Source(entry["topic"], entry["partition"], entry["offset"], entry["payload"])
-            items.append((x, _Item(rec, src, entry["values"])))
+        for x, entries in held.items():
+            for entry in entries:
+                rec = LabelRecord.model_validate(entry["record"])
+                src = Source(entry["topic"], entry["partition"], entry["offset"], entry["payload"])
+                items.append((x, _Item(rec, src, entry["values"])))
         locs = await self.state.locate(m.name, [x for x, _ in items])
         found = []
         for (_, item), loc in zip(items, locs, strict=True):
             if loc is not None:
                 item.shard, item.row = loc
                 found.append(item)
-        outcomes: Counter[str] = Counter()
-        await self._settle(m, found, outcomes)
-        await self.state.drop_pending(m.name, [x for x, i in items if i.row >= 0])
+        await self._settle(m, found, Counter() if outcomes is None else outcomes)
+        await self.state.drop_pending(m.name, sorted({x for x, i in items if i.row >= 0}))
 
     # ------------------------------------------------------------------ join
     async def join(self, batch: list[tuple[LabelRecord, Source]]) -> Counter[str]:
@@ -198,8 +203,6 @@ class LabelJoin:
 
     async def _join_model(self, m: JoinModel, items: list[_Item], outcomes: Counter[str]) -> None:
         newest = max((i.ms for i in items if i.ms is not None), default=None)
-        if newest is not None:
-            await self.state.advance_clock(m.name, newest)
         locs = await self.state.locate(m.name, [i.rec.example_id for i in items])
         known, unknown = [], []
         for item, loc in zip(items, locs, strict=True):
@@ -212,8 +215,9 @@ class LabelJoin:
             clock = newest or 0
             await self.state.hold(
                 m.name,
-                {
-                    i.rec.example_id: (
+                [
+                    (
+                        i.rec.example_id,
                         orjson.dumps(
                             {
                                 "record": i.rec.model_dump(mode="json"),
@@ -222,16 +226,20 @@ class LabelJoin:
                                 "partition": i.src.partition,
                                 "offset": i.src.offset,
                                 "payload": i.src.payload,
+                                "src": f"{i.src.partition}:{i.src.offset}",
                             }
                         ),
+                        f'"src":"{i.src.partition}:{i.src.offset}"',
                         i.ms if i.ms is not None else clock,
                     )
-                    for i in reversed(unknown)  # the first record per id is kept
-                },
+                    for i in unknown
+                ],
             )
             # Their window may have been indexed between the look-up and the hold.
             again = await self.state.locate(m.name, [i.rec.example_id for i in unknown])
             late_found = []
+            still = [i.ms for i, loc in zip(unknown, again, strict=True) if loc is None]
+            await self._advance(m, still)
             for item, loc in zip(unknown, again, strict=True):
                 if loc is None:
                     self._out(m.name, outcomes, "held")
@@ -239,8 +247,9 @@ class LabelJoin:
                     item.shard, item.row = loc
                     late_found.append(item)
             if late_found:
-                known += late_found
-                await self.state.drop_pending(m.name, [i.rec.example_id for i in late_found])
+                # Join what is held for them, this batch's records with any held before.
+                ids = sorted({i.rec.example_id for i in late_found})
+                await self._join_held(m, await self.state.pending_for(m.name, ids), outcomes)
         await self._settle(m, known, outcomes)
 
     async def _settle(self, m: JoinModel, items: list[_Item], outcomes: Counter[str]) -> None:
@@ -266,6 +275,9 @@ class LabelJoin:
             m.name,
             [(i.shard, i.row, orjson.dumps([i.src.partition, i.src.offset, i.values])) for i in ok],
         )
+        # The labels' clock moves with the labels that join (a late or mistaken event time
+        # must not mature windows early).
+        await self._advance(m, [i.ms for i in ok])
         write: dict[str, list[_Item]] = defaultdict(list)
         for i, had in zip(ok, claims, strict=True):
             if had is None:
@@ -306,6 +318,11 @@ class LabelJoin:
         if self.on_joined and write:
             await self.on_joined(m.name, set(write))
 
+    async def _advance(self, m: JoinModel, times: list[int | None]) -> None:
+        newest = max((t for t in times if t is not None), default=None)
+        if newest is not None:
+            await self.state.advance_clock(m.name, newest)
+
     async def _dead(
         self,
         m: JoinModel | None,
@@ -342,22 +359,30 @@ class LabelJoin:
             if wm is None:
                 continue
             stale = await self.state.expired(m.name, wm - int(m.early_tolerance_s * 1000))
+            # One whose example was indexed meanwhile (or by an index that stopped before
+            # joining what was held) is joined now, not given up on.
+            found = await self.state.locate(m.name, list(stale))
+            known = {x: e for (x, e), loc in zip(stale.items(), found, strict=True) if loc}
+            if known:
+                await self._join_held(m, known)
+            stale = {x: e for x, e in stale.items() if x not in known}
             outcomes: Counter[str] = Counter()
-            for x, entry in stale.items():
-                src = Source(
-                    str(entry.get("topic", "")),
-                    int(entry.get("partition", -1)),
-                    int(entry.get("offset", -1)),
-                    str(entry.get("payload", "")),
-                )
-                await self._dead(
-                    m,
-                    src,
-                    "unknown_example",
-                    f"no example {x!r} of model {m.name!r} arrived in the windows up to "
-                    f"{m.early_tolerance_s:g} s after its label",
-                    outcomes,
-                )
+            for x, entries in stale.items():
+                for entry in entries:
+                    src = Source(
+                        str(entry.get("topic", "")),
+                        int(entry.get("partition", -1)),
+                        int(entry.get("offset", -1)),
+                        str(entry.get("payload", "")),
+                    )
+                    await self._dead(
+                        m,
+                        src,
+                        "unknown_example",
+                        f"no example {x!r} of model {m.name!r} arrived in the windows up to "
+                        f"{m.early_tolerance_s:g} s after its label",
+                        outcomes,
+                    )
             await self.state.drop_pending(m.name, list(stale))
-            n += len(stale)
+            n += sum(len(e) for e in stale.values())
         return n

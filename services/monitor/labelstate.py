@@ -9,7 +9,8 @@ Keys, under ``ctrain:labels:<model>:`` (docs/monitor.md lists them):
   source position, so a crash between claim and write loses nothing);
 - ``count`` hash (``shared.keys.labels_count``): shard -> labels joined, one per claim;
 - ``pending`` hash + ``pending_at`` zset: labels whose example is not indexed yet, with
-  their source record, scored by the label's event time (ms);
+  their source record (every record for an id, one JSON a line, each once by its source
+  position), scored by the first one's event time (ms);
 - ``clock`` (``shared.keys.labels_clock``): the newest label event time; ``watermark``:
   the newest end of an indexed shard.
 
@@ -34,6 +35,13 @@ if not cur then
 end
 return cur
 """
+_HOLD = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if cur and string.find(cur, ARGV[3], 1, true) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], cur and (cur .. '\\n' .. ARGV[2]) or ARGV[2])
+redis.call('ZADD', KEYS[2], 'NX', ARGV[4], ARGV[1])
+return 1
+"""
 _MAX = """
 local cur = tonumber(redis.call('GET', KEYS[1]) or '-1')
 if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1]) end
@@ -46,6 +54,7 @@ class LabelState:
         self.redis = redis
         self._claim = redis.register_script(_CLAIM)
         self._max = redis.register_script(_MAX)
+        self._hold = redis.register_script(_HOLD)
 
     @staticmethod
     def k(model: str, part: str) -> str:
@@ -115,31 +124,36 @@ class LabelState:
         await self._max(keys=[keys.labels_clock(model)], args=[ms])
 
     # ----------------------------------------------------------------- pending
-    async def hold(self, model: str, entries: dict[str, tuple[bytes, int]]) -> None:
-        """Keep labels whose example is not indexed yet (the first one per id wins)."""
+    async def hold(self, model: str, entries: list[tuple[str, bytes, str, int]]) -> None:
+        """Keep labels whose example is not indexed yet: (id, entry, source marker, ms).
+        An entry whose source marker is there already (a redelivery) is kept once."""
         if not entries:
             return
         async with self.redis.pipeline(transaction=False) as p:
-            for x, (entry, ms) in entries.items():
-                p.hsetnx(self.k(model, "pending"), x, entry)
-                p.zadd(self.k(model, "pending_at"), {x: ms}, nx=True)
+            for x, entry, marker, ms in entries:
+                await self._hold(
+                    keys=[self.k(model, "pending"), self.k(model, "pending_at")],
+                    args=[x, entry, marker, ms],
+                    client=p,
+                )
             await p.execute()
 
-    async def pending_for(self, model: str, ids: list[str]) -> dict[str, dict[str, Any]]:
-        out: dict[str, dict[str, Any]] = {}
+    async def pending_for(self, model: str, ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+        """Every held label of any of ``ids``, in arrival order."""
+        out: dict[str, list[dict[str, Any]]] = {}
         for i in range(0, len(ids), CHUNK):
             chunk = ids[i : i + CHUNK]
             for x, v in zip(
                 chunk, await self.redis.hmget(self.k(model, "pending"), chunk), strict=True
             ):
                 if v is not None:
-                    out[x] = orjson.loads(v)
+                    out[x] = [orjson.loads(line) for line in v.split(b"\n")]
         return out
 
     async def has_pending(self, model: str) -> bool:
         return bool(await self.redis.zcard(self.k(model, "pending_at")))
 
-    async def expired(self, model: str, before_ms: int) -> dict[str, dict[str, Any]]:
+    async def expired(self, model: str, before_ms: int) -> dict[str, list[dict[str, Any]]]:
         ids = [
             x.decode()
             for x in await self.redis.zrangebyscore(
@@ -149,7 +163,7 @@ class LabelState:
         if not ids:
             return {}
         found = await self.pending_for(model, ids)
-        return {x: found.get(x, {}) for x in ids}
+        return {x: found.get(x, []) for x in ids}
 
     async def drop_pending(self, model: str, ids: list[str]) -> None:
         for i in range(0, len(ids), CHUNK):
