@@ -14,7 +14,10 @@ Two sources:
 
 Runs are simulated: a run started on one period ends ``delay`` periods later with the
 next outcome of a plan (``promote``, ``reject``, ``fail``; cycled). The policy always
-runs on event time here (a backtest has no wall clock worth the name).
+runs on event time here (a backtest has no wall clock worth the name). With a label
+delay, labels arrive that long after their example (spread evenly over each period):
+a period counts the examples labelled by the newest period's end, and matures once it
+is ``label_delay_s`` old, so the report shows when runs become possible.
 
 The report says when runs would have started and why, the periods of each episode,
 how many periods passed from the first crossing of an episode to its run, and false
@@ -85,6 +88,8 @@ class Run:
     false_alarm: bool | None = None
     train_windows: tuple[str, ...] = ()
     eval_windows: tuple[str, ...] = ()
+    # Event time from the start of the streak that fired to the end of this run's period.
+    since_crossing_s: float = 0.0
 
 
 @dataclass
@@ -117,9 +122,17 @@ def simulate(
     policy: pol.Policy,
     outcomes: Sequence[Outcome] = ("promote",),
     delay: int = 1,
+    label_delay_s: float | None = None,
 ) -> Report:
-    """Feed ``n_units`` judged periods through the policy; runs end ``delay`` periods later."""
+    """Feed ``n_units`` judged periods through the policy; runs end ``delay`` periods later.
+    ``label_delay_s``: labels come on their own stream this long after their example."""
     policy = replace(policy, clock="event")
+    if label_delay_s is not None:
+        policy = replace(
+            policy,
+            label_stream=True,
+            label_maturity_s=policy.label_maturity_s or label_delay_s,
+        )
     state = pol.ModelState()
     report = Report()
     plan = itertools.cycle(outcomes)
@@ -152,6 +165,8 @@ def simulate(
         for kind, n in (("drift", state.consecutive_drift), ("skew", state.consecutive_skew)):
             if n == 1 and streak_start.get(kind) != i and j.verdict != "insufficient_data":
                 streak_start[kind] = i
+        if label_delay_s is not None:
+            _labelled_by(state, label_delay_s)
         d = pol.decide(state, pol.now_of(state, policy, 0.0), policy, newest=w)
         report.periods.append(
             {
@@ -159,6 +174,7 @@ def simulate(
                 "unit": j.unit_id,
                 "start_s": j.start_s,
                 "examples": j.count,
+                "members": list(j.members),
                 "verdict": j.verdict,
                 "top": j.top,
                 "episode": episode,
@@ -191,6 +207,8 @@ def simulate(
                 false_alarm=None if d.trigger in ("drift", "skew") else False,
                 train_windows=d.train_windows,
                 eval_windows=d.eval_windows,
+                since_crossing_s=j.end_s
+                - report.periods[streak_start.get(d.trigger or "", i)]["start_s"],
             )
         )
         decided_under[i] = serving
@@ -200,6 +218,20 @@ def simulate(
         e["runs"] = [r.index for r in report.runs if r.episode == e["episode"]]
         e["periods"] = sum(1 for p in report.periods if p["episode"] == e["episode"])
     return report
+
+
+def _labelled_by(state: pol.ModelState, delay_s: float) -> None:
+    """Each period's examples labelled by now (the newest period's end), labels coming
+    ``delay_s`` after examples spread evenly over their period."""
+    now = state.event_now or 0.0
+    state.label_now = now
+    out = []
+    for w in state.windows:
+        start = float(w.start)
+        span = max(w.end_s - start, 1e-9)
+        share = min(1.0, max(0.0, (now - delay_s - start) / span))
+        out.append(replace(w, labelled=int(w.example_count * share)))
+    state.windows = out
 
 
 def _top(features: Iterable[Any]) -> str:

@@ -38,6 +38,7 @@ POLICY_FLAGS = (
     "min_train_examples",
     "max_train_examples",
     "min_eval_examples",
+    "post_change_share",
 )
 
 
@@ -60,7 +61,7 @@ def add_parser(sub: Any) -> None:
     for name in THRESHOLDS:
         bt.add_argument(f"--{name.replace('_', '-')}", type=float, help=f"validator {name}")
     for name in POLICY_FLAGS:
-        kind = float if name in ("cooldown_s", "backoff") else int
+        kind = float if name in ("cooldown_s", "backoff", "post_change_share") else int
         bt.add_argument(f"--{name.replace('_', '-')}", type=kind, help=f"trigger {name}")
     bt.add_argument(
         "--outcomes",
@@ -68,6 +69,11 @@ def add_parser(sub: Any) -> None:
         help="what each simulated run ends in, cycled: promote, reject, fail (comma-separated)",
     )
     bt.add_argument("--delay", type=int, default=1, help="periods from a run's start to its end")
+    bt.add_argument(
+        "--label-delay",
+        help="labels arrive this long after their example (30d, 12h): when runs become "
+        "possible with labels on their own stream (maturity: the model's, else this)",
+    )
     bt.add_argument("--sweep", help="NAME=V1,V2,... : one backtest per value (a flag name above)")
     bt.add_argument("-o", "--output", choices=["table", "json"], default="table")
     bt.set_defaults(func=command)
@@ -100,6 +106,7 @@ def _dev_config() -> None:
 
 def command(args: argparse.Namespace) -> int:
     from ctrain.cli import _artifact_root
+    from ctrain.replay_labels import parse_duration
     from services.trigger.app import policy_from
     from services.trigger.settings import TriggerSettings
     from services.validator.app import config_from
@@ -112,6 +119,7 @@ def command(args: argparse.Namespace) -> int:
     schema = args.schema or common.schema_path
     models = config_of(common)
     name = models.model_of_stream(args.stream) if models else None
+    spec = None
     if models is not None and name is not None:
         # The stream's model in the models file: its thresholds, policy and schema.
         spec = models.models[name]
@@ -142,7 +150,7 @@ def command(args: argparse.Namespace) -> int:
         }
         if name:
             over[name] = int(value) if name in INT_FLAGS else value
-        policy = policy_from(ts)
+        policy = policy_from(ts, spec.labels if spec is not None else None)
         policy = replace(policy, **{k: v for k, v in over.items() if k in POLICY_FLAGS})
         cfg = config_from(vs)
         defaults = replace(cfg.defaults, **{k: v for k, v in over.items() if k in THRESHOLDS})
@@ -176,7 +184,9 @@ def command(args: argparse.Namespace) -> int:
             console.print(f"[red]no judged periods[/red] of stream {args.stream!r}")
             return 1
         typed = cast(tuple[Outcome, ...], outcomes)
-        reports.append((name, value, simulate(n, judge, policy, typed, args.delay)))
+        label_delay = parse_duration(args.label_delay) if args.label_delay else None
+        report = simulate(n, judge, policy, typed, args.delay, label_delay_s=label_delay)
+        reports.append((name, value, report))
     if args.output == "json":
         out = [{"sweep": {n: v} if n else {}, **r.to_json()} for n, v, r in reports]
         print(json.dumps(out if args.sweep else out[0], indent=2, default=str))
@@ -211,6 +221,7 @@ def _print_report(r: Report) -> None:
         "episode",
         "periods since episode",
         "since streak start",
+        "event time since",
         "train/eval examples",
         "outcome",
         "false alarm",
@@ -223,6 +234,7 @@ def _print_report(r: Report) -> None:
             str(run.episode),
             str(run.since_episode),
             str(run.since_crossing),
+            _span(run.since_crossing_s),
             f"{run.train_examples:,}/{run.eval_examples:,}",
             run.outcome or "(open)",
             "yes" if run.false_alarm else "no",
@@ -235,6 +247,10 @@ def _print_report(r: Report) -> None:
         f"{len(r.periods)} periods · {len(r.runs)} runs · {r.false_alarms} false alarms · "
         f"episodes {eps}"
     )
+
+
+def _span(s: float) -> str:
+    return f"{s / 86400:.1f} d" if s >= 86400 else f"{s / 3600:.1f} h"
 
 
 def _print_sweep(reports: list[tuple[str, Any, Report]]) -> None:

@@ -503,11 +503,22 @@ class Demo:
 
     def _first_run(self) -> str:
         tc = client.trigger(self.state)
+        # Labels on their own stream are still being joined when the last window closes:
+        # a request the trigger declines for want of labels is asked again meanwhile.
+        patience = time.monotonic() + (180 if self.opts.label_delay_s is not None else 0)
         try:
             runs = tc.runs(model=self.model)
             if runs:
                 return str(runs[0]["run_id"])  # drift inside the history already started one
             resp = tc.train("first model: nothing serves yet", model=self.model)
+            while (
+                not resp.get("started")
+                and "waiting for labels" in str(resp.get("reason"))
+                and time.monotonic() < patience
+            ):
+                self.progress.decision = f"no run: {resp.get('reason')}"
+                time.sleep(2.0)  # poll interval: the monitor joins labels on its own
+                resp = tc.train("first model: nothing serves yet", model=self.model)
             if resp.get("started"):
                 return str(resp["run_id"])
             # A request repeated after a trigger restart finds its own run.

@@ -85,6 +85,9 @@ class TriggerPolicy(_Section):
     min_train_examples: int | None = Field(default=None, ge=1, description="Training size.")
     max_train_examples: int | None = Field(default=None, ge=1, description="Training cap.")
     min_eval_examples: int | None = Field(default=None, ge=1, description="Evaluation size.")
+    post_change_share: float | None = Field(
+        default=None, ge=0, le=1, description="Training share after the change."
+    )
     clock: Literal["wall", "event"] | None = Field(default=None, description="Policy clock.")
     epochs: int | None = Field(default=None, ge=1, description="Trainer epochs.")
     blocking_anomalies: list[str] | None = Field(default=None, description="Pipeline blocks.")

@@ -88,6 +88,7 @@ def policy_from(s: TriggerSettings, labels: Labels | None = None) -> pol.Policy:
         min_train_examples=s.min_train_examples,
         max_train_examples=s.max_train_examples,
         min_eval_examples=s.min_eval_examples,
+        post_change_share=s.post_change_share,
         clock=s.clock,
         quality_metric=quality_metric(s),
         quality_floor=s.quality_floor,

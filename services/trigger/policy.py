@@ -60,6 +60,10 @@ class Policy:
     label_stream: bool = False
     label_maturity_s: float = 0.0
     label_default: bool = False  # unlabelled examples of a matured period get the default
+    # A drift or skew run trains on the world after the change: it waits until this share
+    # of its training examples comes from the periods since the streak that fired began
+    # (0: off; the newest periods before evaluation, whatever their side of the change).
+    post_change_share: float = 0.75
 
     def wait_s(self, attempts: int) -> float:
         """Minimum time since the last run, after ``attempts`` unresolved runs this episode."""
@@ -333,8 +337,27 @@ def _held(state: ModelState, now: float, policy: Policy, manual: bool) -> list[t
     return held
 
 
+def change_start(state: ModelState, trigger: str | None) -> int | None:
+    """Index in ``state.windows`` of the first period of the drift or skew streak now
+    holding (periods too small to judge inside it do not break it), or None."""
+    if trigger not in ("drift", "skew"):
+        return None
+    need = state.consecutive_drift if trigger == "drift" else state.consecutive_skew
+    start = None
+    for i in range(len(state.windows) - 1, -1, -1):
+        if need <= 0:
+            break
+        w = state.windows[i]
+        if w.verdict == "insufficient_data":
+            continue
+        if not (w.drift if trigger == "drift" else w.skew):
+            break
+        start, need = i, need - 1
+    return start
+
+
 def select(
-    state: ModelState, policy: Policy
+    state: ModelState, policy: Policy, trigger: str | None = None
 ) -> tuple[tuple[WindowInfo, ...], tuple[WindowInfo, ...], str | None]:
     """(train, eval, problem): the newest usable periods sized by examples, newest first.
 
@@ -378,6 +401,19 @@ def select(
             (),
             _short(state, policy, "training", policy.min_train_examples, m, before=n),
         )
+    start = change_start(state, trigger) if policy.post_change_share > 0 else None
+    if start is not None:
+        first = state.windows[start]
+        after = sum(n_of(w) for w in tr if w.start >= first.start)
+        want = int(policy.post_change_share * policy.min_train_examples)
+        if after < want:
+            return (
+                (),
+                (),
+                f"waiting for data after the change: {after:,} training examples since "
+                f"{first.window_id} of {want:,} ({policy.post_change_share:.0%} of "
+                f"{policy.min_train_examples:,}) besides the {n:,} evaluation examples",
+            )
     return tuple(tr), tuple(ev), None
 
 
@@ -467,7 +503,7 @@ def decide(
     recent = [t for t in state.run_times if now - t < BUDGET_PERIOD_S]
     if len(recent) >= policy.daily_budget:
         return stop("budget", f"budget of {policy.daily_budget} runs per 24 h spent")
-    train, ev, problem = select(state, policy)
+    train, ev, problem = select(state, policy, None if manual else trigger)
     if problem:
         return stop("labels" if problem.startswith("waiting for labels") else "data", problem)
     return Decision(

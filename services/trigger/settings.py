@@ -65,6 +65,15 @@ class TriggerSettings(StrictSettings):
         description="Evaluate on the newest clean periods holding at least this many examples "
         "(2,000 keeps an AUC's standard error near 0.01; docs/trigger.md).",
     )
+    post_change_share: float = Field(
+        default=0.75,
+        ge=0,
+        le=1,
+        description="A drift or skew run waits until this share of its training examples "
+        "comes from the periods since the change the trigger detected (the streak that "
+        "fired), so one change costs one run; 0: train on the newest periods before "
+        "evaluation, whatever their side of the change (docs/trigger.md).",
+    )
     clock: Literal["wall", "event"] = Field(
         default="wall",
         description="Clock of cooldowns, budgets and model age: wall time, or the data's event "

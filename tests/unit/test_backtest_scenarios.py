@@ -8,6 +8,7 @@ through the validator's period assembly, its distances and the trigger's policy.
 from __future__ import annotations
 
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,9 @@ POLICY = pol.Policy(
     daily_budget=4,
     min_train_examples=3000,
     min_eval_examples=2000,
+    # These scenarios pin the training choice before it waited for the world after a
+    # change (test_a_step_costs_one_run has the default).
+    post_change_share=0,
 )
 CONSECUTIVE = POLICY.consecutive
 
@@ -60,7 +64,12 @@ def trips() -> pa.Table:
 
 
 def backtest(
-    trips: pa.Table, tmp: Path, name: str, outcomes: tuple[Outcome, ...] = ("promote",)
+    trips: pa.Table,
+    tmp: Path,
+    name: str,
+    outcomes: tuple[Outcome, ...] = ("promote",),
+    policies: tuple[pol.Policy, ...] = (POLICY,),
+    label_delay_s: float | None = None,
 ) -> Report:
     rng = np.random.default_rng(zlib.crc32(name.encode()))
     periods = [resample(trips, "payment_type", CARD, seg, rng) for seg in plans()[name]]
@@ -76,7 +85,19 @@ def backtest(
             ignore=frozenset({"trip_start_timestamp", "trip_start_month", "trip_start_hour"}),
         ),
     )
-    return simulate(len(judge), judge, POLICY, outcomes, delay=1)
+    reports = [
+        simulate(len(judge), judge, p, outcomes, delay=1, label_delay_s=label_delay_s)
+        for p in policies
+    ]
+    return reports[0] if len(reports) == 1 else Reports(reports)
+
+
+class Reports(Report):
+    """Several policies' reports on one stream (judged once)."""
+
+    def __init__(self, reports: list[Report]) -> None:
+        super().__init__()
+        self.all = reports
 
 
 def test_no_change_starts_nothing(trips: pa.Table, tmp_path: Path) -> None:
@@ -133,3 +154,25 @@ def test_a_persistent_shift_is_retried_after_a_rejection(trips: pa.Table, tmp_pa
     # The retry waits for the cooldown, never more than the back-off allows.
     assert 1 <= second.index - first.index <= 1 + int(POLICY.wait_s(1) // 3600) + 1
     assert "skew held" in r.periods[first.index + 1]["decision"]
+
+
+def test_a_step_costs_one_run_when_training_waits_for_the_world_after_it(
+    trips: pa.Table, tmp_path: Path
+) -> None:
+    """The first candidate after a step used to train mostly on the old world: its own
+    skew persisted and the next episodes retrained at once. Trained on the periods after
+    the change (75 % of its training examples), one step costs one run, inline labels
+    or labels 3 hours late (hourly periods), a few periods later."""
+    default = replace(POLICY, post_change_share=pol.Policy().post_change_share)
+    both = backtest(trips, tmp_path, "step", policies=(POLICY, default))
+    assert isinstance(both, Reports)
+    before, after = both.all
+    assert len(before.runs) >= 2 and len(after.runs) == 1
+    assert after.runs[0].index - before.runs[0].index <= 4
+    first = after.runs[0]
+    post = {m for p in after.periods[12:] for m in p["members"]}
+    assert sum(m in post for m in first.train_windows) >= 0.75 * len(first.train_windows)
+    old = before.runs[0]
+    assert sum(m in post for m in old.train_windows) < 0.5 * len(old.train_windows)
+    late = backtest(trips, tmp_path / "late", "step", policies=(default,), label_delay_s=3 * 3600)
+    assert len(late.runs) == 1 and late.runs[0].index > first.index

@@ -199,3 +199,34 @@ def test_unmatured_periods_are_never_evaluation_and_a_default_counts_at_maturity
         pol.observe(state, dataclasses.replace(period(i), labelled=-1))
     train, ev, problem = pol.select(state, inline)
     assert problem is None and [w.window_id for w in ev] == ["per2"]
+
+
+def test_a_shift_is_trained_on_the_world_after_it() -> None:
+    """With the default share, a skew run waits until three quarters of its training
+    examples come from the periods since the streak began, and says so meanwhile."""
+    p = pol.Policy(consecutive=2, min_train_examples=2000, min_eval_examples=1000, cooldown_s=0)
+    assert p.post_change_share == 0.75
+
+    def skewed(i: int) -> pol.WindowInfo:
+        return dataclasses.replace(period(i, verdict="skew"), labelled=-1, skew=True)
+
+    state = pol.ModelState()
+    for i in range(6):
+        pol.observe(state, dataclasses.replace(period(i), labelled=-1))
+    pol.observe(state, skewed(6))
+    pol.observe(state, skewed(7))
+    assert pol.change_start(state, "skew") == 6
+    d = pol.decide(state, 0.0, p)
+    assert not d.take and d.guard == "data"
+    assert "waiting for data after the change: 1,000 training examples since per6 of 1,500" in (
+        d.reason
+    )
+    # Before this rule: the newest periods before evaluation, half of them the old world.
+    old = pol.decide(state, 0.0, dataclasses.replace(p, post_change_share=0.0))
+    assert old.take and [w.window_id for w in old.train] == ["per5", "per6"]
+    pol.observe(state, skewed(8))
+    d = pol.decide(state, 0.0, p)
+    assert d.take and [w.window_id for w in d.evaluation] == ["per8"]
+    assert [w.window_id for w in d.train] == ["per6", "per7"]
+    # A manual request is not held to it.
+    assert pol.select(state, p, "manual")[2] is None

@@ -35,7 +35,9 @@ def feed(state: pol.ModelState, *ws: pol.WindowInfo) -> None:
         pol.observe(state, w)
 
 
-SMALL = dict(min_train_examples=2000, min_eval_examples=1000, cooldown_s=0)
+# The newest periods before evaluation, whichever side of a change (post_change_share 0;
+# the default waits for data after the change: test_labels.py).
+SMALL = dict(min_train_examples=2000, min_eval_examples=1000, cooldown_s=0, post_change_share=0)
 
 
 def test_drift_needs_n_consecutive_periods_and_small_ones_are_neutral() -> None:
@@ -65,6 +67,7 @@ def test_data_is_sized_by_examples_and_never_judged_on_a_small_period_alone() ->
         max_train_examples=4500,
         min_eval_examples=800,
         cooldown_s=0,
+        post_change_share=0,
     )
     s = pol.ModelState()
     feed(
@@ -98,6 +101,7 @@ def test_data_is_sized_by_examples_and_never_judged_on_a_small_period_alone() ->
 def test_persistent_shift_retries_after_failures_with_back_off_and_budget() -> None:
     p = pol.Policy(
         consecutive=2,
+        post_change_share=0,
         cooldown_s=100,
         backoff=2.0,
         daily_budget=3,
