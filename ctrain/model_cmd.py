@@ -228,7 +228,21 @@ def new_command(args: argparse.Namespace) -> int:
         f"  schema  {schema_path}  (review it: types, presence)\n"
         f"  module  {module_path}\n"
         f"  config  {config}\n"
-        f"next: ctrain model check {module_path} --model {p.name} --data {args.data}\n"
+        + (
+            f"  labels  {p.unlabelled:,} of {p.rows:,} rows have no {p.label!r}: they stream as "
+            "unlabelled examples (labels.source: stream) and their labels may come later on "
+            f"ctrain.labels; training and evaluation use the {p.labelled:,} labelled\n"
+            if p.unlabelled
+            else ""
+        )
+        + (
+            ""
+            if p.time_column
+            else f"  periods no time column: the rows are cut into windows of "
+            f"{scaffold.sizes(p, table)['windows']['window_max_count']:,} in file order, "
+            "each judged as a period\n"
+        )
+        + f"next: ctrain model check {module_path} --model {p.name} --data {args.data}\n"
         f"      ctrain demo --data {args.data} --model {p.name}"
     )
     return 0

@@ -40,6 +40,13 @@ class Plan:
     label_std: float
     floor: float  # binary AUC / multiclass accuracy floor, or regression MAE ceiling
     change: float  # how much worse than the serving model a candidate may be
+    # Rows whose label is empty: they stream as unlabelled examples (labels.source:
+    # stream), their labels may come later on ctrain.labels.
+    unlabelled: int = 0
+
+    @property
+    def labelled(self) -> int:
+        return self.rows - self.unlabelled
 
 
 def _is_number(t: pa.DataType) -> bool:
@@ -58,11 +65,8 @@ def plan(name: str, table: pa.Table, label: str, task: str | None, time_column: 
     if time_column and time_column not in table.column_names:
         raise ScaffoldError(f"no time column {time_column!r} in the data")
     col = table.column(label).drop_null()
-    if len(col) < table.num_rows:
-        raise ScaffoldError(
-            f"label {label!r} is empty in {table.num_rows - len(col)} of {table.num_rows} rows: "
-            "drop those rows (ingest would reject them) or pick another label"
-        )
+    if len(col) == 0:
+        raise ScaffoldError(f"label {label!r} is empty in every row: pick another label")
     distinct = pc.unique(col)
     if task is None:
         if not _is_number(col.type) or (pa.types.is_integer(col.type) and len(distinct) <= 20):
@@ -110,7 +114,8 @@ def plan(name: str, table: pa.Table, label: str, task: str | None, time_column: 
             majority = counts[0]["counts"] / len(col)
             floor, change = round(min(0.99, majority + 0.01), 3), 0.02
     return Plan(name, task, label, numeric, strings, time_column, table.num_rows, classes,
-                positive, label_mean, label_std, floor, change)  # fmt: skip
+                positive, label_mean, label_std, floor, change,
+                table.num_rows - len(col))  # fmt: skip
 
 
 def infer_schema(table: pa.Table) -> Any:
@@ -182,7 +187,10 @@ def module_text(p: Plan, data: str) -> str:
 
 def sizes(p: Plan, table: pa.Table) -> dict[str, Any]:
     """Window rules and training sizes from the data: about 20 windows in all, training on
-    a third of the rows and evaluating on a tenth (the smallest sizes that stay sound)."""
+    a quarter of the labelled rows and evaluating on a tenth (the smallest sizes that
+    stay sound). Without a time column the rows are cut into windows by count, in file
+    order, each window a period of its own, never smaller than the validator judges."""
+    min_examples = max(50, min(200, p.rows // 40))
     windows: dict[str, Any] = {"idle_timeout_s": 5}
     if p.time_column:
         ts = (
@@ -199,17 +207,20 @@ def sizes(p: Plan, table: pa.Table) -> dict[str, Any]:
             window_max_count=max(1000, p.rows),
         )
     else:
-        windows["window_max_count"] = max(200, p.rows // 20)
-    return {
+        windows["window_max_count"] = max(min_examples, p.rows // 20)
+    out: dict[str, Any] = {
         "windows": windows,
-        "validation": {"min_examples": max(50, min(200, p.rows // 40))}
+        "validation": {"min_examples": min_examples}
         | ({"ignore_features": [p.time_column]} if p.time_column else {}),
         "trigger": {
-            "min_train_examples": max(100, p.rows // 3),
-            "min_eval_examples": max(50, min(2000, p.rows // 10)),
+            "min_train_examples": max(50, p.labelled // 4),
+            "min_eval_examples": max(30, min(2000, p.labelled // 10)),
             "cooldown_s": 0,
         },
     }
+    if p.unlabelled:
+        out["labels"] = {"source": "stream"}
+    return out
 
 
 def config_entry(p: Plan, table: pa.Table, schema: Path, module: Path, base: Path) -> str:

@@ -49,3 +49,9 @@ def labels_clock(model: str) -> str:
     """The newest label event time seen (ms): written by the label join; with the data's
     own clock it says which windows' labels have matured."""
     return f"ctrain:labels:{model}:clock"
+
+
+def labels_inline(model: str) -> str:
+    """Hash window shard -> its examples that carry their label in the window: written
+    by the label join when it indexes the shard; the trigger counts them as labelled."""
+    return f"ctrain:labels:{model}:inline"

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from services.monitor.labelstate import LabelState
@@ -119,31 +120,30 @@ class LabelJoin:
         for member in v.members:
             if await self.state.indexed(m.name, member.window_id):
                 continue
-            ids = await asyncio.to_thread(self._ids, m, member.data_uri)
-            await self.state.index(m.name, member.window_id, member.data_uri, end_ms, ids)
+            ids, inline = await asyncio.to_thread(self._ids, m, member.data_uri)
+            await self.state.index(m.name, member.window_id, member.data_uri, end_ms, ids, inline)
             n += len(ids)
             held = await self.state.pending_for(m.name, [x for x, _ in ids])
             if held:
                 await self._join_held(m, held)
         return n
 
-    def _ids(self, m: JoinModel, data_uri: str) -> list[tuple[str, int]]:
-        """Every id that names a row of the shard: its business id and its write position."""
+    def _ids(self, m: JoinModel, data_uri: str) -> tuple[list[tuple[str, int]], int]:
+        """Every id that names a row of the shard (its business id and its write position),
+        and how many of its rows carry their label in the window."""
+        path = data_uri.removeprefix("file://")
         try:
-            if m.id_field:
-                t = pq.read_table(data_uri.removeprefix("file://"), columns=[m.id_field])
-                rows = t.num_rows
-                named = lb.business_ids(t, m.id_field, data_uri)
-            else:
-                rows = pq.ParquetFile(data_uri.removeprefix("file://")).metadata.num_rows
-                named = []
-        except (OSError, ValueError) as e:
+            names = pq.ParquetFile(path).schema_arrow.names
+            cols = [c for c in (m.id_field, *m.features) if c and c in names]
+            t = pq.read_table(path, columns=cols)
+            named = lb.business_ids(t, m.id_field, data_uri) if m.id_field else []
+        except (OSError, ValueError, pa.ArrowException) as e:
             raise lb.LabelsUnreadable(f"shard {data_uri}: {e}") from e
         out = [(x, i) for i, x in enumerate(named) if x]
-        offsets = lb.offset_ids(self.store, data_uri, rows)
+        offsets = lb.offset_ids(self.store, data_uri, t.num_rows)
         if offsets:
             out += [(x, i) for i, x in enumerate(offsets)]
-        return out
+        return out, int(lb.carries_label(t, m.features).sum())
 
     async def _join_held(
         self,

@@ -8,6 +8,7 @@ Keys, under ``ctrain:labels:<model>:`` (docs/monitor.md lists them):
   example got (the first by arrival; a redelivery of the same record is recognised by its
   source position, so a crash between claim and write loses nothing);
 - ``count`` hash (``shared.keys.labels_count``): shard -> labels joined, one per claim;
+  ``inline`` (``shared.keys.labels_inline``): shard -> examples carrying their label;
 - ``pending`` hash + ``pending_at`` zset: labels whose example is not indexed yet, with
   their source record (every record for an id, one JSON a line, each once by its source
   position), scored by the first one's event time (ms);
@@ -65,13 +66,21 @@ class LabelState:
         return bool(await self.redis.hexists(self.k(model, "shards"), shard))
 
     async def index(
-        self, model: str, shard: str, data_uri: str, end_ms: int, ids: list[tuple[str, int]]
+        self,
+        model: str,
+        shard: str,
+        data_uri: str,
+        end_ms: int,
+        ids: list[tuple[str, int]],
+        inline: int = 0,
     ) -> None:
-        """Map each (id, row) to the shard, then mark the shard indexed (repeatable)."""
+        """Map each (id, row) to the shard, then mark the shard indexed (repeatable).
+        ``inline``: its examples that carry their label in the window."""
         for i in range(0, len(ids), CHUNK):
             mapping = {x: f"{shard}\t{row}" for x, row in ids[i : i + CHUNK]}
             if mapping:
                 await self.redis.hset(self.k(model, "ids"), mapping=mapping)
+        await self.redis.hset(keys.labels_inline(model), shard, inline)
         await self.redis.hset(
             self.k(model, "shards"), shard, orjson.dumps({"data_uri": data_uri, "end_ms": end_ms})
         )

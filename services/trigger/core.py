@@ -255,10 +255,12 @@ class Trigger:
         if not self.config.policy.label_stream:
             return
         members = [m for w in state.windows for m in w.members]
-        got = (
-            await self.redis.hmget(keys.labels_count(self.config.model), members) if members else []
-        )
-        count = {m: int(v) for m, v in zip(members, got, strict=True) if v is not None}
+        count: dict[str, int] = {}
+        for key in (keys.labels_count, keys.labels_inline):  # joined, and carried inline
+            got = await self.redis.hmget(key(self.config.model), members) if members else []
+            for m, v in zip(members, got, strict=True):
+                if v is not None:
+                    count[m] = count.get(m, 0) + int(v)
         clock = await self.redis.get(keys.labels_clock(self.config.model))
         known = [
             x for x in (state.event_now, int(clock) / 1000 if clock else None) if x is not None

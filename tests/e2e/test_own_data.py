@@ -71,3 +71,50 @@ def test_a_csv_to_a_served_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     else:
         assert loop.stable_version("plant") == 2 and progress.after is not None
     assert not loop.dlq
+
+
+def small_table(n: int, seed: int) -> pa.Table:
+    """A few hundred rows with no time column, about 3 % of them without a label."""
+    rng = random.Random(seed)
+    rows: dict[str, list[object]] = {"kind": [], "size": [], "score": [], "churned": []}
+    for i in range(n):
+        kind = rng.choice(["basic", "plus", "pro"])
+        size, score = rng.gauss(10, 3), rng.gauss(0, 1)
+        risk = 0.8 * score - 0.2 * (size - 10) + (0.7 if kind == "basic" else 0.0)
+        rows["kind"].append(kind)
+        rows["size"].append(round(size, 2))
+        rows["score"].append(round(score, 3))
+        rows["churned"].append(None if i % 33 == 5 else ("yes" if risk > 0.6 else "no"))
+    return pa.table(rows)
+
+
+@pytest.mark.timeout(1200)
+def test_a_small_table_without_time_and_with_missing_labels_closes_the_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a new user tried: `model new` on a table with no time column and some empty
+    labels, then the demo. The rows become count windows, each a period; the unlabelled
+    ones stream as examples without a label; the first model trains on the labelled."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CTRAIN_DEV_STATE_DIR", str(tmp_path / ".ctrain"))
+    csv.write_csv(small_table(400, seed=3), "accounts.csv")
+    assert cli.main(["model", "new", "churn", "--data", "accounts.csv", "--label", "churned"]) == 0
+    spec = load_config("ctrain.yaml").models["churn"]
+    assert spec.labels.source == "stream" and spec.windows.event_time_field is None
+    d = Demo(
+        DemoOptions(data="accounts.csv", model="churn", config="ctrain.yaml", speedup=0,
+                    keep=False, auto_approve=True),
+        view=lambda m: None,
+    )  # fmt: skip
+    try:
+        progress = d.run()
+    finally:
+        d.stop()
+    assert progress.phase.startswith("done"), progress.phase
+    assert d.tail is not None
+    loop = d.tail.state
+    first = next(iter(loop.candidates.values()))
+    assert first.blessed and first.labels is not None
+    assert first.labels["train"]["unlabelled"] + first.labels["eval"]["unlabelled"] >= 1
+    assert loop.stable_version("churn") >= 1
+    assert not loop.dlq  # rows without a label are examples, not rejects

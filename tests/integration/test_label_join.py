@@ -178,3 +178,22 @@ def test_labels_of_no_model_or_of_the_wrong_shape_are_dead_lettered(
     assert "model 'nope', which is not monitored" in by[2].message
     assert "missing y; not label features: z" in by[3].message
     assert "past the horizon" in by[4].message
+
+
+def test_examples_that_carry_their_label_are_counted_at_index_time(
+    redis: Redis, tmp_path: Path
+) -> None:
+    r = Rig(redis, tmp_path)
+    v = period(tmp_path, 0)
+    uri = v.members[0].data_uri
+    t = pq.read_table(uri)
+    y = pa.array([1.0, None, 0.0, None, None, 1.0, None, None, None, None], pa.float32())
+    pq.write_table(t.set_column(t.schema.get_field_index("y"), "y", y), uri)
+
+    async def go() -> dict[str, int]:
+        await r.join.index(v)
+        await r.join.index(v)  # again: counted once
+        raw = await redis.hgetall("ctrain:labels:m:inline")
+        return {k.decode(): int(x) for k, x in raw.items()}
+
+    assert asyncio.run(go()) == {v.members[0].window_id: 3}

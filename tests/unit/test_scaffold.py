@@ -38,7 +38,7 @@ def test_the_task_follows_the_label() -> None:
         ({"x": [1, 2], "y": ["a", "b"]}, "y", "regression", "not numeric"),
         ({"x": [1, 2, 3], "y": [0, 1, 2]}, "y", "binary", "binary needs exactly 2"),
         ({"x": [1.0, 2.0], "y": [0.5, 1.5]}, "y", "binary", "is a float"),
-        ({"x": [1, 2], "y": [0, None]}, "y", None, "empty in 1 of 2 rows"),
+        ({"x": [1, 2], "y": [None, None]}, "y", None, "empty in every row"),
         ({"y": [0, 1]}, "y", None, "no feature columns"),
     ],
 )
@@ -85,3 +85,28 @@ def test_new_refuses_unreadable_files(tmp_path: Path, monkeypatch: pytest.Monkey
     Path("empty.csv").write_text("")
     assert cli.main(["model", "new", "m", "--data", "empty.csv", "--label", "y"]) == 1
     assert not Path("ctrain.yaml").exists()
+
+
+def test_rows_without_a_label_become_unlabelled_examples_and_rows_without_time_periods() -> None:
+    """A few hundred rows, 3 % without a label, no time column: the model's labels come on
+    their own stream, and the rows are cut by count into periods the loop can train on."""
+    n = 300
+    y: list[int | None] = [i % 2 for i in range(n)]
+    for i in range(0, n, 33):
+        y[i] = None
+    table = pa.table({"x": [float(i) for i in range(n)], "s": ["a", "b", "c"] * 100, "y": y})
+    p = scaffold.plan("small", table, "y", None, None)
+    assert p.unlabelled == 10 and p.labelled == 290 and p.task == "binary"
+    got = scaffold.sizes(p, table)
+    assert got["labels"] == {"source": "stream"}
+    count = got["windows"]["window_max_count"]
+    assert count == got["validation"]["min_examples"] == 50
+    # The demo replays the first 60 % (180 rows) as history: periods of 50, 50, 50 and
+    # the last 30 (too small alone). Evaluation takes 30 + 50; training the 100 before.
+    assert got["trigger"]["min_eval_examples"] <= 80 * 0.96
+    assert got["trigger"]["min_train_examples"] <= 100 * 0.96
+    full = scaffold.sizes(
+        scaffold.plan("small", table.filter(pa.array([v is not None for v in y])), "y", None, None),
+        table,
+    )
+    assert "labels" not in full
