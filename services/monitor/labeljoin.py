@@ -350,11 +350,22 @@ class LabelJoin:
         self.count(model, outcome, 1)
 
     # ---------------------------------------------------------------- upkeep
+    async def _rejoin(self, m: JoinModel) -> None:
+        """Join held labels whose example is indexed: an index that stopped (a crash)
+        after writing its ids and before joining what was held for them left them. (Joined
+        labels leave the held set as it is read: one skipped now is met on the next run.)"""
+        async for ids in self.state.pending_ids(m.name):
+            found = await self.state.locate(m.name, ids)
+            known = [x for x, loc in zip(ids, found, strict=True) if loc is not None]
+            if known:
+                await self._join_held(m, await self.state.pending_for(m.name, known))
+
     async def expire(self) -> int:
         """Dead-letter held labels whose example never came: windows ``early_tolerance_s``
         newer than the label have been indexed. Returns how many."""
         n = 0
         for m in self.models.values():
+            await self._rejoin(m)
             wm = await self.state.watermark(m.name)
             if wm is None:
                 continue

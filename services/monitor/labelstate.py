@@ -20,6 +20,7 @@ Memory stays in Redis and the artifact store: the process holds one batch at a t
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -158,6 +159,16 @@ class LabelState:
                 if v is not None:
                     out[x] = [orjson.loads(line) for line in v.split(b"\n")]
         return out
+
+    async def pending_ids(self, model: str) -> AsyncIterator[list[str]]:
+        """The ids of every held label, a chunk at a time (oldest first)."""
+        start = 0
+        while True:
+            got = await self.redis.zrange(self.k(model, "pending_at"), start, start + CHUNK - 1)
+            if not got:
+                return
+            yield [x.decode() for x in got]
+            start += CHUNK
 
     async def has_pending(self, model: str) -> bool:
         return bool(await self.redis.zcard(self.k(model, "pending_at")))

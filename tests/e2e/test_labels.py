@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,6 @@ from typing import Any
 import httpx
 import orjson
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import yaml
 from pyarrow import csv
@@ -31,10 +29,10 @@ from pyarrow import csv
 from ctrain import client, devstack
 from ctrain.demo import BUNDLED, TIME_COLUMN, Demo, DemoOptions
 from shared import topics
-from shared.events import DeadLetter, EventDeadLetter
-from shared.kafka import make_producer, read_to_end
+from shared.kafka import make_producer
 from shared.settings import CommonSettings
 from tests.conftest import ROOT
+from tests.e2e.accounting import account
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 DAY = 86_400
@@ -144,58 +142,6 @@ def _iso(t: float) -> str:
 
 def _label(row: dict[str, Any], at: float) -> dict[str, Any]:
     return {"example_id": row["trip_id"], "label": row["tips"] or 0.0, "event_time": _iso(at)}
-
-
-def account(state: dict[str, Any], root: Path) -> dict[str, Any]:
-    """Every label record of ctrain.labels: joined, a duplicate, or dead-lettered."""
-    records = asyncio.run(read_to_end(state["kafka"], topics.LABELS))
-    letters = [
-        EventDeadLetter.model_validate_json(r.value)
-        for r in asyncio.run(read_to_end(state["kafka"], topics.EVENTS_DLQ))
-    ]
-    dead = {
-        (x.source.partition, x.source.offset): x.reason
-        for x in letters
-        if x.source.topic == topics.LABELS
-    }
-    joined: dict[tuple[int, int], tuple[str, int, str]] = {}
-    per_example: dict[tuple[str, int], set[tuple[int, int]]] = {}
-    label_of: dict[str, str] = {}
-    for seg in root.glob("windows/taxi/*/labels/*.parquet"):
-        t = pq.read_table(seg).to_pylist()
-        for r in t:
-            src = (r["src_partition"], r["src_offset"])
-            joined[src] = (seg.parent.parent.name, r["row"], r["features"])
-            per_example.setdefault((seg.parent.parent.name, r["row"]), set()).add(src)
-            label_of[r["example_id"]] = r["features"]
-    out: Counter[str] = Counter()
-    missing = []
-    for rec in records:
-        src = (rec.partition, rec.offset)
-        if src in joined:
-            out["joined"] += 1
-        elif src in dead:
-            out[dead[src]] += 1
-        else:
-            body = orjson.loads(rec.value)
-            same = label_of.get(body["example_id"])
-            if same is not None and orjson.loads(same) == {"tips": body["label"]}:
-                out["duplicate"] += 1
-            else:
-                missing.append(body)
-    # Trips ingest rejected (two lack pickup_community_area): their labels name no example.
-    rejected = {
-        orjson.loads(DeadLetter.model_validate_json(r.value).payload).get("trip_id")
-        for r in asyncio.run(read_to_end(state["kafka"], topics.EXAMPLES_DLQ))
-    }
-    orphans = sum(1 for r in records if orjson.loads(r.value)["example_id"] in rejected)
-    return {
-        "produced": len(records),
-        "orphans": orphans,
-        "outcomes": out,
-        "unaccounted": missing,
-        "joined_twice": [k for k, v in per_example.items() if len(v) > 1],
-    }
 
 
 @pytest.mark.timeout(1500)

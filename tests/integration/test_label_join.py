@@ -197,3 +197,22 @@ def test_examples_that_carry_their_label_are_counted_at_index_time(
         return {k.decode(): int(x) for k, x in raw.items()}
 
     assert asyncio.run(go()) == {v.members[0].window_id: 3}
+
+
+def test_held_labels_of_an_index_that_stopped_are_joined_by_the_upkeep(
+    redis: Redis, tmp_path: Path
+) -> None:
+    """The index wrote its ids and died before joining what was held for them; no later
+    window moves the watermark: the upkeep still joins them."""
+    r = Rig(redis, tmp_path)
+    v = period(tmp_path, 0)
+
+    async def go() -> int:
+        assert await r.join.join([rec("tx-0-3", 1.0, 1, day=9.5)]) == {"held": 1}
+        m = v.members[0]
+        await r.join.state.index("m", m.window_id, m.data_uri, 0, [("tx-0-3", 3)])
+        assert await r.join.expire() == 0
+        return await r.join.state.pending_count("m")
+
+    assert asyncio.run(go()) == 0
+    assert r.counts[("m", "joined")] == 1 and r.letters == []
