@@ -14,6 +14,8 @@ retraining's start until the promotion has waited on it. Then:
   candidate is promoted twice (one serving version per candidate);
 - every fault was visible while it lasted (/healthz or a metric), none dead-lettered
   an event, and no label points at a version serving does not report AVAILABLE;
+- every tip travels on ctrain.labels 30 days after its trip (5 % never): each label
+  record is joined once, a duplicate, or (the two rejected trips') dead-lettered;
 - the loop still completes: drift retrains and `stable` serves the new version.
 The test prints how long the loop took to recover from each kind of fault.
 """
