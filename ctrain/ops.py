@@ -434,6 +434,15 @@ def _show(c: dict[str, Any]) -> None:
         f"trained on {lin.get('train_examples') or '?'} examples of windows {lin.get('windows')}; "
         f"evaluated on {lin.get('eval_examples') or '?'} examples of windows {evals}"
     )
+    labels = lin.get("labels")
+    if labels:
+        tr, ev = labels.get("train", {}), labels.get("eval", {})
+        console.print(
+            f"labels (joined from their stream): training {tr.get('labelled', 0):,} labelled, "
+            f"{tr.get('defaulted', 0):,} defaulted, {tr.get('unlabelled', 0):,} left out; "
+            f"evaluation {ev.get('labelled', 0):,} labelled, {ev.get('defaulted', 0):,} "
+            f"defaulted, {ev.get('unlabelled', 0):,} left out"
+        )
     console.print(
         f"run {lin.get('run_id')}; model {lin.get('model_uri')}; "
         f"module sha256 {lin.get('module_sha256') or '?'}"

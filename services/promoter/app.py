@@ -271,6 +271,9 @@ def create_app(common: CommonSettings, settings: PromoterSettings) -> FastAPI:
                 "eval_windows": c.eval_windows,
                 "train_examples": c.train_examples,
                 "eval_examples": c.eval_examples,
+                # Labels from their own stream: labelled / defaulted / left out, per part
+                # and per shard (None: labels travel inside the examples).
+                "labels": c.labels,
                 "run_id": c.run_id,
                 "module_sha256": c.module_sha256,
                 "model_uri": c.model_uri,

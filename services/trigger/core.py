@@ -234,6 +234,10 @@ class Trigger:
             "eval_windows": meta.get("eval_windows", [meta["eval_window"]]),
             "train_examples": meta.get("train_examples"),
             "eval_examples": meta.get("eval_examples"),
+            # Per period: examples and labels joined when decided (-1: inside the
+            # examples); and what the gather step kept (labels from their own stream).
+            "labels": meta.get("labels"),
+            "gathered_labels": self._gathered_labels(meta),
             "module": meta["params"]["module_path"],
             "module_sha256": meta.get("module_sha256"),
             "why": meta.get("why", meta["reason"]),

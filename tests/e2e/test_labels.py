@@ -214,9 +214,19 @@ def test_delayed_labels_close_the_loop_and_every_label_is_accounted_for(
         tc = client.trigger(d.state)
         try:
             runs = tc.runs(model="taxi")
+            one = tc.run(str(runs[0]["run_id"]))
         finally:
             tc.close()
         assert len(runs) >= 2
+        # The run and the approval API say how many were labelled, per period and in all.
+        assert all(p["labelled"] >= 0 for p in one["labels"].values()), one["labels"]
+        assert one["gathered_labels"]["train"]["labelled"] >= 2000
+        pc = client.promoter("viewer", d.state)
+        try:
+            view = pc.candidate(str(one["candidate_id"]))
+        finally:
+            pc.close()
+        assert view["lineage"]["labels"]["eval"]["labelled"] >= 800
     finally:
         d.opts.keep = False
         d.stop()
