@@ -272,10 +272,38 @@ class Consumer:
 
     async def consume(self, msg: Any, handle: Callable[[bytes], Awaitable[None]]) -> None:
         """Handle ``msg`` until it is settled, then commit its offset."""
+        record = Record.of(msg)
+
+        async def give_up(e: Exception) -> None:
+            await self.reject(record, e)
+
+        await self._until_settled(msg, lambda: handle(msg.body), give_up, 1)
+
+    async def consume_batch(
+        self, msg: Any, handle: Callable[[list[Record]], Awaitable[None]]
+    ) -> None:
+        """Handle a batch until it is settled, then commit it. The handler dead-letters a
+        record that is its own fault itself; a batch that keeps failing otherwise is
+        dead-lettered record by record after ``max_attempts``."""
+        records = Record.batch_of(msg)
+
+        async def give_up(e: Exception) -> None:
+            for r in records:
+                await self.reject(r, e)
+
+        await self._until_settled(msg, lambda: handle(records), give_up, len(records))
+
+    async def _until_settled(
+        self,
+        msg: Any,
+        attempt: Callable[[], Awaitable[None]],
+        give_up: Callable[[Exception], Awaitable[None]],
+        records: int,
+    ) -> None:
         errors = outages = 0
         while True:
             try:
-                await handle(msg.body)
+                await attempt()
                 break
             except Exception as e:  # noqa: BLE001 - every failure is settled here, by kind
                 why = outage_of(e)
@@ -285,7 +313,7 @@ class Consumer:
                     continue
                 errors += 1
                 if is_poison(e) or errors >= self.max_attempts:
-                    await self._poison(msg, e)
+                    await give_up(e)
                     break
                 log.warning(
                     "handling failed; trying again",
@@ -301,57 +329,12 @@ class Consumer:
             # from the committed offset) handles the record again, idempotently.
             log.warning("commit refused after a rebalance", extra={"err": str(e)})
         self._recovered()
-        self.metrics.handled.labels(self.topic).inc()
-
-    async def consume_batch(
-        self, msg: Any, handle: Callable[[list[Record]], Awaitable[None]]
-    ) -> None:
-        """Handle a batch until it is settled, then commit it. The handler dead-letters a
-        record that is its own fault itself; a batch that keeps failing otherwise is
-        dead-lettered record by record after ``max_attempts``."""
-        records = Record.batch_of(msg)
-        errors = outages = 0
-        while True:
-            try:
-                await handle(records)
-                break
-            except Exception as e:  # noqa: BLE001 - every failure is settled here, by kind
-                why = outage_of(e)
-                if why is not None:
-                    outages += 1
-                    await self._outage(why, outages)
-                    continue
-                errors += 1
-                if errors >= self.max_attempts:
-                    for r in records:
-                        await self.reject(r, e)
-                    break
-                log.warning(
-                    "handling a batch failed; trying again",
-                    extra={"topic": self.topic, "attempt": errors, "err": repr(e)},
-                )
-                self.metrics.retries.labels(self.topic, "error").inc()
-                await self.sleep(self._wait(errors))
-        self._recovered()
-        try:
-            await self._settle(msg.ack)
-        except kafka_errors.CommitFailedError as e:
-            log.warning("commit refused after a rebalance", extra={"err": str(e)})
-        self._recovered()
-        self.metrics.handled.labels(self.topic).inc(len(records))
+        self.metrics.handled.labels(self.topic).inc(records)
 
     async def reject(self, record: Record, e: Exception) -> None:
-        """Dead-letter one record of a batch (its own fault), with its reason."""
-        reason = str(getattr(type(e), "dlq_reason", "") or type(e).__name__)
-        self.metrics.dead_letters.labels(self.topic, reason).inc()
-        sink = self.dead_letter
-        detail = str(e)[:4000] or reason
-        await self._settle(lambda: sink(record, reason, detail))
-
-    async def _poison(self, msg: Any, e: Exception) -> None:
+        """Dead-letter one record (its own fault, or it kept failing), with its reason."""
         reason = str(getattr(type(e), "dlq_reason", "") or type(e).__name__)
         detail = str(e)[:4000] or reason
-        record = Record.of(msg)
         self.metrics.dead_letters.labels(self.topic, reason).inc()
         log.error(
             "record dead-lettered",

@@ -26,7 +26,7 @@ import pytest
 import yaml
 from pyarrow import csv
 
-from ctrain import client, devstack
+from ctrain import cli, client, devstack
 from ctrain.demo import BUNDLED, TIME_COLUMN, Demo, DemoOptions
 from shared import topics
 from shared.kafka import make_producer
@@ -207,6 +207,18 @@ def test_delayed_labels_close_the_loop_and_every_label_is_accounted_for(
         assert 1 <= o["conflicting_label"] <= sent.conflicting
         assert o["duplicate"] >= sent.duplicates + sent.early - sent.conflicting
         assert sum(o.values()) == got["produced"]
+        # A dead-lettered label can be sent again (here to no avail: its trip does not
+        # exist, so it is dead-lettered again, as a new record, and accounted again).
+        unknown = o["unknown_example"]
+        assert cli.main(["dlq", "redrive", "--reason", "unknown_example", "--why", "e2e"]) == 0
+        until = time.monotonic() + 120
+        while time.monotonic() < until:
+            again = account(d.state, root)
+            if again["outcomes"]["unknown_example"] == 2 * unknown and not again["unaccounted"]:
+                break
+            time.sleep(2)  # the monitor gives held labels up every 30 s
+        assert again["outcomes"]["unknown_example"] == 2 * unknown, again["outcomes"]
+        assert again["produced"] == got["produced"] + unknown
         # The monitor agrees: nothing is still held.
         mon = {p["name"]: p["address"] for p in d.state["procs"]}["monitor"]
         text = httpx.get(f"{mon}/metrics", timeout=10).text

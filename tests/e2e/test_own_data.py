@@ -12,7 +12,8 @@ import pyarrow.csv as csv
 import pytest
 
 from ctrain import cli
-from ctrain.demo import Demo, DemoOptions
+from ctrain.demo import Demo, DemoOptions, Progress
+from ctrain.loop import LoopState
 from shared.config import load_config
 
 pytestmark = pytest.mark.e2e
@@ -35,6 +36,21 @@ def readings(days: int, seed: int) -> pa.Table:
     return pa.table(rows)
 
 
+def demo(data: str, model: str) -> tuple[Progress, LoopState]:
+    """`ctrain demo --data DATA --model MODEL --auto-approve --stop`, as fast as it goes."""
+    d = Demo(
+        DemoOptions(data=data, model=model, config="ctrain.yaml", speedup=0, keep=False,
+                    auto_approve=True),
+        view=lambda m: None,
+    )  # fmt: skip
+    try:
+        progress = d.run()
+    finally:
+        d.stop()
+    assert d.tail is not None
+    return progress, d.tail.state
+
+
 @pytest.mark.timeout(1200)
 def test_a_csv_to_a_served_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
@@ -45,17 +61,7 @@ def test_a_csv_to_a_served_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     spec = load_config("ctrain.yaml").models["plant"]
     assert spec.task == "regression" and spec.topic == "ctrain.examples.plant"
 
-    d = Demo(
-        DemoOptions(data="plant.csv", model="plant", config="ctrain.yaml", speedup=0,
-                    keep=False, auto_approve=True),
-        view=lambda m: None,
-    )  # fmt: skip
-    try:
-        progress = d.run()
-    finally:
-        d.stop()
-    assert d.tail is not None
-    loop = d.tail.state
+    progress, loop = demo("plant.csv", "plant")
     cand = next(iter(loop.candidates.values()))
     assert cand.blessed and cand.model == "plant"
     # A generated regression model beats predicting the mean by far on this data.
@@ -101,18 +107,8 @@ def test_a_small_table_without_time_and_with_missing_labels_closes_the_loop(
     assert cli.main(["model", "new", "churn", "--data", "accounts.csv", "--label", "churned"]) == 0
     spec = load_config("ctrain.yaml").models["churn"]
     assert spec.labels.source == "stream" and spec.windows.event_time_field is None
-    d = Demo(
-        DemoOptions(data="accounts.csv", model="churn", config="ctrain.yaml", speedup=0,
-                    keep=False, auto_approve=True),
-        view=lambda m: None,
-    )  # fmt: skip
-    try:
-        progress = d.run()
-    finally:
-        d.stop()
+    progress, loop = demo("accounts.csv", "churn")
     assert progress.phase.startswith("done"), progress.phase
-    assert d.tail is not None
-    loop = d.tail.state
     first = next(iter(loop.candidates.values()))
     assert first.blessed and first.labels is not None
     assert first.labels["train"]["unlabelled"] + first.labels["eval"]["unlabelled"] >= 1
