@@ -115,7 +115,12 @@ def validation(i: int, verdict: str, blocking: bool = False) -> WindowValidated:
 
 
 async def make(
-    redis_url: str, tmp: Path, backend: ScriptedBackend, model: str
+    redis_url: str,
+    tmp: Path,
+    backend: ScriptedBackend,
+    model: str,
+    policy: pol.Policy | None = None,
+    **config: Any,
 ) -> tuple[Trigger, list[Event]]:
     out: list[Event] = []
 
@@ -131,13 +136,74 @@ async def make(
             model=model,
             module_path=str(ROOT / "examples/taxi/model.py"),
             schema_path=str(TAXI_SCHEMA),
-            policy=pol.Policy(
-                consecutive=2, cooldown_s=0, min_train_examples=2000, min_eval_examples=1000
+            # The newest periods before evaluation, whichever side of a change (the wait
+            # for data after it has its own tests: tests/unit/test_labels.py).
+            policy=policy
+            or pol.Policy(
+                consecutive=2,
+                cooldown_s=0,
+                min_train_examples=2000,
+                min_eval_examples=1000,
+                post_change_share=0,
             ),
+            **config,
         ),
         publish=publish,
     )
     return t, out
+
+
+def test_the_trigger_waits_for_labels_then_starts_on_its_tick(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Skew holds while the labels of the periods are still out: the trigger says so;
+    once the label join has them (counts and clock in Redis) and they have matured, the
+    next tick starts the run, with no new period, on the labelled examples."""
+    from shared import keys
+
+    async def go() -> None:
+        backend = ScriptedBackend()
+        model = f"l-{tmp_path.name}"
+        policy = pol.Policy(
+            consecutive=2,
+            cooldown_s=0,
+            min_train_examples=2000,
+            min_eval_examples=800,
+            post_change_share=0,
+            label_stream=True,
+            label_maturity_s=10 * 86400,
+        )
+        t, _ = await make(redis_url, tmp_path, backend, model, policy, label_features=("tips",))
+        redis = Redis.from_url(redis_url)
+        await redis.delete(keys.labels_count(model), keys.labels_clock(model))
+        for i, v in enumerate(["ok", "ok", "ok", "skew", "skew"]):
+            d = await t.on_validation(validation(i, v))
+        assert d is not None and not d.take and d.guard == "labels"
+        assert "waiting for labels: 0 labelled evaluation examples of 800 needed" in d.reason
+        assert await t.tick() is not None and backend.submitted == []
+        # The join catches up: 450 of each shard's 500 examples labelled, and the labels'
+        # clock 10 days past the newest period: all of them matured.
+        members = {f"win-{i}-p{p}": 450 for i in range(5) for p in range(2)}
+        await redis.hset(keys.labels_count(model), mapping=members)
+        end = validation(4, "skew").window_end
+        assert end is not None
+        clock = int((end + timedelta(days=10)).timestamp() * 1000)
+        await redis.set(keys.labels_clock(model), clock)
+        d = await t.tick()
+        assert d is not None and d.take and d.trigger == "skew"
+        await asyncio.gather(*t.followers.values())
+        [(run_id, params)] = backend.submitted
+        spec = json.loads(params["labels_json"])
+        assert spec["features"] == ["tips"] and spec["default"] is None
+        assert set(spec["matured"]) == {
+            u for i in range(5) for u in (f"/w/{i}-0.parquet", f"/w/{i}-1.parquet")
+        } & set(json.loads(params["windows_json"]) + json.loads(params["eval_json"]))
+        view = await t.run(run_id)
+        assert view is not None and view["train_examples"] == 2700
+        assert view["eval_examples"] == 900
+        assert all(p["labelled"] == 900 for p in view["labels"].values()), view["labels"]
+
+    asyncio.run(go())
 
 
 def test_drift_starts_one_run_even_when_redelivered(redis_url: str, tmp_path: Path) -> None:
