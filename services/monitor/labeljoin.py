@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -73,6 +74,7 @@ class _Item:
     values: dict[str, Any]
     shard: str = ""
     row: int = -1
+    carried: bool = False  # the example carries its label in the window
 
     @property
     def ms(self) -> int | None:
@@ -120,17 +122,19 @@ class LabelJoin:
         for member in v.members:
             if await self.state.indexed(m.name, member.window_id):
                 continue
-            ids, inline = await asyncio.to_thread(self._ids, m, member.data_uri)
-            await self.state.index(m.name, member.window_id, member.data_uri, end_ms, ids, inline)
+            ids, carried = await asyncio.to_thread(self._ids, m, member.data_uri)
+            await self.state.index(
+                m.name, member.window_id, member.data_uri, end_ms, ids, len(carried), carried
+            )
             n += len(ids)
             held = await self.state.pending_for(m.name, [x for x, _ in ids])
             if held:
                 await self._join_held(m, held)
         return n
 
-    def _ids(self, m: JoinModel, data_uri: str) -> tuple[list[tuple[str, int]], int]:
+    def _ids(self, m: JoinModel, data_uri: str) -> tuple[list[tuple[str, int]], frozenset[int]]:
         """Every id that names a row of the shard (its business id and its write position),
-        and how many of its rows carry their label in the window."""
+        and the rows that carry their label in the window."""
         path = data_uri.removeprefix("file://")
         try:
             names = pq.ParquetFile(path).schema_arrow.names
@@ -143,7 +147,7 @@ class LabelJoin:
         offsets = lb.offset_ids(self.store, data_uri, t.num_rows)
         if offsets:
             out += [(x, i) for i, x in enumerate(offsets)]
-        return out, int(lb.carries_label(t, m.features).sum())
+        return out, frozenset(int(r) for r in np.flatnonzero(lb.carries_label(t, m.features)))
 
     async def _join_held(
         self,
@@ -161,7 +165,7 @@ class LabelJoin:
         found = []
         for (_, item), loc in zip(items, locs, strict=True):
             if loc is not None:
-                item.shard, item.row = loc
+                item.shard, item.row, item.carried = loc
                 found.append(item)
         await self._settle(m, found, Counter() if outcomes is None else outcomes)
         await self.state.drop_pending(m.name, sorted({x for x, i in items if i.row >= 0}))
@@ -209,7 +213,7 @@ class LabelJoin:
             if loc is None:
                 unknown.append(item)
             else:
-                item.shard, item.row = loc
+                item.shard, item.row, item.carried = loc
                 known.append(item)
         if unknown:
             clock = newest or 0
@@ -244,7 +248,7 @@ class LabelJoin:
                 if loc is None:
                     self._out(m.name, outcomes, "held")
                 else:
-                    item.shard, item.row = loc
+                    item.shard, item.row, item.carried = loc
                     late_found.append(item)
             if late_found:
                 # Join what is held for them, this batch's records with any held before.
@@ -258,6 +262,10 @@ class LabelJoin:
         shards = await self.state.shards(m.name, sorted({i.shard for i in items}))
         ok: list[_Item] = []
         for i in items:
+            if i.carried:
+                # Its label is in the window already: that one counts, this is not joined.
+                self._out(m.name, outcomes, "in_window")
+                continue
             end = int(shards.get(i.shard, {}).get("end_ms") or 0)
             late_by = (i.ms - end) / 1000 - m.horizon_s if i.ms is not None and end else 0
             if late_by > 0:

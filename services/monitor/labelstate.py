@@ -74,11 +74,16 @@ class LabelState:
         end_ms: int,
         ids: list[tuple[str, int]],
         inline: int = 0,
+        carried: frozenset[int] = frozenset(),
     ) -> None:
         """Map each (id, row) to the shard, then mark the shard indexed (repeatable).
-        ``inline``: its examples that carry their label in the window."""
+        ``inline``: its examples that carry their label in the window, ``carried`` their
+        rows."""
         for i in range(0, len(ids), CHUNK):
-            mapping = {x: f"{shard}\t{row}" for x, row in ids[i : i + CHUNK]}
+            mapping = {
+                x: f"{shard}\t{row}\t1" if row in carried else f"{shard}\t{row}"
+                for x, row in ids[i : i + CHUNK]
+            }
             if mapping:
                 await self.redis.hset(self.k(model, "ids"), mapping=mapping)
         await self.redis.hset(keys.labels_inline(model), shard, inline)
@@ -93,15 +98,16 @@ class LabelState:
         raw = await self.redis.hmget(self.k(model, "shards"), names)
         return {n: orjson.loads(v) for n, v in zip(names, raw, strict=True) if v is not None}
 
-    async def locate(self, model: str, ids: list[str]) -> list[tuple[str, int] | None]:
-        out: list[tuple[str, int] | None] = []
+    async def locate(self, model: str, ids: list[str]) -> list[tuple[str, int, bool] | None]:
+        """(shard, row, whether the example carries its label in the window) of each id."""
+        out: list[tuple[str, int, bool] | None] = []
         for i in range(0, len(ids), CHUNK):
             for v in await self.redis.hmget(self.k(model, "ids"), ids[i : i + CHUNK]):
                 if v is None:
                     out.append(None)
                 else:
-                    shard, _, row = v.decode().partition("\t")
-                    out.append((shard, int(row)))
+                    shard, row, *carried = v.decode().split("\t")
+                    out.append((shard, int(row), bool(carried)))
         return out
 
     async def watermark(self, model: str) -> int | None:

@@ -12,6 +12,7 @@ LABEL_OUTCOMES = (
     "held",
     "redelivered",
     "duplicate",
+    "in_window",
     "late_label",
     "conflicting_label",
     "unknown_example",
@@ -64,7 +65,8 @@ class MonitorMetrics:
         self.labels = Counter(
             "ctrain_monitor_labels_total",
             "Label records by outcome: joined, held (its example not judged yet), "
-            "redelivered, duplicate (the same label again), and the dead-lettered: "
+            "redelivered, duplicate (the same label again), in_window (the example carries "
+            "its label), and the dead-lettered: "
             "late_label, conflicting_label, unknown_example, unknown_model, invalid_label.",
             ["model", "outcome"],
             registry=registry,

@@ -193,10 +193,17 @@ def test_examples_that_carry_their_label_are_counted_at_index_time(
     async def go() -> dict[str, int]:
         await r.join.index(v)
         await r.join.index(v)  # again: counted once
+        # A label for an example that carries one is counted, not joined (nor counted
+        # twice by the trigger); one for an example without is joined.
+        got = await r.join.join([rec("tx-0-2", 1.0, 1), rec("tx-0-3", 1.0, 2)])
+        assert got == {"in_window": 1, "joined": 1}
         raw = await redis.hgetall("ctrain:labels:m:inline")
         return {k.decode(): int(x) for k, x in raw.items()}
 
-    assert asyncio.run(go()) == {v.members[0].window_id: 3}
+    shard = v.members[0].window_id
+    assert asyncio.run(go()) == {shard: 3}
+    joined = lb.read_joined(ArtifactStore(str(tmp_path)), uri)
+    assert joined.column("row").to_pylist() == [3]
 
 
 def test_held_labels_of_an_index_that_stopped_are_joined_by_the_upkeep(
