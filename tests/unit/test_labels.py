@@ -230,3 +230,50 @@ def test_a_shift_is_trained_on_the_world_after_it() -> None:
     assert [w.window_id for w in d.train] == ["per6", "per7"]
     # A manual request is not held to it.
     assert pol.select(state, p, "manual")[2] is None
+
+
+def test_unreadable_labels_are_a_clear_error_for_the_reader_and_the_gather_step(
+    tmp_path: Path,
+) -> None:
+    store = ArtifactStore(str(tmp_path))
+    uri = shard(tmp_path)
+    lb.write_segment(store, uri, "a", [joined(0, 1.0)])
+    Path(lb.labels_dir(uri), "b.parquet").write_bytes(b"not parquet")
+    with pytest.raises(lb.LabelsUnreadable, match=r"labels of .*data\.parquet"):
+        lb.read_joined(store, uri)
+    spec = json.dumps({"features": ["y"], "default": None, "matured": []})
+    with pytest.raises(steps.StepError, match=r"cannot read the training shard .* or its labels"):
+        steps.gather([uri], [uri], str(tmp_path / "out"), labels_json=spec)
+
+
+def test_replay_with_labels_refuses_what_it_cannot_do() -> None:
+    import asyncio
+
+    from ctrain.replay import ReplayError
+    from ctrain.replay_labels import parse_duration, replay_with_labels
+    from shared.settings import CommonSettings
+
+    assert parse_duration("30d") == 30 * DAY and parse_duration("12h") == 43_200
+    assert parse_duration("90") == 90 and parse_duration("2w") == 14 * DAY
+    with pytest.raises(ReplayError, match="use a number with s, m, h, d or w"):
+        parse_duration("soon")
+    table = pa.table({"t": [1, 2], "y": [0.0, 1.0]})
+
+    def go(**kw: object) -> None:
+        args: dict[str, object] = dict(
+            time_column="t", label_columns=("y",), delay_s=1.0, topic="x"
+        )
+        args.update(kw)
+        asyncio.run(replay_with_labels(CommonSettings(), table, **args))  # type: ignore[arg-type]
+
+    with pytest.raises(ReplayError, match=r"column\(s\) tips not in the file; columns: t, y"):
+        go(label_columns=("tips",))
+    with pytest.raises(ReplayError, match="never-labelled is a fraction"):
+        go(never_fraction=1.0)
+
+
+def test_replay_label_delay_needs_a_time_column(capsys: pytest.CaptureFixture[str]) -> None:
+    from ctrain import cli
+
+    assert cli.main(["replay", "x.csv", "--topic", "t", "--label-delay", "30d"]) == 2
+    assert "--label-delay needs --time-column" in capsys.readouterr().out
