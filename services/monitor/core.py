@@ -38,7 +38,7 @@ from services.monitor.data import (
     read_table,
     write_table,
 )
-from services.monitor.errors import NotFound
+from services.monitor.errors import NotFound, WindowUnreadable
 from services.monitor.labeljoin import LabelJoin
 from services.monitor.local import LocalModels
 from services.monitor.metrics import MonitorMetrics
@@ -119,7 +119,10 @@ class Monitor:
         if m is None or v.scope != "period":
             return None
         # Labels are joined whether or not a version serves yet: training needs them too.
-        await self.join.index(v)
+        try:
+            await self.join.index(v)
+        except lb.LabelsUnreadable as e:
+            raise WindowUnreadable(str(e)) from e
         await self.state.note_members(
             m.name, v.window_id, [x.window_id for x in v.members], _ms(v.window_start)
         )

@@ -5,6 +5,7 @@ the index. (The happy path and the monitor's rescoring: test_monitor.py.)"""
 from __future__ import annotations
 
 import asyncio
+import types
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -223,3 +224,24 @@ def test_held_labels_of_an_index_that_stopped_are_joined_by_the_upkeep(
 
     assert asyncio.run(go()) == 0
     assert r.counts[("m", "joined")] == 1 and r.letters == []
+
+
+def test_a_shard_that_cannot_be_read_is_a_clear_error(redis: Redis, tmp_path: Path) -> None:
+    """The monitor dead-letters the validation (window_unreadable), as for its scoring."""
+    from services.monitor.core import Monitor
+    from services.monitor.errors import WindowUnreadable
+
+    r = Rig(redis, tmp_path)
+    v = period(tmp_path, 0)
+    Path(v.members[0].data_uri).unlink()
+    view = types.SimpleNamespace(name="m", stream="s")
+    monitor = Monitor({"m": view}, None, None, None, None, None, r.join)  # type: ignore[arg-type, dict-item]
+
+    async def go() -> None:
+        with pytest.raises(lb.LabelsUnreadable, match=r"shard .*data\.parquet"):
+            await r.join.index(v)
+        with pytest.raises(WindowUnreadable, match=r"shard .*data\.parquet"):
+            await monitor.on_validation(v)
+        assert not await r.join.state.indexed("m", v.members[0].window_id)
+
+    asyncio.run(go())
