@@ -26,6 +26,10 @@ def _dev(args: argparse.Namespace) -> int:
     if args.action == "down":
         devstack.down(echo=console.print)
         return 0
+    if args.action == "reset":
+        devstack.reset(echo=console.print)
+        console.print("[green]dev stack reset[/green]: every service, store and topic afresh")
+        return 0
     rows = devstack.status()
     if not rows:
         console.print("no dev stack recorded; start one with `ctrain dev up`")
@@ -294,7 +298,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ctrain", description="Event-driven continuous training.")
     sub = p.add_subparsers(dest="command", required=True)
     dev = sub.add_parser("dev", help="the embedded dev stack")
-    dev.add_argument("action", choices=["up", "down", "status"])
+    dev.add_argument(
+        "action",
+        choices=["up", "down", "status", "reset"],
+        help="reset: stop, clear Redis, artifacts and serving versions, start afresh",
+    )
     dev.set_defaults(func=_dev)
     rp = sub.add_parser("replay", help="stream a CSV/Parquet/JSON-lines file into a model's stream")
     rp.add_argument("path")

@@ -26,7 +26,7 @@ import orjson
 
 from shared import topics
 from shared.config import load_config
-from shared.kafka import ensure_topics
+from shared.kafka import ensure_topics, write_epoch
 from shared.settings import CommonSettings
 
 
@@ -369,6 +369,10 @@ def up(
         streams = tuple(m.topic for m in models.models.values() if m.topic not in topics.ALL)
         created = asyncio.run(ensure_topics(common, topics.ALL + streams))
         echo(f"topics created: {', '.join(created) if created else '(all existed)'}")
+        if state["embedded_kafka"]:
+            # The embedded broker keeps every topic in memory: its services notice when
+            # it comes back without this record (docs/deploy.md, "The dev stack's broker").
+            asyncio.run(write_epoch(common))
         state["serving_base"] = os.environ.get("CTRAIN_SERVING_BASE", str(d / "serving"))
         state["tokens_file"] = write_tokens(d)
         serving_users = {"promoter", "monitor"} & set(services)
@@ -425,19 +429,69 @@ def status() -> list[tuple[str, str, bool]]:
     state = load_state()
     if not state:
         return []
-    rows = []
+    rows: list[tuple[str, str, bool]] = []
     by_name = {x["name"]: Proc(**x) for x in state.get("procs", [])}
     for part in ("kafka", "redis", "serving"):
         p = by_name.get(part)
         if part == "serving" and p is None:
             continue
         addr = p.address if part == "serving" and p else state.get(part, "")
-        rows.append((part, addr, _reachable(addr) if p is None else p.alive() and _reachable(addr)))
+        ok = _reachable(addr) if p is None else p.alive() and _reachable(addr)
+        if part == "kafka" and ok and state.get("embedded_kafka") and broker_lost_data(state):
+            rows.append((part, f"{addr}  LOST ITS DATA: run `ctrain dev reset`", False))
+            continue
+        rows.append((part, addr, ok))
     for name in SERVICES:
         p = by_name.get(name)
         if p is not None:
             rows.append((name, p.address, p.alive() and _reachable(p.address)))
     return rows
+
+
+def broker_lost_data(state: dict[str, Any]) -> bool:
+    """The embedded broker restarted empty: its ctrain.epoch record is gone."""
+    from shared.kafka import BrokerEpoch
+
+    async def check() -> bool:
+        epoch = BrokerEpoch(CommonSettings(kafka_bootstrap=state["kafka"]))
+        epoch.seen = True  # the stack wrote it when it came up
+        try:
+            return await epoch.lost() is not None
+        finally:
+            await epoch.close()
+
+    return asyncio.run(check())
+
+
+def restart_kafka() -> Proc:
+    """Start the embedded broker again on its port (for tests: it comes back empty)."""
+    state = load_state()
+    if not state or not state.get("embedded_kafka"):
+        raise DevStackError("no dev stack with an embedded broker is recorded")
+    old = next(Proc(**x) for x in state["procs"] if x["name"] == "kafka")
+    if old.alive():
+        raise DevStackError(f"the broker (pid {old.pid}) is still running")
+    port = int(old.address.rsplit(":", 1)[1])
+    new = start_tansu(state_dir(), port=port)
+    state["procs"] = [new.__dict__ if x["name"] == "kafka" else x for x in state["procs"]]
+    save_state(state)
+    return new
+
+
+def reset(echo: Any = print) -> dict[str, Any]:
+    """Stop the stack, forget everything it kept (Redis, artifacts, serving versions) and
+    start it afresh with the same models file: the consistent state after the embedded
+    broker lost its data."""
+    state = load_state()
+    config = state.get("config") if state else None
+    down(echo=echo)
+    d = state_dir()
+    for sub in ("artifacts", "serving", "redis"):
+        shutil.rmtree(d / sub, ignore_errors=True)
+    for f in ("models.config", "tokens.json"):
+        (d / f).unlink(missing_ok=True)
+    echo(f"cleared {d}: artifacts, Redis data, serving versions")
+    return up(echo=echo, config=config)
 
 
 def _reachable(address: str) -> bool:

@@ -8,8 +8,11 @@ on an offset is durable (DESIGN §4, §10).
 from __future__ import annotations
 
 import logging
+import time
+import uuid
 from typing import Any
 
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
@@ -91,6 +94,56 @@ class SourceOffsets:
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None
+
+
+async def write_epoch(settings: CommonSettings) -> bool:
+    """Create ``ctrain.epoch`` and write its one record, unless it has one; True when
+    written. Only the dev stack does: its embedded broker keeps every topic in memory."""
+    await ensure_topics(settings, (topics.EPOCH,), partitions=1)
+    offsets = SourceOffsets(settings)
+    try:
+        if sum((await offsets.end_offsets(topics.EPOCH)).values()):
+            return False
+    finally:
+        await offsets.close()
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        body = orjson.dumps({"epoch": uuid.uuid4().hex, "written_at": time.time()})
+        await producer.send_and_wait(topics.EPOCH, body, partition=0)
+    finally:
+        await producer.stop()
+    return True
+
+
+class BrokerEpoch:
+    """Notices a broker that came back without its data: ``ctrain.epoch`` had its record
+    when first looked at and has none (or no topic) now. A broker that never had one (a
+    production cluster: nothing writes it there) is never judged."""
+
+    LOST = (
+        "the Kafka broker lost its data: its ctrain.epoch record is gone, so topics, "
+        "committed offsets and ingest's checkpoints no longer agree (the dev stack's "
+        "embedded broker keeps everything in memory and restarted?); run `ctrain dev reset`"
+    )
+
+    def __init__(self, settings: CommonSettings) -> None:
+        self.offsets = SourceOffsets(settings)
+        self.seen: bool | None = None  # None: not looked yet
+
+    async def lost(self) -> str | None:
+        """Why the broker is not the one this service started with, or None."""
+        try:
+            have = sum((await self.offsets.end_offsets(topics.EPOCH)).values()) > 0
+        except Exception:  # noqa: BLE001 - an unreachable broker is health()'s to report
+            await self.offsets.close()
+            return None
+        if self.seen is None:
+            self.seen = have
+        return self.LOST if self.seen and not have else None
+
+    async def close(self) -> None:
+        await self.offsets.close()
 
 
 async def read_to_end(bootstrap: str, topic: str) -> list[Any]:
@@ -210,9 +263,12 @@ def event_dead_letters(broker: Any, service: str, group_id: str) -> Any:
     return sink
 
 
-async def health(redis: Any, broker: Any, *held_by: str | None) -> str | None:
-    """None when Redis and the broker answer and no consumer waits on an outage
-    (``held_by``: what each one waits on), else why not (for /healthz)."""
+async def health(
+    redis: Any, broker: Any, *held_by: str | None, epoch: BrokerEpoch | None = None
+) -> str | None:
+    """None when Redis and the broker answer, the broker still has the data it had (its
+    ``epoch``) and no consumer waits on an outage (``held_by``: what each one waits on),
+    else why not (for /healthz)."""
     for why in held_by:
         if why:
             return why
@@ -222,4 +278,4 @@ async def health(redis: Any, broker: Any, *held_by: str | None) -> str | None:
             return "Kafka broker does not answer"
     except Exception as e:  # noqa: BLE001 - health reports, it does not raise
         return f"{type(e).__name__}: {e}"
-    return None
+    return await epoch.lost() if epoch is not None else None

@@ -16,6 +16,9 @@ LABELS: Final = "ctrain.labels"
 QUALITY: Final = "ctrain.quality"
 # Events a consumer could not handle (validations, candidates, promotions), with why.
 EVENTS_DLQ: Final = "ctrain.events.dlq"
+# One record written when a dev stack creates its topics: a service that saw it and no
+# longer does knows the broker lost its data (the embedded broker keeps it in memory).
+EPOCH: Final = "ctrain.epoch"
 
 
 def stream_topic(stream: str) -> str:

@@ -31,7 +31,7 @@ from services.ingest.windowing import WindowPolicy
 from shared import contract, topics
 from shared.artifacts import ArtifactStore
 from shared.config import ModelSpec, config_of, model_settings
-from shared.kafka import make_consumer, make_producer
+from shared.kafka import BrokerEpoch, make_consumer, make_producer
 from shared.labels import label_features
 from shared.metrics import metrics_endpoint, new_registry
 from shared.schema import example_spec, load_schema
@@ -104,6 +104,7 @@ def create_app(common: CommonSettings, settings: IngestSettings) -> FastAPI:
     topic_of = {s.stream: s.topic for s in setups}
     store = ArtifactStore(common.artifact_root)
     state: dict[str, Any] = {}
+    epoch = BrokerEpoch(common)
 
     def build(sink: KafkaSink) -> Streams:
         return Streams(
@@ -133,6 +134,7 @@ def create_app(common: CommonSettings, settings: IngestSettings) -> FastAPI:
         await consumer.start()
         task = asyncio.create_task(loop.run(), name="ingest-poll")
         state.update(producer=producer, loop=loop, task=task)
+        await epoch.lost()  # what the broker holds now: /healthz says when that is lost
         log.info(
             "ingest started",
             extra={"streams": {s.stream: s.topic for s in setups}, "group": settings.group_id},
@@ -148,6 +150,7 @@ def create_app(common: CommonSettings, settings: IngestSettings) -> FastAPI:
                 await loop.drain()
                 await consumer.stop()
                 await producer.stop()
+                await epoch.close()
                 log.info("ingest stopped cleanly")
 
     app = service_app("ctrain ingest", lifespan)
@@ -170,6 +173,9 @@ def create_app(common: CommonSettings, settings: IngestSettings) -> FastAPI:
             if task is not None and task.done() and task.exception() is not None:
                 reason = f"poll loop failed: {task.exception()!r}"
             return JSONResponse({"status": "down", "reason": reason}, 503)
+        lost = await epoch.lost()
+        if lost:
+            return JSONResponse({"status": "down", "reason": lost}, 503)
         return JSONResponse({"status": "ok", "partitions": len(loop.ingestor.parts)})
 
     @app.post("/v1/examples")

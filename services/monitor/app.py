@@ -36,6 +36,7 @@ from shared.config import Labels, config_of, model_settings
 from shared.consume import Consumer, InvalidEvent, Record, decode
 from shared.events import EventDeadLetter, LabelRecord, WindowScored, WindowValidated
 from shared.kafka import (
+    BrokerEpoch,
     batches_of_events,
     event_dead_letters,
     health,
@@ -147,10 +148,11 @@ def create_app(common: CommonSettings, settings: MonitorSettings) -> FastAPI:
         topics.VALIDATIONS, metrics.consumer, sink, max_attempts=settings.max_attempts
     )
     labels_in = Consumer(topics.LABELS, metrics.consumer, sink, max_attempts=settings.max_attempts)
+    epoch = BrokerEpoch(common)
     ready = Readiness(
         registry,
         "monitor",
-        lambda: health(redis, router.broker, windows_in.outage, labels_in.outage),
+        lambda: health(redis, router.broker, windows_in.outage, labels_in.outage, epoch=epoch),
     )
 
     async def on_validation_body(body: bytes) -> None:
@@ -195,6 +197,7 @@ def create_app(common: CommonSettings, settings: MonitorSettings) -> FastAPI:
                 upkeep.cancel()
                 readiness.cancel()
                 await scorer.close()
+                await epoch.close()
 
     app = service_app("ctrain monitor", lifespan)
     app.include_router(router)

@@ -32,7 +32,13 @@ from shared import topics
 from shared.config import CtrainConfig, config_of
 from shared.consume import Consumer, decode
 from shared.events import ModelCandidate, PromotionEvent, WindowScored
-from shared.kafka import event_dead_letters, health, make_router, one_event_at_a_time
+from shared.kafka import (
+    BrokerEpoch,
+    event_dead_letters,
+    health,
+    make_router,
+    one_event_at_a_time,
+)
 from shared.metrics import Readiness, metrics_endpoint, new_registry
 from shared.periodic import every
 from shared.redis import make_redis
@@ -160,11 +166,13 @@ def create_app(common: CommonSettings, settings: PromoterSettings) -> FastAPI:
         event_dead_letters(router.broker, "promoter", settings.group_id),
     )
 
+    epoch = BrokerEpoch(common)
+
     async def why_not_ready() -> str | None:
         # Serving unreachable is said as such (never as "no version behind the label").
-        return await health(redis, router.broker, candidates_in.outage, quality_in.outage) or (
-            await promoter.health()
-        )
+        return await health(
+            redis, router.broker, candidates_in.outage, quality_in.outage, epoch=epoch
+        ) or (await promoter.health())
 
     ready = Readiness(registry, "promoter", why_not_ready)
 
@@ -193,6 +201,7 @@ def create_app(common: CommonSettings, settings: PromoterSettings) -> FastAPI:
             yield
             refresher.cancel()
             readiness.cancel()
+            await epoch.close()
             # A promotion waiting out an outage stops here; it stays "promoting" in Redis
             # and resume() finishes it at the next start.
             for task in list(promoter.tasks):

@@ -41,7 +41,13 @@ from shared.events import (
     WindowScored,
     WindowValidated,
 )
-from shared.kafka import event_dead_letters, health, make_router, one_event_at_a_time
+from shared.kafka import (
+    BrokerEpoch,
+    event_dead_letters,
+    health,
+    make_router,
+    one_event_at_a_time,
+)
 from shared.labels import label_features
 from shared.metrics import Readiness, metrics_endpoint, new_registry
 from shared.periodic import every
@@ -271,11 +277,17 @@ def create_app(common: CommonSettings, settings: TriggerSettings) -> FastAPI:
     validations_in = Consumer(topics.VALIDATIONS, metrics.consumer, dead_letters)
     promotions_in = Consumer(topics.PROMOTIONS, metrics.consumer, dead_letters)
     quality_in = Consumer(topics.QUALITY, metrics.consumer, dead_letters)
+    epoch = BrokerEpoch(common)
     ready = Readiness(
         registry,
         "trigger",
         lambda: health(
-            redis, router.broker, validations_in.outage, promotions_in.outage, quality_in.outage
+            redis,
+            router.broker,
+            validations_in.outage,
+            promotions_in.outage,
+            quality_in.outage,
+            epoch=epoch,
         ),
     )
 
@@ -315,6 +327,7 @@ def create_app(common: CommonSettings, settings: TriggerSettings) -> FastAPI:
             yield
             ticker.cancel()
             readiness.cancel()
+            await epoch.close()
             for task in followers():
                 task.cancel()  # the run goes on in its worker; a restart re-attaches
             if warm is not None:

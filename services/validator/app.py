@@ -39,7 +39,7 @@ from shared.events import (
     WindowDeadLetter,
     WindowValidated,
 )
-from shared.kafka import SourceOffsets, health, make_router, one_event_at_a_time
+from shared.kafka import BrokerEpoch, SourceOffsets, health, make_router, one_event_at_a_time
 from shared.labels import label_features
 from shared.metrics import Readiness, new_registry
 from shared.periodic import every
@@ -138,8 +138,11 @@ def create_app(common: CommonSettings, settings: ValidatorSettings) -> FastAPI:
     windows_in = Consumer(
         topics.WINDOWS, metrics.consumer, dead_letter, max_attempts=settings.max_attempts
     )
+    epoch = BrokerEpoch(common)
     ready = Readiness(
-        registry, "validator", lambda: health(redis, router.broker, windows_in.outage)
+        registry,
+        "validator",
+        lambda: health(redis, router.broker, windows_in.outage, epoch=epoch),
     )
 
     @one_event_at_a_time(router, topics.WINDOWS, settings.group_id)
@@ -164,6 +167,7 @@ def create_app(common: CommonSettings, settings: ValidatorSettings) -> FastAPI:
                 task.cancel()
                 readiness.cancel()
                 await offsets.close()
+                await epoch.close()
 
     app = service_app("ctrain validator", lifespan)
     app.include_router(router)
