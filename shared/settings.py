@@ -144,7 +144,11 @@ class CommonSettings(StrictSettings):
     serving_base: str = Field(
         default="./serving", description="TF Serving model base path (integer version dirs)."
     )
-    serving_grpc: str = Field(default="127.0.0.1:8500", description="TF Serving gRPC host:port.")
+    serving_grpc: str = Field(
+        default="127.0.0.1:8500",
+        description="TF Serving gRPC host:port; replicas: a comma-separated list, or "
+        "dns:///name:port (a headless Service) resolved to each pod.",
+    )
     serving_rest: str = Field(default="127.0.0.1:8501", description="TF Serving REST host:port.")
     log_level: str = Field(default="INFO", description="Log level of every ctrain process.")
     log_json: bool = Field(default=True, description="Log one JSON object per line.")

@@ -26,7 +26,7 @@ from services.promoter.core import Promoter, PromoterConfig
 from services.promoter.errors import NotFound, PromoterError
 from services.promoter.metrics import PromoterMetrics
 from services.promoter.quality import TASK_METRIC, RollbackPolicy
-from services.promoter.serving import ServingClient
+from services.promoter.serving import ServingFleet
 from services.promoter.settings import PromoterSettings
 from shared import topics
 from shared.config import CtrainConfig, config_of
@@ -132,7 +132,7 @@ def create_app(common: CommonSettings, settings: PromoterSettings) -> FastAPI:
     policies, two, approvers = gate_from(cfg, settings)
     promoter = Promoter(
         redis=redis,
-        serving=ServingClient(common.serving_grpc),
+        serving=ServingFleet(common.serving_grpc, config_file=settings.serving_config_file),
         config=PromoterConfig(
             serving_base=common.serving_base,
             policies=policies,

@@ -31,7 +31,7 @@ from services.promoter.errors import (
 )
 from services.promoter.metrics import PromoterMetrics
 from services.promoter.quality import QualityGate, RollbackPolicy
-from services.promoter.serving import ModelLayout, ServingClient
+from services.promoter.serving import ModelLayout, ServingClient, ServingFleet
 from services.promoter.store import CandidateStore, Record
 from shared import keys
 from shared.consume import outage_of, retry_outages
@@ -63,7 +63,7 @@ class Promoter:
         self,
         *,
         redis: Redis,
-        serving: ServingClient,
+        serving: ServingClient | ServingFleet,
         config: PromoterConfig,
         publish: Publish,
         smoke: Callable[[ModelCandidate, int], list[bytes]],
@@ -98,6 +98,40 @@ class Promoter:
     def _base(self, model: str) -> str:
         return str(Path(self.config.serving_base) / model)
 
+    async def _config(self, extra: dict[str, dict[str, Any]]) -> list[ModelLayout]:
+        all_layouts = {**(await self.layouts()), **self._applied, **extra}
+        return [
+            ModelLayout(
+                m,
+                self._base(m),
+                tuple(int(v) for v in lay["versions"]),
+                {k: int(v) for k, v in lay["labels"].items()},
+            )
+            for m, lay in sorted(all_layouts.items())
+            if lay["versions"]
+        ]
+
+    async def reconcile(self) -> list[str]:
+        """Bring every model server replica whose labels differ from the layouts (one that
+        restarted with an older config, or joined later) to them; returns those replicas."""
+        if not isinstance(self.serving, ServingFleet):
+            return []
+        fixed: list[str] = []
+        async with self._serving_lock:
+            layouts = {**(await self.layouts()), **self._applied}
+            models = await self._config({})
+            for m, lay in layouts.items():
+                labels = {k: int(v) for k, v in lay["labels"].items()}
+                for address in await self.serving.behind(m, labels):
+                    if address not in fixed:
+                        await self.serving.catch_up(address, models)
+                        fixed.append(address)
+        for address in fixed:
+            log.warning(
+                "serving replica behind the layout: config applied", extra={"replica": address}
+            )
+        return fixed
+
     async def _apply(self, model: str, layout: dict[str, Any]) -> None:
         """Submit the full config: every model, or the ones left out would unload.
 
@@ -106,20 +140,7 @@ class Promoter:
         at once otherwise each submitted a config without the other's new version, and
         serving unloaded it before its label could move (seen with three models)."""
         async with self._serving_lock:
-            all_layouts = {**(await self.layouts()), **self._applied}
-            all_layouts[model] = layout
-            await self.serving.reload(
-                [
-                    ModelLayout(
-                        m,
-                        self._base(m),
-                        tuple(int(v) for v in lay["versions"]),
-                        {k: int(v) for k, v in lay["labels"].items()},
-                    )
-                    for m, lay in sorted(all_layouts.items())
-                    if lay["versions"]
-                ]
-            )
+            await self.serving.reload(await self._config({model: layout}))
             self._applied[model] = layout
 
     # ------------------------------------------------------------- gate
@@ -519,9 +540,17 @@ class Promoter:
         }
 
     async def health(self) -> str | None:
-        """Why the promoter cannot do its job now (serving unreachable), or None."""
+        """Why the promoter cannot do its job now (serving unreachable, a replica behind
+        the layout: brought to it now, ready at the next check), or None."""
         why = await self.serving.probe()
         self.metrics.serving_reachable.set(0 if why else 1)
+        if why is None:
+            try:
+                behind = await self.reconcile()
+            except ServingUnavailable as e:
+                return str(e)
+            if behind:
+                return f"serving replica(s) {', '.join(behind)} behind the layout: config applied"
         return why or self.outage
 
     async def _event(

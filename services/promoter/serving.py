@@ -176,3 +176,139 @@ class ServingClient:
         except grpc.aio.AioRpcError as e:
             raise refused(f"predict on {model}", e) from e
         return {k: tf.make_ndarray(v).reshape(-1).tolist() for k, v in resp.outputs.items()}
+
+
+def replicas(target: str) -> list[str]:
+    """``host:port`` of every model server the setting names: a comma-separated list, or
+    ``dns:///name:port`` (a Kubernetes headless Service) resolved now to its pods."""
+    if target.startswith("dns:///"):
+        import socket
+
+        host, _, port = target.removeprefix("dns:///").rpartition(":")
+        try:
+            infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+        except OSError as e:
+            raise ServingUnavailable(f"cannot resolve {target}: {e}") from e
+        return sorted({f"{i[4][0]}:{port}" for i in infos})
+    return [x.strip() for x in target.split(",") if x.strip()]
+
+
+class ServingFleet:
+    """Every replica of the model server behind one client (the promoter's): a config is
+    applied to each, a version is AVAILABLE when every replica reports it so, a label
+    reads as the version every replica agrees on, and a smoke test asks each one.
+
+    ``config_file``: where the applied config is also written, so a replica that
+    (re)starts reads the current layout before it serves (``--model_config_file``)."""
+
+    def __init__(self, target: str, timeout_s: float = 10.0, config_file: str = "") -> None:
+        self.target = target
+        self.address = target
+        self.timeout_s = timeout_s
+        self.config_file = config_file
+        self._clients: dict[str, ServingClient] = {}
+        self.last: list[ModelLayout] | None = None
+
+    def clients(self) -> list[ServingClient]:
+        out = []
+        for addr in replicas(self.target):
+            if addr not in self._clients:
+                self._clients[addr] = ServingClient(addr, self.timeout_s)
+            out.append(self._clients[addr])
+        if not out:
+            raise ServingUnavailable(f"no model server in {self.target!r}")
+        return out
+
+    async def close(self) -> None:
+        for c in self._clients.values():
+            await c.close()
+        self._clients.clear()
+
+    async def probe(self, timeout_s: float = 2.0) -> str | None:
+        for c in self.clients():
+            why = await c.probe(timeout_s)
+            if why:
+                return why
+        return None
+
+    async def reload(self, models: list[ModelLayout]) -> None:
+        if self.config_file:
+            self._write(models)
+        self.last = list(models)
+        for c in self.clients():
+            await c.reload(models)
+
+    def _write(self, models: list[ModelLayout]) -> None:
+        import os
+
+        from google.protobuf import text_format
+
+        tmp = f"{self.config_file}.tmp"
+        with open(tmp, "w") as f:
+            f.write(text_format.MessageToString(server_config(models)))
+        os.replace(tmp, self.config_file)
+
+    async def status(self, model: str) -> dict[int, str]:
+        """Version -> state, AVAILABLE only where every replica reports it so (else the
+        state of the first replica that does not)."""
+        reports = [await c.status(model) for c in self.clients()]
+        out: dict[int, str] = {}
+        for v in sorted({v for r in reports for v in r}):
+            states = [r.get(v, "START") for r in reports]
+            out[v] = next((s for s in states if s != "AVAILABLE"), "AVAILABLE")
+        return out
+
+    async def label_version(self, model: str, label: str) -> int | None:
+        """The version every replica resolves ``label`` to; None when one has no such
+        label or they disagree (a label move in progress, a replica behind)."""
+        seen = {await c.label_version(model, label) for c in self.clients()}
+        return seen.pop() if len(seen) == 1 else None
+
+    async def behind(self, model: str, labels: dict[str, int]) -> list[str]:
+        """Replicas whose labels differ from ``labels`` (restarted with an older config)."""
+        out = []
+        for c in self.clients():
+            for label, version in labels.items():
+                if await c.label_version(model, label) != version:
+                    out.append(c.address)
+                    break
+        return out
+
+    async def catch_up(self, address: str, models: list[ModelLayout]) -> None:
+        """Bring one replica toward ``models`` the way a promotion moves a label: a label
+        moves only to a version that replica already reports AVAILABLE (else it keeps what
+        it has while the version loads); the next call completes the move."""
+        client = next(c for c in self.clients() if c.address == address)
+        staged = []
+        for m in models:
+            states = await client.status(m.name)
+            labels: dict[str, int] = {}
+            for label, version in m.labels.items():
+                if states.get(version) == "AVAILABLE":
+                    labels[label] = version
+                else:
+                    now = await client.label_version(m.name, label)
+                    if now is not None and now in m.versions:
+                        labels[label] = now
+            staged.append(ModelLayout(m.name, m.base_path, m.versions, labels))
+        await client.reload(staged)
+
+    async def wait_available(self, model: str, version: int, timeout_s: float) -> None:
+        for c in self.clients():
+            await c.wait_available(model, version, timeout_s)
+
+    async def predict_examples(
+        self,
+        model: str,
+        examples: list[bytes],
+        version: int | None = None,
+        label: str | None = None,
+        input_name: str = contract.SERVING_INPUT,
+        signature: str = contract.SERVING_SIGNATURE,
+    ) -> dict[str, list[float]]:
+        """Every replica answers (a smoke test); the first one's outputs."""
+        outs = [
+            await c.predict_examples(model, examples, version, label, input_name, signature)
+            for c in self.clients()
+        ]
+        return outs[0]

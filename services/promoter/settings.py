@@ -62,6 +62,12 @@ class PromoterSettings(StrictSettings):
     upstream_timeout_s: float = Field(
         default=10.0, gt=0, description="How long the console's reads of other services may take."
     )
+    serving_config_file: str = Field(
+        default="",
+        description="Where every config applied to the model servers is also written (the "
+        "file their --model_config_file reads at start, so a restarted replica serves the "
+        "current layout); empty: none.",
+    )
     http_host: str = Field(default="127.0.0.1", description="Bind address of the approval API.")
     http_port: int = Field(default=8084, ge=0, description="Port of the approval API.")
 
