@@ -20,7 +20,7 @@ def _dev(args: argparse.Namespace) -> int:
     from ctrain import devstack
 
     if args.action == "up":
-        devstack.up(echo=console.print)
+        devstack.up(echo=console.print, serving_replicas=args.serving_replicas)
         console.print(f"[green]dev stack up[/green]; state in {devstack.state_dir() / 'dev.json'}")
         return 0
     if args.action == "down":
@@ -302,6 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
         "action",
         choices=["up", "down", "status", "reset"],
         help="reset: stop, clear Redis, artifacts and serving versions, start afresh",
+    )
+    dev.add_argument(
+        "--serving-replicas",
+        type=int,
+        default=1,
+        help="up: embedded model servers the promoter manages (clients spread requests)",
     )
     dev.set_defaults(func=_dev)
     rp = sub.add_parser("replay", help="stream a CSV/Parquet/JSON-lines file into a model's stream")

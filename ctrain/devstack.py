@@ -124,6 +124,7 @@ class Proc:
     pid: int
     address: str
     log: str
+    grpc: str = ""  # a model server's gRPC host:port
 
     def alive(self) -> bool:
         try:
@@ -207,6 +208,8 @@ def service_env(state: dict[str, Any]) -> dict[str, str]:
             env[f"CTRAIN_{key.upper()}"] = state[key]
     if "tokens_file" in state:
         env.setdefault("CTRAIN_PROMOTER_TOKENS_FILE", state["tokens_file"])
+    if "serving_config" in state:
+        env.setdefault("CTRAIN_PROMOTER_SERVING_CONFIG_FILE", state["serving_config"])
     # The console (served by the promoter) reads the other services through it.
     for name, port in state.get("ports", {}).items():
         if name in ("validator", "trigger", "monitor"):
@@ -261,14 +264,19 @@ def restart_service(name: str) -> Proc:
     return p
 
 
-def start_modelserver(state: dict[str, Any], d: Path) -> Proc:
-    """The embedded TF-Serving stand-in over ``<state>/serving`` (DESIGN §7)."""
-    grpc_port, rest_port = free_port(), free_port()
+def start_modelserver(
+    state: dict[str, Any], d: Path, name: str = "serving", grpc_port: int | None = None
+) -> Proc:
+    """One embedded TF-Serving stand-in over ``<state>/serving`` (DESIGN §7). Every replica
+    starts from ``models.config``, which the promoter rewrites with each layout it applies
+    (so a replica that restarts serves the current one); a startup config names labels,
+    as TF Serving allows with ``--allow_version_labels_for_unavailable_models``."""
+    grpc_port, rest_port = grpc_port or free_port(), free_port()
     config = d / "models.config"
     if not config.exists():
         config.write_text("model_config_list {\n}\n")
     Path(state["serving_base"]).mkdir(parents=True, exist_ok=True)
-    log = d / "modelserver.log"
+    log = d / f"{name}.log" if name != "serving" else d / "modelserver.log"
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -277,15 +285,15 @@ def start_modelserver(state: dict[str, Any], d: Path) -> Proc:
             f"--model_config_file={config}",
             f"--port={grpc_port}",
             f"--rest_api_port={rest_port}",
+            "--allow_version_labels_for_unavailable_models",
         ],
         stdout=open(log, "ab"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     wait_port("127.0.0.1", rest_port, 120, proc)
-    state["serving_grpc"] = f"127.0.0.1:{grpc_port}"
-    state["serving_rest"] = f"127.0.0.1:{rest_port}"
-    return Proc("serving", proc.pid, f"http://127.0.0.1:{rest_port}", str(log))
+    state["serving_config"] = str(config)
+    return Proc(name, proc.pid, f"http://127.0.0.1:{rest_port}", str(log), f"127.0.0.1:{grpc_port}")
 
 
 def write_tokens(d: Path) -> str:
@@ -322,8 +330,10 @@ def up(
     echo: Any = print,
     config: str | None = None,
     ports: dict[str, int] | None = None,
+    serving_replicas: int = 1,
 ) -> dict[str, Any]:
-    """Start the stack; ``ports`` fixes some services' HTTP ports (the rest are free ones)."""
+    """Start the stack; ``ports`` fixes some services' HTTP ports (the rest are free ones);
+    ``serving_replicas`` embedded model servers."""
     existing = load_state()
     if existing and any(Proc(**p).alive() for p in existing.get("procs", [])):
         raise DevStackError(
@@ -340,6 +350,7 @@ def up(
             Path(config or os.environ.get("CTRAIN_CONFIG") or bundled_config()).resolve()
         ),
         "embedded_kafka": env_kafka is None,
+        "serving_replicas": serving_replicas,
         "procs": [],
     }
     models = load_config(state["config"])  # a broken file stops here, before anything starts
@@ -377,9 +388,16 @@ def up(
         state["tokens_file"] = write_tokens(d)
         serving_users = {"promoter", "monitor"} & set(services)
         if serving_users and not os.environ.get("CTRAIN_SERVING_GRPC"):
-            ms = start_modelserver(state, d)
-            procs.append(ms)
-            echo(f"serving {ms.address} (gRPC {state['serving_grpc']})")
+            servers = [
+                start_modelserver(state, d, "serving" if i == 0 else f"serving-{i + 1}")
+                for i in range(serving_replicas)
+            ]
+            procs.extend(servers)
+            # Several replicas: the promoter manages each, clients spread requests.
+            state["serving_grpc"] = ",".join(ms.grpc for ms in servers)
+            state["serving_rest"] = servers[0].address.removeprefix("http://")
+            for ms in servers:
+                echo(f"{ms.name:<9} {ms.address} (gRPC {ms.grpc})")
         # Start every service at once (TF imports take seconds), then wait for each.
         # Ports first: the promoter is told where the others listen (its console).
         state["ports"] = {name: (ports or {}).get(name) or free_port() for name in services}
@@ -431,11 +449,10 @@ def status() -> list[tuple[str, str, bool]]:
         return []
     rows: list[tuple[str, str, bool]] = []
     by_name = {x["name"]: Proc(**x) for x in state.get("procs", [])}
-    for part in ("kafka", "redis", "serving"):
+    servers = sorted(n for n in by_name if n.startswith("serving"))
+    for part in ("kafka", "redis", *servers):
         p = by_name.get(part)
-        if part == "serving" and p is None:
-            continue
-        addr = p.address if part == "serving" and p else state.get(part, "")
+        addr = p.address if part.startswith("serving") and p else state.get(part, "")
         ok = _reachable(addr) if p is None else p.alive() and _reachable(addr)
         if part == "kafka" and ok and state.get("embedded_kafka") and broker_lost_data(state):
             rows.append((part, f"{addr}  LOST ITS DATA: run `ctrain dev reset`", False))
@@ -491,7 +508,8 @@ def reset(echo: Any = print) -> dict[str, Any]:
     for f in ("models.config", "tokens.json"):
         (d / f).unlink(missing_ok=True)
     echo(f"cleared {d}: artifacts, Redis data, serving versions")
-    return up(echo=echo, config=config)
+    replicas = int(state.get("serving_replicas", 1)) if state else 1
+    return up(echo=echo, config=config, serving_replicas=replicas)
 
 
 def _reachable(address: str) -> bool:

@@ -293,7 +293,10 @@ def predict_stable(
     req.model_spec.signature_name = contract.SERVING_SIGNATURE
     req.model_spec.version_label = label
     req.inputs[contract.SERVING_INPUT].CopyFrom(tf.make_tensor_proto(examples, dtype=tf.string))
-    with grpc.insecure_channel(grpc_address) as ch:
+    from services.monitor.serving import channel_target
+
+    options = [("grpc.lb_policy_name", "round_robin")]
+    with grpc.insecure_channel(channel_target(grpc_address), options=options) as ch:
         resp = prediction_service_pb2_grpc.PredictionServiceStub(ch).Predict(req, timeout=30)
     scores = [float(x) for v in resp.outputs.values() for x in tf.make_ndarray(v).reshape(-1)]
     return int(resp.model_spec.version.value), scores

@@ -60,8 +60,18 @@ def _array(t: tensor_pb2.TensorProto) -> np.ndarray:
     return np.zeros(shape)
 
 
+def channel_target(address: str) -> str:
+    """One gRPC target over every model server replica the setting names (a comma list of
+    IP:port, or dns:///name:port), requests spread round-robin by gRPC itself."""
+    parts = [x.strip() for x in address.split(",") if x.strip()]
+    if len(parts) > 1:
+        return "ipv4:" + ",".join(parts)
+    return address
+
+
 class Scorer:
-    """Batched Predict calls against one TF Serving (or the embedded stand-in)."""
+    """Batched Predict calls against TF Serving (or the embedded stand-in): one replica,
+    or every replica round-robin."""
 
     def __init__(
         self, address: str, batch_rows: int = 2048, in_flight: int = 2, timeout_s: float = 30.0
@@ -75,10 +85,11 @@ class Scorer:
     def _stub(self) -> prediction_service_pb2_grpc.PredictionServiceStub:
         if self._channel is None:
             self._channel = grpc.aio.insecure_channel(
-                self.address,
+                channel_target(self.address),
                 options=[
                     ("grpc.max_receive_message_length", -1),
                     ("grpc.max_send_message_length", -1),
+                    ("grpc.lb_policy_name", "round_robin"),
                 ],
             )
         return prediction_service_pb2_grpc.PredictionServiceStub(self._channel)

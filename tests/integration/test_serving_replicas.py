@@ -24,6 +24,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from services.promoter.core import Promoter, PromoterConfig
 from services.promoter.serving import ModelLayout, ServingFleet, replicas
+from tests.conftest import ROOT
 from tests.integration.support import free_port
 from tests.integration.test_modelserver import (
     MODEL,
@@ -161,3 +162,17 @@ def test_a_layout_reaches_every_replica_and_a_restarted_one_is_brought_to_it(
         stop(b)
     assert said[0] is not None and f"{b.address} behind the layout" in said[0]
     assert said[-1] is None and len(said) >= 2
+
+
+def test_steady_traffic_through_stable_loses_no_request_across_a_promotion_and_a_rollback() -> None:
+    """bench/serving_load.py, short: a client process sends Predict on ``stable``
+    round-robin over two replicas while the promoter promotes version 2 and rolls back."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("serving_load", ROOT / "bench/serving_load.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    r = bench.run(rate=100.0, idle_s=1.5)
+    assert r["failed"] == 0, r["errors"]
+    assert r["versions"] == [1, 2] and r["requests"] >= 1000
