@@ -62,11 +62,19 @@ def _array(t: tensor_pb2.TensorProto) -> np.ndarray:
 
 def channel_target(address: str) -> str:
     """One gRPC target over every model server replica the setting names (a comma list of
-    IP:port, or dns:///name:port), requests spread round-robin by gRPC itself."""
+    host:port, resolved now, or dns:///name:port, which gRPC resolves and re-resolves),
+    requests spread round-robin by gRPC itself."""
     parts = [x.strip() for x in address.split(",") if x.strip()]
-    if len(parts) > 1:
-        return "ipv4:" + ",".join(parts)
-    return address
+    if len(parts) < 2:
+        return address
+    import socket
+
+    ips = []
+    for part in parts:
+        host, _, port = part.rpartition(":")
+        for info in socket.getaddrinfo(host, int(port), socket.AF_INET, socket.SOCK_STREAM):
+            ips.append(f"{info[4][0]}:{port}")
+    return "ipv4:" + ",".join(dict.fromkeys(ips))
 
 
 class Scorer:

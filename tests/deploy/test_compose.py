@@ -108,7 +108,9 @@ def test_promoter_reaches_serving_and_models() -> None:
     assert p["depends_on"]["tfserving"]["condition"] == "service_healthy"
     assert "models:/models" in p["volumes"] and "models:/models:ro" in s["volumes"]
     assert env["CTRAIN_SERVING_BASE"] == "/models"
-    assert env["CTRAIN_SERVING_GRPC"] == "tfserving:8500"
+    assert env["CTRAIN_SERVING_GRPC"] == "dns:///tfserving:8500"
+    assert env["CTRAIN_PROMOTER_SERVING_CONFIG_FILE"] == "/models/models.config"
+    assert s["deploy"]["replicas"] == 2
     assert env["CTRAIN_PROMOTER_TOKENS_FILE"] == "/run/secrets/promoter_tokens"
     tokens = json.loads((ROOT / doc["secrets"]["promoter_tokens"]["file"]).read_text())
     assert {v["role"] for v in tokens.values()} <= {"viewer", "approver", "admin"}
@@ -116,9 +118,9 @@ def test_promoter_reaches_serving_and_models() -> None:
     for flag in (
         "--port=8500",
         "--rest_api_port=8501",
-        "--model_config_file=/config/models.config",
+        "--model_config_file=/models/models.config",
         "--model_config_file_poll_wait_seconds=0",
-        "--allow_version_labels_for_unavailable_models=false",
+        "--allow_version_labels_for_unavailable_models=true",
         "--monitoring_config_file=/config/monitoring.config",
     ):
         assert flag in args
@@ -133,7 +135,7 @@ def test_monitor_reaches_serving_and_writes_artifacts() -> None:
     m = doc["services"]["monitor"]
     env = compose_env(m)
     assert m["depends_on"]["tfserving"]["condition"] == "service_healthy"
-    assert env["CTRAIN_SERVING_GRPC"] == "tfserving:8500"
+    assert env["CTRAIN_SERVING_GRPC"] == "dns:///tfserving:8500"
     assert "--port=8500" in doc["services"]["tfserving"]["command"]
     # it writes <artifact root>/quality/: the artifacts volume is mounted read-write
     assert env["CTRAIN_ARTIFACT_ROOT"] == "/artifacts" and "artifacts:/artifacts" in m["volumes"]

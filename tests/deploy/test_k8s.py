@@ -335,7 +335,15 @@ def test_serving_matches_compose(overlay: str) -> None:
     args = [a for a in compose()["services"]["tfserving"]["command"]]
     assert c["args"] == args
     assert c["image"].split(":")[0] == "tensorflow/serving"
-    assert dep["spec"]["strategy"] == {"type": "Recreate"} and dep["spec"]["replicas"] == 1
+    # Two replicas, replaced one at a time; every pod addressed through the headless
+    # Service; each starts from the config the promoter writes to the models volume.
+    assert dep["spec"]["replicas"] == 2
+    assert dep["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 1, "maxSurge": 0}
+    assert "--model_config_file=/models/models.config" in c["args"]
+    pods = one(overlay, "Service", "ctrain-serving-pods")["spec"]
+    assert (
+        pods["clusterIP"] == "None" and pods["selector"] == dep["spec"]["selector"]["matchLabels"]
+    )
     claims = {
         v["name"]: v.get("persistentVolumeClaim", {}).get("claimName") for v in spec["volumes"]
     }
@@ -343,15 +351,16 @@ def test_serving_matches_compose(overlay: str) -> None:
     pclaims = {v.get("persistentVolumeClaim", {}).get("claimName") for v in promoter["volumes"]}
     assert claims["models"] in pclaims  # the promoter writes the versions serving loads
     env = container_env(overlay, "promoter")
-    assert env["CTRAIN_SERVING_GRPC"] == "ctrain-serving:8500"
+    assert env["CTRAIN_SERVING_GRPC"] == "dns:///ctrain-serving-pods:8500"
+    assert env["CTRAIN_PROMOTER_SERVING_CONFIG_FILE"] == "/models/models.config"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_monitor_reaches_serving_and_writes_artifacts(overlay: str) -> None:
     env = container_env(overlay, "monitor")
-    svc = one(overlay, "Service", "ctrain-serving")["spec"]["ports"]
-    host, port = env["CTRAIN_SERVING_GRPC"].split(":")
-    assert host == "ctrain-serving"
+    svc = one(overlay, "Service", "ctrain-serving-pods")["spec"]["ports"]
+    host, port = env["CTRAIN_SERVING_GRPC"].removeprefix("dns:///").split(":")
+    assert host == "ctrain-serving-pods"
     assert {"name": "grpc", "port": int(port), "targetPort": "grpc"} in svc
     mounts = {m["name"]: m for m in container(overlay, "monitor")["volumeMounts"]}
     art = mounts["artifacts"]

@@ -89,6 +89,10 @@ def redis(redis_url: str) -> Iterator[Redis]:
 
 
 def test_replicas_from_a_list_or_a_headless_service() -> None:
+    from services.monitor.serving import channel_target
+
+    assert channel_target("localhost:1,127.0.0.1:2") == "ipv4:127.0.0.1:1,127.0.0.1:2"
+    assert channel_target("dns:///svc:8500") == "dns:///svc:8500"
     assert replicas("127.0.0.1:1, 127.0.0.1:2") == ["127.0.0.1:1", "127.0.0.1:2"]
     assert replicas("dns:///localhost:8500") in (["127.0.0.1:8500"], ["127.0.0.1:8500", "::1:8500"])
 
