@@ -635,7 +635,8 @@ def test_a_worse_promotion_rolls_back_by_itself_and_a_challenger_is_compared(
         manual = promoter("manual")
         member = windows[0].members[0].window_id
         await manual.on_candidate(candidate("cand-next", str(bad["model"]), member))
-        assert "cand-next" in await manual.quality.redis.hkeys(keys.challengers("taxi")) or True
+        # Offered as a challenger (the hash's keys are bytes).
+        assert b"cand-next" in await manual.quality.redis.hkeys(keys.challengers("taxi"))
         await r.monitor.on_validation(windows[2])
         out["roles"] = sorted((e.role, e.version) for e in r.published)
         out["live"] = await manual.quality.live("taxi", "cand-next")

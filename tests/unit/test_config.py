@@ -17,6 +17,8 @@ from shared import config as C
 from shared.settings import CommonSettings, SettingsError
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.unit
+
 TAXI = ROOT / "examples" / "taxi"
 
 

@@ -25,6 +25,8 @@ from shared.consume import (
 )
 from shared.events import WindowValidated
 
+pytestmark = pytest.mark.unit
+
 
 @dataclass
 class Raw:

@@ -12,6 +12,8 @@ from shared import contract
 from shared.schema import load_schema
 from tests.conftest import ROOT, TAXI_SCHEMA
 
+pytestmark = pytest.mark.unit
+
 GOOD = """
 LABEL_KEY = "label"
 RAW_LABEL_FEATURES = ("failure",)

@@ -9,6 +9,8 @@ import pytest
 
 from services.monitor import quality
 
+pytestmark = pytest.mark.unit
+
 
 def pairwise_auc(p: np.ndarray, y: np.ndarray) -> float:
     pos, neg = p[y == 1], p[y == 0]

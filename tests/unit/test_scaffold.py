@@ -12,6 +12,8 @@ from shared import contract
 from shared.config import load_config
 from tests.e2e.sensors.data import sensor_days
 
+pytestmark = pytest.mark.unit
+
 
 def table(**cols: list[object]) -> pa.Table:
     return pa.table(cols)
