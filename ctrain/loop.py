@@ -2,7 +2,7 @@
 
 ``ctrain demo``, the end-to-end and chaos tests and ``bench/loop.py`` all watch
 the loop the same way an operator would: through the events the services
-publish (DESIGN §3), the services' HTTP APIs and the model server's gRPC API.
+publish (docs/architecture.md §3), the services' HTTP APIs and the model server's gRPC API.
 Nothing here reaches into a service's internals.
 """
 

@@ -1,4 +1,4 @@
-"""One way to consume an event topic (DESIGN §10), for every event-driven service.
+"""One way to consume an event topic (docs/architecture.md §10), for every event-driven service.
 
 A record is decoded, handled, its effects made durable, and only then is its offset
 committed. The service subscribes with one record per poll and manual

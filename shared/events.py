@@ -1,7 +1,7 @@
-"""Every event on every ctrain topic, defined once (DESIGN §3).
+"""Every event on every ctrain topic, defined once (docs/architecture.md §3).
 
 Each model has a literal ``event_type``, a ``schema_version``, a deterministic
-id derived from its inputs and ``produced_at``. Fields listed in DESIGN §3 are
+id derived from its inputs and ``produced_at``. Fields listed in docs/architecture.md §3 are
 a contract: add fields freely, rename none.
 """
 

@@ -1,4 +1,4 @@
-"""Deterministic ids: the same inputs always give the same id (DESIGN §3)."""
+"""Deterministic ids: the same inputs always give the same id (docs/architecture.md §3)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Producers use ``acks=all``; idempotence follows ``CTRAIN_KAFKA_IDEMPOTENT``.
 Consumers never auto-commit: each service commits explicitly once what depends
-on an offset is durable (DESIGN §4, §10).
+on an offset is durable (docs/architecture.md §4, §10).
 """
 
 from __future__ import annotations
@@ -209,7 +209,7 @@ def make_router(settings: CommonSettings) -> Any:
 def one_event_at_a_time(router: Any, topic: str, group_id: str) -> Any:
     """Subscriber decorator for services whose unit of work is one event.
 
-    Acknowledgement is manual (DESIGN §10: never ACK_FIRST): the handler commits
+    Acknowledgement is manual (docs/architecture.md §10: never ACK_FIRST): the handler commits
     after its effects are durable; one record per poll keeps that commit exact.
     """
     from faststream import AckPolicy

@@ -1,4 +1,4 @@
-"""Redis keys more than one service reads or writes: spelled here only (DESIGN §2).
+"""Redis keys more than one service reads or writes: spelled here only (docs/architecture.md §2).
 
 Keys a single service keeps to itself stay in that service.
 """

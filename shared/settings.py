@@ -1,4 +1,4 @@
-"""Settings shared by every service (DESIGN §3).
+"""Settings shared by every service (docs/architecture.md §3).
 
 Each service derives its own class with its own prefix (``CTRAIN_INGEST_``...)
 and embeds :class:`CommonSettings`, so the shared names stay unprefixed by the
@@ -100,7 +100,7 @@ SERVICE_PREFIXES = (
 
 
 class CommonSettings(StrictSettings):
-    """The ``CTRAIN_*`` names every service reads (DESIGN §3)."""
+    """The ``CTRAIN_*`` names every service reads (docs/architecture.md §3)."""
 
     model_config = SettingsConfigDict(extra="forbid", env_prefix="CTRAIN_", populate_by_name=True)
     foreign_prefixes: ClassVar[tuple[str, ...]] = SERVICE_PREFIXES

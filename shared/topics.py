@@ -1,4 +1,4 @@
-"""Topic names: the only place they are spelled (DESIGN §3)."""
+"""Topic names: the only place they are spelled (docs/architecture.md §3)."""
 
 from typing import Final
 

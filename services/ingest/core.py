@@ -2,7 +2,7 @@
 
 No Kafka client and no HTTP here: the adapter feeds records per partition and
 performs the commits this object hands back. Order of effects for each close
-(DESIGN §4): shard renamed into place -> window.json -> partition checkpoint
+(docs/architecture.md §4): shard renamed into place -> window.json -> partition checkpoint
 (the decision, durable) -> WindowClosed published -> offsets committed.
 """
 
@@ -422,7 +422,8 @@ class Ingestor:
         """Make closed windows durable and checkpoint the partitions whose commit point
         moved; return those commit points. Each step is done for all partitions before
         the next, so a poll that closes windows on six partitions waits for the broker
-        twice, not twice per partition (DESIGN §4's order holds for each partition)."""
+        twice, not twice per partition (docs/architecture.md §4's order holds for each
+        partition)."""
         steps: list[tuple[TopicPartition, _Partition, list[WindowClosed], int, int | None]] = []
         for tp, part, closing in settling:
             events = [self._finish_window(tp, part, w, why) for w, why in closing]

@@ -1,7 +1,7 @@
 """TF Serving through its own gRPC API: the same client for tensorflow/serving and
 the embedded stand-in (``ctrain.modelserver``).
 
-Order of a label move (DESIGN §10): a config that loads N+1 beside N → poll
+Order of a label move (docs/architecture.md §10): a config that loads N+1 beside N → poll
 ``GetModelStatus`` until N+1 is AVAILABLE → a config that moves the label. A
 model left out of a submitted config is unloaded, so configs always carry
 every version and label that must stay.

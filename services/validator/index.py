@@ -37,7 +37,7 @@ class WindowIndex(Protocol):
 
 
 def serving_windows_key(model: str) -> str:
-    """Written by the promoter when a model version starts serving (DESIGN §5)."""
+    """Written by the promoter when a model version starts serving (docs/architecture.md §5)."""
     return keys.serving_windows(model)
 
 

@@ -121,7 +121,7 @@ def windows_and_dlq(
 def conserved_windows(
     kafka: str, produced: int, timeout: float, label: str = ""
 ) -> list[WindowClosed]:
-    """DESIGN §4 read back from the topics: wait until windows + dead letters account for
+    """docs/architecture.md §4 read back from the topics: wait until windows + dead letters account for
     ``produced``, then assert no window id has two contents and nothing is counted
     twice or lost. Returns the windows."""
 

@@ -1,4 +1,4 @@
-"""DESIGN §4 under SIGKILL: replay the taxi data while ingest is killed and restarted.
+"""docs/architecture.md §4 under SIGKILL: replay the taxi data while ingest is killed and restarted.
 
 The sum of example_count over distinct windows plus the distinct DLQ entries
 must equal the examples produced, and no window id may be published with two
