@@ -415,7 +415,9 @@ class Demo:
 
         # TensorFlow loads here, in the demo's own process: keep its start-up chatter
         # out of the live view (the services log to their own files).
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        # Level 3: TensorFlow's start-up registration lines ("Unable to register cuFFT
+        # factory") are ERROR-level noise on a machine without a GPU.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         warnings.filterwarnings("ignore", category=FutureWarning, module="google.api_core")
         from shared.schema import example_spec, load_schema
         from shared.shard import arrow_schema

@@ -91,8 +91,11 @@ def candidate_panel(loop: LoopState) -> RenderableType:
     if not loop.candidates:
         return Text("no candidate yet", style="dim")
     t = Table(title="candidates (TFMA against the serving model)", expand=True)
-    for col in ("candidate", "blessed", "metric", "candidate", "serving", "failed checks"):
+    # An id is what an operator types (`ctrain candidates approve <id>`): never cut it.
+    t.add_column("candidate", no_wrap=True, min_width=len("cand-") + 20)
+    for col in ("blessed", "metric", "candidate", "serving"):
         t.add_column(col)
+    t.add_column("failed checks", overflow="fold", ratio=1)
     for c in loop.candidates.values():
         head, serving = headline(c.metrics), headline(c.baseline_metrics)
         name = head[0] if head else "-"
