@@ -60,7 +60,11 @@ def trigger(
             module_path=str(ROOT / "examples/taxi/model.py"),
             schema_path=str(TAXI_SCHEMA),
             policy=pol.Policy(
-                consecutive=2, cooldown_s=0, min_train_examples=2000, min_eval_examples=1000
+                consecutive=2,
+                cooldown_s=0,
+                min_train_examples=2000,
+                min_eval_examples=1000,
+                post_change_share=0,  # the training choice is not what this tests
             ),
         ),
         publish=publish,

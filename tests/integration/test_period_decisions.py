@@ -92,6 +92,7 @@ async def judge_and_decide(
                 min_train_examples=1500,
                 min_eval_examples=800,
                 clock="event",
+                post_change_share=0,  # the training choice is not what this tests
             ),
         ),
         publish=publish,

@@ -84,7 +84,12 @@ def claim_a_run(redis_url: str, tmp: Path) -> str:
                 model="claimed",
                 module_path=str(ROOT / "examples/taxi/model.py"),
                 schema_path=str(TAXI_SCHEMA),
-                policy=pol.Policy(consecutive=2, min_train_examples=2000, min_eval_examples=1000),
+                policy=pol.Policy(
+                    consecutive=2,
+                    min_train_examples=2000,
+                    min_eval_examples=1000,
+                    post_change_share=0,
+                ),
             ),
             publish=publish,
             owner="before-restart",
