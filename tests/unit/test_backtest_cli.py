@@ -49,6 +49,7 @@ def common(root: Path) -> list[str]:
         "--ignore", "trip_start_timestamp,trip_start_month,trip_start_hour",
         "--min-train-examples", "1400", "--min-eval-examples", "1400", "--cooldown-s", "0",
         "--drift-linf", "0.5",  # skew alone here (the schema's drift comparator is 0.06)
+        "--post-change-share", "0",  # the newest periods: the training choice is not tested
     ]  # fmt: skip
 
 
@@ -103,7 +104,8 @@ def test_recorded_validations_rethresholded(
 ) -> None:
     _recorded(tmp_path, "rec", [0.02] * 6 + [0.2] * 6)
     base = ["backtest", "--stream", "rec", "--source", "validations", "--root", str(tmp_path)]
-    flags = ["--min-train-examples", "2000", "--min-eval-examples", "1000", "-o", "json"]
+    flags = ["--min-train-examples", "2000", "--min-eval-examples", "1000", "-o", "json",
+             "--post-change-share", "0"]  # fmt: skip
     assert cli.main([*base, *flags]) == 0
     runs = json.loads(capsys.readouterr().out)["runs"]
     assert [r["index"] for r in runs][:1] == [7] and runs[0]["trigger"] == "skew"
@@ -144,7 +146,7 @@ def test_the_models_file_gives_the_streams_policy_and_schema(
         "    validation: {ignore_features: [trip_start_timestamp, trip_start_month,"
         " trip_start_hour]}\n"
         "    trigger: {consecutive: 5, min_train_examples: 1400, min_eval_examples: 1400,"
-        " cooldown_s: 0}\n"
+        " cooldown_s: 0, post_change_share: 0}\n"
     )
     monkeypatch.setenv("CTRAIN_CONFIG", str(f))
     args = ["backtest", "--stream", "step", "--root", str(step_root), "-o", "json",
