@@ -547,8 +547,8 @@ class Promoter:
         if why is None:
             try:
                 behind = await self.reconcile()
-            except ServingUnavailable as e:
-                return str(e)
+            except ServingError as e:  # unreachable, or it refused the layout
+                return f"serving replica not brought to the layout: {e}"
             if behind:
                 return f"serving replica(s) {', '.join(behind)} behind the layout: config applied"
         return why or self.outage

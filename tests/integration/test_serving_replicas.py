@@ -180,3 +180,36 @@ def test_steady_traffic_through_stable_loses_no_request_across_a_promotion_and_a
     r = bench.run(rate=100.0, idle_s=1.5)
     assert r["failed"] == 0, r["errors"]
     assert r["versions"] == [1, 2] and r["requests"] >= 1000
+
+
+def test_a_replica_that_refuses_the_layout_keeps_the_promoter_unready(
+    redis: Redis, tmp_path: Path
+) -> None:
+    """The fault injected where the promoter brings a replica to the layout."""
+    from services.promoter.errors import ServingError
+
+    class Refusing(ServingFleet):
+        async def probe(self, timeout_s: float = 2.0) -> str | None:
+            return None
+
+        async def behind(self, model: str, labels: dict[str, int]) -> list[str]:
+            return ["127.0.0.1:9"]  # never dialled: behind() is this stub's answer
+
+        async def catch_up(self, address: str, models: list[ModelLayout]) -> None:
+            raise ServingError(f"reload on {address}: INVALID_ARGUMENT: no such base path")
+
+    promoter = Promoter(
+        redis=redis,
+        serving=Refusing("127.0.0.1:1"),
+        config=PromoterConfig(serving_base=str(tmp_path)),
+        publish=lambda e: asyncio.sleep(0),  # type: ignore[arg-type, return-value]
+        smoke=lambda c, n: [],
+    )
+
+    async def go() -> str | None:
+        await promoter._save_layout(MODEL, {"versions": [1], "labels": {"stable": 1}})
+        return await promoter.health()
+
+    why = asyncio.run(go())
+    assert why is not None and why.startswith("serving replica not brought to the layout")
+    assert "no such base path" in why
