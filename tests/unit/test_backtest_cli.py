@@ -68,6 +68,29 @@ def test_windows_report_when_runs_would_start_and_why(
     assert report["episodes"][0]["runs"] == [first["index"]]
 
 
+def test_a_label_delay_shows_when_runs_become_possible(
+    step_root: Path, screen: io.StringIO, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Hourly periods; labels an hour late: the first run waits until the periods after
+    the change it needs hold labels and have matured (the default training choice), and
+    the table says how long after the change."""
+    base = common(step_root)
+    cut = base.index("--post-change-share")
+    args = [*base[:cut], *base[cut + 2 :], "--skew-linf", "0.15", "-o", "json"]
+    assert cli.main(args) == 0
+    inline = json.loads(capsys.readouterr().out)["runs"][0]
+    assert cli.main([*args, "--label-delay", "1h"]) == 0
+    late = json.loads(capsys.readouterr().out)
+    first = late["runs"][0]
+    assert first["index"] > inline["index"], (first, inline)
+    assert first["since_crossing_s"] > inline["since_crossing_s"]
+    waited = [p["decision"] for p in late["periods"][inline["index"] : first["index"]]]
+    assert waited and all("stopped: waiting for" in d for d in waited), waited
+    assert cli.main([*args[:-2], "--label-delay", "1h"]) == 0
+    assert "event time since" in screen.getvalue()
+    assert cli.main([*args, "--label-delay", "soon"]) == 2
+
+
 def test_a_sweep_shows_what_each_threshold_would_have_done(
     step_root: Path, screen: io.StringIO
 ) -> None:
