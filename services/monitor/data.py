@@ -74,8 +74,7 @@ def load_window(store: ArtifactStore, v: WindowValidated, model: ModelView) -> W
         if model.example_id_field:
             if model.example_id_field not in t.column_names:
                 raise WindowUnreadable(
-                    f"shard {uri} has no column {model.example_id_field!r} "
-                    "(labels.id_field)"
+                    f"shard {uri} has no column {model.example_id_field!r} (labels.id_field)"
                 )
             col = t.column(model.example_id_field).to_pylist()
             member_ids = [None if x is None else str(x) for x in col]
