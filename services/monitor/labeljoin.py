@@ -242,8 +242,9 @@ class LabelJoin:
             # Their window may have been indexed between the look-up and the hold.
             again = await self.state.locate(m.name, [i.rec.example_id for i in unknown])
             late_found = []
-            still = [i.ms for i, loc in zip(unknown, again, strict=True) if loc is None]
-            await self._advance(m, still)
+            await self._advance(
+                m, [i for i, loc in zip(unknown, again, strict=True) if loc is None]
+            )
             for item, loc in zip(unknown, again, strict=True):
                 if loc is None:
                     self._out(m.name, outcomes, "held")
@@ -285,7 +286,7 @@ class LabelJoin:
         )
         # The labels' clock moves with the labels that join (a late or mistaken event time
         # must not mature windows early).
-        await self._advance(m, [i.ms for i in ok])
+        await self._advance(m, ok)
         write: dict[str, list[_Item]] = defaultdict(list)
         for i, had in zip(ok, claims, strict=True):
             if had is None:
@@ -326,10 +327,14 @@ class LabelJoin:
         if self.on_joined and write:
             await self.on_joined(m.name, set(write))
 
-    async def _advance(self, m: JoinModel, times: list[int | None]) -> None:
-        newest = max((t for t in times if t is not None), default=None)
-        if newest is not None:
-            await self.state.advance_clock(m.name, newest)
+    async def _advance(self, m: JoinModel, items: list[_Item]) -> None:
+        """Each labels partition's newest event time; the clock is the slowest one's."""
+        newest: dict[int, int] = {}
+        for i in items:
+            if i.ms is not None:
+                newest[i.src.partition] = max(newest.get(i.src.partition, i.ms), i.ms)
+        for partition, ms in newest.items():
+            await self.state.advance_clock(m.name, partition, ms)
 
     async def _dead(
         self,

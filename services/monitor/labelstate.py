@@ -12,8 +12,10 @@ Keys, under ``ctrain:labels:<model>:`` (docs/monitor.md lists them):
 - ``pending`` hash + ``pending_at`` zset: labels whose example is not indexed yet, with
   their source record (every record for an id, one JSON a line, each once by its source
   position), scored by the first one's event time (ms);
-- ``clock`` (``shared.keys.labels_clock``): the newest label event time; ``watermark``:
-  the newest end of an indexed shard.
+- ``clock`` (``shared.keys.labels_clock``): the labels' watermark, the slowest labels
+  partition's newest joined event time (``clock_parts``: per partition), so a window
+  does not read as matured while another partition still brings its labels;
+  ``watermark``: the newest end of an indexed shard.
 
 Memory stays in Redis and the artifact store: the process holds one batch at a time.
 """
@@ -44,6 +46,17 @@ redis.call('HSET', KEYS[1], ARGV[1], cur and (cur .. '\\n' .. ARGV[2]) or ARGV[2
 redis.call('ZADD', KEYS[2], 'NX', ARGV[4], ARGV[1])
 return 1
 """
+_CLOCK = """
+local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '-1')
+if tonumber(ARGV[2]) > cur then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+local low = nil
+for _, v in ipairs(redis.call('HVALS', KEYS[1])) do
+  local x = tonumber(v)
+  if low == nil or x < low then low = x end
+end
+redis.call('SET', KEYS[2], low)
+return low
+"""
 _MAX = """
 local cur = tonumber(redis.call('GET', KEYS[1]) or '-1')
 if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1]) end
@@ -57,6 +70,7 @@ class LabelState:
         self._claim = redis.register_script(_CLAIM)
         self._max = redis.register_script(_MAX)
         self._hold = redis.register_script(_HOLD)
+        self._clock = redis.register_script(_CLOCK)
 
     @staticmethod
     def k(model: str, part: str) -> str:
@@ -136,8 +150,12 @@ class LabelState:
         raw = await self.redis.hmget(keys.labels_count(model), shards)
         return {s: int(v) if v is not None else 0 for s, v in zip(shards, raw, strict=True)}
 
-    async def advance_clock(self, model: str, ms: int) -> None:
-        await self._max(keys=[keys.labels_clock(model)], args=[ms])
+    async def advance_clock(self, model: str, partition: int, ms: int) -> None:
+        """A labels partition's newest joined event time; the clock becomes the lowest of
+        the partitions' (one still behind holds it back)."""
+        await self._clock(
+            keys=[self.k(model, "clock_parts"), keys.labels_clock(model)], args=[partition, ms]
+        )
 
     # ----------------------------------------------------------------- pending
     async def hold(self, model: str, entries: list[tuple[str, bytes, str, int]]) -> None:

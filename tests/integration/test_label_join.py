@@ -245,3 +245,34 @@ def test_a_shard_that_cannot_be_read_is_a_clear_error(redis: Redis, tmp_path: Pa
         assert not await r.join.state.indexed("m", v.members[0].window_id)
 
     asyncio.run(go())
+
+
+def test_the_labels_clock_waits_for_the_slowest_labels_partition(
+    redis: Redis, tmp_path: Path
+) -> None:
+    """Labels arrive on several partitions, each in event-time order: a window must not
+    read as matured because one partition ran ahead while another still brings its
+    labels. The clock is the slowest partition's newest joined event time."""
+    from shared import keys
+
+    r = Rig(redis, tmp_path)
+    v = period(tmp_path, 0)
+
+    def on(partition: int, x: str, offset: int, day: float) -> tuple[LabelRecord, Source]:
+        rec_, src = rec(x, 1.0, offset, day=day)
+        return rec_, Source("ctrain.labels", partition, offset, src.payload)
+
+    async def go() -> list[int]:
+        await r.join.index(v)
+        clocks = []
+        await r.join.join([on(1, "tx-0-1", 0, 9.0)])  # partition 1 alone: its time
+        clocks.append(int(await redis.get(keys.labels_clock("m"))))
+        await r.join.join([on(0, "tx-0-2", 0, 2.0)])  # partition 0 is behind: held back
+        clocks.append(int(await redis.get(keys.labels_clock("m"))))
+        await r.join.join([on(0, "tx-0-3", 1, 5.0)])  # it catches up, still the slowest
+        clocks.append(int(await redis.get(keys.labels_clock("m"))))
+        return clocks
+
+    day = 86_400_000
+    start = int(START.timestamp() * 1000)
+    assert asyncio.run(go()) == [start + 9 * day, start + 2 * day, start + 5 * day]
