@@ -566,6 +566,21 @@ class Demo:
             raise LoopError(f"the retraining failed in {ended.failed_component}: {ended.log_tail}")
         return self.candidate_of(run_ev.run_id)
 
+    def blessed_or_next(self, cand: ModelCandidate, retries: int = 2) -> ModelCandidate:
+        """A candidate the gate did not bless re-arms the trigger, which retries while the
+        shift holds: the demo follows its next run (a few times), as an operator would."""
+        for _ in range(retries):
+            if cand.blessed:
+                return cand
+            self.say(
+                f"[yellow]not blessed[/yellow] {cand.candidate_id}: "
+                f"{'; '.join(cand.failed_checks)}; waiting for the trigger's next run"
+            )
+            cand = self.next_run(set(self.tail.state.runs) if self.tail else set())
+        if not cand.blessed:
+            raise LoopError(f"the candidate was not blessed: {'; '.join(cand.failed_checks)}")
+        return cand
+
     def run(self) -> Progress:
         first, second = self.load()
         self.start()
@@ -581,10 +596,8 @@ class Demo:
         if maybe is None:
             self.progress.phase = f"done: no retraining needed ({self.progress.decision})"
             return self.progress
-        cand = maybe
+        cand = self.blessed_or_next(maybe)
         self.progress.phase = "phase 2: approval"
-        if not cand.blessed:
-            raise LoopError(f"the candidate was not blessed: {'; '.join(cand.failed_checks)}")
         # An operator who rejects a candidate leaves the shift unresolved: the trigger
         # retries by itself after its cooldown, and the operator judges the next one.
         while True:
@@ -592,9 +605,9 @@ class Demo:
             if said is not False and self.approve(cand, "", by_demo=False).decision != "rejected":
                 break
             self.progress.rejected.append(cand.candidate_id)
-            cand = self.next_run(set(self.tail.state.runs) if self.tail else set())
-            if not cand.blessed:
-                raise LoopError(f"the candidate was not blessed: {'; '.join(cand.failed_checks)}")
+            cand = self.blessed_or_next(
+                self.next_run(set(self.tail.state.runs) if self.tail else set())
+            )
         self.progress.stable_moved = time.time()
         self.progress.after = retrying(lambda: self.predict(sample), 120, "predictions")
         self.progress.phase = "done"
