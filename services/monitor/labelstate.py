@@ -194,9 +194,6 @@ class LabelState:
             yield [x.decode() for x in got]
             start += CHUNK
 
-    async def has_pending(self, model: str) -> bool:
-        return bool(await self.redis.zcard(self.k(model, "pending_at")))
-
     async def expired(self, model: str, before_ms: int) -> dict[str, list[dict[str, Any]]]:
         ids = [
             x.decode()

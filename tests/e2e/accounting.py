@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -75,3 +77,17 @@ def account(state: dict[str, Any], root: Path) -> dict[str, Any]:
         "unaccounted": missing,
         "joined_twice": [k for k, v in per_example.items() if len(v) > 1],
     }
+
+
+def account_when(
+    state: dict[str, Any], root: Path, done: Callable[[dict[str, Any]], bool], timeout: float
+) -> dict[str, Any]:
+    """:func:`account` probed until ``done`` holds of it or ``timeout`` runs out (the
+    monitor joins redelivered labels and gives held ones up on its own upkeep, every
+    30 s); the last account either way, for the caller's assertions to read."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = account(state, root)
+        if done(got) or time.monotonic() > deadline:
+            return got
+        time.sleep(2)  # probe interval: reading the topics and segments is the probe

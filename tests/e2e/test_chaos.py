@@ -42,7 +42,7 @@ from ctrain.loop import LoopState
 from shared import topics
 from shared.events import EventDeadLetter
 from shared.kafka import read_to_end
-from tests.e2e.accounting import account
+from tests.e2e.accounting import account_when
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 KILLS = 10
@@ -349,12 +349,7 @@ def test_the_loop_survives_sigkills_and_infrastructure_faults(
         # the labels of the two trips ingest rejected (no example to join): an outage
         # never dead-letters an event.
         root = devstack.state_dir() / "artifacts"
-        until = time.monotonic() + 180
-        while True:
-            labels = account(d.state, root)
-            if not labels["unaccounted"] or time.monotonic() > until:
-                break
-            time.sleep(2)  # the monitor joins what restarts redelivered
+        labels = account_when(d.state, root, lambda g: not g["unaccounted"], 180)
         assert labels["unaccounted"] == [], labels["unaccounted"][:5]
         assert labels["joined_twice"] == []
         assert dict(labels["outcomes"]).keys() <= {"joined", "duplicate", "unknown_example"}

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ from shared import topics
 from shared.kafka import make_producer
 from shared.settings import CommonSettings
 from tests.conftest import ROOT
-from tests.e2e.accounting import account
+from tests.e2e.accounting import account_when
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 DAY = 86_400
@@ -184,18 +183,16 @@ def test_delayed_labels_close_the_loop_and_every_label_is_accounted_for(
         root = devstack.state_dir() / "artifacts"
         sent = d.sent
         want_dead = {"late_label": sent.late}
-        until = time.monotonic() + 180
-        while True:
-            got = account(d.state, root)
-            o = got["outcomes"]
-            unknown = sent.unknown + got["orphans"]
-            if (
-                not got["unaccounted"]
-                and o["unknown_example"] == unknown
-                and all(o[k] == v for k, v in want_dead.items())
-            ) or time.monotonic() > until:
-                break
-            time.sleep(2)  # the monitor expires held labels every 30 s
+        got = account_when(
+            d.state,
+            root,
+            lambda g: (
+                not g["unaccounted"]
+                and g["outcomes"]["unknown_example"] == sent.unknown + g["orphans"]
+                and all(g["outcomes"][k] == v for k, v in want_dead.items())
+            ),
+            180,
+        )
         print({**got, "unaccounted": len(got["unaccounted"])})
         assert got["unaccounted"] == [], got["unaccounted"][:5]
         assert got["joined_twice"] == []
@@ -211,12 +208,12 @@ def test_delayed_labels_close_the_loop_and_every_label_is_accounted_for(
         # exist, so it is dead-lettered again, as a new record, and accounted again).
         unknown = o["unknown_example"]
         assert cli.main(["dlq", "redrive", "--reason", "unknown_example", "--why", "e2e"]) == 0
-        until = time.monotonic() + 120
-        while time.monotonic() < until:
-            again = account(d.state, root)
-            if again["outcomes"]["unknown_example"] == 2 * unknown and not again["unaccounted"]:
-                break
-            time.sleep(2)  # the monitor gives held labels up every 30 s
+        again = account_when(
+            d.state,
+            root,
+            lambda g: g["outcomes"]["unknown_example"] == 2 * unknown and not g["unaccounted"],
+            120,
+        )
         assert again["outcomes"]["unknown_example"] == 2 * unknown, again["outcomes"]
         assert again["produced"] == got["produced"] + unknown
         # The monitor agrees: nothing is still held.
