@@ -152,6 +152,20 @@ class CommonSettings(StrictSettings):
     serving_rest: str = Field(default="127.0.0.1:8501", description="TF Serving REST host:port.")
     log_level: str = Field(default="INFO", description="Log level of every ctrain process.")
     log_json: bool = Field(default=True, description="Log one JSON object per line.")
+    instance: str = Field(
+        default="",
+        description="This replica's name among its service's replicas (the holder of the "
+        "leases it takes). Empty: host:pid:random. A process restarted under the same "
+        "name (a pod's container restarting) takes its leases back at once; never give "
+        "two live processes one name.",
+    )
+    lease_ttl_s: float = Field(
+        default=10.0,
+        ge=1.0,
+        description="How long a replica's leadership of a model (trigger, promoter, monitor) "
+        "outlives its last renewal in Redis; renewed every fifth of it. After a leader "
+        "is killed another replica leads within about this plus a fifth (docs/deploy.md).",
+    )
 
     @property
     def schema_file(self) -> Path | None:

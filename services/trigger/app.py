@@ -49,6 +49,7 @@ from shared.kafka import (
     one_event_at_a_time,
 )
 from shared.labels import label_features
+from shared.lease import Leadership, instance_name
 from shared.metrics import Readiness, metrics_endpoint, new_registry
 from shared.periodic import every
 from shared.redis import make_redis
@@ -207,6 +208,14 @@ def create_app(common: CommonSettings, settings: TriggerSettings) -> FastAPI:
         assert isinstance(event, ModelCandidate | TrainingRun)
         await router.broker.publish(event.to_bytes(), topic=topic, key=event.key)
 
+    leadership = Leadership(
+        redis,
+        "trigger",
+        [s.model for s in setups],
+        ttl_s=common.lease_ttl_s,
+        holder=instance_name(common.instance),
+        gauge=metrics.leader,
+    )
     triggers = {
         s.model: Trigger(
             redis=redis,
@@ -225,9 +234,20 @@ def create_app(common: CommonSettings, settings: TriggerSettings) -> FastAPI:
                 label_default=s.labels.label_default if s.labels else None,
             ),
             publish=publish,
+            lease=leadership.lease(s.model),
         )
         for s in setups
     }
+
+    async def gained(model: str) -> None:
+        await triggers[model].resume()  # follow the run the last leader left in flight
+        await triggers[model].tick()  # and start what a replica left to the leader
+
+    async def lost(model: str) -> None:
+        for task in triggers[model].followers.values():
+            task.cancel()  # the new leader follows it; this replica must not record it
+
+    leadership.on_gain, leadership.on_loss = gained, lost
     # Validations are routed by their stream: another stream's drift is not this model's.
     by_stream = {s.stream: triggers[s.model] for s in setups}
 
@@ -318,8 +338,8 @@ def create_app(common: CommonSettings, settings: TriggerSettings) -> FastAPI:
             warm = getattr(backend, "step_worker", None)
             if warm is not None:
                 warm.ensure()  # imports TensorFlow while nothing waits for it yet
-            for trigger in triggers.values():
-                await trigger.resume()
+            await leadership.step()  # lead before the first record, when nobody else does
+            leading = asyncio.create_task(leadership.run())
             ticker = asyncio.create_task(
                 every(settings.tick_s, tick, "deciding on a tick", metrics.tick_failures.inc)
             )
@@ -327,6 +347,8 @@ def create_app(common: CommonSettings, settings: TriggerSettings) -> FastAPI:
             yield
             ticker.cancel()
             readiness.cancel()
+            leading.cancel()
+            await leadership.release()  # another replica leads at its next renewal
             await epoch.close()
             for task in followers():
                 task.cancel()  # the run goes on in its worker; a restart re-attaches
@@ -349,8 +371,18 @@ def create_app(common: CommonSettings, settings: TriggerSettings) -> FastAPI:
         if reason:
             return JSONResponse({"status": "down", "reason": reason}, 503)
         return JSONResponse(
-            {"status": "ok", "models": sorted(triggers), "runs_in_flight": len(followers())}
+            {
+                "status": "ok",
+                "models": sorted(triggers),
+                "leads": sorted(m for m in triggers if leadership.leads(m)),
+                "runs_in_flight": len(followers()),
+            }
         )
+
+    @app.get("/v1/leaders")
+    async def leaders() -> JSONResponse:
+        """Which replica leads each model (starts its runs), and this one's name."""
+        return JSONResponse({"this": leadership.holder, "leaders": await leadership.leaders()})
 
     @app.get("/v1/models")
     async def models() -> JSONResponse:
@@ -372,6 +404,10 @@ def create_app(common: CommonSettings, settings: TriggerSettings) -> FastAPI:
             "reason": d.reason,
             "run_id": run_id,
         }
+        if d.guard == "leader":
+            # Recorded for the leading replica, which decides on its next tick.
+            body["leader"] = await leadership.lease(trigger.config.model).leader()
+            return JSONResponse(body, 202)
         return JSONResponse(body, 202 if d.take else 409)
 
     @app.get("/v1/decisions")

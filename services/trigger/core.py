@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from redis.asyncio import Redis
@@ -28,7 +28,7 @@ from services.trigger.backends import Backend, Outcome, components_of
 from services.trigger.metrics import TriggerMetrics
 from shared import keys
 from shared.artifacts import ArtifactStore
-from shared.consume import retry_outages
+from shared.consume import Outage, retry_outages
 from shared.events import (
     CandidateMetrics,
     Event,
@@ -41,6 +41,7 @@ from shared.events import (
     WindowValidated,
 )
 from shared.ids import stable_id
+from shared.lease import Fenced, Lease
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +49,51 @@ CLAIMED = "claimed:"
 # A claim older than this that never got a backend run id is taken over: its trigger
 # stopped between claim and submit. Longer than any submit takes (KFP answers in seconds).
 CLAIM_LEASE_S = 120.0
-# Replace a claim only if it still holds what we read (two replicas taking it over).
-_TAKE_OVER = (
-    "if redis.call('get', KEYS[1]) == ARGV[1] then "
-    "redis.call('set', KEYS[1], ARGV[2]) return 1 else return 0 end"
-)
+# A run is claimed only by the replica that leads the model (KEYS[1] its lease, ARGV[1]
+# its token; "" without leases): new (ARGV[3] empty), or replacing what we read.
+_CLAIM = """
+if ARGV[1] ~= '' and redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return -1 end
+if ARGV[3] == '' then
+  if redis.call('SET', KEYS[2], ARGV[2], 'NX') then return 1 end
+  return 0
+end
+if redis.call('GET', KEYS[2]) == ARGV[3] then
+  redis.call('SET', KEYS[2], ARGV[2])
+  return 1
+end
+return 0
+"""
+# The state is saved only if it is still what this decision read (another replica may
+# have folded an event in meanwhile: 0), with the decision log entries; a decision that
+# started a run saves only while this replica leads (KEYS[3] its lease, ARGV[3] its token: -1).
+_SAVE = """
+local cur = redis.call('GET', KEYS[1])
+local sha = ''
+if cur then sha = redis.sha1hex(cur) end
+if sha ~= ARGV[1] then return 0 end
+if ARGV[3] ~= '' and redis.call('HGET', KEYS[3], 'token') ~= ARGV[3] then return -1 end
+redis.call('SET', KEYS[1], ARGV[2])
+for _, entry in ipairs(cjson.decode(ARGV[4])) do
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', '10000', '*', unpack(entry))
+end
+return 1
+"""
+# How many times one decision is taken again after another replica saved first.
+_DECIDE_TRIES = 50
+T = TypeVar("T")
+
+
+class StateConflict(Exception):
+    """Another replica saved the model's state after this decision read it."""
+
+    retryable = True
+
+
+class ClaimedElsewhere(Outage):
+    """Another replica is submitting the run this decision would start: decide again once
+    it has saved (its claim lapses after CLAIM_LEASE_S if it stopped)."""
+
+
 Publish = Callable[[Event], Awaitable[None]]
 
 
@@ -127,6 +168,7 @@ class Trigger:
         clock: Callable[[], float] = time.time,
         owner: str | None = None,
         outage_backoff_s: float = 0.5,
+        lease: Lease | None = None,
     ) -> None:
         self.redis = redis
         self.store = store
@@ -143,6 +185,11 @@ class Trigger:
         # The host name by default: a restarted trigger finds its own claim and submits.
         self.outage_backoff_s = outage_backoff_s  # first wait when a follower meets an outage
         self.owner = (owner or socket.gethostname() or uuid.uuid4().hex[:12]).replace(":", "_")
+        # Only the replica holding the model's lease starts runs (None: a lone trigger).
+        self.lease = lease
+        self._base_sha = ""  # sha1 of the state this decision read ("" none)
+        self._save_script = redis.register_script(_SAVE)
+        self._claim_script = redis.register_script(_CLAIM)
 
     # ------------------------------------------------------------ state
     def _key(self, suffix: str) -> str:
@@ -152,19 +199,60 @@ class Trigger:
         raw = await self.redis.get(self._key("state"))
         return pol.ModelState.from_json(orjson.loads(raw)) if raw else pol.ModelState()
 
+    def leads(self) -> bool:
+        """Whether this replica may start runs for the model now."""
+        return self.lease is None or self.lease.leads()
+
+    def _deposed(self) -> Fenced:
+        if self.lease is None:  # no lease, no fence: a token was never sent
+            return Fenced(f"model {self.config.model}: refused without a lease")
+        return self.lease.deposed()
+
+    def _token(self) -> str:
+        return "" if self.lease is None else self.lease.fence()
+
     async def _locked_state(self) -> pol.ModelState:
         """The state, read under the lock at the start of a decision (nothing pending)."""
         self._pending.clear()
-        return await self.load_state()
+        raw: Any = await self.redis.get(self._key("state"))
+        # sha1: what Redis's Lua can compute (redis.sha1hex); a tag, not a secret.
+        self._base_sha = hashlib.sha1(raw).hexdigest() if raw else ""
+        return pol.ModelState.from_json(orjson.loads(raw)) if raw else pol.ModelState()
+
+    async def _decide(self, body: Callable[[], Awaitable[T]]) -> T:
+        """One decision under this process's lock, taken again from the saved state when
+        another replica saved first or this one stopped leading while it decided."""
+        for _ in range(_DECIDE_TRIES):
+            async with self._lock:
+                try:
+                    return await body()
+                except (StateConflict, Fenced, ClaimedElsewhere) as e:
+                    self._to_follow.clear()
+                    self.metrics.retried.labels(type(e).__name__).inc()
+                    last: Exception = e
+            if isinstance(last, ClaimedElsewhere):
+                await asyncio.sleep(0.2)  # back-off while the other replica submits
+        raise last
 
     async def _save(self, state: pol.ModelState) -> None:
-        """The state and the decision log entries taken with it, in one transaction: a
-        decision handled again after an outage is logged once, never lost or doubled."""
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.set(self._key("state"), orjson.dumps(state.to_json()))
-        for entry in self._pending:
-            pipe.xadd(self._key("decisions"), entry, maxlen=10_000)  # type: ignore[arg-type]
-        await pipe.execute()
+        """The state and the decision log entries taken with it, in one script: a decision
+        handled again after an outage is logged once, never lost or doubled. It is refused
+        when another replica saved the state since it was read (StateConflict), and, for a
+        decision that started a run, when this replica no longer leads (Fenced)."""
+        entries = [[x for kv in entry.items() for x in kv] for entry in self._pending]
+        token = self._token() if self._to_follow and self.lease is not None else ""
+        saved = await self._save_script(
+            keys=[
+                self._key("state"),
+                self._key("decisions"),
+                self.lease.key if self.lease else self._key("lease"),
+            ],
+            args=[self._base_sha, orjson.dumps(state.to_json()), token, orjson.dumps(entries)],
+        )
+        if saved == 0:
+            raise StateConflict(f"model {self.config.model}: another replica saved first")
+        if saved == -1:
+            raise self._deposed()
         for entry in self._pending:
             self.metrics.decisions.labels(entry["trigger"] or "none", entry["taken"]).inc()
             if entry["guard"]:
@@ -298,53 +386,68 @@ class Trigger:
             return None  # one partition's window: the period it belongs to is judged whole
         received = time.perf_counter()
         info = period_info(v)
-        async with self._lock:
-            state = await self._locked_state()
-            if info.window_id in state.seen:
-                # Handled before. If this process's attempt saved its run but met an
-                # outage before following it, follow it now (a run another replica
-                # started is that replica's to follow).
-                self._follow_started()
-                return None
-            serving = _text(await self.redis.get(serving_model_key(self.config.model)))
-            if pol.new_episode(state, serving, self.now(state)):
-                self._note(f"new episode: {serving or 'nothing'} serves; counts start afresh")
-            if pol.amends(state, info):
-                # A period judged again with a late window: its data is replaced, nothing
-                # new happened to decide on.
-                pol.observe(state, info)
-                self._record(
-                    pol.Decision(False, "a late window amended an earlier period: no new decision"),
-                    None,
-                    f"validation:{v.window_id}",
-                )
-                await self._save(state)
-                return None
-            pol.observe(state, info)
-            await self._label_counts(state)
-            d = pol.decide(state, self.now(state), self.config.policy, newest=info)
-            run_id = await self._maybe_start(state, d, f"validation:{v.window_id}")
-            await self._save(state)
-            self._follow_started()
+        d, run_id = await self._decide(lambda: self._validation(v, info))
         if run_id:
             self.metrics.submit_latency.observe(time.perf_counter() - received)
         return d
 
+    async def _validation(
+        self, v: WindowValidated, info: pol.WindowInfo
+    ) -> tuple[pol.Decision | None, str | None]:
+        state = await self._locked_state()
+        if info.window_id in state.seen:
+            # Handled before. If this process's attempt saved its run but met an
+            # outage before following it, follow it now (a run another replica
+            # started is that replica's to follow).
+            self._follow_started()
+            return None, None
+        serving = _text(await self.redis.get(serving_model_key(self.config.model)))
+        if pol.new_episode(state, serving, self.now(state)):
+            self._note(f"new episode: {serving or 'nothing'} serves; counts start afresh")
+        if pol.amends(state, info):
+            # A period judged again with a late window: its data is replaced, nothing
+            # new happened to decide on.
+            pol.observe(state, info)
+            self._record(
+                pol.Decision(False, "a late window amended an earlier period: no new decision"),
+                None,
+                f"validation:{v.window_id}",
+            )
+            await self._save(state)
+            return None, None
+        pol.observe(state, info)
+        await self._label_counts(state)
+        d = pol.decide(state, self.now(state), self.config.policy, newest=info)
+        run_id = await self._maybe_start(state, d, f"validation:{v.window_id}")
+        await self._save(state)
+        self._follow_started()
+        return d, run_id
+
     async def tick(self) -> pol.Decision | None:
         """Decide again without a new period: a condition that still holds after a rejection
         or a failed run starts the next attempt once the cooldown is over, even when no
-        data arrives. Only a run started here is logged (a decline repeats every tick)."""
-        async with self._lock:
-            state = await self._locked_state()
-            if state.in_flight or state.disarmed_by or not state.windows:
-                return None
-            await self._label_counts(state)
-            d = pol.decide(state, self.now(state), self.config.policy, newest=state.windows[-1])
-            if not d.take:
-                return d
-            run_id = await self._maybe_start(state, d, "tick")
-            await self._save(state)
-            self._follow_started()
+        data arrives. Only a run started here is logged (a decline repeats every tick).
+        Only the leading replica ticks; a manual request another replica recorded is
+        taken here."""
+        if not self.leads():
+            return None
+        reason = _text(await self.redis.getdel(self._key("manual")))
+        if reason:
+            d, _ = await self.manual(reason)
+            return d
+        return await self._decide(self._tick)
+
+    async def _tick(self) -> pol.Decision | None:
+        state = await self._locked_state()
+        if state.in_flight or state.disarmed_by or not state.windows:
+            return None
+        await self._label_counts(state)
+        d = pol.decide(state, self.now(state), self.config.policy, newest=state.windows[-1])
+        if not d.take:
+            return d
+        run_id = await self._maybe_start(state, d, "tick")
+        await self._save(state)
+        self._follow_started()
         return d if run_id else None
 
     async def on_promotion(self, ev: PromotionEvent) -> bool:
@@ -353,15 +456,17 @@ class Trigger:
         if ev.model != self.config.model:
             return False
         promoted = ev.decision in ("auto", "approved")
-        async with self._lock:
-            state = await self._locked_state()
-            moved = await self._serving_moved(state, ev, promoted)
-            resolved = pol.resolved(state, ev.candidate_id, promoted)
-            if not resolved and not moved:
-                return False
-            if resolved and not promoted:
-                self._note(f"re-armed: candidate {ev.candidate_id} {ev.decision} ({ev.reason})")
-            await self._save(state)
+        return await self._decide(lambda: self._promotion(ev, promoted))
+
+    async def _promotion(self, ev: PromotionEvent, promoted: bool) -> bool:
+        state = await self._locked_state()
+        moved = await self._serving_moved(state, ev, promoted)
+        resolved = pol.resolved(state, ev.candidate_id, promoted)
+        if not resolved and not moved:
+            return False
+        if resolved and not promoted:
+            self._note(f"re-armed: candidate {ev.candidate_id} {ev.decision} ({ev.reason})")
+        await self._save(state)
         return resolved
 
     async def _serving_moved(
@@ -396,29 +501,40 @@ class Trigger:
             dict(ev.metrics.realized),
             dict(ev.metrics.estimated),
         )
-        async with self._lock:
-            state = await self._locked_state()
-            if pol.observe_quality(state, info, self.config.policy) is None:
-                return None
-            newest = state.windows[-1] if state.windows else None
-            await self._label_counts(state)
-            d = pol.decide(state, self.now(state), self.config.policy, newest=newest)
-            await self._maybe_start(state, d, f"quality:{ev.window_id}")
-            await self._save(state)
-            self._follow_started()
+        return await self._decide(lambda: self._quality(ev, info))
+
+    async def _quality(self, ev: WindowScored, info: pol.QualityInfo) -> pol.Decision | None:
+        state = await self._locked_state()
+        if pol.observe_quality(state, info, self.config.policy) is None:
+            return None
+        newest = state.windows[-1] if state.windows else None
+        await self._label_counts(state)
+        d = pol.decide(state, self.now(state), self.config.policy, newest=newest)
+        await self._maybe_start(state, d, f"quality:{ev.window_id}")
+        await self._save(state)
+        self._follow_started()
         return d
 
     def _note(self, text: str) -> None:
         self._record(pol.Decision(False, text), None, "state")
 
     async def manual(self, reason: str = "manual") -> tuple[pol.Decision, str | None]:
-        async with self._lock:
-            state = await self._locked_state()
-            await self._label_counts(state)
-            d = pol.decide(state, self.now(state), self.config.policy, manual=True)
-            run_id = await self._maybe_start(state, d, f"manual:{reason}")
-            await self._save(state)
-            self._follow_started()
+        """Decide now as an operator asked. A replica that does not lead records the
+        request for the leader's next tick: (a decision not taken saying so, None)."""
+        if not self.leads():
+            await self.redis.set(self._key("manual"), reason)
+            return pol.Decision(
+                False, "recorded: the leading replica decides on its next tick", guard="leader"
+            ), None
+        return await self._decide(lambda: self._manual(reason))
+
+    async def _manual(self, reason: str) -> tuple[pol.Decision, str | None]:
+        state = await self._locked_state()
+        await self._label_counts(state)
+        d = pol.decide(state, self.now(state), self.config.policy, manual=True)
+        run_id = await self._maybe_start(state, d, f"manual:{reason}")
+        await self._save(state)
+        self._follow_started()
         return d, run_id
 
     async def state_view(self) -> dict[str, Any]:
@@ -465,6 +581,14 @@ class Trigger:
         if not d.take:
             self._record(d, None, source)
             return None
+        if not self.leads():
+            # Folded in here; the leading replica's tick decides the same and starts it.
+            self._record(
+                replace(d, take=False, guard="leader", reason=f"{d.reason}; the leader starts it"),
+                None,
+                source,
+            )
+            return None
         run_id = stable_id(
             "run",
             self.config.model,
@@ -475,6 +599,8 @@ class Trigger:
             state.attempts,
         )
         held = await self._claim(run_id)
+        if held is not None and held.startswith(CLAIMED):
+            raise ClaimedElsewhere(f"run {run_id} is being submitted by {held[len(CLAIMED) :]}")
         if held is not None:
             adopted = await self._adopt(state, run_id, held)
             if adopted is not None:
@@ -554,7 +680,7 @@ class Trigger:
         backend run id, or "claimed:<owner>:<since>" of another trigger submitting now."""
         key = f"ctrain:trigger:run:{run_id}"
         mine = f"{CLAIMED}{self.owner}:{self.clock()}".encode()
-        if await self.redis.set(key, mine, nx=True):
+        if await self._claim_as(key, mine, ""):
             return None
         held = _text(await self.redis.get(key))
         if not held.startswith(CLAIMED):
@@ -565,8 +691,19 @@ class Trigger:
             return held
         # Ours, or a claimant that stopped before it submitted: take it over, unless
         # another trigger took it over at the same instant.
-        took = await self.redis.eval(_TAKE_OVER, 1, key, held, mine)
+        took = await self._claim_as(key, mine, held)
         return None if took else _text(await self.redis.get(key))
+
+    async def _claim_as(self, key: str, mine: bytes, held: str) -> bool:
+        """Claim ``key`` (new when ``held`` is "", else replacing ``held``), fenced by the
+        lease: a replica deposed since it decided claims nothing (Fenced)."""
+        got = await self._claim_script(
+            keys=[self.lease.key if self.lease else self._key("lease"), key],
+            args=[self._token(), mine, held],
+        )
+        if got == -1:
+            raise self._deposed()
+        return bool(got)
 
     async def _adopt(self, state: pol.ModelState, run_id: str, held: str) -> str | None:
         """A run the backend has (``held`` is its backend id) but whose decision was not
@@ -698,10 +835,12 @@ class Trigger:
                 }
             ),
         )
-        async with self._lock:
-            state = await self._locked_state()
-            pol.finished(state, run_id, ok, self.now(state), blessed)
-            await self._save(state)
+        await self._decide(lambda: self._finished(run_id, ok, blessed))
+
+    async def _finished(self, run_id: str, ok: bool, blessed: str | None) -> None:
+        state = await self._locked_state()
+        pol.finished(state, run_id, ok, self.now(state), blessed)
+        await self._save(state)
 
     def _candidate(self, meta: dict[str, Any]) -> ModelCandidate:
         result = orjson.loads(self.store.read_bytes(f"{meta['params']['run_dir']}/result.json"))

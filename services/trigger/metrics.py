@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
 
 from shared.consume import ConsumerMetrics
+from shared.lease import LeaderGauge
 
 M = TypeVar("M", bound=MetricWrapperBase)
 
@@ -39,6 +40,7 @@ class ModelMetrics:
         self.submit_latency = m.submit_latency.labels(model)
         self.armed = m.armed.labels(model)
         self.attempts = m.attempts.labels(model)
+        self.retried = _Bound(m.retried, model)
 
 
 class TriggerMetrics:
@@ -98,6 +100,14 @@ class TriggerMetrics:
             ["model"],
             registry=registry,
         )
+        self.retried = Counter(
+            "ctrain_trigger_decisions_retried_total",
+            "Decisions taken again from the saved state, by why: StateConflict (another "
+            "replica saved the model's state first) or Fenced (the lease moved).",
+            ["model", "reason"],
+            registry=registry,
+        )
+        self.leader = LeaderGauge(registry, "trigger")
         self.tick_failures = Counter(
             "ctrain_trigger_tick_failures_total",
             "Failed rounds of the retry tick (an outage; the next round retries).",
