@@ -22,7 +22,7 @@ from starlette.requests import Request
 
 from services.promoter.auth import Identity, TokenBook
 from services.promoter.console import Upstreams, add_console, upstreams
-from services.promoter.core import Promoter, PromoterConfig
+from services.promoter.core import SERVING_LEASE, Promoter, PromoterConfig
 from services.promoter.errors import NotFound, PromoterError
 from services.promoter.metrics import PromoterMetrics
 from services.promoter.quality import TASK_METRIC, RollbackPolicy
@@ -39,6 +39,7 @@ from shared.kafka import (
     make_router,
     one_event_at_a_time,
 )
+from shared.lease import Leadership, instance_name
 from shared.metrics import Readiness, metrics_endpoint, new_registry
 from shared.periodic import every
 from shared.redis import make_redis
@@ -130,6 +131,14 @@ def create_app(common: CommonSettings, settings: PromoterSettings) -> FastAPI:
 
     cfg = config_of(common)
     policies, two, approvers = gate_from(cfg, settings)
+    leadership = Leadership(
+        redis,
+        "promoter",
+        [SERVING_LEASE],
+        ttl_s=common.lease_ttl_s,
+        holder=instance_name(common.instance),
+        gauge=metrics.leader,
+    )
     promoter = Promoter(
         redis=redis,
         serving=ServingFleet(common.serving_grpc, config_file=settings.serving_config_file),
@@ -146,7 +155,18 @@ def create_app(common: CommonSettings, settings: PromoterSettings) -> FastAPI:
         publish=publish,
         smoke=smoke_examples,
         metrics=metrics,
+        lease=leadership.lease(SERVING_LEASE),
     )
+
+    async def gained(_: str) -> None:
+        await promoter.resume()
+
+    async def lost(_: str) -> None:
+        # A promotion under way stops; it stays "promoting" and the new leader resumes it.
+        for task in list(promoter.tasks):
+            task.cancel()
+
+    leadership.on_gain, leadership.on_loss = gained, lost
 
     async def handle_candidate(body: bytes) -> None:
         await promoter.on_candidate(decode(ModelCandidate, body))
@@ -195,17 +215,22 @@ def create_app(common: CommonSettings, settings: PromoterSettings) -> FastAPI:
                 await asyncio.sleep(15)  # refresh period of the state gauges
 
         async with router.lifespan_context(app):
-            await promoter.resume()
+            await leadership.step()  # lead (and resume) before the first record if free
+            leading = asyncio.create_task(leadership.run())
+            sweeping = asyncio.create_task(every(1, promoter.sweep, "acting as the leader"))
             refresher = asyncio.create_task(gauges())
             readiness = asyncio.create_task(every(5, ready, "checking readiness"))
             yield
             refresher.cancel()
             readiness.cancel()
+            sweeping.cancel()
+            leading.cancel()
             await epoch.close()
             # A promotion waiting out an outage stops here; it stays "promoting" in Redis
             # and resume() finishes it at the next start.
             for task in list(promoter.tasks):
                 task.cancel()
+            await leadership.release()  # another replica leads at its next renewal
         await promoter.serving.close()
         await ups.close()
 
@@ -234,7 +259,12 @@ def create_app(common: CommonSettings, settings: PromoterSettings) -> FastAPI:
         reason = await ready()
         if reason:
             return JSONResponse({"status": "down", "reason": reason}, 503)
-        return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "ok", "leads": leadership.leads(SERVING_LEASE)})
+
+    @app.get("/v1/leaders", include_in_schema=False)
+    async def leaders() -> JSONResponse:
+        """Which replica leads (promotes, rolls back, writes serving's config)."""
+        return JSONResponse({"this": leadership.holder, "leaders": await leadership.leaders()})
 
     @app.get("/v1/candidates")
     async def list_candidates(

@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,22 +27,34 @@ from services.promoter.errors import (
     Conflict,
     Forbidden,
     NotFound,
+    PromoterError,
     ServingError,
     ServingUnavailable,
 )
 from services.promoter.metrics import PromoterMetrics
 from services.promoter.quality import QualityGate, RollbackPolicy
 from services.promoter.serving import ModelLayout, ServingClient, ServingFleet
-from services.promoter.store import CandidateStore, Record
+from services.promoter.store import TO_PROMOTE, CandidateStore, Record
 from shared import keys
 from shared.consume import outage_of, retry_outages
 from shared.events import ModelCandidate, PromotionEvent, WindowScored
 from shared.ids import stable_id
+from shared.lease import Fenced, Lease
 
 log = logging.getLogger(__name__)
 # Who the audit trail names for what the promoter does on live quality by itself.
 AUTO_ACTOR = "ctrain-monitor"
 Publish = Callable[[PromotionEvent], Awaitable[None]]
+LAYOUTS = "ctrain:promoter:layouts"
+# Rollbacks asked of a replica that does not lead, for the leader; each answer goes to
+# ``<ROLLBACKS>:<request id>``.
+ROLLBACKS = "ctrain:promoter:rollback_requests"
+# One lease for the promoter: every model shares the model server's config, so one
+# replica writes it (two leaders of two models would each drop the other's new version).
+SERVING_LEASE = "serving"
+_RELAYED: dict[str, type[PromoterError]] = {
+    c.__name__: c for c in (Conflict, NotFound, Forbidden, ServingError, Ambiguous)
+}
 
 
 @dataclass(frozen=True)
@@ -56,6 +69,8 @@ class PromoterConfig:
     smoke_examples: int = 4
     # model -> how a promotion is watched on live quality (absent: not watched)
     rollback: dict[str, RollbackPolicy] = field(default_factory=dict)
+    # How long a replica that does not lead waits for the leader to carry out a rollback.
+    relay_timeout_s: float = 30.0
 
 
 class Promoter:
@@ -69,6 +84,7 @@ class Promoter:
         smoke: Callable[[ModelCandidate, int], list[bytes]],
         metrics: PromoterMetrics | None = None,
         outage_backoff_s: float = 0.5,
+        lease: Lease | None = None,
     ) -> None:
         self.redis = redis
         self.store = CandidateStore(redis)
@@ -86,14 +102,22 @@ class Promoter:
         self.outage_backoff_s = outage_backoff_s  # first wait when a promotion meets an outage
         # Why a promotion waits (serving or Redis unreachable), for /healthz; None if none.
         self.outage: str | None = None
+        # Only the replica holding it writes serving's config (None: a lone promoter).
+        self.lease = lease
+
+    def leads(self) -> bool:
+        return self.lease is None or self.lease.leads()
 
     # ------------------------------------------------------------ layout
     async def layouts(self) -> dict[str, dict[str, Any]]:
-        raw: Any = await self.redis.hgetall("ctrain:promoter:layouts")
+        raw: Any = await self.redis.hgetall(LAYOUTS)
         return {k.decode(): orjson.loads(v) for k, v in raw.items()}
 
     async def _save_layout(self, model: str, layout: dict[str, Any]) -> None:
-        await self.redis.hset("ctrain:promoter:layouts", model, orjson.dumps(layout))
+        if self.lease is not None:
+            await self.lease.hset(LAYOUTS, model, orjson.dumps(layout))  # fenced
+        else:
+            await self.redis.hset(LAYOUTS, model, orjson.dumps(layout))
 
     def _base(self, model: str) -> str:
         return str(Path(self.config.serving_base) / model)
@@ -114,7 +138,7 @@ class Promoter:
     async def reconcile(self) -> list[str]:
         """Bring every model server replica whose labels differ from the layouts (one that
         restarted with an older config, or joined later) to them; returns those replicas."""
-        if not isinstance(self.serving, ServingFleet):
+        if not isinstance(self.serving, ServingFleet) or not self.leads():
             return []
         fixed: list[str] = []
         async with self._serving_lock:
@@ -124,6 +148,8 @@ class Promoter:
                 labels = {k: int(v) for k, v in lay["labels"].items()}
                 for address in await self.serving.behind(m, labels):
                     if address not in fixed:
+                        if self.lease is not None:
+                            await self.lease.check()
                         await self.serving.catch_up(address, models)
                         fixed.append(address)
         for address in fixed:
@@ -140,7 +166,12 @@ class Promoter:
         at once otherwise each submitted a config without the other's new version, and
         serving unloaded it before its label could move (seen with three models)."""
         async with self._serving_lock:
-            await self.serving.reload(await self._config({model: layout}))
+            config = await self._config({model: layout})
+            if self.lease is not None:
+                # Serving cannot check a token: the last look is here, and the layout a
+                # deposed leader may still write is the one the fenced record holds.
+                await self.lease.check()
+            await self.serving.reload(config)
             self._applied[model] = layout
 
     # ------------------------------------------------------------- gate
@@ -152,7 +183,7 @@ class Promoter:
             if rec.state == "rejected":
                 await self._event(rec, "rejected", "gate", rec.reason, count=False)
             elif rec.state == "approved" and rec.approvals == []:
-                self._spawn(self.promote(c.candidate_id, "gate", "auto"))
+                await self._to_promote(c.candidate_id, "gate", "auto")
             return None
         why = f"newer candidate {c.candidate_id}"
         for old in await self.store.find(model=c.model):
@@ -175,8 +206,9 @@ class Promoter:
             await self._event(rec, "rejected", "gate", reason)
             return rec
         if policy == "auto":
+            await self.store.set_fields(c.candidate_id, promote_by="gate", promote_as="auto")
             await self.store.transition(c.candidate_id, "auto", "gate", "blessed; policy auto")
-            self._spawn(self.promote(c.candidate_id, "gate", "auto"))
+            await self._to_promote(c.candidate_id, "gate", "auto")
         else:
             done, _ = await self.store.transition(
                 c.candidate_id, "await_approval", "gate", "blessed; policy manual"
@@ -232,14 +264,16 @@ class Promoter:
             # The approval and its audit entry in one transaction: neither without the other.
             await self.store.approve_partly(cid, rec, who.name, reason, approvals)
             return await self._get(cid)
-        await self.store.set_fields(cid, approvals=approvals)
+        await self.store.set_fields(
+            cid, approvals=approvals, promote_by=who.name, promote_as="approved"
+        )
         done, before = await self.store.transition(cid, "approve", who.name, reason, rec.state)
         if not done:
             raise Conflict(f"candidate {cid} is {before}; it cannot be approved")
         if before == "pending_approval":
             wait = max(0.0, time.time() - rec.updated_at)
             self.metrics.approval_wait.labels(rec.candidate.model).observe(wait)
-        self._spawn(self.promote(cid, who.name, "approved"))
+        await self._to_promote(cid, who.name, "approved")
         return await self._get(cid)
 
     async def reject(self, cid: str, who: Identity, reason: str) -> Record:
@@ -260,12 +294,19 @@ class Promoter:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
+    async def _to_promote(self, cid: str, actor: str, decision: str) -> None:
+        """An approved candidate: recorded for the leader (which may be this replica)."""
+        await self.redis.sadd(TO_PROMOTE, cid)
+        if self.leads():
+            self._spawn(self.promote(cid, actor, decision))
+
     async def promote(self, cid: str, actor: str, decision: str) -> None:
         """Move ``stable`` to the candidate. An outage (serving or Redis unreachable)
         holds the promotion where it is and it resumes there once they answer; only a
-        refusal (a model that does not load, a bad prediction) fails the candidate."""
-        if cid in self._promoting:
-            return  # already under way in this process (a redelivery, a resume)
+        refusal (a model that does not load, a bad prediction) fails the candidate.
+        Only the leader promotes; one deposed on the way stops, the next one resumes."""
+        if cid in self._promoting or not self.leads():
+            return  # already under way in this process, or another replica's to do
         self._promoting.add(cid)
         try:
             await retry_outages(
@@ -274,6 +315,8 @@ class Promoter:
                 backoff_s=self.outage_backoff_s,
                 on_outage=self._serving_outage,
             )
+        except Fenced as e:
+            log.warning("promotion left to the new leader", extra={"candidate": cid, "why": str(e)})
         finally:
             self._promoting.discard(cid)
 
@@ -284,9 +327,12 @@ class Promoter:
     async def _promote(self, cid: str, actor: str, decision: str) -> None:
         rec = await self._get(cid)
         model = rec.candidate.model
-        done, before = await self.store.transition(cid, "promote", actor, f"promoting ({decision})")
+        done, before = await self.store.transition(
+            cid, "promote", actor, f"promoting ({decision})", lease=self.lease
+        )
         if not done:
             log.warning("not promoting", extra={"candidate": cid, "state": before})
+            await self.redis.srem(TO_PROMOTE, cid)
             return
         started = time.perf_counter()
         fence_key = f"ctrain:promoter:{model}:fence"
@@ -300,6 +346,8 @@ class Promoter:
             await self.store.set_fields(cid, prior_layout=orjson.dumps(prior))
         try:
             await self._load_and_label(rec, prior, fence, fence_key, actor, decision, started)
+        except Fenced:
+            raise  # deposed: the candidate stays promoting for the new leader
         except Exception as e:
             if outage_of(e) is not None:
                 raise  # waited out by promote(); the candidate stays promoting
@@ -309,7 +357,10 @@ class Promoter:
                     await self._apply(model, prior)  # the labels as they were
                 except ServingError:
                     log.exception("restoring the previous config failed")
-            await self.store.transition(cid, "fail", actor, f"{type(e).__name__}: {e}")
+            await self.store.transition(
+                cid, "fail", actor, f"{type(e).__name__}: {e}", lease=self.lease
+            )
+            await self.redis.srem(TO_PROMOTE, cid)
             await self._event(await self._get(cid), "failed", actor, f"{type(e).__name__}: {e}")
 
     async def _load_and_label(
@@ -361,8 +412,13 @@ class Promoter:
         await self.redis.set(keys.serving_windows(model), orjson.dumps(rec.candidate.windows))
         old_cid = prior.get("by_version", {}).get(str(stable)) if stable is not None else None
         if old_cid:
-            await self.store.transition(old_cid, "retire", actor, f"version {version} took stable")
-        await self.store.transition(cid, "served", actor, f"stable -> version {version}")
+            await self.store.transition(
+                old_cid, "retire", actor, f"version {version} took stable", lease=self.lease
+            )
+        await self.store.transition(
+            cid, "served", actor, f"stable -> version {version}", lease=self.lease
+        )
+        await self.redis.srem(TO_PROMOTE, cid)
         self.metrics.promotion_seconds.observe(time.perf_counter() - started)
         self._label_gauges(model, labels)
         if stable is not None and int(stable) != version:
@@ -386,11 +442,79 @@ class Promoter:
         os.replace(tmp, dest)
 
     async def resume(self) -> None:
-        """After a crash: finish promotions that were under way (or roll them back)."""
-        for rec in await self.store.find(state="promoting"):
-            self._spawn(self.promote(rec.candidate.candidate_id, "recovery", "approved"))
-        for rec in await self.store.find(state="approved"):
-            self._spawn(self.promote(rec.candidate.candidate_id, "recovery", "approved"))
+        """On taking the lead (a start, or a leader gone): finish the promotions under way
+        and start the approved ones, as whoever approved them."""
+        for state in ("promoting", "approved"):
+            for rec in await self.store.find(state=state):
+                await self._to_promote(
+                    rec.candidate.candidate_id,
+                    rec.promote_by or "recovery",
+                    rec.promote_as or "approved",
+                )
+
+    async def sweep(self) -> None:
+        """The leader acts on what any replica recorded: approved candidates to promote,
+        rollbacks asked of a replica that does not lead."""
+        if not self.leads():
+            return
+        members: Any = await self.redis.smembers(TO_PROMOTE)
+        for raw in members:
+            cid = raw.decode()
+            rec = await self.store.get(cid)
+            if rec is None or rec.state not in ("approved", "promoting"):
+                await self.redis.srem(TO_PROMOTE, cid)
+            else:
+                self._spawn(self.promote(cid, rec.promote_by or "recovery", rec.promote_as))
+        while self.leads():
+            req: Any = await self.redis.lpop(ROLLBACKS)
+            if req is None:
+                return
+            await self._relayed_rollback(orjson.loads(req))
+
+    async def _relayed_rollback(self, req: dict[str, Any]) -> None:
+        try:
+            answer: dict[str, Any] = {
+                "ok": await self._roll_back(
+                    req["model"], req["actor"], req["reason"], req["target"]
+                )
+            }
+        except PromoterError as e:
+            answer = {"error": type(e).__name__, "detail": str(e)}
+        except Exception:
+            await self.redis.lpush(ROLLBACKS, orjson.dumps(req))  # for the next try or leader
+            raise
+        if req.get("id"):
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.rpush(f"{ROLLBACKS}:{req['id']}", orjson.dumps(answer))
+            pipe.expire(f"{ROLLBACKS}:{req['id']}", 300)
+            await pipe.execute()
+
+    async def _relay_rollback(
+        self, model: str, actor: str, reason: str, target: int | None, wait: bool
+    ) -> dict[str, Any]:
+        """A rollback asked of a replica that does not lead: recorded for the leader, and
+        its answer awaited (``wait``) so the caller sees what the leader did."""
+        rid = uuid.uuid4().hex
+        req = {"id": rid if wait else "", "model": model, "actor": actor, "reason": reason}
+        await self.redis.rpush(ROLLBACKS, orjson.dumps({**req, "target": target}))
+        leader = await self.lease.leader() if self.lease is not None else None
+        if not wait:
+            return {"model": model, "requested": True, "leader": leader}
+        got: Any = await self.redis.blpop(
+            [f"{ROLLBACKS}:{rid}"], timeout=self.config.relay_timeout_s
+        )
+        if got is None:
+            return {
+                "model": model,
+                "requested": True,
+                "leader": leader,
+                "detail": f"recorded; leader {leader} has not answered in "
+                f"{self.config.relay_timeout_s:.0f} s",
+            }
+        answer = orjson.loads(got[1])
+        if "error" in answer:
+            raise _RELAYED.get(answer["error"], Conflict)(answer["detail"])
+        return dict(answer["ok"])
 
     # ---------------------------------------------------------- rollback
     async def rollback(
@@ -398,6 +522,8 @@ class Promoter:
     ) -> dict[str, Any]:
         TokenBook.require(who, "approver")
         self._may_decide(model, who)
+        if not self.leads():
+            return await self._relay_rollback(model, who.name, reason, target, wait=True)
         return await self._roll_back(model, who.name, reason, target)
 
     async def on_quality(self, ev: WindowScored) -> str | None:
@@ -409,7 +535,11 @@ class Promoter:
             return None
         watch, verdict, evidence = got
         model = ev.model
-        if verdict == "rollback":
+        if verdict == "rollback" and not self.leads():
+            await self._relay_rollback(
+                model, AUTO_ACTOR, f"automatic rollback: {evidence}", int(watch["previous"]), False
+            )
+        elif verdict == "rollback":
             try:
                 await self._roll_back(
                     model, AUTO_ACTOR, f"automatic rollback: {evidence}", int(watch["previous"])
@@ -452,10 +582,12 @@ class Promoter:
         self._label_gauges(model, new["labels"])
         by_version = layout.get("by_version", {})
         if by_version.get(str(current)):
-            await self.store.transition(by_version[str(current)], "roll_back", actor, reason)
+            await self.store.transition(
+                by_version[str(current)], "roll_back", actor, reason, lease=self.lease
+            )
         target_cid = by_version.get(str(goal))
         if target_cid:
-            await self.store.transition(target_cid, "restore", actor, reason)
+            await self.store.transition(target_cid, "restore", actor, reason, lease=self.lease)
             tgt = await self.store.get(target_cid)
             if tgt is not None:
                 await self.redis.set(keys.serving_model_uri(model), tgt.candidate.model_uri)

@@ -5,12 +5,14 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from shared.consume import ConsumerMetrics
+from shared.lease import LeaderGauge
 
 
 class PromoterMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         # How its event consumers settle records: retries, dead letters, outages.
         self.consumer = ConsumerMetrics(registry, "promoter")
+        self.leader = LeaderGauge(registry, "promoter")
         self.auto_rollbacks = Counter(
             "ctrain_promoter_auto_rollbacks_total",
             "Promotions rolled back by the promoter itself: the new stable was worse on live "

@@ -16,10 +16,12 @@ from redis.asyncio import Redis
 
 from services.promoter.states import next_state
 from shared.events import ModelCandidate
+from shared.lease import Lease
 
 # The state moves, its reason is set and its audit entry is written in one step:
 # an outage can stop a transition before or after, never between (no lost audit).
 _CAS = """
+if ARGV[9] ~= '' and redis.call('HGET', KEYS[3], 'token') ~= ARGV[9] then return {-1, ''} end
 local cur = redis.call('HGET', KEYS[1], 'state')
 if cur == false then cur = 'new' end
 if cur ~= ARGV[1] then return {0, cur} end
@@ -29,6 +31,8 @@ redis.call('XADD', KEYS[2], '*', 'candidate_id', ARGV[5], 'model', ARGV[6], 'act
 return {1, cur}
 """
 AUDIT = "ctrain:promoter:audit"
+# Candidates approved (by an operator or the gate) that the leader has still to promote.
+TO_PROMOTE = "ctrain:promoter:to_promote"
 
 
 @dataclass
@@ -41,6 +45,10 @@ class Record:
     reason: str = ""
     # The model's serving layout when its promotion began (a resumed one starts there).
     prior_layout: dict[str, Any] | None = None
+    # Who approved it and how ("gate"/"auto", or an approver/"approved"): the promotion's
+    # event says so whichever replica or attempt carries it out.
+    promote_by: str = ""
+    promote_as: str = ""
 
     def to_public(self) -> dict[str, Any]:
         c = self.candidate
@@ -97,6 +105,8 @@ class CandidateStore:
             updated_at=float(raw.get(b"updated_at", b"0")),
             reason=raw.get(b"reason", b"").decode(),
             prior_layout=orjson.loads(raw[b"prior_layout"]) if b"prior_layout" in raw else None,
+            promote_by=raw.get(b"promote_by", b"").decode(),
+            promote_as=raw.get(b"promote_as", b"").decode(),
         )
 
     async def ids_with_prefix(self, prefix: str) -> list[str]:
@@ -119,9 +129,16 @@ class CandidateStore:
         return out
 
     async def transition(
-        self, cid: str, action: str, actor: str, reason: str, expected: str | None = None
+        self,
+        cid: str,
+        action: str,
+        actor: str,
+        reason: str,
+        expected: str | None = None,
+        lease: Lease | None = None,
     ) -> tuple[bool, str]:
-        """Apply ``action`` atomically; returns (done, state before)."""
+        """Apply ``action`` atomically; returns (done, state before). With ``lease`` only
+        while this replica holds it (Fenced otherwise: an action of a deposed leader)."""
         rec = await self.get(cid)
         before = expected or (rec.state if rec else "new")
         after = next_state(before, action)
@@ -129,9 +146,21 @@ class CandidateStore:
             return False, before
         model = rec.candidate.model if rec else ""
         ok, cur = await self._cas(
-            keys=[self._key(cid), AUDIT],
-            args=[before, after, str(time.time()), reason, cid, model, actor, action],
+            keys=[self._key(cid), AUDIT, lease.key if lease else AUDIT],
+            args=[
+                before,
+                after,
+                str(time.time()),
+                reason,
+                cid,
+                model,
+                actor,
+                action,
+                lease.fence() if lease else "",
+            ],
         )
+        if ok == -1 and lease is not None:
+            raise lease.deposed()
         cur_s = cur.decode() if isinstance(cur, bytes) else str(cur)
         if not ok:
             return False, cur_s
