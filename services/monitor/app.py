@@ -43,6 +43,7 @@ from shared.kafka import (
     make_router,
     one_event_at_a_time,
 )
+from shared.lease import Leadership, instance_name
 from shared.metrics import Readiness, new_registry
 from shared.periodic import every
 from shared.redis import make_redis
@@ -179,14 +180,26 @@ def create_app(common: CommonSettings, settings: MonitorSettings) -> FastAPI:
     async def on_labels(msg: KafkaMessage) -> None:
         await labels_in.consume_batch(msg, join_batch)
 
+    leadership = Leadership(
+        redis,
+        "monitor",
+        list(models),
+        ttl_s=common.lease_ttl_s,
+        holder=instance_name(common.instance),
+        gauge=metrics.leader,
+    )
+
     async def expire() -> None:
-        await join.expire()
+        # Joining and scoring run on every replica (claims make them safe to share);
+        # giving up on held labels is the leader's, one replica per model.
+        await join.expire(only=[m for m in models if leadership.leads(m)])
         for name in models:
             metrics.pending.labels(name).set(await join.state.pending_count(name))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with router.lifespan_context(app):
+            leading = asyncio.create_task(leadership.run())
             upkeep = asyncio.create_task(
                 every(30, expire, "expiring held labels", metrics.timer_failures.inc)
             )
@@ -196,6 +209,8 @@ def create_app(common: CommonSettings, settings: MonitorSettings) -> FastAPI:
             finally:
                 upkeep.cancel()
                 readiness.cancel()
+                leading.cancel()
+                await leadership.release()
                 await scorer.close()
                 await epoch.close()
 

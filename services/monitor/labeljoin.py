@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -373,11 +373,14 @@ class LabelJoin:
             if known:
                 await self._join_held(m, await self.state.pending_for(m.name, known))
 
-    async def expire(self) -> int:
+    async def expire(self, only: Collection[str] | None = None) -> int:
         """Dead-letter held labels whose example never came: windows ``early_tolerance_s``
-        newer than the label have been indexed. Returns how many."""
+        newer than the label have been indexed. Returns how many. ``only``: the models
+        this replica leads (one replica gives up on a model's labels)."""
         n = 0
         for m in self.models.values():
+            if only is not None and m.name not in only:
+                continue
             await self._rejoin(m)
             wm = await self.state.watermark(m.name)
             if wm is None:

@@ -6,6 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from shared.consume import ConsumerMetrics
 from shared.events import WindowScored
+from shared.lease import LeaderGauge
 
 LABEL_OUTCOMES = (
     "joined",
@@ -24,6 +25,7 @@ LABEL_OUTCOMES = (
 class MonitorMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.consumer = ConsumerMetrics(registry, "monitor")
+        self.leader = LeaderGauge(registry, "monitor")
         self.quality = Gauge(
             "ctrain_monitor_quality",
             "Latest window's quality of a model version: realized (on labels) or estimated "
