@@ -20,11 +20,21 @@ def _dev(args: argparse.Namespace) -> int:
     from ctrain import devstack
 
     if args.action == "up":
-        devstack.up(echo=console.print, serving_replicas=args.serving_replicas)
+        devstack.up(
+            echo=console.print,
+            serving_replicas=args.serving_replicas,
+            control_replicas=args.control_replicas,
+        )
         console.print(f"[green]dev stack up[/green]; state in {devstack.state_dir() / 'dev.json'}")
         return 0
     if args.action == "down":
         devstack.down(echo=console.print)
+        return 0
+    if args.action == "roll":
+        if not args.name:
+            console.print("[red]name the process to roll[/red]: `ctrain dev roll trigger`")
+            return 2
+        devstack.roll(args.name, echo=console.print)
         return 0
     if args.action == "reset":
         devstack.reset(echo=console.print)
@@ -300,14 +310,22 @@ def build_parser() -> argparse.ArgumentParser:
     dev = sub.add_parser("dev", help="the embedded dev stack")
     dev.add_argument(
         "action",
-        choices=["up", "down", "status", "reset"],
-        help="reset: stop, clear Redis, artifacts and serving versions, start afresh",
+        choices=["up", "down", "status", "reset", "roll"],
+        help="reset: stop, clear Redis, artifacts and serving versions, start afresh; "
+        "roll NAME: a rolling restart of one service process (its successor first)",
     )
+    dev.add_argument("name", nargs="?", help="roll: the process (trigger, trigger-2, ...)")
     dev.add_argument(
         "--serving-replicas",
         type=int,
         default=1,
         help="up: embedded model servers the promoter manages (clients spread requests)",
+    )
+    dev.add_argument(
+        "--control-replicas",
+        type=int,
+        default=1,
+        help="up: processes each of the trigger, promoter and monitor (one leads per model)",
     )
     dev.set_defaults(func=_dev)
     rp = sub.add_parser("replay", help="stream a CSV/Parquet/JSON-lines file into a model's stream")

@@ -83,6 +83,8 @@ class DemoOptions:
     # Whether the data tells the bundled story (a 2014 shift that must retrain);
     # default: when the data is the bundled file.
     story: bool | None = None
+    # Processes each of the trigger, promoter and monitor (one leads per model).
+    control_replicas: int = 1
 
 
 @dataclass
@@ -226,6 +228,7 @@ class Demo:
             echo=lambda m: self.say(f"[dim]{m}[/dim]"),
             config=config,
             ports={"promoter": promoter_port},
+            control_replicas=self.opts.control_replicas,
         )
         self.tail = EventTail(self.state["kafka"], on_event=self._on_event)
         self.tail.__enter__()
@@ -329,7 +332,7 @@ class Demo:
 
     def follow_run(self, run_id: str) -> TrainingRun:
         """Poll the trigger for component progress until the run ends."""
-        tc = client.trigger(self.state)
+        tc = client.trigger(self.live_state())
         deadline = time.monotonic() + self.opts.run_timeout_s
         try:
             while time.monotonic() < deadline:
@@ -361,10 +364,14 @@ class Demo:
         )
         return c
 
+    def live_state(self) -> dict[str, Any]:
+        """The stack as recorded now: a rolled service answers at its new address."""
+        return devstack.load_state() or self.state
+
     def approve(self, cand: ModelCandidate, reason: str, by_demo: bool) -> PromotionEvent:
         """Approval through the approval API: by the demo, the operator, or the auto policy."""
         if by_demo and not self.opts.auto_approve:
-            pc_ = client.promoter("approver", self.state)
+            pc_ = client.promoter("approver", self.live_state())
             try:
                 self.await_pending(pc_, cand.candidate_id)
                 pc_.approve(cand.candidate_id, reason)
@@ -462,7 +469,7 @@ class Demo:
         if not self.state:
             return
         try:
-            tc = client.trigger(self.state)
+            tc = client.trigger(self.live_state())
             try:
                 rows = tc.decisions(1, model=self.model)
             finally:
@@ -474,7 +481,7 @@ class Demo:
             verb = "started a run" if d["taken"] == "true" else "no run"
             self.progress.decision = f"{verb}: {d['reason']} ({d['source']})"
         try:
-            tc = client.trigger(self.state)
+            tc = client.trigger(self.live_state())
             try:
                 self.progress.trigger = tc.state(model=self.model)
             finally:
@@ -488,7 +495,7 @@ class Demo:
         The first run trains on the periods the trigger knows; asking before it has
         read the last one would leave that period out.
         """
-        tc = client.trigger(self.state)
+        tc = client.trigger(self.live_state())
         deadline = time.monotonic() + 120
         try:
             while time.monotonic() < deadline:
@@ -504,7 +511,7 @@ class Demo:
         raise LoopError(f"the trigger has not read windows {sorted(window_ids - seen)}")
 
     def _first_run(self) -> str:
-        tc = client.trigger(self.state)
+        tc = client.trigger(self.live_state())
         # Labels on their own stream are still being joined when the last window closes:
         # a request the trigger declines for want of labels is asked again meanwhile.
         patience = time.monotonic() + (180 if self.opts.label_delay_s is not None else 0)

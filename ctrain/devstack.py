@@ -35,6 +35,13 @@ class DevStackError(RuntimeError):
 
 
 SERVICES = ("ingest", "validator", "trigger", "promoter", "monitor")
+# The services whose replicas elect a leader per model (docs/deploy.md, "Two replicas").
+CONTROL = ("trigger", "promoter", "monitor")
+
+
+def service_of(name: str) -> str:
+    """The service a process runs: ``trigger`` for ``trigger`` and ``trigger-2``."""
+    return name.split("-", 1)[0]
 
 
 def state_dir() -> Path:
@@ -227,11 +234,13 @@ def spawn_service(
 ) -> tuple[Proc, subprocess.Popen[bytes], int]:
     port = port or free_port()
     env = service_env(state)
-    prefix = f"CTRAIN_{name.upper()}_"
-    env[prefix + "HTTP_PORT"] = str(port)
+    service = service_of(name)
+    env[f"CTRAIN_{service.upper()}_HTTP_PORT"] = str(port)
+    # One name per process slot: restarted on its port, it takes its leases back at once.
+    env["CTRAIN_INSTANCE"] = f"{name}@127.0.0.1:{port}"
     log = log_dir / f"{name}.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", f"services.{name}"],
+        [sys.executable, "-m", f"services.{service}"],
         env=env,
         stdout=open(log, "ab"),
         stderr=subprocess.STDOUT,
@@ -261,6 +270,28 @@ def restart_service(name: str) -> Proc:
     rec["pid"] = p.pid
     save_state(state)
     wait_port("127.0.0.1", port, 180, proc)
+    return p
+
+
+def roll(name: str, echo: Any = print) -> Proc:
+    """A rolling restart of one process: its successor starts on a free port and is
+    up before the old one gets SIGTERM (it drains and gives its leases up), as a
+    Kubernetes RollingUpdate does; the record then names the successor."""
+    state = load_state()
+    if not state:
+        raise DevStackError("no dev stack recorded")
+    rec = next((p for p in state["procs"] if p["name"] == name), None)
+    if rec is None or service_of(name) not in SERVICES:
+        raise DevStackError(f"{name} is not a service of this dev stack")
+    p, proc, port = spawn_service(name, state, state_dir())
+    wait_port("127.0.0.1", port, 180, proc)
+    echo(f"{name}: pid {p.pid} up at {p.address}; stopping pid {rec['pid']}")
+    _stop(Proc(**rec))
+    state = load_state() or state  # another process may have written it meanwhile
+    state["procs"] = [p.__dict__ if x["name"] == name else x for x in state["procs"]]
+    if service_of(name) == name:
+        state.setdefault("ports", {})[name] = port
+    save_state(state)
     return p
 
 
@@ -332,9 +363,11 @@ def up(
     config: str | None = None,
     ports: dict[str, int] | None = None,
     serving_replicas: int = 1,
+    control_replicas: int = 1,
 ) -> dict[str, Any]:
     """Start the stack; ``ports`` fixes some services' HTTP ports (the rest are free ones);
-    ``serving_replicas`` embedded model servers."""
+    ``serving_replicas`` embedded model servers; ``control_replicas`` processes each of
+    the trigger, the promoter and the monitor (``trigger``, ``trigger-2``, ...)."""
     existing = load_state()
     if existing and any(Proc(**p).alive() for p in existing.get("procs", [])):
         raise DevStackError(
@@ -352,6 +385,7 @@ def up(
         ),
         "embedded_kafka": env_kafka is None,
         "serving_replicas": serving_replicas,
+        "control_replicas": control_replicas,
         "procs": [],
     }
     models = load_config(state["config"])  # a broken file stops here, before anything starts
@@ -403,6 +437,12 @@ def up(
         # Ports first: the promoter is told where the others listen (its console).
         state["ports"] = {name: (ports or {}).get(name) or free_port() for name in services}
         spawned = [spawn_service(name, state, d, state["ports"][name]) for name in services]
+        spawned += [
+            spawn_service(f"{name}-{n}", state, d)
+            for n in range(2, control_replicas + 1)
+            for name in services
+            if name in CONTROL
+        ]
         procs.extend(p for p, _, _ in spawned)
         state["procs"] = [x.__dict__ for x in procs]
         save_state(state)
@@ -460,9 +500,8 @@ def status() -> list[tuple[str, str, bool]]:
             continue
         rows.append((part, addr, ok))
     for name in SERVICES:
-        p = by_name.get(name)
-        if p is not None:
-            rows.append((name, p.address, p.alive() and _reachable(p.address)))
+        for p in (x for n, x in by_name.items() if service_of(n) == name):
+            rows.append((p.name, p.address, p.alive() and _reachable(p.address)))
     return rows
 
 
@@ -510,7 +549,8 @@ def reset(echo: Any = print) -> dict[str, Any]:
         (d / f).unlink(missing_ok=True)
     echo(f"cleared {d}: artifacts, Redis data, serving versions")
     replicas = int(state.get("serving_replicas", 1)) if state else 1
-    return up(echo=echo, config=config, serving_replicas=replicas)
+    control = int(state.get("control_replicas", 1)) if state else 1
+    return up(echo=echo, config=config, serving_replicas=replicas, control_replicas=control)
 
 
 def _reachable(address: str) -> bool:
