@@ -68,6 +68,9 @@ def test_interpolation_variables_are_documented_and_not_settings() -> None:
     assert ENV_EXAMPLE.read_text().endswith("\n")
 
 
+CONTROL = ("trigger", "promoter", "monitor")
+
+
 @pytest.mark.parametrize("name", sorted(SERVICES))
 def test_service_env_is_known_complete_and_loads(name: str) -> None:
     svc = compose()["services"][name]
@@ -98,7 +101,25 @@ def test_service_image_command_ports_and_health(name: str) -> None:
     assert "artifacts:/artifacts" in svc["volumes"]
     prom = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     jobs = {j["job_name"]: j for j in prom["scrape_configs"]}
-    assert jobs[f"ctrain-{name}"]["static_configs"][0]["targets"] == [f"{name}:{port}"]
+    targets = [f"{name}:{port}"]
+    if name in CONTROL:
+        # The second replica: the same service under its own name and host port, and
+        # scraped under the same job.
+        second = doc["services"][f"{name}-2"]
+        assert {k: v for k, v in second.items() if k != "ports"} == {
+            k: v for k, v in svc.items() if k != "ports"
+        }
+        assert [p.rsplit(":", 1)[1] for p in second["ports"]] == [str(port)]
+        assert second["ports"] != svc["ports"]
+        targets.append(f"{name}-2:{port}")
+    assert jobs[f"ctrain-{name}"]["static_configs"][0]["targets"] == targets
+
+
+def test_control_services_share_the_lease_settings() -> None:
+    for name in CONTROL:
+        env = compose_env(compose()["services"][f"{name}-2"])
+        common, _ = load_settings(name, {k: v for k, v in env.items() if k.startswith("CTRAIN_")})
+        assert common.lease_ttl_s == 10
 
 
 def test_promoter_reaches_serving_and_models() -> None:

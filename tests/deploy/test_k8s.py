@@ -158,10 +158,28 @@ def container_env(overlay: str, name: str) -> dict[str, str]:
     for e in c.get("env", []):
         if "value" in e:
             env[e["name"]] = e["value"]
+        elif e["name"] == "CTRAIN_INSTANCE":
+            # The lease holder: the pod's own name, unique among the replicas.
+            assert e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name", e
+            env[e["name"]] = f"ctrain-{name}-0"
         else:
             assert e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace", e
             env[e["name"]] = namespace_of(overlay)
     return env
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("name", ["trigger", "promoter", "monitor"])
+def test_control_services_run_two_replicas_rolled_one_new_pod_first(
+    overlay: str, name: str
+) -> None:
+    """Two replicas, one leading per model (docs/deploy.md, "Two replicas"); a rollout
+    starts a new pod before it stops an old one, so a leader is always alive."""
+    dep = one(overlay, "Deployment", f"ctrain-{name}")
+    assert dep["spec"]["replicas"] == 2
+    assert dep["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+    env = container_env(overlay, name)
+    assert env["CTRAIN_INSTANCE"] == f"ctrain-{name}-0" and env["CTRAIN_LEASE_TTL_S"] == "10"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
