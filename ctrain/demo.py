@@ -83,8 +83,12 @@ class DemoOptions:
     # Whether the data tells the bundled story (a 2014 shift that must retrain);
     # default: when the data is the bundled file.
     story: bool | None = None
-    # Processes each of the trigger, promoter and monitor (one leads per model).
+    # Processes each of the trigger, promoter and monitor (one leads per model), and
+    # of ingest and the validator.
     control_replicas: int = 1
+    data_replicas: int = 1
+    # Where each process runs (test hosts: devstack.up's ``net``).
+    net: dict[str, Any] | None = None
 
 
 @dataclass
@@ -229,6 +233,8 @@ class Demo:
             config=config,
             ports={"promoter": promoter_port},
             control_replicas=self.opts.control_replicas,
+            data_replicas=self.opts.data_replicas,
+            net=self.opts.net,
         )
         self.tail = EventTail(self.state["kafka"], on_event=self._on_event)
         self.tail.__enter__()

@@ -149,9 +149,9 @@ class Proc:
         return True
 
 
-def start_tansu(log_dir: Path, port: int | None = None) -> Proc:
+def start_tansu(log_dir: Path, port: int | None = None, host: str = "127.0.0.1") -> Proc:
     port = port or free_port()
-    url = f"tcp://127.0.0.1:{port}"
+    url = f"tcp://{host}:{port}"
     log = log_dir / "tansu.log"
     proc = subprocess.Popen(
         [
@@ -168,11 +168,11 @@ def start_tansu(log_dir: Path, port: int | None = None) -> Proc:
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    wait_port("127.0.0.1", port, 20, proc)
-    return Proc("kafka", proc.pid, f"127.0.0.1:{port}", str(log))
+    wait_port(host, port, 20, proc)
+    return Proc("kafka", proc.pid, f"{host}:{port}", str(log))
 
 
-def start_redis(data_dir: Path, port: int | None = None) -> Proc:
+def start_redis(data_dir: Path, port: int | None = None, host: str = "127.0.0.1") -> Proc:
     port = port or free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     log = data_dir / "redis.log"
@@ -180,7 +180,10 @@ def start_redis(data_dir: Path, port: int | None = None) -> Proc:
         [
             redis_binary(),
             "--bind",
-            "127.0.0.1",
+            host,
+            # Test hosts (network namespaces) reach it on a bridge address, not loopback.
+            "--protected-mode",
+            "yes" if host == "127.0.0.1" else "no",
             "--port",
             str(port),
             "--dir",
@@ -196,8 +199,8 @@ def start_redis(data_dir: Path, port: int | None = None) -> Proc:
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    wait_port("127.0.0.1", port, 20, proc)
-    return Proc("redis", proc.pid, f"redis://127.0.0.1:{port}/0", str(log))
+    wait_port(host, port, 20, proc)
+    return Proc("redis", proc.pid, f"redis://{host}:{port}/0", str(log))
 
 
 def service_env(state: dict[str, Any]) -> dict[str, str]:
@@ -236,22 +239,30 @@ def spawn_service(
     env = service_env(state)
     service = service_of(name)
     env[f"CTRAIN_{service.upper()}_HTTP_PORT"] = str(port)
+    # On a test host (a network namespace, tests/netns.py) it listens on that host's address.
+    ns, host = state.get("hosts", {}).get(name, ("", "127.0.0.1"))
+    if ns:
+        env[f"CTRAIN_{service.upper()}_HTTP_HOST"] = "0.0.0.0"
     # One name per process slot: restarted on its port, it takes its leases back at once.
-    env["CTRAIN_INSTANCE"] = f"{name}@127.0.0.1:{port}"
+    env["CTRAIN_INSTANCE"] = f"{name}@{host}:{port}"
     log = log_dir / f"{name}.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", f"services.{service}"],
+        [*(["ip", "netns", "exec", ns] if ns else []), sys.executable, "-m", f"services.{service}"],
         env=env,
         stdout=open(log, "ab"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    return Proc(name, proc.pid, f"http://127.0.0.1:{port}", str(log)), proc, port
+    return Proc(name, proc.pid, f"http://{host}:{port}", str(log)), proc, port
+
+
+def host_of(p: Proc) -> str:
+    return p.address.split("://")[-1].rsplit(":", 1)[0]
 
 
 def start_service(name: str, state: dict[str, Any], log_dir: Path) -> Proc:
     p, proc, port = spawn_service(name, state, log_dir)
-    wait_port("127.0.0.1", port, 180, proc)
+    wait_port(host_of(p), port, 180, proc)
     return p
 
 
@@ -269,7 +280,7 @@ def restart_service(name: str) -> Proc:
     p, proc, _ = spawn_service(name, state, state_dir(), port=port)
     rec["pid"] = p.pid
     save_state(state)
-    wait_port("127.0.0.1", port, 180, proc)
+    wait_port(host_of(p), port, 180, proc)
     return p
 
 
@@ -284,7 +295,7 @@ def roll(name: str, echo: Any = print) -> Proc:
     if rec is None or service_of(name) not in SERVICES:
         raise DevStackError(f"{name} is not a service of this dev stack")
     p, proc, port = spawn_service(name, state, state_dir())
-    wait_port("127.0.0.1", port, 180, proc)
+    wait_port(host_of(p), port, 180, proc)
     echo(f"{name}: pid {p.pid} up at {p.address}; stopping pid {rec['pid']}")
     _stop(Proc(**rec))
     state = load_state() or state  # another process may have written it meanwhile
@@ -296,7 +307,11 @@ def roll(name: str, echo: Any = print) -> Proc:
 
 
 def start_modelserver(
-    state: dict[str, Any], d: Path, name: str = "serving", grpc_port: int | None = None
+    state: dict[str, Any],
+    d: Path,
+    name: str = "serving",
+    grpc_port: int | None = None,
+    host: str = "127.0.0.1",
 ) -> Proc:
     """One embedded TF-Serving stand-in over ``<state>/serving`` (docs/architecture.md
     §7). Every replica starts from ``models.config``, which the promoter rewrites with
@@ -317,15 +332,16 @@ def start_modelserver(
             f"--model_config_file={config}",
             f"--port={grpc_port}",
             f"--rest_api_port={rest_port}",
+            f"--bind_address={host}",
             "--allow_version_labels_for_unavailable_models",
         ],
         stdout=open(log, "ab"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    wait_port("127.0.0.1", rest_port, 120, proc)
+    wait_port(host, rest_port, 120, proc)
     state["serving_config"] = str(config)
-    return Proc(name, proc.pid, f"http://127.0.0.1:{rest_port}", str(log), f"127.0.0.1:{grpc_port}")
+    return Proc(name, proc.pid, f"http://{host}:{rest_port}", str(log), f"{host}:{grpc_port}")
 
 
 def write_tokens(d: Path) -> str:
@@ -364,10 +380,15 @@ def up(
     ports: dict[str, int] | None = None,
     serving_replicas: int = 1,
     control_replicas: int = 1,
+    data_replicas: int = 1,
+    net: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Start the stack; ``ports`` fixes some services' HTTP ports (the rest are free ones);
     ``serving_replicas`` embedded model servers; ``control_replicas`` processes each of
-    the trigger, the promoter and the monitor (``trigger``, ``trigger-2``, ...)."""
+    the trigger, the promoter and the monitor (``trigger``, ``trigger-2``, ...);
+    ``data_replicas`` of ingest and the validator. ``net`` places the stack on test
+    hosts (tests/netns.py): ``{"infra": {"kafka"|"redis"|"serving": address},
+    "hosts": {process name: [network namespace, address]}}``."""
     existing = load_state()
     if existing and any(Proc(**p).alive() for p in existing.get("procs", [])):
         raise DevStackError(
@@ -386,22 +407,25 @@ def up(
         "embedded_kafka": env_kafka is None,
         "serving_replicas": serving_replicas,
         "control_replicas": control_replicas,
+        "data_replicas": data_replicas,
+        "hosts": (net or {}).get("hosts", {}),
         "procs": [],
     }
+    infra: dict[str, str] = (net or {}).get("infra", {})
     models = load_config(state["config"])  # a broken file stops here, before anything starts
     echo(f"models {', '.join(models.models)}  (config {state['config']})")
     try:
         if env_kafka:
             state["kafka"] = env_kafka
         else:
-            k = start_tansu(d)
+            k = start_tansu(d, host=infra.get("kafka", "127.0.0.1"))
             procs.append(k)
             state["kafka"] = k.address
         echo(f"kafka  {state['kafka']}")
         if env_redis:
             state["redis"] = env_redis
         else:
-            r = start_redis(d / "redis")
+            r = start_redis(d / "redis", host=infra.get("redis", "127.0.0.1"))
             procs.append(r)
             state["redis"] = r.address
         echo(f"redis  {state['redis']}")
@@ -424,7 +448,12 @@ def up(
         serving_users = {"promoter", "monitor"} & set(services)
         if serving_users and not os.environ.get("CTRAIN_SERVING_GRPC"):
             servers = [
-                start_modelserver(state, d, "serving" if i == 0 else f"serving-{i + 1}")
+                start_modelserver(
+                    state,
+                    d,
+                    "serving" if i == 0 else f"serving-{i + 1}",
+                    host=infra.get("serving", "127.0.0.1"),
+                )
                 for i in range(serving_replicas)
             ]
             procs.extend(servers)
@@ -439,15 +468,14 @@ def up(
         spawned = [spawn_service(name, state, d, state["ports"][name]) for name in services]
         spawned += [
             spawn_service(f"{name}-{n}", state, d)
-            for n in range(2, control_replicas + 1)
             for name in services
-            if name in CONTROL
+            for n in range(2, (control_replicas if name in CONTROL else data_replicas) + 1)
         ]
         procs.extend(p for p, _, _ in spawned)
         state["procs"] = [x.__dict__ for x in procs]
         save_state(state)
         for p, proc, port in spawned:
-            wait_port("127.0.0.1", port, 180, proc)
+            wait_port(host_of(p), port, 180, proc)
             echo(f"{p.name:<9} {p.address}  (log {p.log})")
         echo(f"API tokens: {state['tokens_file']}")
     except BaseException:

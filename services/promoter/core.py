@@ -11,7 +11,6 @@ import logging
 import os
 import shutil
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +39,7 @@ from shared.consume import outage_of, retry_outages
 from shared.events import ModelCandidate, PromotionEvent, WindowScored
 from shared.ids import stable_id
 from shared.lease import Fenced, Lease
+from shared.relay import Relay
 
 log = logging.getLogger(__name__)
 # Who the audit trail names for what the promoter does on live quality by itself.
@@ -104,6 +104,7 @@ class Promoter:
         self.outage: str | None = None
         # Only the replica holding it writes serving's config (None: a lone promoter).
         self.lease = lease
+        self.rollbacks = Relay(redis, ROLLBACKS)
 
     def leads(self) -> bool:
         return self.lease is None or self.lease.leads()
@@ -465,53 +466,30 @@ class Promoter:
                 await self.redis.srem(TO_PROMOTE, cid)
             else:
                 self._spawn(self.promote(cid, rec.promote_by or "recovery", rec.promote_as))
-        while self.leads():
-            req: Any = await self.redis.lpop(ROLLBACKS)
-            if req is None:
-                return
-            await self._relayed_rollback(orjson.loads(req))
+        await self.rollbacks.serve(self._relayed_rollback, self.leads)
 
-    async def _relayed_rollback(self, req: dict[str, Any]) -> None:
+    async def _relayed_rollback(self, req: dict[str, Any]) -> dict[str, Any]:
         try:
-            answer: dict[str, Any] = {
-                "ok": await self._roll_back(
-                    req["model"], req["actor"], req["reason"], req["target"]
-                )
-            }
+            done = await self._roll_back(req["model"], req["actor"], req["reason"], req["target"])
         except PromoterError as e:
-            answer = {"error": type(e).__name__, "detail": str(e)}
-        except Exception:
-            await self.redis.lpush(ROLLBACKS, orjson.dumps(req))  # for the next try or leader
-            raise
-        if req.get("id"):
-            pipe = self.redis.pipeline(transaction=True)
-            pipe.rpush(f"{ROLLBACKS}:{req['id']}", orjson.dumps(answer))
-            pipe.expire(f"{ROLLBACKS}:{req['id']}", 300)
-            await pipe.execute()
+            return {"error": type(e).__name__, "detail": str(e)}
+        return {"ok": done}
 
     async def _relay_rollback(
         self, model: str, actor: str, reason: str, target: int | None, wait: bool
     ) -> dict[str, Any]:
         """A rollback asked of a replica that does not lead: recorded for the leader, and
         its answer awaited (``wait``) so the caller sees what the leader did."""
-        rid = uuid.uuid4().hex
-        req = {"id": rid if wait else "", "model": model, "actor": actor, "reason": reason}
-        await self.redis.rpush(ROLLBACKS, orjson.dumps({**req, "target": target}))
+        req = {"model": model, "actor": actor, "reason": reason, "target": target}
+        answer = await self.rollbacks.ask(req, self.config.relay_timeout_s if wait else None)
         leader = await self.lease.leader() if self.lease is not None else None
-        if not wait:
-            return {"model": model, "requested": True, "leader": leader}
-        got: Any = await self.redis.blpop(
-            [f"{ROLLBACKS}:{rid}"], timeout=self.config.relay_timeout_s
-        )
-        if got is None:
-            return {
-                "model": model,
-                "requested": True,
-                "leader": leader,
-                "detail": f"recorded; leader {leader} has not answered in "
-                f"{self.config.relay_timeout_s:.0f} s",
-            }
-        answer = orjson.loads(got[1])
+        if answer is None:
+            detail = (
+                f"recorded; leader {leader} has not answered in {self.config.relay_timeout_s:.0f} s"
+                if wait
+                else "recorded for the leader"
+            )
+            return {"model": model, "requested": True, "leader": leader, "detail": detail}
         if "error" in answer:
             raise _RELAYED.get(answer["error"], Conflict)(answer["detail"])
         return dict(answer["ok"])

@@ -329,6 +329,10 @@ def create_app(common: CommonSettings, settings: TriggerSettings) -> FastAPI:
             if d is not None and d.take:
                 log.info("decision on a tick", extra={"model": model, "why": d.reason})
 
+    async def serve_requests() -> None:
+        for trigger in triggers.values():
+            await trigger.serve_requests()
+
     def followers() -> list[asyncio.Task[None]]:
         return [t for tr in triggers.values() for t in tr.followers.values()]
 
@@ -344,7 +348,9 @@ def create_app(common: CommonSettings, settings: TriggerSettings) -> FastAPI:
                 every(settings.tick_s, tick, "deciding on a tick", metrics.tick_failures.inc)
             )
             readiness = asyncio.create_task(every(5, ready, "checking readiness"))
+            relaying = asyncio.create_task(every(0.5, serve_requests, "answering requests"))
             yield
+            relaying.cancel()
             ticker.cancel()
             readiness.cancel()
             leading.cancel()
@@ -405,7 +411,7 @@ def create_app(common: CommonSettings, settings: TriggerSettings) -> FastAPI:
             "run_id": run_id,
         }
         if d.guard == "leader":
-            # Recorded for the leading replica, which decides on its next tick.
+            # The leader did not answer in time: the request stays recorded for it.
             body["leader"] = await leadership.lease(trigger.config.model).leader()
             return JSONResponse(body, 202)
         return JSONResponse(body, 202 if d.take else 409)

@@ -42,6 +42,7 @@ from shared.events import (
 )
 from shared.ids import stable_id
 from shared.lease import Fenced, Lease
+from shared.relay import Relay
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +191,8 @@ class Trigger:
         self._base_sha = ""  # sha1 of the state this decision read ("" none)
         self._save_script = redis.register_script(_SAVE)
         self._claim_script = redis.register_script(_CLAIM)
+        # Manual requests made of a replica that does not lead, for the leader.
+        self.requests = Relay(redis, self._key("requests"))
 
     # ------------------------------------------------------------ state
     def _key(self, suffix: str) -> str:
@@ -427,14 +430,9 @@ class Trigger:
         """Decide again without a new period: a condition that still holds after a rejection
         or a failed run starts the next attempt once the cooldown is over, even when no
         data arrives. Only a run started here is logged (a decline repeats every tick).
-        Only the leading replica ticks; a manual request another replica recorded is
-        taken here."""
+        Only the leading replica ticks."""
         if not self.leads():
             return None
-        reason = _text(await self.redis.getdel(self._key("manual")))
-        if reason:
-            d, _ = await self.manual(reason)
-            return d
         return await self._decide(self._tick)
 
     async def _tick(self) -> pol.Decision | None:
@@ -518,15 +516,29 @@ class Trigger:
     def _note(self, text: str) -> None:
         self._record(pol.Decision(False, text), None, "state")
 
-    async def manual(self, reason: str = "manual") -> tuple[pol.Decision, str | None]:
-        """Decide now as an operator asked. A replica that does not lead records the
-        request for the leader's next tick: (a decision not taken saying so, None)."""
+    async def manual(
+        self, reason: str = "manual", wait_s: float = 30.0
+    ) -> tuple[pol.Decision, str | None]:
+        """Decide now as an operator asked. A replica that does not lead hands the request
+        to the leader and returns its decision (or, after ``wait_s`` without one, a
+        decision not taken saying the request is recorded)."""
         if not self.leads():
-            await self.redis.set(self._key("manual"), reason)
-            return pol.Decision(
-                False, "recorded: the leading replica decides on its next tick", guard="leader"
-            ), None
+            answer = await self.requests.ask({"reason": reason}, wait_s)
+            if answer is None:
+                why = f"recorded: the leading replica decides (no answer in {wait_s:.0f} s)"
+                return pol.Decision(False, why, guard="leader"), None
+            d = pol.Decision(bool(answer["take"]), str(answer["reason"]), guard=answer["guard"])
+            return d, answer["run_id"]
         return await self._decide(lambda: self._manual(reason))
+
+    async def serve_requests(self) -> int:
+        """As the leader: decide on the manual requests other replicas recorded."""
+
+        async def one(req: dict[str, Any]) -> dict[str, Any]:
+            d, run_id = await self._decide(lambda: self._manual(str(req["reason"])))
+            return {"take": d.take, "reason": d.reason, "guard": d.guard, "run_id": run_id}
+
+        return await self.requests.serve(one, self.leads)
 
     async def _manual(self, reason: str) -> tuple[pol.Decision, str | None]:
         state = await self._locked_state()

@@ -112,14 +112,20 @@ def test_a_replica_that_does_not_lead_folds_the_period_in_and_the_leader_starts_
         assert backend.submitted == []  # the follower starts nothing
         last = (await b.decisions(1))[0]
         assert last["guard"] == "leader" and "the leader starts it" in last["reason"]
-        # The follower records a manual request too, for the leader's tick.
-        d, run_id = await b.manual("operator asked")
-        assert not d.take and d.guard == "leader" and run_id is None
         assert await b.tick() is None  # a follower never ticks
-        d2 = await a.tick()  # the manual request first: it starts the run
-        assert d2 is not None and d2.take and len(backend.submitted) == 1
-        assert (await a.load_state()).in_flight is not None
+        # Nobody answers in time: the request stays recorded, and the caller is told so.
+        d, run_id = await b.manual("operator asked", wait_s=0.2)
+        assert not d.take and d.guard == "leader" and run_id is None
+        assert await b.serve_requests() == 0  # a follower answers nothing
+        # The leader answers it (it starts the run) and a second request asked while it
+        # serves: that asker gets the leader's own decision (a run is out already).
+        (d2, run_id2), served = await asyncio.gather(
+            b.manual("again", wait_s=10), a.serve_requests()
+        )
+        assert served == 2 and len(backend.submitted) == 1
+        assert not d2.take and run_id2 is None and d2.guard in ("in_flight", "disarmed"), d2
         await asyncio.gather(*a.followers.values())
+        assert (await a.decisions(1))[0]["guard"] in ("in_flight", "disarmed")
 
     asyncio.run(go())
 
