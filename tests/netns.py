@@ -35,7 +35,7 @@ def _ip(*args: str, ns: str = "") -> None:
     subprocess.run(cmd, check=True, capture_output=True, text=True)
 
 
-class TestNet:
+class HostNet:
     """``hosts`` namespaces and ``infra`` server addresses on a bridge of their own."""
 
     def __init__(self, hosts: list[str], infra: list[str]) -> None:
@@ -49,7 +49,7 @@ class TestNet:
         }
         self.cuts: set[tuple[str, str]] = set()
 
-    def __enter__(self) -> TestNet:
+    def __enter__(self) -> HostNet:
         self.down()  # what an interrupted run left
         _ip("link", "add", self.bridge, "type", "bridge")
         _ip("addr", "add", f"{self.subnet}.1/24", "dev", self.bridge)

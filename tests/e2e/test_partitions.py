@@ -31,7 +31,7 @@ import redis
 
 from ctrain import client, devstack
 from ctrain.demo import Demo, DemoOptions
-from tests.netns import TestNet, available
+from tests.netns import HostNet, available
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 CUT_S = 25.0  # longer than a lease (10 s) and than a consumer's session timeout
@@ -39,7 +39,7 @@ LEASES = {"trigger": "taxi", "promoter": "serving", "monitor": "taxi"}
 
 
 class Partitioner(threading.Thread):
-    def __init__(self, d: Demo, net: TestNet) -> None:
+    def __init__(self, d: Demo, net: HostNet) -> None:
         super().__init__(name="partitions", daemon=True)
         self.d = d
         self.net = net
@@ -110,7 +110,7 @@ def test_partitions_split_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         pytest.skip(why)
     monkeypatch.setenv("CTRAIN_DEV_STATE_DIR", str(tmp_path / "dev"))
     services = devstack.SERVICES
-    with TestNet(["h1", "h2"], ["redis", "kafka", "serving"]) as net:
+    with HostNet(["h1", "h2"], ["redis", "kafka", "serving"]) as net:
         where = {name: "h1" for name in services} | {f"{name}-2": "h2" for name in services}
         d = Demo(
             DemoOptions(
