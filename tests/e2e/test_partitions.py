@@ -26,6 +26,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis
 
@@ -65,8 +66,23 @@ class Partitioner(threading.Thread):
         assert host is not None, raw
         return host
 
+    def open_windows(self, host: str) -> float:
+        """Windows open in the ingest process on ``host`` now (its own gauge)."""
+        for p in devstack.load_state()["procs"]:  # type: ignore[index]
+            if (
+                devstack.service_of(p["name"]) == "ingest"
+                and self.net.host_of(p["address"]) == host
+            ):
+                text = httpx.get(f"{p['address']}/metrics", timeout=5).text
+                line = next(
+                    x for x in text.splitlines() if x.startswith("ctrain_ingest_open_windows")
+                )
+                return float(line.split()[-1])
+        return 0.0
+
     def partition(self, kind: str, host: str, targets: list[tuple[str, str]]) -> None:
         before = self.leaders()
+        open_windows = self.open_windows(host) if "|" not in host else 0.0
         for h, t in targets:
             self.net.cut(h, t)
         if self.stop.wait(CUT_S / 2):
@@ -84,6 +100,7 @@ class Partitioner(threading.Thread):
                 "before": before,
                 "during": during,
                 "after": self.leaders(),
+                "open_windows": open_windows,
             }
         )
 
@@ -94,6 +111,7 @@ class Partitioner(threading.Thread):
             self.stop.wait(10)
             h = self.leader_host("trigger")
             self.partition("redis", h, [(h, "redis")])
+            # Mid-window: while the replay still streams, ingest on that host holds windows.
             h = self.leader_host("trigger")
             self.partition("broker", h, [(h, "kafka")])
             h = self.leader_host("promoter")
@@ -153,6 +171,11 @@ def test_partitions_split_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
                 for (_, last), (first_next, _) in itertools.pairwise(ranges):
                     assert first_next > last, f"windows overlap: {ranges}"
             assert set(s.validations) == set(s.windows)
+            # Every period judged once: no window is a member of two judged periods.
+            members = [m.window_id for p in s.periods.values() for m in p.members]
+            assert len(members) == len(set(members)), sorted(members)
+            broker_cut = cuts.done[1]
+            assert broker_cut["open_windows"] > 0, broker_cut  # the cut came mid-window
             sets = [tuple(evs[0].windows) for evs in s.runs.values()]
             assert len(sets) == len(set(sets)), sets
             promoted = [p.candidate_id for p in s.promotions if p.decision in ("auto", "approved")]
@@ -178,7 +201,8 @@ def test_partitions_split_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
             )
             for c in cuts.done:
                 print(
-                    f"partitions: {c['host']} cut from {c['kind']} for {c['cut_s']:.0f} s; "
+                    f"partitions: {c['host']} cut from {c['kind']} for {c['cut_s']:.0f} s "
+                    f"({c['open_windows']:.0f} windows open in its ingest); "
                     f"leaders before {c['before']}, during {c['during']}, after {c['after']}"
                 )
         finally:
