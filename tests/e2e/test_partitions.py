@@ -22,6 +22,7 @@ during and after.
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -111,8 +112,12 @@ class Partitioner(threading.Thread):
             self.stop.wait(10)
             h = self.leader_host("trigger")
             self.partition("redis", h, [(h, "redis")])
-            # Mid-window: while the replay still streams, ingest on that host holds windows.
+            # Mid-window: once ingest on that host holds an open window (a replay streams).
             h = self.leader_host("trigger")
+            deadline = time.monotonic() + 600
+            while self.open_windows(h) == 0 and time.monotonic() < deadline:
+                if self.stop.wait(0.2):  # poll ingest's gauge
+                    return
             self.partition("broker", h, [(h, "kafka")])
             h = self.leader_host("promoter")
             self.partition("serving", h, [(h, "serving")])
