@@ -86,3 +86,19 @@ def test_the_models_file_sections_table_lists_every_key() -> None:
         assert keys - listed == set(), f"docs/config.md's {name} row lacks {sorted(keys - listed)}"
         values = {"auto", "manual", "inline", "stream"}
         assert listed - keys - values == set(), f"{name}: {sorted(listed - keys - values)}"
+
+
+def test_the_readme_layout_names_every_module() -> None:
+    """Each module of shared/, ctrain/ and every service is named on its Layout line."""
+    layout = README[README.index("## Layout") :]
+    lines = {line.split()[0]: line for line in layout.splitlines() if line[:1].isalpha()}
+    every_service = set(re.findall(r"\b([a-z_]+)\b", lines["services/*/"]))
+    for pkg in ("shared", "ctrain", *(f"services/{s}" for s in SERVICES)):
+        line = lines[f"{pkg}/"]
+        named = set(re.findall(r"\b([a-z_]+)\b", line))
+        if pkg.startswith("services/"):
+            named |= every_service
+        modules = {p.stem for p in (ROOT / pkg).glob("*.py") if not p.stem.startswith("__")}
+        assert modules - named == set(), (
+            f"README's Layout line for {pkg}/ lacks {sorted(modules - named)}"
+        )
