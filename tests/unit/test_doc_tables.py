@@ -102,3 +102,10 @@ def test_the_readme_layout_names_every_module() -> None:
         assert modules - named == set(), (
             f"README's Layout line for {pkg}/ lacks {sorted(modules - named)}"
         )
+
+
+def test_ci_runs_the_readme_test_command_exactly() -> None:
+    commands = re.findall(r"```bash\n(.+?)\n```", README)
+    test_command = next(c for c in commands if c.endswith("pytest -q"))
+    assert "pip install -q uv" in test_command and test_command.startswith("python3 -m venv ")
+    assert test_command in (ROOT / ".ci" / "run").read_text()
