@@ -21,6 +21,7 @@ from ctrain import cli, devstack
 from ctrain.demo import BUNDLED
 from ctrain.replay import read_table, replay
 from shared.settings import CommonSettings
+from tests.poll import until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -38,13 +39,8 @@ def _services(state: dict[str, Any]) -> dict[str, str]:
 
 
 def _until(what: str, timeout: float, ok: Any) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = ok()
-        if got:
-            return got
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(1.0)  # poll interval: readiness is checked every 5 s
+    # Once a second: readiness is checked every 5 s.
+    return until(ok, timeout, what, interval=1.0)
 
 
 @pytest.mark.timeout(900)

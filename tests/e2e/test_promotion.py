@@ -14,9 +14,7 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -32,6 +30,7 @@ from shared.settings import CommonSettings
 from shared.shard import ShardWriter, arrow_schema
 from tests.conftest import ROOT, TAXI_CSV, TAXI_SCHEMA
 from tests.integration.support import free_port, ingest_env, start_service
+from tests.poll import until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 MODULE = ROOT / "examples" / "taxi" / "model.py"
@@ -94,16 +93,6 @@ def send(kafka: str, c: ModelCandidate) -> None:
         await p.stop()
 
     asyncio.run(go())
-
-
-def until(fn: Any, timeout: float = 120, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = fn()
-        if got:
-            return got
-        time.sleep(0.1)  # poll interval
-    raise AssertionError(f"timed out: {what}")
 
 
 def state_of(url: str, cid: str) -> str:

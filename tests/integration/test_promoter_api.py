@@ -11,9 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -24,6 +22,7 @@ from shared.events import CandidateMetrics, ModelCandidate, PromotionEvent, Slic
 from shared.kafka import ensure_topics
 from shared.settings import CommonSettings
 from tests.integration.support import ingest_env, read_topic, start_service
+from tests.poll import until
 
 pytestmark = pytest.mark.integration
 TOKENS = {
@@ -70,16 +69,6 @@ def send(kafka: str, *cs: ModelCandidate) -> None:
         await p.stop()
 
     asyncio.run(go())
-
-
-def until(fn, timeout: float = 60) -> Any:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = fn()
-        if got:
-            return got
-        time.sleep(0.2)  # poll interval
-    raise AssertionError("condition not met in time")
 
 
 @pytest.mark.timeout(300)

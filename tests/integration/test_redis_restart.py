@@ -29,6 +29,7 @@ from shared import topics
 from shared.artifacts import ArtifactStore
 from shared.kafka import ensure_topics
 from shared.settings import CommonSettings
+from tests import poll
 from tests.conftest import ROOT, TAXI_SCHEMA
 from tests.integration.support import ingest_env, read_topic, start_service
 from tests.integration.test_faults_trigger import NamedBackend
@@ -39,16 +40,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def until(fn: Callable[[], Any], timeout: float = 90, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            got = fn()
-        except httpx.HTTPError:
-            got = None
-        if got:
-            return got
-        time.sleep(0.2)  # poll interval
-    raise AssertionError(f"timed out: {what}")
+    """A service restarting (no answer yet) counts as "not yet"."""
+    return poll.until(fn, timeout, what or "the condition", ignore=(httpx.HTTPError,))
 
 
 def metric(url: str, line: str) -> bool:
