@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from contextlib import contextmanager
 from types import FrameType
 from typing import Any
@@ -72,11 +72,12 @@ def service_routes(
     registry: Any,
     ready: Any,
     root_error: type[Exception],
-    ok: dict[str, Any] | None = None,
+    ok: dict[str, Any] | Callable[[], dict[str, Any]] | None = None,
 ) -> None:
-    """What every event-driven service's app serves besides its own API: ``/metrics``,
-    ``/livez``, ``/healthz`` (503 naming what is down, from ``ready()``), outages as 503,
-    and its root exception as ``{"error", "detail"}`` with the class's ``status_code``."""
+    """What every service's app serves besides its own API: ``/metrics``, ``/livez``,
+    ``/healthz`` (503 naming what is down, from ``ready()``; when up, ``ok`` or what
+    ``ok()`` says now), outages as 503, and its root exception as ``{"error",
+    "detail"}`` with the class's (or the instance's) ``status_code``."""
     from starlette.requests import Request
     from starlette.responses import JSONResponse
 
@@ -96,9 +97,10 @@ def service_routes(
         reason = await ready()
         if reason:
             return JSONResponse({"status": "down", "reason": reason}, 503)
-        return JSONResponse({"status": "ok", **(ok or {})})
+        extra = ok() if callable(ok) else ok
+        return JSONResponse({"status": "ok", **(extra or {})})
 
-    app.add_route("/healthz", healthz, methods=["GET"])
+    app.add_route("/healthz", healthz, methods=["GET"], include_in_schema=False)
 
 
 DOCS_ASSETS = "/docs-assets"

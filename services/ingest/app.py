@@ -33,9 +33,9 @@ from shared.artifacts import ArtifactStore
 from shared.config import ModelSpec, config_of, model_settings
 from shared.kafka import BrokerEpoch, make_consumer, make_producer
 from shared.labels import label_features
-from shared.metrics import metrics_endpoint, new_registry
+from shared.metrics import new_registry
 from shared.schema import example_spec, load_schema
-from shared.serve import livez, service_app
+from shared.serve import service_app, service_routes
 from shared.settings import CommonSettings, SettingsError
 
 log = logging.getLogger(__name__)
@@ -157,26 +157,20 @@ def create_app(common: CommonSettings, settings: IngestSettings) -> FastAPI:
     app.state.metrics = metrics
     app.state.registry = registry
 
-    @app.exception_handler(IngestError)
-    async def _ingest_error(_: Request, exc: IngestError) -> JSONResponse:
-        return JSONResponse({"error": type(exc).__name__, "detail": str(exc)}, exc.status_code)
-
-    app.add_route("/metrics", metrics_endpoint(registry), methods=["GET"])
-    app.add_route("/livez", livez, methods=["GET"])
-
-    @app.get("/healthz")
-    async def healthz() -> JSONResponse:
+    async def why_not_ready() -> str | None:
         loop: ConsumeLoop | None = state.get("loop")
         task: asyncio.Task[None] | None = state.get("task")
         if loop is None or task is None or task.done():
-            reason = "poll loop not running"
             if task is not None and task.done() and task.exception() is not None:
-                reason = f"poll loop failed: {task.exception()!r}"
-            return JSONResponse({"status": "down", "reason": reason}, 503)
-        lost = await epoch.lost()
-        if lost:
-            return JSONResponse({"status": "down", "reason": lost}, 503)
-        return JSONResponse({"status": "ok", "partitions": len(loop.ingestor.parts)})
+                return f"poll loop failed: {task.exception()!r}"
+            return "poll loop not running"
+        return await epoch.lost()
+
+    def partitions() -> dict[str, int]:
+        loop: ConsumeLoop | None = state.get("loop")
+        return {"partitions": len(loop.ingestor.parts) if loop is not None else 0}
+
+    service_routes(app, registry, why_not_ready, IngestError, ok=partitions)
 
     @app.post("/v1/examples")
     async def post_examples(request: Request, stream: str | None = None) -> JSONResponse:

@@ -18,7 +18,6 @@ from fastapi import Depends, FastAPI, Header, Query
 from fastapi.responses import JSONResponse
 from faststream.kafka.fastapi import KafkaMessage
 from pydantic import BaseModel, Field
-from starlette.requests import Request
 
 from services.promoter.auth import Identity, TokenBook
 from services.promoter.console import Upstreams, add_console, upstreams
@@ -40,10 +39,10 @@ from shared.kafka import (
     one_event_at_a_time,
 )
 from shared.lease import Leadership, instance_name
-from shared.metrics import Readiness, metrics_endpoint, new_registry
+from shared.metrics import Readiness, new_registry
 from shared.periodic import every
 from shared.redis import make_redis
-from shared.serve import answer_outages_with_503, livez, service_app
+from shared.serve import service_app, service_routes
 from shared.settings import CommonSettings
 
 log = logging.getLogger(__name__)
@@ -241,25 +240,14 @@ def create_app(common: CommonSettings, settings: PromoterSettings) -> FastAPI:
         "Authenticate with `Authorization: Bearer <token>`.",
     )
     app.include_router(router)
-    app.add_route("/metrics", metrics_endpoint(registry), methods=["GET"])
-    app.add_route("/livez", livez, methods=["GET"])
-    answer_outages_with_503(app)
-
-    @app.exception_handler(PromoterError)
-    async def _err(_: Request, exc: PromoterError) -> JSONResponse:
-        return JSONResponse({"error": type(exc).__name__, "detail": str(exc)}, exc.status_code)
+    service_routes(
+        app, registry, ready, PromoterError, ok=lambda: {"leads": leadership.leads(SERVING_LEASE)}
+    )
 
     def who(authorization: Annotated[str | None, Header()] = None) -> Identity:
         return book.identify(authorization)
 
     Who = Annotated[Identity, Depends(who)]
-
-    @app.get("/healthz", include_in_schema=False)
-    async def healthz() -> JSONResponse:
-        reason = await ready()
-        if reason:
-            return JSONResponse({"status": "down", "reason": reason}, 503)
-        return JSONResponse({"status": "ok", "leads": leadership.leads(SERVING_LEASE)})
 
     @app.get("/v1/leaders", include_in_schema=False)
     async def leaders() -> JSONResponse:

@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Query
 from fastapi.responses import JSONResponse
 from faststream.kafka.fastapi import KafkaMessage
 from pydantic import BaseModel, Field
@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field
 from services.trigger import policy as pol
 from services.trigger.backends import Backend, KfpBackend, LocalBackend
 from services.trigger.core import Trigger, TriggerConfig
+from services.trigger.errors import TriggerError, UnknownModel
 from services.trigger.metrics import TriggerMetrics
 from services.trigger.pipeline import ComponentImages, compile_pipeline
 from services.trigger.settings import TriggerSettings
@@ -50,11 +51,11 @@ from shared.kafka import (
 )
 from shared.labels import label_features
 from shared.lease import Leadership, instance_name
-from shared.metrics import Readiness, metrics_endpoint, new_registry
+from shared.metrics import Readiness, new_registry
 from shared.periodic import every
 from shared.redis import make_redis
 from shared.schema import SchemaError, load_schema
-from shared.serve import answer_outages_with_503, livez, service_app
+from shared.serve import service_app, service_routes
 from shared.settings import CommonSettings, SettingsError
 
 log = logging.getLogger(__name__)
@@ -183,14 +184,6 @@ def _check_labels(s: ModelSetup) -> None:
             f"model {s.model!r}: labels.label_default gives {', '.join(sorted(given)) or 'nothing'}"
             f"; the module's label features are {', '.join(names)}"
         )
-
-
-class UnknownModel(Exception):
-    """A request named no model of this trigger (HTTP 404), or none where several run (400)."""
-
-    def __init__(self, detail: str, status: int) -> None:
-        super().__init__(detail)
-        self.status = status
 
 
 def create_app(common: CommonSettings, settings: TriggerSettings) -> FastAPI:
@@ -363,27 +356,17 @@ def create_app(common: CommonSettings, settings: TriggerSettings) -> FastAPI:
 
     app = service_app("ctrain trigger", lifespan)
     app.include_router(router)
-    app.add_route("/metrics", metrics_endpoint(registry), methods=["GET"])
-    app.add_route("/livez", livez, methods=["GET"])
-    answer_outages_with_503(app)
-
-    @app.exception_handler(UnknownModel)
-    async def _unknown_model(_: Request, exc: UnknownModel) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, exc.status)
-
-    @app.get("/healthz")
-    async def healthz() -> JSONResponse:
-        reason = await ready()
-        if reason:
-            return JSONResponse({"status": "down", "reason": reason}, 503)
-        return JSONResponse(
-            {
-                "status": "ok",
-                "models": sorted(triggers),
-                "leads": sorted(m for m in triggers if leadership.leads(m)),
-                "runs_in_flight": len(followers()),
-            }
-        )
+    service_routes(
+        app,
+        registry,
+        ready,
+        TriggerError,
+        ok=lambda: {
+            "models": sorted(triggers),
+            "leads": sorted(m for m in triggers if leadership.leads(m)),
+            "runs_in_flight": len(followers()),
+        },
+    )
 
     @app.get("/v1/leaders")
     async def leaders() -> JSONResponse:
