@@ -237,8 +237,7 @@ def create_app(common: CommonSettings, settings: TriggerSettings) -> FastAPI:
         await triggers[model].tick()  # and start what a replica left to the leader
 
     async def lost(model: str) -> None:
-        for task in triggers[model].followers.values():
-            task.cancel()  # the new leader follows it; this replica must not record it
+        triggers[model].stop_following()  # the new leader follows its runs
 
     leadership.on_gain, leadership.on_loss = gained, lost
     # Validations are routed by their stream: another stream's drift is not this model's.
