@@ -295,11 +295,14 @@ def roll(name: str, echo: Any = print) -> Proc:
     if rec is None or service_of(name) not in SERVICES:
         raise DevStackError(f"{name} is not a service of this dev stack")
     p, proc, port = spawn_service(name, state, state_dir())
+    # Recorded at once beside its predecessor: `dev down` stops it whatever happens next.
+    state["procs"].append(p.__dict__)
+    save_state(state)
     wait_port(host_of(p), port, 180, proc)
     echo(f"{name}: pid {p.pid} up at {p.address}; stopping pid {rec['pid']}")
     _stop(Proc(**rec))
     state = load_state() or state  # another process may have written it meanwhile
-    state["procs"] = [p.__dict__ if x["name"] == name else x for x in state["procs"]]
+    state["procs"] = [x for x in state["procs"] if x["pid"] != rec["pid"]]
     if service_of(name) == name:
         state.setdefault("ports", {})[name] = port
     save_state(state)
