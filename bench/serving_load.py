@@ -62,7 +62,7 @@ async def client(target: str, rate: float, seconds: float, out: str) -> None:
     import grpc
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-    from services.monitor.serving import channel_target
+    from shared.tfserving import channel_target
 
     req = predict_pb2.PredictRequest()
     req.model_spec.name = MODEL

@@ -293,7 +293,7 @@ def predict_stable(
     req.model_spec.signature_name = contract.SERVING_SIGNATURE
     req.model_spec.version_label = label
     req.inputs[contract.SERVING_INPUT].CopyFrom(tf.make_tensor_proto(examples, dtype=tf.string))
-    from services.monitor.serving import channel_target
+    from shared.tfserving import channel_target
 
     options = [("grpc.lb_policy_name", "round_robin")]
     with grpc.insecure_channel(channel_target(grpc_address), options=options) as ch:

@@ -13,68 +13,17 @@ from collections.abc import Sequence
 
 import grpc
 import numpy as np
-from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from services.monitor.errors import ServingError, ServingUnavailable
 from shared import contract
-
-_DOWN = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
-# A label or version the server does not have.
-_MISSING = {grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION}
+from shared import tfserving as tfs
 
 
 class NoSuchVersion(ServingError):
     """The label (or version) is not served: nothing to score with."""
 
     status_code = 404
-
-
-def _strings(values: Sequence[bytes]) -> tensor_pb2.TensorProto:
-    t = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING)
-    t.tensor_shape.CopyFrom(
-        tensor_shape_pb2.TensorShapeProto(
-            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=len(values))]
-        )
-    )
-    t.string_val.extend(values)
-    return t
-
-
-def _array(t: tensor_pb2.TensorProto) -> np.ndarray:
-    shape = [d.size for d in t.tensor_shape.dim]
-    if t.tensor_content:
-        dtype = {
-            types_pb2.DT_FLOAT: np.float32,
-            types_pb2.DT_DOUBLE: np.float64,
-            types_pb2.DT_INT64: np.int64,
-            types_pb2.DT_INT32: np.int32,
-        }.get(t.dtype)
-        if dtype is None:
-            raise ServingError(f"unexpected output dtype {types_pb2.DataType.Name(t.dtype)}")
-        return np.frombuffer(t.tensor_content, dtype=dtype).reshape(shape)
-    for field in ("float_val", "double_val", "int64_val", "int_val"):
-        vals = getattr(t, field)
-        if len(vals):
-            return np.asarray(vals).reshape(shape)
-    return np.zeros(shape)
-
-
-def channel_target(address: str) -> str:
-    """One gRPC target over every model server replica the setting names (a comma list of
-    host:port, resolved now, or dns:///name:port, which gRPC resolves and re-resolves),
-    requests spread round-robin by gRPC itself."""
-    parts = [x.strip() for x in address.split(",") if x.strip()]
-    if len(parts) < 2:
-        return address
-    import socket
-
-    ips = []
-    for part in parts:
-        host, _, port = part.rpartition(":")
-        for info in socket.getaddrinfo(host, int(port), socket.AF_INET, socket.SOCK_STREAM):
-            ips.append(f"{info[4][0]}:{port}")
-    return "ipv4:" + ",".join(dict.fromkeys(ips))
 
 
 class Scorer:
@@ -93,7 +42,7 @@ class Scorer:
     def _stub(self) -> prediction_service_pb2_grpc.PredictionServiceStub:
         if self._channel is None:
             self._channel = grpc.aio.insecure_channel(
-                channel_target(self.address),
+                tfs.channel_target(self.address),
                 options=[
                     ("grpc.max_receive_message_length", -1),
                     ("grpc.max_send_message_length", -1),
@@ -116,32 +65,25 @@ class Scorer:
         version: int | None,
         label: str | None,
     ) -> tuple[int, np.ndarray]:
-        req = predict_pb2.PredictRequest()
-        req.model_spec.name = model
-        req.model_spec.signature_name = signature
-        if version is not None:
-            req.model_spec.version.value = version
-        elif label is not None:
-            req.model_spec.version_label = label
-        req.inputs[contract.SERVING_INPUT].CopyFrom(_strings(examples))
-        req.output_filter.append(output)
+        req = tfs.predict_request(
+            model, examples, version=version, label=label, signature=signature, outputs=[output]
+        )
         what = f"{model} {'version ' + str(version) if version is not None else label}"
         try:
             resp = await self._stub().Predict(req, timeout=self.timeout_s)
         except grpc.aio.AioRpcError as e:
             text = f"predict on {what} ({signature}): {e.code().name}: {e.details()}"
-            if e.code() in _DOWN:
+            if e.code() in tfs.DOWN:
                 raise ServingUnavailable(text) from e
-            if e.code() in _MISSING or (
-                # TF Serving's answer for a label it does not have.
-                e.code() == grpc.StatusCode.INVALID_ARGUMENT
-                and "version label" in (e.details() or "")
-            ):
+            if tfs.missing(e):
                 raise NoSuchVersion(text) from e
             raise ServingError(text) from e
         if output not in resp.outputs:
             raise ServingError(f"{what} answered without output {output!r}")
-        return int(resp.model_spec.version.value), _array(resp.outputs[output])
+        try:
+            return int(resp.model_spec.version.value), tfs.array(resp.outputs[output])
+        except ValueError as e:
+            raise ServingError(f"{what}: {e}") from e
 
     async def predict(
         self,

@@ -18,33 +18,19 @@ from tensorflow_serving.apis import (
     get_model_status_pb2,
     model_management_pb2,
     model_service_pb2_grpc,
-    predict_pb2,
     prediction_service_pb2_grpc,
 )
 from tensorflow_serving.config import model_server_config_pb2
 
 from services.promoter.errors import ServingError, ServingUnavailable
 from shared import contract
-
-# Codes that say the server is not there (down, restarting, paused), never "no such
-# model or label": a promotion waits them out, a view says "unreachable".
-_DOWN = {
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.CANCELLED,
-}
-# What TF Serving answers for a model or label it does not have.
-_MISSING = {
-    grpc.StatusCode.NOT_FOUND,
-    grpc.StatusCode.INVALID_ARGUMENT,
-    grpc.StatusCode.FAILED_PRECONDITION,
-}
+from shared import tfserving as tfs
 
 
 def refused(what: str, e: grpc.aio.AioRpcError) -> ServingError:
     """The error for a failed call: an outage when the server is not there."""
     text = f"{what}: {e.code().name}: {e.details()}"
-    return ServingUnavailable(text) if e.code() in _DOWN else ServingError(text)
+    return ServingUnavailable(text) if e.code() in tfs.DOWN else ServingError(text)
 
 
 @dataclass(frozen=True)
@@ -94,7 +80,7 @@ class ServingClient:
         try:
             await stub.GetModelStatus(req, timeout=timeout_s)
         except grpc.aio.AioRpcError as e:
-            if e.code() in _DOWN:
+            if e.code() in tfs.DOWN:
                 return f"serving unreachable at {self.address}: {e.code().name}"
         return None
 
@@ -133,7 +119,8 @@ class ServingClient:
         try:
             resp = await stub.GetModelStatus(req, timeout=self.timeout_s)
         except grpc.aio.AioRpcError as e:
-            if e.code() in _MISSING:
+            # No such model or label (GetModelStatus says INVALID_ARGUMENT for a label).
+            if e.code() in tfs.MISSING or e.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 return None
             raise refused(f"label {label} of {model}", e) from e
         versions = [int(s.version) for s in resp.model_version_status]
@@ -160,37 +147,32 @@ class ServingClient:
         input_name: str = contract.SERVING_INPUT,
         signature: str = contract.SERVING_SIGNATURE,
     ) -> dict[str, list[float]]:
-        import tensorflow as tf
-
         stub = prediction_service_pb2_grpc.PredictionServiceStub(self._ch())
-        req = predict_pb2.PredictRequest()
-        req.model_spec.name = model
-        req.model_spec.signature_name = signature
-        if version is not None:
-            req.model_spec.version.value = version
-        elif label is not None:
-            req.model_spec.version_label = label
-        req.inputs[input_name].CopyFrom(tf.make_tensor_proto(examples, dtype=tf.string))
+        req = tfs.predict_request(
+            model,
+            examples,
+            version=version,
+            label=label,
+            signature=signature,
+            input_name=input_name,
+        )
         try:
             resp = await stub.Predict(req, timeout=self.timeout_s)
         except grpc.aio.AioRpcError as e:
             raise refused(f"predict on {model}", e) from e
-        return {k: tf.make_ndarray(v).reshape(-1).tolist() for k, v in resp.outputs.items()}
+        try:
+            return {k: tfs.array(v).reshape(-1).tolist() for k, v in resp.outputs.items()}
+        except ValueError as e:
+            raise ServingError(f"predict on {model}: {e}") from e
 
 
 def replicas(target: str) -> list[str]:
-    """``host:port`` of every model server the setting names: a comma-separated list, or
-    ``dns:///name:port`` (a Kubernetes headless Service) resolved now to its pods."""
-    if target.startswith("dns:///"):
-        import socket
-
-        host, _, port = target.removeprefix("dns:///").rpartition(":")
-        try:
-            infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
-        except OSError as e:
-            raise ServingUnavailable(f"cannot resolve {target}: {e}") from e
-        return sorted({f"{i[4][0]}:{port}" for i in infos})
-    return [x.strip() for x in target.split(",") if x.strip()]
+    """Every model server the setting names (shared.tfserving.replicas); a name that does
+    not resolve is an outage."""
+    try:
+        return tfs.replicas(target)
+    except OSError as e:
+        raise ServingUnavailable(f"cannot resolve {target}: {e}") from e
 
 
 class ServingFleet:

@@ -89,7 +89,7 @@ def redis(redis_url: str) -> Iterator[Redis]:
 
 
 def test_replicas_from_a_list_or_a_headless_service() -> None:
-    from services.monitor.serving import channel_target
+    from shared.tfserving import channel_target
 
     assert channel_target("localhost:1,127.0.0.1:2") == "ipv4:127.0.0.1:1,127.0.0.1:2"
     assert channel_target("dns:///svc:8500") == "dns:///svc:8500"
