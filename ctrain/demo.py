@@ -29,15 +29,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ctrain import client, devstack
-from ctrain.loop import EventTail, LoopError, LoopState, headline, predict_stable
+from ctrain.loop import EventTail, LoopError, LoopState, predict_stable
+from ctrain.view import describe
 from shared.config import load_config
 from shared.events import (
     Event,
     ModelCandidate,
     PromotionEvent,
     TrainingRun,
-    WindowClosed,
-    WindowScored,
 )
 from shared.settings import CommonSettings
 
@@ -625,64 +624,6 @@ class Demo:
         self.progress.after = retrying(lambda: self.predict(sample), 120, "predictions")
         self.progress.phase = "done"
         return self.progress
-
-
-def describe(ev: Event) -> str:
-    """One line per event for the demo's log."""
-    from shared.events import DeadLetter, WindowValidated
-
-    if isinstance(ev, WindowClosed):
-        return (
-            f"[cyan]window[/cyan] {ev.start:%Y-%m-%d}..{ev.end:%Y-%m-%d} closed "
-            f"({ev.example_count:,} trips, {ev.close_reason})"
-        )
-    if isinstance(ev, WindowValidated):
-        crossed = [
-            f"{f.name} {k} {d.measure} {d.value:.3f}>{d.threshold:g}"
-            for f in ev.features
-            for k, d in (("drift", f.drift), ("skew", f.skew))
-            if d is not None and d.crossed and d.value is not None
-        ]
-        colour = {"ok": "green", "insufficient_data": "dim"}.get(ev.verdict, "yellow")
-        detail = f": {', '.join(crossed[:3])}" if crossed else ""
-        start = f"{ev.window_start:%Y-%m-%d}" if ev.window_start else ev.window_id
-        return f"[{colour}]validated[/{colour}] {start} {ev.verdict}{detail}"
-    if isinstance(ev, TrainingRun):
-        extra = f" in {ev.failed_component}" if ev.failed_component else ""
-        return f"[magenta]run[/magenta] {ev.run_id} {ev.state}{extra} (reason: {ev.reason})"
-    if isinstance(ev, ModelCandidate):
-        head, base = headline(ev.metrics), headline(ev.baseline_metrics)
-        vs = f" vs serving {base[1]:.3f}" if base else " (no model serving to compare)"
-        verdict = "blessed" if ev.blessed else "NOT blessed: " + "; ".join(ev.failed_checks)
-        shown = f"{head[0]} {head[1]:.3f}" if head else "no headline metric"
-        return f"[magenta]candidate[/magenta] {ev.candidate_id} {shown}{vs}; {verdict}"
-    if isinstance(ev, PromotionEvent):
-        labels = ", ".join(f"{k}=v{v}" for k, v in ev.labels.items())
-        return (
-            f"[bold green]promotion[/bold green] {ev.candidate_id} {ev.decision} by {ev.actor}"
-            f"{f' -> {labels}' if labels else ''} ({ev.reason})"
-        )
-    if isinstance(ev, WindowScored):
-        return describe_scored(ev)
-    if isinstance(ev, DeadLetter):
-        return f"[red]dead letter[/red] {ev.reason}: {ev.message}"
-    return f"{type(ev).__name__}"
-
-
-def describe_scored(ev: WindowScored) -> str:
-    """The monitor's score of a window: realized on its labels, estimated without them."""
-    real, est = ev.metrics.realized, ev.metrics.estimated
-    key = next((k for k in ("auc", "accuracy", "rmse") if k in real or k in est), None)
-    if key is None:
-        return f"[blue]quality[/blue] {ev.window_id}: no metric"
-    who = f"challenger {ev.candidate_id}" if ev.role == "challenger" else f"{ev.role} v{ev.version}"
-    start = f"{ev.window_start:%Y-%m-%d}" if ev.window_start else ev.window_id
-    shown = f"{key} {real[key]:.3f}" if key in real else "no labels yet"
-    guess = f", estimated {est[key]:.3f}" if key in est else ""
-    return (
-        f"[blue]quality[/blue] {who} on {start}: {shown}{guess} "
-        f"({ev.label_coverage:.0%} of {ev.example_count:,} labelled)"
-    )
 
 
 def retrying(fn: Callable[[], T], timeout: float, what: str) -> T:

@@ -100,7 +100,7 @@ def summary(d: Any) -> None:
     for e in loop.scored:  # the last score of each window by each version
         latest[(e.window_id, e.role + (e.candidate_id or str(e.version)))] = e
     for e in sorted(latest.values(), key=lambda e: (str(e.window_start or ""), e.role)):
-        from ctrain.demo import describe_scored
+        from ctrain.view import describe_scored
 
         t.add_row("live quality", describe_scored(e).removeprefix("[blue]quality[/blue] "))
     for pr in loop.promotions:

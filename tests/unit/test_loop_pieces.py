@@ -226,8 +226,9 @@ def test_demo_shows_live_quality_and_a_rollback(monkeypatch: pytest.MonkeyPatch)
     from rich.console import Console
 
     from ctrain import ops
-    from ctrain.demo import Progress, describe
+    from ctrain.demo import Progress
     from ctrain.loop import LoopState
+    from ctrain.view import describe
     from shared.events import PromotionEvent, QualityMetrics, WindowScored
 
     loop = LoopState()
