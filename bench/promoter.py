@@ -156,7 +156,13 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=300)
     a = ap.parse_args()
     d = Path(tempfile.mkdtemp(prefix="ctrain-bench-promoter-"))
-    model, ev = train_model(d)
+    # TF Transform's Beam pipeline and Keras run in a child process: their native threads
+    # crash an interpreter at exit (SIGSEGV in the final garbage collection, after the
+    # figures are printed), and the figures here are not about training.
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        model, ev = pool.apply(train_model, (d,))
     redis = start_redis(d / "redis")
     gp, rp = free_port(), free_port()
     cfg = d / "models.config"
