@@ -21,6 +21,7 @@ from rich.console import Console
 from shared import contract
 from shared.contract import Problem
 from shared.settings import SettingsError
+from shared.tasks import TASKS
 
 console = Console()
 
@@ -39,7 +40,7 @@ def add_parser(sub: Any) -> None:
     nw.add_argument("name", help="the model's name (also its stream's)")
     nw.add_argument("--data", required=True, help="CSV/Parquet/JSON lines with a label column")
     nw.add_argument("--label", required=True, help="the column to predict")
-    nw.add_argument("--task", choices=["binary", "multiclass", "regression"],
+    nw.add_argument("--task", choices=list(TASKS),
                     help="default: from the label (2 values: binary; few: multiclass; numbers: "
                     "regression)")  # fmt: skip
     nw.add_argument("--time-column", help="event time (epoch seconds or ISO 8601)")

@@ -24,8 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from shared import topics
 from shared.settings import CommonSettings, SettingsError, StrictSettings
+from shared.tasks import Task
 
-Task = Literal["binary", "multiclass", "regression"]
 _NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 
 

@@ -180,7 +180,6 @@ def check_module(module: types.ModuleType) -> list[Problem]:
     return out
 
 
-TASKS = ("binary", "multiclass", "regression")
 # The exported model's signatures (the pipeline writes them; the promoter's smoke
 # prediction, the demo and any client call them).
 SERVING_SIGNATURE = "serving_default"

@@ -6,12 +6,11 @@ when ``CTRAIN_CONFIG`` names one; these are the defaults and the one-model setup
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import CommonSettings, StrictSettings
+from shared.tasks import Task
 
 
 class MonitorSettings(StrictSettings):
@@ -25,9 +24,7 @@ class MonitorSettings(StrictSettings):
     module_path: str = Field(
         default="", description="Its model module (LABEL_KEY, RAW_LABEL_FEATURES, SLICES)."
     )
-    task: Literal["binary", "multiclass", "regression"] = Field(
-        default="binary", description="Its task: picks the metrics."
-    )
+    task: Task = Field(default="binary", description="Its task: picks the metrics.")
     threshold: float = Field(
         default=0.5, gt=0, lt=1, description="Decision threshold of binary classifiers."
     )

@@ -24,7 +24,7 @@ from services.promoter.console import Upstreams, add_console, upstreams
 from services.promoter.core import SERVING_LEASE, Promoter, PromoterConfig
 from services.promoter.errors import NotFound, PromoterError
 from services.promoter.metrics import PromoterMetrics
-from services.promoter.quality import TASK_METRIC, RollbackPolicy
+from services.promoter.quality import RollbackPolicy
 from services.promoter.serving import ServingFleet
 from services.promoter.settings import PromoterSettings
 from shared import topics
@@ -44,6 +44,7 @@ from shared.periodic import every
 from shared.redis import make_redis
 from shared.serve import service_app, service_routes
 from shared.settings import CommonSettings
+from shared.tasks import HEADLINE_METRIC
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ def rollback_from(
             enabled=p.auto_rollback if p.auto_rollback is not None else auto,
             windows=p.rollback_windows or settings.rollback_windows,
             margin=p.rollback_margin if p.rollback_margin is not None else settings.rollback_margin,
-            metric=TASK_METRIC[m.task],
+            metric=HEADLINE_METRIC[m.task],
             min_coverage=settings.rollback_min_coverage,
         )
     for name, policy in policies.items():

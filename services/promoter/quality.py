@@ -24,7 +24,6 @@ from shared import keys
 from shared.events import ModelCandidate, WindowScored
 
 LOWER_IS_BETTER = frozenset({"rmse", "mae", "log_loss", "brier", "ece"})
-TASK_METRIC = {"binary": "auc", "multiclass": "accuracy", "regression": "rmse"}
 
 
 @dataclass(frozen=True)

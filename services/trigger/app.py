@@ -57,6 +57,7 @@ from shared.redis import make_redis
 from shared.schema import SchemaError, load_schema
 from shared.serve import service_app, service_routes
 from shared.settings import CommonSettings, SettingsError
+from shared.tasks import HEADLINE_METRIC
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ def quality_metric(s: TriggerSettings) -> str:
         return ""
     if s.quality_metric != "auto":
         return s.quality_metric
-    return {"binary": "auc", "multiclass": "accuracy", "regression": "rmse"}[s.task]
+    return HEADLINE_METRIC[s.task]
 
 
 @dataclass(frozen=True)

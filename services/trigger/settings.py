@@ -8,6 +8,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import CommonSettings, StrictSettings
+from shared.tasks import Task
 
 
 class TriggerSettings(StrictSettings):
@@ -23,7 +24,7 @@ class TriggerSettings(StrictSettings):
     module_path: str = Field(
         default="", description="Model module file (preprocessing_fn, build_model, eval_config)."
     )
-    task: Literal["binary", "multiclass", "regression"] = Field(
+    task: Task = Field(
         default="binary",
         description="Without a models file only: the model's task (the file names each one's).",
     )
