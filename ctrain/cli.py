@@ -180,12 +180,9 @@ def _replay_labels(args: argparse.Namespace, settings: object, topic: str) -> in
 
 
 def _artifact_root() -> str:
-    from ctrain import devstack
+    from ctrain import where
 
-    if "CTRAIN_ARTIFACT_ROOT" in os.environ:
-        return os.environ["CTRAIN_ARTIFACT_ROOT"]
-    state = devstack.load_state()
-    return str(state["artifact_root"]) if state else "./artifacts"
+    return where.artifact_root()
 
 
 def _schema(args: argparse.Namespace) -> int:

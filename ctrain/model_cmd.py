@@ -18,6 +18,7 @@ from typing import Any
 
 from rich.console import Console
 
+from ctrain import where
 from shared import contract
 from shared.contract import Problem
 from shared.settings import SettingsError
@@ -209,7 +210,7 @@ def new_command(args: argparse.Namespace) -> int:
         if f.exists():
             console.print(f"[red]{f} exists[/red]: choose another --dir or remove it")
             return 1
-    config = Path(args.config or os.environ.get("CTRAIN_CONFIG") or "ctrain.yaml")
+    config = where.models_file_to_write(args.config)
     out.mkdir(parents=True, exist_ok=True)
     console.print(f"inferring the schema of {table.num_rows:,} rows with TFDV ...")
     schema = scaffold.infer_schema(table)

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from ctrain import client
+from ctrain import client, where
 from ctrain.view import trigger_line
 from shared.config import CtrainConfig, load_config, pick_model
 
@@ -22,8 +22,6 @@ console = Console()
 
 
 def demo(args: argparse.Namespace) -> int:
-    import os
-    from pathlib import Path
 
     from ctrain.demo import Demo, DemoOptions, run_in_thread
     from ctrain.loop import LoopState
@@ -32,9 +30,7 @@ def demo(args: argparse.Namespace) -> int:
     config = args.config
     if config is None and (args.model or args.data):
         # A user's own model: the file `ctrain model new` wrote, unless one is named.
-        config = os.environ.get("CTRAIN_CONFIG") or (
-            "ctrain.yaml" if Path("ctrain.yaml").is_file() else None
-        )
+        config = where.models_file(None)
     opts = DemoOptions(
         data=args.data or DemoOptions.data,
         auto_approve=args.auto_approve,
@@ -120,13 +116,8 @@ def summary(d: Any) -> None:
 
 
 def models_file(state: dict[str, Any] | None) -> CtrainConfig | None:
-    """The models file in force: ``CTRAIN_CONFIG``, else the dev stack's, else ./ctrain.yaml."""
-    import os
-    from pathlib import Path
-
-    path = os.environ.get("CTRAIN_CONFIG") or (state or {}).get("config")
-    if not path and Path("ctrain.yaml").is_file():
-        path = "ctrain.yaml"
+    """The models file in force (ctrain.where.models_file), loaded."""
+    path = where.models_file(state)
     return load_config(path) if path else None
 
 
