@@ -215,15 +215,33 @@ class Leadership:
         if leads == was:
             return
         if leads:
-            self._led.add(model)
             log.info("leading", extra={"model": model, "holder": self.holder})
-            if self.on_gain is not None:
-                await self.on_gain(model)
+            if self.on_gain is not None and not await self._gained(model):
+                return
+            self._led.add(model)
         else:
             self._led.discard(model)
             log.warning("no longer leading", extra={"model": model, "holder": self.holder})
             if self.on_loss is not None:
                 await self.on_loss(model)
+
+    async def _gained(self, model: str) -> bool:
+        """Run the gain hook. An outage it meets (the pipeline backend refusing a run, say)
+        must not stop the process, least of all at start: the lead is taken over again, with
+        the hook, at the next step, until the hook completes."""
+        assert self.on_gain is not None
+        try:
+            await self.on_gain(model)
+        except Exception as e:
+            why = outage_of(e)
+            if why is None:
+                raise
+            log.warning(
+                "taking over the lead was interrupted; again at the next renewal",
+                extra={"model": model, "holder": self.holder, "outage": why},
+            )
+            return False
+        return True
 
     async def run(self) -> None:
         """Until cancelled: :meth:`step` every fifth of the TTL."""

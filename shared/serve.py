@@ -81,6 +81,7 @@ def service_routes(
     from starlette.requests import Request
     from starlette.responses import JSONResponse
 
+    from shared.lease import Fenced
     from shared.metrics import metrics_endpoint
 
     app.add_route("/metrics", metrics_endpoint(registry), methods=["GET"])
@@ -92,6 +93,13 @@ def service_routes(
         return JSONResponse({"error": type(exc).__name__, "detail": str(exc)}, status)
 
     app.add_exception_handler(root_error, error)
+
+    async def deposed(_: Request, exc: Exception) -> JSONResponse:
+        # The lease moved while this replica acted on a request: nothing was written
+        # (the write carried the old token); asked again, the new leader acts.
+        return JSONResponse({"error": "NotLeader", "detail": f"try again: {exc}"}, 503)
+
+    app.add_exception_handler(Fenced, deposed)
 
     async def healthz(_: Request) -> JSONResponse:
         reason = await ready()

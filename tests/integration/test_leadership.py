@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from services.trigger.backends import BackendUnavailable
 from shared.lease import Fenced, Leadership, Lease
 from tests.integration.test_trigger_core import ScriptedBackend, make, validation
 
@@ -88,6 +89,41 @@ def test_leadership_hooks_run_on_gain_and_loss(redis_url: str, tmp_path: Path) -
         await two.step()
         assert two.leads(model)
         assert events == [("gain", model), ("loss", model)]
+
+    asyncio.run(go())
+
+
+def test_an_outage_in_the_gain_hook_is_retried_at_the_next_step_not_raised(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A trigger that takes the lead at start and meets a refusing pipeline backend in its
+    first tick must start all the same (it crashed its startup once, in the chaos test)."""
+
+    async def go() -> None:
+        redis = Redis.from_url(redis_url)
+        calls: list[str] = []
+
+        async def gain(m: str) -> None:
+            calls.append(m)
+            if len(calls) == 1:
+                raise BackendUnavailable("local backend refuses submits")
+
+        model = f"g-{tmp_path.name}"
+        one = Leadership(redis, "svc", [model], ttl_s=5, holder="one", on_gain=gain)
+        await one.step()  # does not raise
+        assert one.leads(model) and calls == [model]
+        await one.step()  # the hook again: the lead was not fully taken
+        assert calls == [model, model]
+        await one.step()  # complete now: not again
+        assert calls == [model, model]
+
+        async def broken(m: str) -> None:
+            raise ValueError("a bug, not an outage")
+
+        other = f"b-{tmp_path.name}"
+        bug = Leadership(redis, "svc", [other], ttl_s=5, holder="one", on_gain=broken)
+        with pytest.raises(ValueError):
+            await bug.step()
 
     asyncio.run(go())
 
