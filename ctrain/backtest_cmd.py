@@ -107,9 +107,9 @@ def _dev_config() -> None:
 def command(args: argparse.Namespace) -> int:
     from ctrain.cli import _artifact_root
     from ctrain.replay_labels import parse_duration
-    from services.trigger.app import policy_from
+    from services.trigger.config import policy_from
     from services.trigger.settings import TriggerSettings
-    from services.validator.app import config_from
+    from services.validator.config import config_from
     from services.validator.settings import ValidatorSettings
     from shared.config import apply, config_of
     from shared.settings import CommonSettings

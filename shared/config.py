@@ -17,12 +17,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic.fields import FieldInfo
 
 from shared import topics
+from shared.model_fields import (
+    PolicyFields,
+    QualityFields,
+    RollbackFields,
+    ValidationFields,
+    WindowFields,
+)
 from shared.settings import CommonSettings, SettingsError, StrictSettings
 from shared.tasks import Task
 
@@ -36,71 +44,38 @@ class _Section(BaseModel):
     def given(self) -> dict[str, Any]:
         return {k: v for k, v in self.model_dump().items() if v is not None}
 
+    if TYPE_CHECKING:  # a derived section's keys are its fields class's (shared/model_fields.py)
 
-class Windows(_Section):
-    """How ingest cuts the stream into windows (``CTRAIN_INGEST_*``)."""
-
-    window_max_count: int | None = Field(default=None, ge=1, description="Examples per window.")
-    window_duration_s: float | None = Field(
-        default=None, gt=0, description="Tumbling event-time window length."
-    )
-    allowed_lateness_s: float | None = Field(default=None, ge=0, description="Allowed lateness.")
-    idle_timeout_s: float | None = Field(default=None, gt=0, description="Quiet time to close.")
-    event_time_field: str | None = Field(default=None, description="Field holding event time.")
-    event_time_unit: Literal["s", "ms"] | None = Field(default=None, description="Its unit.")
-    max_future_s: float | None = Field(default=None, gt=0, description="Future-time bound.")
-    reject_unknown_features: bool | None = Field(default=None, description="Strict keys.")
+        def __getattr__(self, name: str) -> Any: ...
 
 
-class Validation(_Section):
-    """How the validator judges the stream's windows (``CTRAIN_VALIDATOR_*``)."""
-
-    min_examples: int | None = Field(default=None, ge=1, description="Smallest judged window.")
-    drift_linf: float | None = Field(default=None, ge=0, description="Categorical drift bound.")
-    drift_jsd: float | None = Field(default=None, ge=0, description="Numeric drift bound.")
-    skew_linf: float | None = Field(default=None, ge=0, description="Categorical skew bound.")
-    skew_jsd: float | None = Field(default=None, ge=0, description="Numeric skew bound.")
-    jsd_histogram: Literal["quantiles", "standard"] | None = Field(
-        default=None, description="Histogram behind numeric JSD."
-    )
-    ignore_features: list[str] | None = Field(default=None, description="Not measured.")
-    baseline_window: str | None = Field(default=None, description="Skew baseline window.")
-    environment: str | None = Field(default=None, description="Schema environment.")
-    blocking_anomalies: list[str] | None = Field(default=None, description="Blocking types.")
-    new_value_blocking_fraction: float | None = Field(default=None, ge=0, le=1, description="")
-    period_grace_s: float | None = Field(default=None, ge=0, description="Period grace time.")
-    max_group_periods: int | None = Field(default=None, ge=1, description="Grouped periods.")
+def section_of(fields: type[BaseModel], name: str, doc: str | None) -> type[_Section]:
+    """A models-file section derived from the settings it sets: the same keys, types,
+    constraints and descriptions, each optional (None: the service's own value applies)."""
+    keys: dict[str, Any] = {
+        key: (f.rebuild_annotation() | None, FieldInfo.merge_field_infos(f, default=None))
+        for key, f in fields.model_fields.items()
+    }
+    return create_model(name, __base__=_Section, __doc__=doc, **keys)
 
 
-class TriggerPolicy(_Section):
-    """When the trigger trains the model and on what (``CTRAIN_TRIGGER_*``)."""
-
-    consecutive: int | None = Field(default=None, ge=1, description="Streak length.")
-    min_new_examples: int | None = Field(default=None, ge=0, description="Volume policy.")
-    max_model_age_s: float | None = Field(default=None, ge=0, description="Age policy.")
-    cooldown_s: float | None = Field(default=None, ge=0, description="Minimum wait.")
-    backoff: float | None = Field(default=None, ge=1, description="Wait multiplier.")
-    max_wait_s: float | None = Field(default=None, ge=0, description="Longest wait.")
-    daily_budget: int | None = Field(default=None, ge=1, description="Runs per 24 h.")
-    min_train_examples: int | None = Field(default=None, ge=1, description="Training size.")
-    max_train_examples: int | None = Field(default=None, ge=1, description="Training cap.")
-    min_eval_examples: int | None = Field(default=None, ge=1, description="Evaluation size.")
-    post_change_share: float | None = Field(
-        default=None, ge=0, le=1, description="Training share after the change."
-    )
-    clock: Literal["wall", "event"] | None = Field(default=None, description="Policy clock.")
-    epochs: int | None = Field(default=None, ge=1, description="Trainer epochs.")
-    blocking_anomalies: list[str] | None = Field(default=None, description="Pipeline blocks.")
-    quality_metric: str | None = Field(default=None, description="Quality policy metric.")
-    quality_floor: float | None = Field(default=None, description="Quality floor.")
-    quality_margin: float | None = Field(default=None, ge=0, description="Margin to own eval.")
-    quality_consecutive: int | None = Field(default=None, ge=0, description="Poor streak.")
-    quality_source: Literal["realized", "estimated"] | None = Field(default=None, description="")
-    quality_min_coverage: float | None = Field(default=None, ge=0, le=1, description="")
+if TYPE_CHECKING:
+    Windows: TypeAlias = _Section
+    Validation: TypeAlias = _Section
+    TriggerPolicy: TypeAlias = _Section
+    Quality: TypeAlias = _Section
+    Rollback: TypeAlias = _Section
+else:
+    Windows = section_of(WindowFields, "Windows", WindowFields.__doc__)
+    Validation = section_of(ValidationFields, "Validation", ValidationFields.__doc__)
+    TriggerPolicy = section_of(PolicyFields, "TriggerPolicy", PolicyFields.__doc__)
+    Quality = section_of(QualityFields, "Quality", QualityFields.__doc__)
+    Rollback = section_of(RollbackFields, "Rollback", RollbackFields.__doc__)
 
 
-class Promotion(_Section):
-    """How a blessed candidate reaches serving (promoter)."""
+class Promotion(Rollback):
+    """How a blessed candidate reaches serving (promoter): the model's own gate keys and
+    the promoter's rollback settings (``CTRAIN_PROMOTER_ROLLBACK_*``)."""
 
     policy: Literal["auto", "manual"] | None = Field(
         default=None, description="auto: promote when blessed; manual: wait for an approver."
@@ -117,16 +92,6 @@ class Promotion(_Section):
         description="Roll a promotion back by itself when live quality says the new version is "
         "worse (absent: on for policy auto, off for manual).",
     )
-    rollback_windows: int | None = Field(default=None, ge=1, description="Watched windows.")
-    rollback_margin: float | None = Field(default=None, ge=0, description="Rollback margin.")
-
-
-class Quality(_Section):
-    """How the monitor scores the model on live data (``CTRAIN_MONITOR_*``)."""
-
-    threshold: float | None = Field(default=None, gt=0, lt=1, description="Binary threshold.")
-    coverage_steps: list[float] | None = Field(default=None, description="Rescoring coverages.")
-    slice_min_examples: int | None = Field(default=None, ge=1, description="Smallest slice.")
 
 
 class Labels(BaseModel):

@@ -215,10 +215,10 @@ class Leadership:
         if leads == was:
             return
         if leads:
-            log.info("leading", extra={"model": model, "holder": self.holder})
             if self.on_gain is not None and not await self._gained(model):
                 return
             self._led.add(model)
+            log.info("leading", extra={"model": model, "holder": self.holder})
         else:
             self._led.discard(model)
             log.warning("no longer leading", extra={"model": model, "holder": self.holder})

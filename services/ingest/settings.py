@@ -2,48 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from shared.model_fields import WindowFields
 from shared.settings import CommonSettings, StrictSettings
 
 
-class IngestSettings(StrictSettings):
+class IngestSettings(StrictSettings, WindowFields):
     model_config = SettingsConfigDict(extra="forbid", env_prefix="CTRAIN_INGEST_")
 
     stream: str = Field(default="default", description="Logical stream name of the windows.")
     group_id: str = Field(default="ctrain-ingest", description="Kafka consumer group.")
-    window_max_count: int | None = Field(
-        default=10_000, ge=1, description="Close a window after this many accepted examples."
-    )
-    window_duration_s: float | None = Field(
-        default=None, gt=0, description="Tumbling event-time window length in seconds."
-    )
-    allowed_lateness_s: float = Field(
-        default=0.0,
-        ge=0,
-        description="How far behind the watermark a record may arrive and still join its window;"
-        " later records go to the DLQ as `late`.",
-    )
-    idle_timeout_s: float = Field(
-        default=30.0, gt=0, description="Close a partition's open windows after this quiet time."
-    )
-    event_time_field: str = Field(
-        default="", description="Example field holding event time; empty: the Kafka timestamp."
-    )
-    event_time_unit: Literal["s", "ms"] = Field(
-        default="s", description="Unit of a numeric event-time field."
-    )
-    max_future_s: float = Field(
-        default=86_400.0, gt=0, description="Reject event times further than this in the future."
-    )
     max_example_bytes: int = Field(
         default=1 << 20, ge=16, description="Reject records larger than this (reason too_large)."
-    )
-    reject_unknown_features: bool = Field(
-        default=True, description="Reject examples with keys the schema does not declare."
     )
     batch_rows: int = Field(
         default=8192, ge=16, description="Rows buffered per window before a Parquet row group."

@@ -6,14 +6,15 @@ when ``CTRAIN_CONFIG`` names one; these are the defaults and the one-model setup
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from shared.model_fields import QualityFields
 from shared.settings import CommonSettings, StrictSettings
 from shared.tasks import Task
 
 
-class MonitorSettings(StrictSettings):
+class MonitorSettings(StrictSettings, QualityFields):
     model_config = SettingsConfigDict(extra="forbid", env_prefix="CTRAIN_MONITOR_")
 
     group_id: str = Field(default="ctrain-monitor", description="Kafka consumer group.")
@@ -25,17 +26,6 @@ class MonitorSettings(StrictSettings):
         default="", description="Its model module (LABEL_KEY, RAW_LABEL_FEATURES, SLICES)."
     )
     task: Task = Field(default="binary", description="Its task: picks the metrics.")
-    threshold: float = Field(
-        default=0.5, gt=0, lt=1, description="Decision threshold of binary classifiers."
-    )
-    coverage_steps: list[float] = Field(
-        default=[0.5, 0.9],
-        description="Label coverages at which a window is scored again as delayed labels "
-        "arrive (fractions of its examples, ascending).",
-    )
-    slice_min_examples: int = Field(
-        default=30, ge=1, description="Smallest slice whose metrics are reported."
-    )
     batch_rows: int = Field(default=2048, ge=1, description="Examples per Predict request.")
     in_flight: int = Field(default=2, ge=1, description="Predict requests in flight at once.")
     serving_timeout_s: float = Field(default=30.0, gt=0, description="Deadline of one Predict.")
@@ -49,13 +39,6 @@ class MonitorSettings(StrictSettings):
     )
     http_host: str = Field(default="127.0.0.1", description="Bind address of the HTTP API.")
     http_port: int = Field(default=8085, ge=0, description="Port of the HTTP API.")
-
-    @field_validator("coverage_steps")
-    @classmethod
-    def _ascending(cls, steps: list[float]) -> list[float]:
-        if any(not 0 < s <= 1 for s in steps) or steps != sorted(set(steps)):
-            raise ValueError("coverage steps are distinct fractions in (0, 1], ascending")
-        return steps
 
 
 def load_settings() -> tuple[CommonSettings, MonitorSettings]:

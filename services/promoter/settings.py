@@ -7,10 +7,11 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from shared.model_fields import RollbackFields
 from shared.settings import CommonSettings, StrictSettings
 
 
-class PromoterSettings(StrictSettings):
+class PromoterSettings(StrictSettings, RollbackFields):
     model_config = SettingsConfigDict(extra="forbid", env_prefix="CTRAIN_PROMOTER_")
 
     group_id: str = Field(default="ctrain-promoter", description="Kafka consumer group.")
@@ -32,18 +33,6 @@ class PromoterSettings(StrictSettings):
     )
     smoke_examples: int = Field(
         default=4, ge=1, description="Examples from the eval window sent as the smoke prediction."
-    )
-    rollback_windows: int = Field(
-        default=3,
-        ge=1,
-        description="Labelled windows a promotion is watched on (new stable beside the version "
-        "it replaced) before it is kept or rolled back.",
-    )
-    rollback_margin: float = Field(
-        default=0.02,
-        ge=0,
-        description="Rolled back when worse than the replaced version by more than this on all "
-        "watched windows.",
     )
     rollback_min_coverage: float = Field(
         default=0.5, ge=0, le=1, description="Label coverage from which a window counts."

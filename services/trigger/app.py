@@ -22,9 +22,9 @@ from fastapi.responses import JSONResponse
 from faststream.kafka.fastapi import KafkaMessage
 from pydantic import BaseModel, Field
 
-from services.trigger import policy as pol
 from services.trigger.backends import Backend, KfpBackend, LocalBackend
-from services.trigger.core import Trigger, TriggerConfig
+from services.trigger.config import TriggerConfig, policy_from
+from services.trigger.core import Trigger
 from services.trigger.errors import TriggerError, UnknownModel
 from services.trigger.metrics import TriggerMetrics
 from services.trigger.pipeline import ComponentImages, compile_pipeline
@@ -57,7 +57,6 @@ from shared.redis import make_redis
 from shared.schema import SchemaError, load_schema
 from shared.serve import service_app, service_routes
 from shared.settings import CommonSettings, SettingsError
-from shared.tasks import HEADLINE_METRIC
 
 log = logging.getLogger(__name__)
 
@@ -79,42 +78,6 @@ def make_backend(s: TriggerSettings) -> Backend:
         ComponentImages(base_image=s.base_image, trainer_gpus=s.trainer_gpus),
     )
     return KfpBackend(s.kfp_host, package, s.kfp_namespace or None, s.kfp_token or None)
-
-
-def policy_from(s: TriggerSettings, labels: Labels | None = None) -> pol.Policy:
-    spec = labels or Labels()
-    return pol.Policy(
-        label_stream=spec.source == "stream",
-        label_maturity_s=spec.label_maturity_s,
-        label_default=spec.label_default is not None,
-        consecutive=s.consecutive,
-        min_new_examples=s.min_new_examples,
-        max_model_age_s=s.max_model_age_s,
-        cooldown_s=s.cooldown_s,
-        backoff=s.backoff,
-        max_wait_s=s.max_wait_s,
-        daily_budget=s.daily_budget,
-        min_train_examples=s.min_train_examples,
-        max_train_examples=s.max_train_examples,
-        min_eval_examples=s.min_eval_examples,
-        post_change_share=s.post_change_share,
-        clock=s.clock,
-        quality_metric=quality_metric(s),
-        quality_floor=s.quality_floor,
-        quality_margin=s.quality_margin,
-        quality_consecutive=s.quality_consecutive,
-        quality_source=s.quality_source,
-        quality_min_coverage=s.quality_min_coverage,
-    )
-
-
-def quality_metric(s: TriggerSettings) -> str:
-    """The quality policy's metric; "" (off) without a floor or a margin."""
-    if s.quality_floor is None and not s.quality_margin:
-        return ""
-    if s.quality_metric != "auto":
-        return s.quality_metric
-    return HEADLINE_METRIC[s.task]
 
 
 @dataclass(frozen=True)

@@ -27,34 +27,39 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
+from shared.model_fields import PolicyFields
+
 Reason = Literal["drift", "skew", "quality", "new_examples", "model_age", "manual"]
 QualitySource = Literal["realized", "estimated"]
 # Metrics where a smaller value is better: their "floor" is a ceiling.
 LOWER_IS_BETTER = frozenset({"rmse", "mae", "log_loss", "brier", "ece"})
 ClockKind = Literal["wall", "event"]
 BUDGET_PERIOD_S = 86_400.0
+_D = PolicyFields()
 
 
 @dataclass(frozen=True)
 class Policy:
-    consecutive: int = 2
-    min_new_examples: int = 0  # 0: this policy is off
-    max_model_age_s: float = 0  # 0: off
-    cooldown_s: float = 600
-    backoff: float = 2.0  # the wait grows by this factor per unresolved attempt
-    max_wait_s: float = 7 * 86_400.0
-    daily_budget: int = 4  # runs in any 24 h of the policy's clock
-    min_train_examples: int = 5_000
-    max_train_examples: int = 200_000
-    min_eval_examples: int = 2_000
-    clock: ClockKind = "wall"
-    # Quality on live data (the monitor's WindowScored): off when the metric is "".
+    # Defaults are the settings' own (shared/model_fields.py): declared there once.
+    consecutive: int = _D.consecutive
+    min_new_examples: int = _D.min_new_examples  # 0: this policy is off
+    max_model_age_s: float = _D.max_model_age_s  # 0: off
+    cooldown_s: float = _D.cooldown_s
+    backoff: float = _D.backoff  # the wait grows by this factor per unresolved attempt
+    max_wait_s: float = _D.max_wait_s
+    daily_budget: int = _D.daily_budget  # runs in any 24 h of the policy's clock
+    min_train_examples: int = _D.min_train_examples
+    max_train_examples: int = _D.max_train_examples
+    min_eval_examples: int = _D.min_eval_examples
+    clock: ClockKind = _D.clock
+    # Quality on live data (the monitor's WindowScored): off when the metric is "" (the
+    # settings' "auto" resolved by the task, services/trigger/config.py).
     quality_metric: str = ""
-    quality_floor: float | None = None  # worse than this: a poor window
-    quality_margin: float = 0.0  # worse than the model's own evaluation by more: poor (0: off)
-    quality_consecutive: int = 0  # poor windows in a row that fire (0: ``consecutive``)
-    quality_source: QualitySource = "realized"
-    quality_min_coverage: float = 0.5  # realized metrics count from this label coverage
+    quality_floor: float | None = _D.quality_floor  # worse than this: a poor window
+    quality_margin: float = _D.quality_margin  # worse than its own evaluation by more: poor
+    quality_consecutive: int = _D.quality_consecutive  # poor windows in a row (0: consecutive)
+    quality_source: QualitySource = _D.quality_source
+    quality_min_coverage: float = _D.quality_min_coverage  # realized counts from this coverage
     # Labels joined from their own stream (docs/models.md, "Labels"): data is sized by
     # labelled examples; evaluation takes periods whose labels matured.
     label_stream: bool = False
@@ -63,7 +68,7 @@ class Policy:
     # A drift or skew run trains on the world after the change: it waits until this share
     # of its training examples comes from the periods since the streak that fired began
     # (0: off; the newest periods before evaluation, whatever their side of the change).
-    post_change_share: float = 0.75
+    post_change_share: float = _D.post_change_share
 
     def wait_s(self, attempts: int) -> float:
         """Minimum time since the last run, after ``attempts`` unresolved runs this episode."""

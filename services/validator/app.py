@@ -22,7 +22,8 @@ from fastapi import FastAPI, Query
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from faststream.kafka.fastapi import KafkaMessage
 
-from services.validator import checks, statsview
+from services.validator import statsview
+from services.validator.config import config_from
 from services.validator.core import Validator, ValidatorConfig
 from services.validator.errors import NoBaseline, UnknownWindow, ValidatorError
 from services.validator.flow import WindowFlow
@@ -49,35 +50,6 @@ from shared.settings import CommonSettings
 
 log = logging.getLogger(__name__)
 View = Literal["ctrain", "facets"]
-
-
-def config_from(
-    s: ValidatorSettings, model: str | None = None, optional: frozenset[str] = frozenset()
-) -> ValidatorConfig:
-    """``optional``: label features the stream's examples arrive without (labels joined
-    from their own stream): neither required nor measured."""
-    return ValidatorConfig(
-        min_examples=s.min_examples,
-        model=model or s.model,
-        baseline_window=s.baseline_window,
-        environment=s.environment,
-        defaults=checks.Defaults(
-            drift_linf=s.drift_linf,
-            drift_jsd=s.drift_jsd,
-            skew_linf=s.skew_linf,
-            skew_jsd=s.skew_jsd,
-            jsd_histogram=s.jsd_histogram,
-            ignore=frozenset(s.ignore_features) | optional,
-        ),
-        policy=checks.AnomalyPolicy(
-            frozenset(s.blocking_anomalies), s.new_value_blocking_fraction, optional
-        ),
-        stats_runner=s.stats_runner,
-        beam_runner=s.beam_runner,
-        beam_options=tuple(s.beam_options),
-        period_grace_s=s.period_grace_s,
-        max_group_periods=s.max_group_periods,
-    )
 
 
 def create_app(common: CommonSettings, settings: ValidatorSettings) -> FastAPI:

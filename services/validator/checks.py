@@ -14,6 +14,7 @@ from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2, statistics_p
 
 from services.validator import distances as dist
 from shared.events import Anomaly, Distance, FeatureDistances, Verdict
+from shared.model_fields import ValidationFields
 from shared.schema import without_comparators
 from shared.stats import feature_stats
 
@@ -22,6 +23,9 @@ _SOURCES = {
     "quantiles": schema_pb2.HistogramSelection.QUANTILES,
     "standard": schema_pb2.HistogramSelection.STANDARD,
 }
+
+
+_V = ValidationFields()
 
 
 @dataclass(frozen=True)
@@ -33,18 +37,18 @@ class Defaults:
     0.07 (company) and JSD 0.21 (a census tract) by chance alone.
     """
 
-    drift_linf: float = 0.1
-    drift_jsd: float = 0.25
-    skew_linf: float = 0.1
-    skew_jsd: float = 0.25
-    jsd_histogram: str = "quantiles"
+    drift_linf: float = _V.drift_linf  # the settings' defaults (shared/model_fields.py)
+    drift_jsd: float = _V.drift_jsd
+    skew_linf: float = _V.skew_linf
+    skew_jsd: float = _V.skew_jsd
+    jsd_histogram: str = _V.jsd_histogram
     ignore: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
 class AnomalyPolicy:
     blocking: frozenset[str]
-    new_value_blocking_fraction: float = 0.1
+    new_value_blocking_fraction: float = _V.new_value_blocking_fraction
     # Features a window may lack (label features whose labels arrive on their own stream):
     # their presence is not checked.
     optional: frozenset[str] = frozenset()

@@ -31,6 +31,7 @@ from services.validator.schemas import SchemaStore
 from shared.artifacts import ArtifactStore
 from shared.events import Distance, MemberWindow, PartitionIdle, WindowClosed, WindowValidated
 from shared.ids import stable_id
+from shared.model_fields import ValidationFields
 from shared.shard import read_shard
 from shared.stats import dataset, statistics_beam, statistics_in_memory
 
@@ -39,23 +40,26 @@ log = logging.getLogger(__name__)
 EndOffsets = Callable[[str], Awaitable[dict[int, int]]]
 
 
+_V = ValidationFields()
+
+
 @dataclass(frozen=True)
 class ValidatorConfig:
-    min_examples: int = 200
+    min_examples: int = _V.min_examples  # the settings' defaults (shared/model_fields.py)
     model: str = "default"
-    baseline_window: str = ""
-    environment: str = ""
+    baseline_window: str = _V.baseline_window
+    environment: str = _V.environment
     defaults: checks.Defaults = field(default_factory=checks.Defaults)
     policy: checks.AnomalyPolicy = field(
-        default_factory=lambda: checks.AnomalyPolicy(frozenset({"SCHEMA_MISSING_COLUMN"}))
+        default_factory=lambda: checks.AnomalyPolicy(frozenset(_V.blocking_anomalies))
     )
     stats_runner: str = "inprocess"
     beam_runner: str = "DirectRunner"
     beam_options: tuple[str, ...] = ()
     # A period is judged when every partition moved past it, or this long after its first
     # window arrived (a partition that fell silent must not stall the loop).
-    period_grace_s: float = 120.0
-    max_group_periods: int = 8
+    period_grace_s: float = _V.period_grace_s
+    max_group_periods: int = _V.max_group_periods
 
 
 def _ms(ev: WindowClosed) -> tuple[int, int]:

@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from services.ingest.app import streams_from
 from services.ingest.settings import IngestSettings
+from services.monitor.settings import MonitorSettings
 from services.promoter.app import gate_from
 from services.promoter.settings import PromoterSettings
 from services.trigger.app import models_from
@@ -191,3 +193,26 @@ def test_a_command_names_its_model_or_the_file_has_one(tmp_path: Path) -> None:
         C.pick_model(two, "nope")
     with pytest.raises(SettingsError, match="--model"):
         C.pick_model(None, None)
+
+
+def test_each_section_is_derived_from_the_settings_it_sets() -> None:
+    """One declaration per setting: a section's keys, constraints and descriptions are its
+    service's (shared/model_fields.py), and a value the service refuses the file refuses."""
+    pairs = [
+        (C.Windows, IngestSettings),
+        (C.Validation, ValidatorSettings),
+        (C.TriggerPolicy, TriggerSettings),
+        (C.Quality, MonitorSettings),
+        (C.Rollback, PromoterSettings),
+    ]
+    for section, settings in pairs:
+        assert section.model_fields, section
+        for key, f in section.model_fields.items():
+            declared = settings.model_fields[key]
+            assert f.description == declared.description and f.default is None, key
+            assert f.metadata == declared.metadata, key
+    with pytest.raises(ValidationError, match="ascending"):
+        C.Quality(coverage_steps=[0.9, 0.5])
+    with pytest.raises(ValidationError, match="greater than or equal to 1"):
+        C.TriggerPolicy(consecutive=0)
+    assert set(C.Promotion.model_fields) >= set(C.Rollback.model_fields)

@@ -63,7 +63,7 @@ def test_regression_and_binary_outputs_of_one_or_two_columns() -> None:
 def test_the_trigger_quality_policy_is_off_without_a_floor_or_margin(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from services.trigger.app import policy_from
+    from services.trigger.config import policy_from
     from services.trigger.settings import TriggerSettings
 
     assert policy_from(TriggerSettings()).quality_metric == ""
