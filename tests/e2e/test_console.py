@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from ctrain import client
-from ctrain.console_cmd import browser, console_url, open_view, screenshots, sign_in
+from ctrain.commands.console import browser, console_url, open_view, screenshots, sign_in
 from ctrain.demo import Demo, DemoOptions
 from shared.events import ModelCandidate
 

@@ -18,6 +18,7 @@ import pytest
 from rich.console import Console
 
 from ctrain import cli, devstack
+from ctrain.commands import common as cli_common
 from ctrain.demo import BUNDLED
 from ctrain.replay import read_table, replay
 from shared.settings import CommonSettings
@@ -49,7 +50,7 @@ def test_a_dev_broker_that_comes_back_empty_is_noticed_and_reset(
 ) -> None:
     monkeypatch.setenv("CTRAIN_DEV_STATE_DIR", str(tmp_path / "dev"))
     screen = io.StringIO()
-    monkeypatch.setattr(cli, "console", Console(file=screen, width=300))
+    monkeypatch.setattr(cli_common, "console", Console(file=screen, width=300))
     state = devstack.up(echo=lambda m: None)
     try:
         services = _services(state)

@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from ctrain import cli, client, ops
+from ctrain import cli, client
+from ctrain.commands import common
 from ctrain.demo import Demo, DemoOptions
 from shared import topics
 from shared.events import ModelCandidate
@@ -51,7 +52,7 @@ def test_drift_retrains_and_the_approved_model_serves(
     seen: dict[str, Any] = {}
     # The CLI's output, wide enough that ids are never folded.
     screen = io.StringIO()
-    monkeypatch.setattr(ops, "console", Console(file=screen, width=300))
+    monkeypatch.setattr(common, "console", Console(file=screen, width=300))
 
     def operator(cand: ModelCandidate, state: dict[str, Any]) -> bool:
         """An approver rejects the first retrained candidate from the CLI; the shift
@@ -208,8 +209,7 @@ def test_a_candidate_failing_tfma_is_rejected_with_its_reasons(
         # From the shell: listed as rejected; an approver cannot override the gate
         # (only an admin can), and the CLI says why.
         screen = io.StringIO()
-        monkeypatch.setattr(ops, "console", Console(file=screen, width=300))
-        monkeypatch.setattr(cli, "console", ops.console)
+        monkeypatch.setattr(common, "console", Console(file=screen, width=300))
         assert cli.main(["candidates", "list", "--state", "rejected"]) == 0
         assert cand.candidate_id in screen.getvalue()
         assert cli.main(["candidates", "approve", cand.candidate_id]) == 2

@@ -13,7 +13,8 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from rich.console import Console
 
-from ctrain import backtest_cmd, cli
+from ctrain import cli
+from ctrain.commands import common as cli_common
 from shared import topics
 from shared.kafka import SourceOffsets, ensure_topics
 from shared.settings import CommonSettings
@@ -51,7 +52,7 @@ def test_backtest_from_the_topic(
     ends = asyncio.run(produce())
     assert sorted(ends) == [0, 1] and sum(ends.values()) == len(bodies) + 1
     screen = io.StringIO()
-    monkeypatch.setattr(backtest_cmd, "console", Console(file=screen, width=200))
+    monkeypatch.setattr(cli_common, "console", Console(file=screen, width=200))
     monkeypatch.setenv("CTRAIN_KAFKA_BOOTSTRAP", kafka)
     monkeypatch.setenv("CTRAIN_DEV_STATE_DIR", str(tmp_path / "nodev"))
     args = ["backtest", "--stream", "rec", "--source", "topic", "-o", "json"]

@@ -16,7 +16,7 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from ctrain.console_cmd import browser
+from ctrain.commands.console import browser
 from services.promoter.app import create_app
 from services.promoter.settings import PromoterSettings
 from shared.settings import CommonSettings

@@ -12,7 +12,8 @@ import pytest
 from pyarrow import csv
 from rich.console import Console
 
-from ctrain import backtest_cmd, cli
+from ctrain import cli
+from ctrain.commands import common as cli_common
 from ctrain.synth import Segment, resample, write_windows
 from shared.events import Distance, FeatureDistances, MemberWindow, WindowValidated
 from shared.schema import example_spec, load_schema
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.unit
 @pytest.fixture
 def screen(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> io.StringIO:
     out = io.StringIO()
-    monkeypatch.setattr(backtest_cmd, "console", Console(file=out, width=250))
+    monkeypatch.setattr(cli_common, "console", Console(file=out, width=250))
     monkeypatch.setenv("CTRAIN_DEV_STATE_DIR", str(tmp_path / "nodev"))
     return out
 

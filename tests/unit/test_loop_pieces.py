@@ -167,7 +167,7 @@ def test_approve_wait_ends_when_the_candidate_serves(monkeypatch: pytest.MonkeyP
 
     from rich.console import Console
 
-    from ctrain import ops
+    from ctrain.commands import common, decide
 
     class Promoter:
         def __init__(self, states: list[str]) -> None:
@@ -180,12 +180,12 @@ def test_approve_wait_ends_when_the_candidate_serves(monkeypatch: pytest.MonkeyP
             }
 
     screen = io.StringIO()
-    monkeypatch.setattr(ops, "console", Console(file=screen, width=200))
-    monkeypatch.setattr(ops.time, "sleep", lambda s: None)
+    monkeypatch.setattr(common, "console", Console(file=screen, width=200))
+    monkeypatch.setattr(decide.time, "sleep", lambda s: None)
     ok = Promoter(["approved", "promoting", "serving"])
-    assert ops._wait_promoted(ok, "cand-1", 5) == 0  # type: ignore[arg-type]
+    assert decide._wait_promoted(ok, "cand-1", 5) == 0  # type: ignore[arg-type]
     assert "cand-1: serving (version 2)" in screen.getvalue()
-    assert ops._wait_promoted(Promoter(["promoting", "failed"]), "cand-2", 5) == 1  # type: ignore[arg-type]
+    assert decide._wait_promoted(Promoter(["promoting", "failed"]), "cand-2", 5) == 1  # type: ignore[arg-type]
 
 
 def test_demo_summary_counts_judged_periods(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -194,7 +194,8 @@ def test_demo_summary_counts_judged_periods(monkeypatch: pytest.MonkeyPatch) -> 
 
     from rich.console import Console
 
-    from ctrain import ops
+    from ctrain.commands import common
+    from ctrain.commands import demo as demo_cmd
     from ctrain.demo import Progress
     from ctrain.loop import LoopState
     from shared.events import MemberWindow, WindowValidated
@@ -210,10 +211,10 @@ def test_demo_summary_counts_judged_periods(monkeypatch: pytest.MonkeyPatch) -> 
             0.0,
         )  # fmt: skip
     screen = io.StringIO()
-    monkeypatch.setattr(ops, "console", Console(file=screen, width=200))
+    monkeypatch.setattr(common, "console", Console(file=screen, width=200))
     demo = SimpleNamespace(progress=Progress(), tail=SimpleNamespace(state=loop),
                            opts=SimpleNamespace(keep=False))  # fmt: skip
-    ops.summary(demo)
+    demo_cmd.summary(demo)
     assert "3 judged (1 drifted or skewed), 0 windows" in screen.getvalue()
     assert loop.judged_windows() == {"w0", "w1", "w2"} and loop.validations == {}
 
@@ -225,7 +226,8 @@ def test_demo_shows_live_quality_and_a_rollback(monkeypatch: pytest.MonkeyPatch)
 
     from rich.console import Console
 
-    from ctrain import ops
+    from ctrain.commands import common
+    from ctrain.commands import demo as demo_cmd
     from ctrain.demo import Progress
     from ctrain.loop import LoopState
     from ctrain.view import describe
@@ -254,10 +256,10 @@ def test_demo_shows_live_quality_and_a_rollback(monkeypatch: pytest.MonkeyPatch)
         "(0% of 1,000 labelled)"
     )
     screen = io.StringIO()
-    monkeypatch.setattr(ops, "console", Console(file=screen, width=200))
+    monkeypatch.setattr(common, "console", Console(file=screen, width=200))
     demo = SimpleNamespace(progress=Progress(), tail=SimpleNamespace(state=loop),
                            opts=SimpleNamespace(keep=False))  # fmt: skip
-    ops.summary(demo)
+    demo_cmd.summary(demo)
     text = screen.getvalue()
     # The last score of the window only, and the rollback with its actor.
     assert "stable v2 on 2014-04-01: auc 0.912, estimated 0.901 (90% of 1,000 labelled)" in text

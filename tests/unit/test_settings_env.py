@@ -82,7 +82,7 @@ def test_replay_says_what_to_set_when_the_broker_refuses_idempotence(
 
 def test_approve_wait_ends_when_the_candidate_serves() -> None:
     """The state machine ends a promotion in `serving` (there is no `promoted` state)."""
-    from ctrain.ops import _wait_promoted
+    from ctrain.commands.decide import _wait_promoted
 
     class Promoter:
         def __init__(self, states: list[str]) -> None:

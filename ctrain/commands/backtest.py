@@ -14,9 +14,9 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from rich.console import Console
 from rich.table import Table
 
+from ctrain import devstack, where
 from ctrain.backtest import (
     Judge,
     Outcome,
@@ -27,8 +27,9 @@ from ctrain.backtest import (
     load_windows,
     simulate,
 )
+from ctrain.commands import common
+from ctrain.replay_labels import parse_duration
 
-console = Console()
 THRESHOLDS = ("drift_linf", "drift_jsd", "skew_linf", "skew_jsd")
 POLICY_FLAGS = (
     "consecutive",
@@ -42,7 +43,7 @@ POLICY_FLAGS = (
 )
 
 
-def add_parser(sub: Any) -> None:
+def register(sub: Any) -> None:
     bt = sub.add_parser(
         "backtest", help="replay recorded periods through the trigger's policy, offline"
     )
@@ -90,7 +91,6 @@ INT_FLAGS = {
 
 def _dev_config() -> None:
     """Against the dev stack, its services' configuration is the configuration."""
-    from ctrain import devstack
 
     state = devstack.load_state()
     if not state:
@@ -105,8 +105,6 @@ def _dev_config() -> None:
 
 
 def command(args: argparse.Namespace) -> int:
-    from ctrain.cli import _artifact_root
-    from ctrain.replay_labels import parse_duration
     from services.trigger.config import policy_from
     from services.trigger.settings import TriggerSettings
     from services.validator.config import config_from
@@ -115,9 +113,9 @@ def command(args: argparse.Namespace) -> int:
     from shared.settings import CommonSettings
 
     _dev_config()
-    common, vs, ts = CommonSettings(), ValidatorSettings(), TriggerSettings()
-    schema = args.schema or common.schema_path
-    models = config_of(common)
+    settings, vs, ts = CommonSettings(), ValidatorSettings(), TriggerSettings()
+    schema = args.schema or settings.schema_path
+    models = config_of(settings)
     name = models.model_of_stream(args.stream) if models else None
     spec = None
     if models is not None and name is not None:
@@ -126,18 +124,18 @@ def command(args: argparse.Namespace) -> int:
         vs = apply(vs, spec.validation.given(), models=len(models.models))
         ts = apply(ts, spec.trigger.given(), models=len(models.models))
         schema = args.schema or spec.schema_path
-    root = args.root or _artifact_root()
+    root = args.root or where.artifact_root()
     outcomes = tuple(o.strip() for o in args.outcomes.split(",") if o.strip())
     bad = [o for o in outcomes if o not in ("promote", "reject", "fail")]
     if bad or not outcomes:
-        console.print(f"[red]--outcomes[/red]: {bad or 'empty'}; use promote, reject, fail")
+        common.console.print(f"[red]--outcomes[/red]: {bad or 'empty'}; use promote, reject, fail")
         return 2
     sweep: list[tuple[str, Any]] = [("", None)]
     if args.sweep:
         name, _, values = args.sweep.partition("=")
         name = name.replace("-", "_")
         if name not in THRESHOLDS + POLICY_FLAGS or not values:
-            console.print(
+            common.console.print(
                 f"[red]--sweep[/red] {args.sweep!r}: use NAME=V1,V2 with NAME one of "
                 f"{', '.join(THRESHOLDS + POLICY_FLAGS)}"
             )
@@ -161,7 +159,9 @@ def command(args: argparse.Namespace) -> int:
         if args.source == "windows":
             windows = load_windows(root, args.stream)
             if not windows:
-                console.print(f"[red]no windows[/red] of stream {args.stream!r} under {root}")
+                common.console.print(
+                    f"[red]no windows[/red] of stream {args.stream!r} under {root}"
+                )
                 return 1
             # A threshold given here wins over the schema's comparators of its kind.
             kinds = frozenset(k.split("_")[0] for k in over if k in THRESHOLDS)
@@ -169,7 +169,7 @@ def command(args: argparse.Namespace) -> int:
             judge, n = wj, len(wj)
         else:
             vals = (
-                _from_topic(common, args.stream)
+                _from_topic(settings, args.stream)
                 if args.source == "topic"
                 else load_validations(root, args.stream)
             )
@@ -181,7 +181,7 @@ def command(args: argparse.Namespace) -> int:
             rj = RecordedJudge(vals, min_examples, thresholds)
             judge, n = rj, len(rj)
         if n == 0:
-            console.print(f"[red]no judged periods[/red] of stream {args.stream!r}")
+            common.console.print(f"[red]no judged periods[/red] of stream {args.stream!r}")
             return 1
         typed = cast(tuple[Outcome, ...], outcomes)
         label_delay = parse_duration(args.label_delay) if args.label_delay else None
@@ -214,7 +214,7 @@ def _print_report(r: Report) -> None:
             p["top"],
             f"[{style}]{p['decision']}[/{style}]" if style else p["decision"],
         )
-    console.print(t)
+    common.console.print(t)
     runs = Table(
         "run at",
         "trigger",
@@ -239,11 +239,11 @@ def _print_report(r: Report) -> None:
             run.outcome or "(open)",
             "yes" if run.false_alarm else "no",
         )
-    console.print(runs)
+    common.console.print(runs)
     eps = ", ".join(
         f"#{e['episode']}: {e['periods']} periods, {len(e['runs'])} runs" for e in r.episodes
     )
-    console.print(
+    common.console.print(
         f"{len(r.periods)} periods · {len(r.runs)} runs · {r.false_alarms} false alarms · "
         f"episodes {eps}"
     )
@@ -266,10 +266,10 @@ def _print_sweep(reports: list[tuple[str, Any, Report]]) -> None:
             str(r.runs[0].index) if r.runs else "-",
             str(gaps[len(gaps) // 2]) if gaps else "-",
         )
-    console.print(t)
+    common.console.print(t)
 
 
-def _from_topic(common: Any, stream: str) -> list[Any]:
+def _from_topic(settings: Any, stream: str) -> list[Any]:
     """Every period verdict of ``stream`` on ctrain.validations, read without a group."""
     import asyncio
 
@@ -281,7 +281,7 @@ def _from_topic(common: Any, stream: str) -> list[Any]:
 
     vals: list[WindowValidated] = []
     skipped = 0
-    for rec in asyncio.run(read_to_end(common.kafka_bootstrap, topics.VALIDATIONS)):
+    for rec in asyncio.run(read_to_end(settings.kafka_bootstrap, topics.VALIDATIONS)):
         try:
             v = WindowValidated.model_validate_json(rec.value or b"{}")
         except ValidationError:
@@ -290,5 +290,5 @@ def _from_topic(common: Any, stream: str) -> list[Any]:
         if v.stream == stream and v.scope == "period":
             vals.append(v)
     if skipped:
-        console.print(f"[yellow]skipped {skipped} records that are not validations[/yellow]")
+        common.console.print(f"[yellow]skipped {skipped} records that are not validations[/yellow]")
     return vals

@@ -16,18 +16,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-
-from ctrain import where
+from ctrain import devstack, scaffold, where
+from ctrain.commands import common
+from ctrain.replay import ReplayError, read_table
 from shared import contract
 from shared.contract import Problem
 from shared.settings import SettingsError
 from shared.tasks import TASKS
 
-console = Console()
 
-
-def add_parser(sub: Any) -> None:
+def register(sub: Any) -> None:
     mo = sub.add_parser("model", help="check a model module against the contract")
     msub = mo.add_subparsers(dest="action", required=True)
     ck = msub.add_parser("check", help="load, check and (with --data) run a model module")
@@ -54,10 +52,8 @@ def add_parser(sub: Any) -> None:
 def _schema_for(args: argparse.Namespace) -> str | None:
     if args.schema:
         return str(args.schema)
-    from ctrain import devstack
-    from ctrain.ops import models_file
 
-    cfg = models_file(devstack.load_state())
+    cfg = common.models_file(devstack.load_state())
     if cfg is None:
         return None
     if args.model:
@@ -71,7 +67,6 @@ def run_on_data(module_path: str, schema_path: str, data: str, rows: int) -> lis
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from ctrain.replay import read_table
     from services.trigger import steps
     from shared.schema import example_spec, load_schema
     from shared.shard import arrow_schema
@@ -136,7 +131,7 @@ def run_on_data(module_path: str, schema_path: str, data: str, rows: int) -> lis
                     )
                 )
                 break
-            console.print(f"  [green]ok[/green] {label} ({time.perf_counter() - t0:.1f}s)")
+            common.console.print(f"  [green]ok[/green] {label} ({time.perf_counter() - t0:.1f}s)")
     return out
 
 
@@ -157,12 +152,14 @@ def check_command(args: argparse.Namespace) -> int:
     try:
         module = contract.import_module(path)
     except contract.ContractError as e:
-        console.print(f"[red]{e}[/red]")
+        common.console.print(f"[red]{e}[/red]")
         return 1
     problems += contract.check_module(module)
     schema_path = _schema_for(args)
     if schema_path is None:
-        console.print("[yellow]no schema[/yellow]: give --schema (or --model) to check it too")
+        common.console.print(
+            "[yellow]no schema[/yellow]: give --schema (or --model) to check it too"
+        )
     else:
         try:
             raw = getattr(module, "RAW_LABEL_FEATURES", ())
@@ -177,42 +174,39 @@ def check_command(args: argparse.Namespace) -> int:
         if schema_path is None:
             problems.append(Problem("--data needs a schema", "give --schema or --model"))
         else:
-            console.print(f"running the training steps on up to {args.rows} rows ...")
+            common.console.print(f"running the training steps on up to {args.rows} rows ...")
             problems += run_on_data(path, schema_path, args.data, args.rows)
     if problems:
-        console.print(f"[red]{len(problems)} problem(s)[/red] in {path}:")
+        common.console.print(f"[red]{len(problems)} problem(s)[/red] in {path}:")
         for p in problems:
-            console.print(f"  - {p.what}\n    [bold]fix[/bold]: {p.fix}")
+            common.console.print(f"  - {p.what}\n    [bold]fix[/bold]: {p.fix}")
         return 1
-    console.print(f"[green]{path} keeps the contract[/green]")
+    common.console.print(f"[green]{path} keeps the contract[/green]")
     return 0
 
 
 def new_command(args: argparse.Namespace) -> int:
     from google.protobuf import text_format
 
-    from ctrain import scaffold
-    from ctrain.replay import ReplayError, read_table
-
     try:
         table = read_table(args.data)
     except (OSError, ValueError, ReplayError) as e:
-        console.print(f"[red]cannot read {args.data}[/red]: {e}")
+        common.console.print(f"[red]cannot read {args.data}[/red]: {e}")
         return 1
     try:
         p = scaffold.plan(args.name, table, args.label, args.task, args.time_column)
     except scaffold.ScaffoldError as e:
-        console.print(f"[red]{e}[/red]")
+        common.console.print(f"[red]{e}[/red]")
         return 1
     out = Path(args.dir or Path("models") / args.name)
     schema_path, module_path = out / "schema.pbtxt", out / "model.py"
     for f in (schema_path, module_path):
         if f.exists():
-            console.print(f"[red]{f} exists[/red]: choose another --dir or remove it")
+            common.console.print(f"[red]{f} exists[/red]: choose another --dir or remove it")
             return 1
     config = where.models_file_to_write(args.config)
     out.mkdir(parents=True, exist_ok=True)
-    console.print(f"inferring the schema of {table.num_rows:,} rows with TFDV ...")
+    common.console.print(f"inferring the schema of {table.num_rows:,} rows with TFDV ...")
     schema = scaffold.infer_schema(table)
     schema_path.write_text(text_format.MessageToString(schema))
     module_path.write_text(scaffold.module_text(p, args.data))
@@ -221,9 +215,9 @@ def new_command(args: argparse.Namespace) -> int:
         entry = scaffold.config_entry(p, table, schema_path, module_path, config.resolve().parent)
         scaffold.add_to_config(config, p.name, entry)
     except (contract.ContractError, scaffold.ScaffoldError, SettingsError) as e:
-        console.print(f"[red]{e}[/red]")
+        common.console.print(f"[red]{e}[/red]")
         return 1
-    console.print(
+    common.console.print(
         f"[green]model {p.name}[/green] ({p.task}, label {p.label!r}"
         + (f", positive class {p.positive!r}" if p.positive else "")
         + f"; {len(p.numeric)} numeric, {len(p.strings)} string features)\n"

@@ -9,15 +9,13 @@ import sys
 from typing import Any
 
 import orjson
-from rich.console import Console
 from rich.table import Table
 
 from ctrain import dlq
+from ctrain.commands import common
 
-console = Console()
 
-
-def add_parser(sub: Any) -> None:
+def register(sub: Any) -> None:
     d = sub.add_parser(
         "dlq", help="list, show and redrive dead letters (examples, windows, events)"
     )
@@ -46,10 +44,8 @@ def add_parser(sub: Any) -> None:
 def _settings_and_redis() -> tuple[Any, Any]:
     from redis.asyncio import Redis
 
-    from ctrain.cli import _common_from_dev
-
-    common: Any = _common_from_dev()
-    return common, Redis.from_url(common.redis_url)
+    settings: Any = common.common_from_dev()
+    return settings, Redis.from_url(settings.redis_url)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,10 +53,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    common, redis = _settings_and_redis()
+    settings, redis = _settings_and_redis()
     try:
         queues = list(dlq.QUEUES) if args.queue == "all" else [args.queue]
-        held = await dlq.read(common, queues)
+        held = await dlq.read(settings, queues)
         if args.action == "show":
             return _show(held, args)
         chosen = dlq.select(
@@ -73,18 +69,18 @@ async def _run(args: argparse.Namespace) -> int:
         )
         if args.action == "list":
             return _list(chosen, await dlq.redriven(redis), args)
-        return await _redrive(common, redis, chosen, args)
+        return await _redrive(settings, redis, chosen, args)
     finally:
         await redis.aclose()
 
 
 def _show(held: list[dlq.Held], args: argparse.Namespace) -> int:
     if len(args.letter_id) != 1:
-        console.print("dlq show needs one LETTER_ID (see `ctrain dlq list`)")
+        common.console.print("dlq show needs one LETTER_ID (see `ctrain dlq list`)")
         return 2
     match = [h for h in held if h.id == args.letter_id[0]]
     if not match:
-        console.print(f"no dead letter {args.letter_id[0]!r} in {', '.join(dlq.QUEUES)}")
+        common.console.print(f"no dead letter {args.letter_id[0]!r} in {', '.join(dlq.QUEUES)}")
         return 1
     h = match[0]
     body = {"queue": h.queue, "dlq_offset": h.offset, **h.letter.model_dump(mode="json")}
@@ -93,9 +89,9 @@ def _show(held: list[dlq.Held], args: argparse.Namespace) -> int:
         return 0
     for k, v in body.items():
         if k != "payload":
-            console.print(f"[bold]{k}[/bold]: {v}")
-    console.print("[bold]payload[/bold]:")
-    console.print(h.letter.payload, markup=False, highlight=False)
+            common.console.print(f"[bold]{k}[/bold]: {v}")
+    common.console.print("[bold]payload[/bold]:")
+    common.console.print(h.letter.payload, markup=False, highlight=False)
     return 0
 
 
@@ -115,13 +111,13 @@ def _list(chosen: list[dlq.Held], done: dict[str, Any], args: argparse.Namespace
         sys.stdout.write(orjson.dumps({"by_reason": summary, "letters": rows}).decode() + "\n")
         return 0
     if not chosen:
-        console.print("no dead letters match")
+        common.console.print("no dead letters match")
         return 0
     t = Table("queue", "reason", "letters", "redriven", title="dead letters by reason")
     for q, r, n in dlq.by_reason(chosen):
         back = sum(1 for h in chosen if h.queue == q and h.letter.reason == r and h.id in done)
         t.add_row(q, r, str(n), str(back))
-    console.print(t)
+    common.console.print(t)
     t = Table("id", "reason", "source", "message", title=f"newest {args.limit}")
     for h in chosen[-args.limit :]:
         s = h.letter.source
@@ -132,30 +128,30 @@ def _list(chosen: list[dlq.Held], done: dict[str, Any], args: argparse.Namespace
             f"{s.topic}/{s.partition}@{s.offset}",
             h.letter.message[:80],
         )
-    console.print(t)
+    common.console.print(t)
     return 0
 
 
 async def _redrive(
-    common: Any, redis: Any, chosen: list[dlq.Held], args: argparse.Namespace
+    settings: Any, redis: Any, chosen: list[dlq.Held], args: argparse.Namespace
 ) -> int:
     if not (
         args.letter_id or args.reason or args.from_offset is not None or args.to_offset is not None
     ):
-        console.print(
+        common.console.print(
             "dlq redrive needs a selection: LETTER_IDs, --reason, or an offset range "
             "(--source-partition/--from-offset/--to-offset)"
         )
         return 2
     if not args.why and not args.dry_run:
-        console.print("dlq redrive needs --why (kept in the audit trail)")
+        common.console.print("dlq redrive needs --why (kept in the audit trail)")
         return 2
     if not chosen:
-        console.print("no dead letters match")
+        common.console.print("no dead letters match")
         return 1
     try:
         out = await dlq.redrive(
-            common,
+            settings,
             redis,
             chosen,
             actor=args.actor or getpass.getuser(),
@@ -165,12 +161,12 @@ async def _redrive(
             dry_run=args.dry_run,
         )
     except dlq.DlqError as e:
-        console.print(f"[red]{e}[/red]")
+        common.console.print(f"[red]{e}[/red]")
         return 2
     verb = "would send" if args.dry_run else "sent"
     for lid, topic in out.sent:
-        console.print(f"{verb} {lid} -> {topic}")
+        common.console.print(f"{verb} {lid} -> {topic}")
     for lid, why in out.skipped:
-        console.print(f"[yellow]skipped[/yellow] {lid}: {why} (--force sends it again)")
-    console.print(f"{len(out.sent)} {verb}, {len(out.skipped)} skipped")
+        common.console.print(f"[yellow]skipped[/yellow] {lid}: {why} (--force sends it again)")
+    common.console.print(f"{len(out.sent)} {verb}, {len(out.skipped)} skipped")
     return 0

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ctrain import client
+from ctrain.commands import common
 
 VIEWS = ("windows", "runs", "candidates", "serving")
 
@@ -92,7 +93,7 @@ def screenshots(
     return shots
 
 
-def add_parser(sub: Any) -> None:
+def register(sub: Any) -> None:
     c = sub.add_parser("console", help="the operator console (served by the promoter at /)")
     c.add_argument("action", choices=["url", "screenshots"])
     c.add_argument("dir", nargs="?", default="console-screenshots", help="screenshots: where")
@@ -103,11 +104,10 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: Any) -> int:
-    from ctrain.ops import console
 
     if args.action == "url":
-        console.print(console_url())
+        common.console.print(console_url())
         return 0
     for path in screenshots(Path(args.dir), role=args.role):
-        console.print(str(path))
+        common.console.print(str(path))
     return 0
