@@ -15,20 +15,23 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import orjson
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from ctrain import client, devstack
+from ctrain.demo_support import (
+    prepare_state_dir,
+    retrying,
+    split_at_window,
+    split_history,
+)
 from ctrain.loop import EventTail, LoopError, LoopState, predict_stable
 from ctrain.view import describe
 from shared.config import load_config
@@ -40,7 +43,6 @@ from shared.events import (
 )
 from shared.settings import CommonSettings
 
-T = TypeVar("T")
 TIME_COLUMN = "trip_start_timestamp"
 BUNDLED = Path(__file__).resolve().parents[1] / "examples/taxi/data/taxi_2013_2014.csv"
 
@@ -112,55 +114,6 @@ class Progress:
     decision: str = ""
     trigger: dict[str, Any] = field(default_factory=dict)  # the trigger's /v1/state
     rejected: list[str] = field(default_factory=list)
-
-
-def split_at_window(
-    table: pa.Table, window_s: int, year: int = 2014, column: str = TIME_COLUMN
-) -> tuple[pa.Table, pa.Table]:
-    """Rows before / from the first window boundary on or after 1 January ``year``.
-
-    Windows are aligned to multiples of their duration since the epoch, so a split
-    on a boundary leaves no window half in each phase.
-    """
-    import calendar
-
-    jan1 = calendar.timegm((year, 1, 1, 0, 0, 0))
-    boundary = -(-jan1 // window_s) * window_s
-    ts = table.column(column)
-    before = table.filter(pc.less(ts, boundary))
-    after = table.filter(pc.greater_equal(ts, boundary))
-    return before, after
-
-
-def split_history(
-    table: pa.Table, time_column: str | None, window_s: float | None, share: float = 0.6
-) -> tuple[pa.Table, pa.Table]:
-    """A user's data: the first ``share`` as history, the rest as what comes after. With
-    event time and windows of a duration, the cut is on a window boundary."""
-    cut = int(table.num_rows * share)
-    if time_column and window_s and 0 < cut < table.num_rows:
-        ts = table.column(time_column)
-        if pa.types.is_integer(ts.type) or pa.types.is_floating(ts.type):
-            at = ts[cut].as_py()
-            boundary = -(-int(at) // int(window_s)) * int(window_s)
-            return (
-                table.filter(pc.less(ts, boundary)),
-                table.filter(pc.greater_equal(ts, boundary)),
-            )
-    return table.slice(0, cut), table.slice(cut)
-
-
-def prepare_state_dir(d: Path) -> None:
-    """A demo starts from nothing: old artifacts, Redis data and models are cleared."""
-    state = devstack.load_state()
-    if state and any(devstack.Proc(**p).alive() for p in state.get("procs", [])):
-        raise devstack.DevStackError(
-            f"a dev stack is already up (state {d / 'dev.json'}); `ctrain dev down` first"
-        )
-    for sub in ("artifacts", "serving", "redis"):
-        shutil.rmtree(d / sub, ignore_errors=True)
-    for f in ("models.config", "dev.json", "tokens.json"):
-        (d / f).unlink(missing_ok=True)
 
 
 class Demo:
@@ -624,33 +577,3 @@ class Demo:
         self.progress.after = retrying(lambda: self.predict(sample), 120, "predictions")
         self.progress.phase = "done"
         return self.progress
-
-
-def retrying(fn: Callable[[], T], timeout: float, what: str) -> T:
-    """Call ``fn`` until a service that is restarting answers (connection errors, 5xx)."""
-    import grpc
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return fn()
-        except (httpx.TransportError, client.ApiError, grpc.RpcError) as e:
-            if isinstance(e, client.ApiError) and e.status < 500:
-                raise
-            if time.monotonic() > deadline:
-                raise LoopError(f"{what}: no answer in {timeout:.0f}s: {e}") from e
-            time.sleep(0.5)  # back-off before asking again
-
-
-def run_in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:
-    out: dict[str, Any] = {}
-
-    def go() -> None:
-        try:
-            out["result"] = fn()
-        except BaseException as e:  # noqa: BLE001 - the caller's thread re-raises it
-            out["error"] = e
-
-    t = threading.Thread(target=go, name="ctrain-demo", daemon=True)
-    t.start()
-    return t, out

@@ -10,7 +10,8 @@ from rich.table import Table
 
 from ctrain import where
 from ctrain.commands import common
-from ctrain.demo import Demo, DemoOptions, run_in_thread
+from ctrain.demo import Demo, DemoOptions
+from ctrain.demo_support import run_in_thread
 from ctrain.loop import LoopState
 from ctrain.replay_labels import parse_duration
 from ctrain.view import demo_screen, describe_scored

@@ -11,7 +11,8 @@ import pyarrow as pa
 import pytest
 
 from ctrain import client
-from ctrain.demo import split_at_window
+from ctrain.demo import TIME_COLUMN
+from ctrain.demo_support import split_at_window
 from ctrain.loop import LoopState
 from services.trigger.backends import components_of
 from services.validator.app import window_summary
@@ -105,7 +106,7 @@ def test_the_demo_splits_on_a_window_boundary() -> None:
     day = 86400
     ts = [calendar.timegm((2013, 12, 1, 0, 0, 0)), calendar.timegm((2014, 3, 1, 0, 0, 0))]
     table = pa.table({"trip_start_timestamp": ts})
-    before, after = split_at_window(table, 91 * day)
+    before, after = split_at_window(table, 91 * day, TIME_COLUMN)
     boundary = calendar.timegm((2014, 2, 6, 0, 0, 0))  # first multiple of 91 days in 2014
     assert boundary % (91 * day) == 0
     assert before.column(0).to_pylist() == ts[:1] and after.column(0).to_pylist() == ts[1:]
