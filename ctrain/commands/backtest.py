@@ -76,7 +76,7 @@ def register(sub: Any) -> None:
         "possible with labels on their own stream (maturity: the model's, else this)",
     )
     bt.add_argument("--sweep", help="NAME=V1,V2,... : one backtest per value (a flag name above)")
-    bt.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    common.output_option(bt)
     bt.set_defaults(func=command)
 
 

@@ -64,3 +64,13 @@ def id_table(title: str, *columns: str) -> Table:
     for c in columns[1:]:
         t.add_column(c, overflow="fold")
     return t
+
+
+def model_option(p: argparse.ArgumentParser) -> None:
+    """``--model``: the model a command means (resolve)."""
+    p.add_argument("--model", help="default: the models file's only model")
+
+
+def output_option(p: argparse.ArgumentParser) -> None:
+    """``-o table|json``: JSON is one document on stdout, for scripts."""
+    p.add_argument("-o", "--output", choices=["table", "json"], default="table")

@@ -37,7 +37,7 @@ def register(sub: Any) -> None:
     d.add_argument("--force", action="store_true", help="redrive letters redriven before too")
     d.add_argument("--dry-run", action="store_true", help="redrive: say what would be sent")
     d.add_argument("--limit", type=int, default=50, help="list: letters shown (newest)")
-    d.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    common.output_option(d)
     d.set_defaults(func=run)
 
 

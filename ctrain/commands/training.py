@@ -51,5 +51,5 @@ def register(sub: Any) -> None:
     pl.set_defaults(func=_pipeline)
     tr = sub.add_parser("train", help="ask the trigger for a training run now")
     tr.add_argument("--reason", default="manual request from ctrain train")
-    tr.add_argument("--model", help="default: the models file's only model")
+    common.model_option(tr)
     tr.set_defaults(func=_train)
