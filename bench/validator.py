@@ -6,13 +6,22 @@ bare ``tfdv.generate_statistics_from_dataframe`` on the same rows (DataFrame
 already built), in the same run, median of N windows.
 
     python bench/validator.py [--rows 100000] [--windows 3]
+
+``--scale 1000000,10000000`` measures memory against window size instead: each window
+(the taxi trips repeated, written row group by row group, never held whole) is judged
+by a fresh process, after a small baseline window, and the bench prints rows/s and the
+process's peak RSS for each size beside bare ``generate_statistics_from_dataframe`` on
+the smallest size (the figure a TFDV user sees, tensorflow/data-validation #26, #98).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -128,9 +137,119 @@ async def main(n: int, windows: int) -> None:
     print(f"ratio: {o / b:.2f}  (target >= 0.5)")
 
 
+def write_repeated(root: Path, k: int, n: int) -> WindowClosed:
+    """A window of ``n`` rows written as the trips repeated, one row group at a time."""
+    base = rows(min(n, 9533))
+    path = root / "windows" / "bench" / f"win-{k}" / "data.parquet"
+    path.parent.mkdir(parents=True)
+    w = ShardWriter(base.schema, str(path), batch_rows=65_536)
+    left = n
+    while left > 0:
+        for b in base.slice(0, min(left, base.num_rows)).to_batches(max_chunksize=8192):
+            w.add(b)
+        left -= min(left, base.num_rows)
+    start = datetime(2013, 1, 1, tzinfo=UTC) + timedelta(days=91 * k)
+    return WindowClosed(
+        window_id=f"win-{k}",
+        stream="bench",
+        start=start,
+        end=start + timedelta(days=91),
+        example_count=n,
+        offsets=[OffsetRange(topic="t", partition=0, first=0, last=n - 1)],
+        data_uri=str(path),
+        sha256=w.finish(),
+    )
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+async def child(root: Path, what: str, events: list[WindowClosed]) -> dict[str, float]:
+    """In a fresh process: judge the last window (after the baseline), or bare TFDV on it."""
+    import tensorflow_data_validation as tfdv
+
+    from shared.shard import read_shard
+
+    ev = events[-1]
+    if what == "bare":
+        df = read_shard(ev.data_uri).to_pandas()
+        before = peak_rss_mib()
+        t0 = time.perf_counter()
+        tfdv.generate_statistics_from_dataframe(df)
+        secs = time.perf_counter() - t0
+        return {"rows_per_s": ev.example_count / secs, "seconds": secs,
+                "peak_rss_mib": peak_rss_mib(), "before_mib": before}  # fmt: skip
+    store = ArtifactStore(str(root))
+    v = Validator(
+        store=store,
+        schemas=SchemaStore(store, str(SCHEMA)),
+        index=Index(),
+        metrics=ValidatorMetrics(CollectorRegistry()),
+        config=ValidatorConfig(
+            defaults=checks.Defaults(ignore=frozenset({"trip_start_timestamp"})),
+            policy=checks.AnomalyPolicy(frozenset({"SCHEMA_MISSING_COLUMN"})),
+        ),
+    )
+    await v.handle(events[0])  # the baseline window (and every import)
+    before = peak_rss_mib()
+    t0 = time.perf_counter()
+    result = await v.handle(ev)
+    secs = time.perf_counter() - t0
+    assert result.example_count == ev.example_count
+    return {"rows_per_s": ev.example_count / secs, "seconds": secs,
+            "peak_rss_mib": peak_rss_mib(), "before_mib": before}  # fmt: skip
+
+
+def scale(sizes: list[int]) -> None:
+    root = Path(tempfile.mkdtemp(prefix="ctrain-bench-val-scale-"))
+    baseline = write_repeated(root, 0, 9533)
+    runs: list[tuple[str, int, dict[str, float]]] = []
+    for k, n in enumerate(sizes, start=1):
+        t0 = time.perf_counter()
+        ev = write_repeated(root, k, n)
+        print(f"wrote {n:,} rows in {time.perf_counter() - t0:.1f}s", flush=True)
+        todo = ["validator", "bare"] if n == min(sizes) else ["validator"]
+        for what in todo:
+            spec = json.dumps({"root": str(root), "what": what,
+                               "events": [baseline.model_dump(mode="json"),
+                                          ev.model_dump(mode="json")]})  # fmt: skip
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", spec],
+                capture_output=True, text=True, check=True,
+            )  # fmt: skip
+            got = json.loads(out.stdout.strip().splitlines()[-1])
+            runs.append((what, n, got))
+            print(
+                f"{what:>9} {n:>11,} rows: {got['rows_per_s']:>10,.0f} rows/s  "
+                f"({got['seconds']:.1f}s)  peak RSS {got['peak_rss_mib']:,.0f} MiB "
+                f"(after the baseline window: {got['before_mib']:,.0f} MiB)",
+                flush=True,
+            )
+    ours = {n: r for what, n, r in runs if what == "validator"}
+    small, large = min(ours), max(ours)
+    bare = next(r for what, _, r in runs if what == "bare")
+    print(f"rate {large:,} vs {small:,} rows: {ours[large]['rows_per_s'] / ours[small]['rows_per_s']:.2f}"
+          "  (target >= 0.90)")  # fmt: skip
+    print(f"peak RSS {large:,} vs {small:,} rows: "
+          f"{ours[large]['peak_rss_mib'] / ours[small]['peak_rss_mib']:.2f}  (target <= 1.00)")  # fmt: skip
+    print(f"validator vs bare TFDV at {small:,} rows: rate "
+          f"{ours[small]['rows_per_s'] / bare['rows_per_s']:.2f}x, peak RSS "
+          f"{ours[small]['peak_rss_mib']:,.0f} vs {bare['peak_rss_mib']:,.0f} MiB")  # fmt: skip
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=100_000)
     ap.add_argument("--windows", type=int, default=3)
+    ap.add_argument("--scale", help="window sizes, comma-separated (e.g. 1000000,10000000)")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args()
-    asyncio.run(main(a.rows, a.windows))
+    if a.child:
+        spec = json.loads(a.child)
+        evs = [WindowClosed.model_validate(e) for e in spec["events"]]
+        print(json.dumps(asyncio.run(child(Path(spec["root"]), spec["what"], evs))))
+    elif a.scale:
+        scale([int(x) for x in a.scale.split(",")])
+    else:
+        asyncio.run(main(a.rows, a.windows))

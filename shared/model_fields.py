@@ -122,6 +122,13 @@ class ValidationFields(BaseModel):
         ge=1,
         description="At most this many consecutive small periods are measured together.",
     )
+    stats_batch_rows: int = Field(
+        default=131_072,
+        ge=1024,
+        description="Rows of a window TFDV takes at a time (stats_runner=inprocess): "
+        "statistics are built batch by batch and merged, so the validator's memory follows "
+        'this, not the window\'s size (docs/validator.md, "Memory").',
+    )
 
 
 class PolicyFields(BaseModel):

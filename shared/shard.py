@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -100,6 +102,24 @@ def read_shard(uri: str) -> pa.Table:
         with tf.io.gfile.GFile(uri, "rb") as f:
             return pq.read_table(pa.BufferReader(f.read()))
     return pq.read_table(uri.removeprefix("file://"))
+
+
+def iter_shards(uris: Iterable[str], batch_rows: int) -> Iterator[pa.Table]:
+    """The shards' rows, ``batch_rows`` at a time, in order: a window of any size is read
+    without ever being in memory whole (docs/validator.md, "Memory")."""
+    for uri in uris:
+        if "://" in uri and not uri.startswith("file://"):
+            import tensorflow as tf
+
+            source: Any = tf.io.gfile.GFile(uri, "rb")
+        else:
+            source = uri.removeprefix("file://")
+        f = pq.ParquetFile(source)
+        try:
+            for batch in f.iter_batches(batch_size=batch_rows):
+                yield pa.Table.from_batches([batch])
+        finally:
+            f.close()
 
 
 def offsets_uri(data_uri: str) -> str:

@@ -8,7 +8,7 @@ large for one process; the runner and its options are settings.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import pyarrow as pa
 from tensorflow_metadata.proto.v0 import schema_pb2, statistics_pb2
@@ -37,6 +37,27 @@ def statistics_in_memory(
     from tensorflow_data_validation.statistics import stats_impl
 
     return stats_impl.generate_statistics_in_memory(canonical(table), stats_options(schema))
+
+
+def statistics_streamed(
+    tables: Iterable[pa.Table], schema: schema_pb2.Schema | None = None
+) -> tuple[statistics_pb2.DatasetFeatureStatisticsList, int]:
+    """The statistics of all ``tables`` together, and their row count, built one table at
+    a time: TFDV's combiners take each batch into their accumulators (bounded sketches),
+    as its Beam pipeline does, so memory follows the batch, not the window. One table
+    gives exactly what :func:`statistics_in_memory` gives."""
+    from tensorflow_data_validation.statistics import stats_impl
+
+    options = stats_options(schema)
+    generators = stats_impl.get_generators(options, in_memory=True)
+    accumulators = [g.create_accumulator() for g in generators]
+    rows = 0
+    for table in tables:
+        rows += table.num_rows
+        batch = canonical(table)
+        pairs = zip(generators, accumulators, strict=True)
+        accumulators = [g.add_input(a, batch) for g, a in pairs]
+    return stats_impl.extract_statistics_output(accumulators, generators), rows
 
 
 def statistics_beam(

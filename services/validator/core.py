@@ -32,8 +32,8 @@ from shared.artifacts import ArtifactStore
 from shared.events import Distance, MemberWindow, PartitionIdle, WindowClosed, WindowValidated
 from shared.ids import stable_id
 from shared.model_fields import ValidationFields
-from shared.shard import read_shard
-from shared.stats import dataset, statistics_beam, statistics_in_memory
+from shared.shard import iter_shards
+from shared.stats import dataset, statistics_beam, statistics_streamed
 
 log = logging.getLogger(__name__)
 # The log end offset of each partition of a topic (its partitions are the keys).
@@ -59,6 +59,8 @@ class ValidatorConfig:
     # A period is judged when every partition moved past it, or this long after its first
     # window arrived (a partition that fell silent must not stall the loop).
     period_grace_s: float = _V.period_grace_s
+    # Rows TFDV takes at a time: a window's statistics are merged batch by batch.
+    stats_batch_rows: int = _V.stats_batch_rows
     max_group_periods: int = _V.max_group_periods
 
 
@@ -180,11 +182,13 @@ class Validator:
                 [ev.data_uri], out, self.config.beam_runner, self.config.beam_options
             )
         try:
-            table = read_shard(ev.data_uri)
+            stats, rows = statistics_streamed(
+                iter_shards([ev.data_uri], self.config.stats_batch_rows)
+            )
         except (OSError, pa.ArrowInvalid) as e:
             raise ShardUnreadable(f"window {ev.window_id}: cannot read {ev.data_uri}: {e}") from e
-        self.metrics.rows.inc(table.num_rows)
-        return statistics_in_memory(table)
+        self.metrics.rows.inc(rows)
+        return stats
 
     async def _skew_baseline(self, stream: str, window_id: str) -> tuple[list[WindowRef], str]:
         cfg = self.cfg(stream)
@@ -229,8 +233,8 @@ class Validator:
         if self.store.exists(uri):
             return self.load_stats(uri)
         ordered = sorted(refs, key=lambda r: r.window_id)
-        table = pa.concat_tables([read_shard(r.data_uri) for r in ordered], promote=True)
-        stats = statistics_in_memory(table)
+        uris = [r.data_uri for r in ordered]
+        stats, _ = statistics_streamed(iter_shards(uris, self.config.stats_batch_rows))
         self.store.write_bytes(uri, stats.SerializeToString())
         return stats
 
