@@ -38,7 +38,7 @@ import types
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from services.trigger.beam_memo import dofn_specs_memoized
+from services.trigger.beam_memo import in_process
 from shared import contract
 
 if TYPE_CHECKING:
@@ -307,7 +307,7 @@ def transform(
     )
     try:
         with (
-            dofn_specs_memoized(),
+            in_process(),
             beam.Pipeline(options=PipelineOptions(list(BEAM_ARGS))) as p,
             tft_beam.Context(
                 temp_dir=os.path.join(out_dir, "tmp"),
@@ -692,7 +692,7 @@ def evaluate(
             for name in names
         ]
         _seed(shared[0].model_loader, candidate)
-        with dofn_specs_memoized():
+        with in_process():
             tfma.run_model_analysis(
                 eval_shared_model=shared if len(shared) > 1 else shared[0],
                 eval_config=config,

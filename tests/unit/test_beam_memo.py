@@ -117,7 +117,7 @@ def test_a_pipeline_in_the_block_runs_stateful_and_plain_dofns() -> None:
     import apache_beam as beam
     from apache_beam.testing.util import assert_that, equal_to
 
-    from services.trigger.beam_memo import dofn_specs_memoized
+    from services.trigger.beam_memo import in_process
     from services.trigger.steps import BEAM_ARGS
 
     class CountPerKey(beam.DoFn):
@@ -132,7 +132,7 @@ def test_a_pipeline_in_the_block_runs_stateful_and_plain_dofns() -> None:
 
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    with dofn_specs_memoized(), beam.Pipeline(options=PipelineOptions(list(BEAM_ARGS))) as p:
+    with in_process(), beam.Pipeline(options=PipelineOptions(list(BEAM_ARGS))) as p:
         out = (
             p
             | beam.Create([("a", 1), ("a", 2), ("b", 3)])
@@ -140,3 +140,24 @@ def test_a_pipeline_in_the_block_runs_stateful_and_plain_dofns() -> None:
             | beam.Map(lambda kv: kv)
         )
         assert_that(out, equal_to([("a", 1), ("a", 2), ("b", 1)]))
+
+
+def test_cheap_pickles_use_zlib_inside_read_both_and_restore_bz2_after() -> None:
+    import base64
+    import zlib
+
+    from apache_beam.internal import pickler
+
+    from services.trigger.beam_memo import cheap_pickles
+
+    payload = {"graph": b"x" * 100_000, "n": 7}
+    before = pickler.dumps(payload)  # Beam's own: bz2
+    assert base64.b64decode(before)[:3] == b"BZh"
+    with cheap_pickles(), cheap_pickles():  # re-entrant
+        inside = pickler.dumps(payload)
+        raw = base64.b64decode(inside)
+        assert raw[:3] != b"BZh"
+        zlib.decompress(raw)  # zlib, not bz2
+        assert pickler.loads(inside) == payload
+        assert pickler.loads(before) == payload  # a pickle made outside the block still reads
+    assert base64.b64decode(pickler.dumps(payload))[:3] == b"BZh"  # Beam's codec is back
