@@ -145,10 +145,9 @@ def test_partitions_split_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
                 control_replicas=2,
                 data_replicas=2,
                 net=net.placement(where),
-                extra_env={
-                    "CTRAIN_TRIGGER_MIN_TRAIN_EXAMPLES": "2000",
-                    "CTRAIN_TRIGGER_MIN_EVAL_EXAMPLES": "800",
-                },
+                # The models file's training and evaluation sizes, as the demo runs: with 800
+                # held-out examples an AUC's noise (about 0.013) let a retrained model miss the
+                # gate's -0.01 change threshold by chance (a CI run did).
             ),
             view=lambda m: None,
         )
