@@ -10,21 +10,20 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import yaml
 
 from tests.deploy.support import DASHBOARDS, ROOT, RULES
+from tests.poll import until
 
 pytestmark = pytest.mark.integration
 
 PROMETHEUS = shutil.which("prometheus")
-T = TypeVar("T")
 
 # Series every running service exports from its start (unlabelled families).
 KEY_SERIES = {
@@ -37,20 +36,6 @@ KEY_SERIES = {
     "trigger": ["ctrain_trigger_runs_in_flight", "ctrain_trigger_run_duration_seconds_count"],
     "monitor": ["ctrain_monitor_timer_failures_total"],
 }
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float) -> T:
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            got = probe()
-            if got:
-                return got
-        except OSError as e:  # not listening yet
-            last = e
-        time.sleep(0.2)  # interval between probes, not a readiness wait
-    raise AssertionError(f"timed out waiting for {what} (last error: {last})")
 
 
 def ctrain(args: list[str], env: dict[str, str], timeout: float) -> str:
@@ -118,8 +103,11 @@ def prometheus(
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(
-            "prometheus ready", lambda: _get(url, "/-/ready", raw=True) and proc.poll() is None, 60
+        until(
+            lambda: _get(url, "/-/ready", raw=True) and proc.poll() is None,
+            60,
+            "prometheus ready",
+            ignore=(OSError,),
         )
         yield url
     finally:
@@ -160,7 +148,7 @@ def test_every_service_is_scraped_with_its_key_series(
         targets = _get(prometheus, "/api/v1/targets")["data"]["activeTargets"]
         return len(targets) == len(services) and all(t["health"] == "up" for t in targets)
 
-    wait_for("every target up", all_up, 60)
+    until(all_up, 60, "every target up", ignore=(OSError,))
     for name in services:
         (up,) = query(prometheus, f'up{{job="ctrain-{name}"}}')
         assert up["value"][1] == "1"
@@ -180,7 +168,7 @@ def test_rules_load_and_evaluate(prometheus: str) -> None:
         )
         return groups if done else None
 
-    groups = wait_for("every rule evaluated", evaluated, 60)
+    groups = until(evaluated, 60, "every rule evaluated", ignore=(OSError,))
     assert sorted(g["name"] for g in groups) == sorted(g["name"] for g in want)
     for g in groups:
         for r in g["rules"]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import signal
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -20,18 +19,9 @@ from shared.kafka import ensure_topics
 from shared.settings import CommonSettings
 from tests.conftest import TAXI_CSV
 from tests.integration.support import ingest_env, read_topic, start_service
+from tests.poll import until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-def wait_for(pred, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.5)  # poll interval
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.mark.timeout(600)
@@ -67,7 +57,7 @@ def test_windows_are_validated_viewable_and_deduplicated(
             return windows, vals  # type: ignore[return-value]
         return None
 
-    windows, vals = wait_for(all_validated, 300, "every window validated and judged")
+    windows, vals = until(all_validated, 300, "every window validated and judged", interval=0.5)
     by_window = {v.window_id: v for v in vals if v.scope == "window"}
     # One partition: every period is one window, judged once, complete, with its examples.
     periods = [v for v in vals if v.scope == "period" and v.window_id.startswith("period-")]
@@ -142,13 +132,14 @@ def test_windows_are_validated_viewable_and_deduplicated(
         await p.stop()
 
     asyncio.run(redeliver())
-    wait_for(
+    until(
         lambda: (
             "ctrain_validator_redeliveries_total 1.0"
             in httpx.get(f"{validator.url}/metrics", timeout=10).text
         ),
         120,
         "the redelivery to be handled",
+        interval=0.5,
     )
     vals = asyncio.run(read_topic(kafka, topics.VALIDATIONS))
     counts = Counter(v.id for v in vals)  # type: ignore[attr-defined]
@@ -200,12 +191,13 @@ def test_windows_it_cannot_judge_go_to_the_dlq_as_typed_events(
         await p.stop()
 
     asyncio.run(send())
-    letters = wait_for(
+    letters = until(
         lambda: (
             (got := asyncio.run(read_topic(kafka, topics.WINDOWS_DLQ))) and len(got) >= 2 and got
         ),
         120,
         "two dead letters",
+        interval=0.5,
     )
     assert all(isinstance(x, WindowDeadLetter) for x in letters)
     bad, lost = letters

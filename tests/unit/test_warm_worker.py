@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,18 +20,9 @@ import pytest
 
 from services.trigger import isolate, warm
 from services.trigger.backends import Forked, LocalBackend
+from tests.poll import until
 
 pytestmark = pytest.mark.unit
-
-
-def _wait_for(what: str, probe, timeout: float = 30.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = probe()
-        if got:
-            return got
-        time.sleep(0.02)  # polling a condition, not waiting for readiness blindly
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Running:
@@ -60,7 +50,7 @@ def worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Running]
         stdout=open(tmp_path / "worker.log", "wb"),
         stderr=subprocess.STDOUT,
     )
-    _wait_for("the socket", path.exists)
+    until(path.exists, 30.0, "the socket", interval=0.02)
     monkeypatch.setenv(warm.ENV, str(path))
     yield Running(path, proc)
     if proc.poll() is None:
@@ -149,7 +139,7 @@ def _blocked_in_step(worker: Running) -> int:
                 return pid
         return None
 
-    return int(_wait_for("the step to block on its FIFO", blocked))
+    return int(until(blocked, 30.0, "the step to block on its FIFO", interval=0.02))
 
 
 def _log_of(comp: subprocess.Popen[bytes], tmp_path: Path) -> bytes:
@@ -170,12 +160,12 @@ def _writer(fifo: Path, data: bytes = b"") -> bool:
 def _release(fifo: Path, data: bytes = b"") -> None:
     """Once the step is blocked on the FIFO, write ``data`` and close: with none the
     step fails, with some it succeeds."""
-    _wait_for("the step to open its FIFO", lambda: _writer(fifo, data))
+    until(lambda: _writer(fifo, data), 30.0, "the step to open its FIFO", interval=0.02)
 
 
 def test_a_step_killed_by_a_signal_fails_with_that_signal(worker: Running, tmp_path: Path) -> None:
     comp, _ = _blocked_step(tmp_path)
-    (child,) = _wait_for("the forked step", worker.children)
+    (child,) = until(worker.children, 30.0, "the forked step", interval=0.02)
     os.kill(child, signal.SIGKILL)
     assert b"STEP FAILED step wait_on failed (exit -9)" in _log_of(comp, tmp_path)
     assert worker.proc.poll() is None  # the worker outlives its children
@@ -191,7 +181,7 @@ def test_a_lost_worker_fails_the_step_instead_of_hanging_it(
     assert b"closed before step wait_on ended" in _log_of(comp, tmp_path)
     # The step's child dies with the worker instead of working on for nobody (it is
     # still blocked on its FIFO, which nothing here opens).
-    _wait_for("the orphaned step to die", lambda: not _alive(child))
+    until(lambda: not _alive(child), 30.0, "the orphaned step to die", interval=0.02)
     assert not _writer(fifo)  # nobody is left to read it
 
 
@@ -211,7 +201,7 @@ def test_sigterm_stops_taking_steps_but_reports_the_ones_in_flight(
     # Its output is in the component's log while it runs, as with PYTHONUNBUFFERED.
     assert b"waiting on" in (tmp_path / "component.log").read_bytes()
     worker.proc.terminate()
-    _wait_for("the socket to go", lambda: not worker.path.exists())
+    until(lambda: not worker.path.exists(), 30.0, "the socket to go", interval=0.02)
     assert worker.proc.poll() is None  # still waiting for its step
     _release(fifo, b"done")
     assert b"STEP RESULT {'read': 4}" in _log_of(comp, tmp_path)
@@ -227,11 +217,11 @@ def test_a_bad_request_or_a_vanished_caller_leaves_the_worker_serving(
         assert s.recv(10) == b""  # closed on us
     # A caller that leaves before its step's status comes back.
     comp, fifo = _blocked_step(tmp_path)
-    _wait_for("the forked step", worker.children)
+    until(worker.children, 30.0, "the forked step", interval=0.02)
     comp.kill()
     comp.wait()
     _release(fifo, b"late")
-    _wait_for("the step to be reaped", lambda: not worker.children())
+    until(lambda: not worker.children(), 30.0, "the step to be reaped", interval=0.02)
     train, held = _shards(tmp_path / "in")
     got = isolate.run_step("gather", window_uris=train, eval_uris=held, out_dir=str(tmp_path / "o"))
     assert got["train_rows"] == 6
@@ -258,7 +248,9 @@ def test_ping_answers_once_the_worker_takes_steps(worker: Running) -> None:
         assert not warm.ping(str(worker.path), timeout=0.3)
     finally:
         os.kill(worker.proc.pid, signal.SIGCONT)
-    assert _wait_for("the worker to answer again", lambda: warm.ping(str(worker.path)))
+    assert until(
+        lambda: warm.ping(str(worker.path)), 30.0, "the worker to answer again", interval=0.02
+    )
     assert worker.proc.poll() is None
 
 
@@ -321,7 +313,7 @@ def test_the_worker_stops_when_the_process_that_started_it_dies(tmp_path: Path) 
     parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
     assert parent.stdout is not None
     pid = int(parent.stdout.readline())
-    _wait_for("the worker to take steps", lambda: warm.ping(str(path)))
+    until(lambda: warm.ping(str(path)), 30.0, "the worker to take steps", interval=0.02)
     parent.kill()
     parent.wait()
 
@@ -332,7 +324,7 @@ def test_the_worker_stops_when_the_process_that_started_it_dies(tmp_path: Path) 
             return True
         return False
 
-    _wait_for("the orphaned worker to leave", gone)
+    until(gone, 30.0, "the orphaned worker to leave", interval=0.02)
     assert not path.exists()
 
 
@@ -384,9 +376,11 @@ def test_a_second_worker_for_a_run_waits_and_finds_the_result(tmp_path: Path) ->
             stderr=subprocess.STDOUT,
         )
         # Probed, not slept on: the second worker is blocked waiting for the run's lock.
-        _wait_for(
-            "the second worker to wait for the lock",
+        until(
             lambda: "lock" in Path(f"/proc/{second.pid}/wchan").read_text(),
+            30.0,
+            "the second worker to wait for the lock",
+            interval=0.02,
         )
         assert second.poll() is None
         (run_dir / "result.json").write_text("{}")
