@@ -41,6 +41,7 @@ class ModelMetrics:
         self.armed = m.armed.labels(model)
         self.attempts = m.attempts.labels(model)
         self.retried = _Bound(m.retried, model)
+        self.backend_outage = m.backend_outage.labels(model)
 
 
 class TriggerMetrics:
@@ -108,6 +109,13 @@ class TriggerMetrics:
             registry=registry,
         )
         self.leader = LeaderGauge(registry, "trigger")
+        self.backend_outage = Gauge(
+            "ctrain_trigger_backend_outage",
+            "1 while the pipeline backend (KFP, or the local worker) refuses this model's "
+            "submits: the decision is held and taken again, by the event or the tick.",
+            ["model"],
+            registry=registry,
+        )
         self.tick_failures = Counter(
             "ctrain_trigger_tick_failures_total",
             "Failed rounds of the retry tick (an outage; the next round retries).",

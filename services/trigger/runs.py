@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from services.trigger import policy as pol
-from services.trigger.backends import Backend, Outcome
+from services.trigger.backends import Backend, BackendUnavailable, Outcome
 from services.trigger.config import TriggerConfig
 from services.trigger.metrics import ModelMetrics
 from services.trigger.store import TriggerStore, candidate_key, run_key, text
@@ -204,7 +204,13 @@ class Runs:
         the backends find a run by its name first."""
         run_id = str(meta["run_id"])
         await self.store.add_run(run_id, meta, self.clock())
-        backend_run_id = await self.backend.submit(run_id, meta["params"])
+        try:
+            backend_run_id = await self.backend.submit(run_id, meta["params"])
+        except BackendUnavailable:
+            # Whichever path met it (a validation's decision or the tick), it shows.
+            self.metrics.backend_outage.set(1)
+            raise
+        self.metrics.backend_outage.set(0)
         await self.redis.set(run_key(run_id), backend_run_id.encode())
         self.metrics.triggers.labels(meta["reason"] or "none").inc()
         return backend_run_id

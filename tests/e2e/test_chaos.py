@@ -214,7 +214,9 @@ class Infra(threading.Thread):
         is held, and starts its run once submits work again 30 s later."""
         self.fault_file.write_text(str(time.time() + 3600))
         seen = self._until(
-            lambda: _metric("trigger", 'ctrain_trigger_outage{topic="ctrain.validations"} 1.0'),
+            # Met by the validation's decision, or by the tick of a trigger that took the
+            # decision over (restarted by the killer in between).
+            lambda: _metric("trigger", 'ctrain_trigger_backend_outage{model="taxi"} 1.0'),
             900,
             "the trigger holding a decision whose submit is refused",
         )
@@ -229,7 +231,7 @@ class Infra(threading.Thread):
         self.faults.append(
             {
                 "kind": "pipeline backend refused submits 30 s",
-                "seen": "ctrain_trigger_outage 1" if seen else "",
+                "seen": "ctrain_trigger_backend_outage 1" if seen else "",
                 "recovered_s": time.monotonic() - t,
             }
         )

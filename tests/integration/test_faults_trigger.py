@@ -257,3 +257,33 @@ def test_the_local_backend_fault_switch_refuses_submits_while_set(tmp_path: Path
 
 async def _drop(_: Event) -> None:
     return None
+
+
+def test_a_refused_submit_shows_as_a_backend_outage_whichever_path_met_it(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """The validation's decision meets a refusing backend (gauge 1, and still 1 when it is
+    delivered again and refused again); once the backend answers, the run starts and the
+    gauge clears (0). The tick's path is the chaos test's (a restarted trigger taking the
+    decision over): the gauge is set in the submit both paths share (Runs.submit)."""
+
+    async def go() -> None:
+        model = f"o-{tmp_path.name}"
+        backend = NamedBackend(fail_submits=2)
+        t = trigger(Redis.from_url(redis_url), tmp_path, backend, model, _drop)
+        outage = t.metrics.backend_outage
+        for v in [validation(0, "ok"), validation(1, "drift")]:
+            await t.on_validation(v)
+        assert outage._value.get() == 0
+        with pytest.raises(BackendUnavailable):
+            await t.on_validation(validation(2, "drift"))
+        assert outage._value.get() == 1
+        with pytest.raises(BackendUnavailable):  # delivered again: still refused
+            await t.on_validation(validation(2, "drift"))
+        assert outage._value.get() == 1
+        d = await t.on_validation(validation(2, "drift"))
+        assert d is not None and d.take and len(backend.created) == 1
+        assert outage._value.get() == 0
+        await asyncio.gather(*t.followers.values())
+
+    asyncio.run(go())
