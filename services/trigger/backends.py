@@ -200,7 +200,17 @@ class Forked:
             os.kill(self.pid, 0)
         except OSError:
             return 0  # gone; result.json says how it ended
-        return None
+        # A zombie answers signals too: a worker whose trigger was killed is reparented,
+        # and a PID 1 that does not reap leaves it so for good. It has ended all the same.
+        return 0 if _zombie(self.pid) else None
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False  # no procfs (not Linux): signal 0 is all there is
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]
 
 
 def _alive(pid_file: Path) -> bool:

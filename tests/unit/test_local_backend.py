@@ -47,3 +47,26 @@ def test_failure_of_reads_kfp_local_colours() -> None:
     step, tail = failure_of(log)
     assert step == "validate"
     assert "fare: SCHEMA_MISSING_COLUMN" in tail and "later lines" not in tail
+
+
+def test_a_worker_left_a_zombie_counts_as_ended(tmp_path: Path) -> None:
+    """The worker outlived its killed trigger and nobody reaps it (a PID 1 that does not):
+    it answers signal 0 for good, yet it has ended; the re-attached wait must see that and
+    read its result, not wait forever (a rolling restart's new leader once did)."""
+    result = tmp_path / "result.json"
+    worker = subprocess.Popen([sys.executable, "-c", f"open({str(result)!r}, 'w').write('{{}}')"])
+    # Not reaped: once it exits it stays a zombie child of this process until wait().
+    for _ in range(200):
+        if Path(f"/proc/{worker.pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z":
+            break
+        threading.Event().wait(0.05)  # poll until the child has exited
+    (tmp_path / "worker.pid").write_text(str(worker.pid))
+    (tmp_path / "run.log").write_text("done\n")
+    fresh = LocalBackend(poll_s=0.05)
+    try:
+        outcome = asyncio.run(
+            asyncio.wait_for(fresh.wait("run-1", "local-run-1", str(tmp_path)), 10)
+        )
+    finally:
+        worker.wait()
+    assert outcome.state == "succeeded"
