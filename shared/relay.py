@@ -5,10 +5,15 @@ answer list (``BLPOP``); the leader pops requests, acts, and pushes each answer 
 error the leader refused with is an answer too). A request the leader could not
 finish (an outage, or it lost the lead) goes back to the head of the list for the
 next try or the next leader. Answers expire after five minutes.
+
+The wait is a series of short ``BLPOP`` s, never one long one: the Redis client's read
+timeout (redis-py's default is 5 s, and a partition needs one) would end a single
+blocking read that outlives it with a ``TimeoutError``, as if Redis were down.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -17,6 +22,7 @@ import orjson
 from redis.asyncio import Redis
 
 ANSWER_TTL_S = 300
+WAIT_SLICE_S = 1.0  # each BLPOP's block, well inside any client read timeout
 
 
 class Relay:
@@ -31,8 +37,13 @@ class Relay:
         await self.redis.rpush(self.key, orjson.dumps({**request, "_id": rid}))
         if timeout_s is None:
             return None
-        got: Any = await self.redis.blpop([f"{self.key}:{rid}"], timeout=timeout_s)
-        return None if got is None else dict(orjson.loads(got[1]))
+        deadline = time.monotonic() + timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            block = max(0.01, min(left, WAIT_SLICE_S))  # 0 would block for ever
+            got: Any = await self.redis.blpop([f"{self.key}:{rid}"], timeout=block)
+            if got is not None:
+                return dict(orjson.loads(got[1]))
+        return None
 
     async def serve(
         self,

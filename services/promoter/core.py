@@ -501,8 +501,15 @@ class Promoter:
         TokenBook.require(who, "approver")
         self._may_decide(model, who)
         if not self.leads():
+            await self._rollable(model)  # what any replica can tell is said at once
             return await self._relay_rollback(model, who.name, reason, target, wait=True)
         return await self._roll_back(model, who.name, reason, target)
+
+    async def _rollable(self, model: str) -> dict[str, Any]:
+        layout = (await self.layouts()).get(model)
+        if not layout or "stable" not in layout["labels"]:
+            raise NotFound(f"model {model!r} has no stable version to roll back")
+        return layout
 
     async def on_quality(self, ev: WindowScored) -> str | None:
         """A scored window of a watched promotion: roll back when the new stable was worse
@@ -539,9 +546,7 @@ class Promoter:
     async def _roll_back(
         self, model: str, actor: str, reason: str, target: int | None
     ) -> dict[str, Any]:
-        layout = (await self.layouts()).get(model)
-        if not layout or "stable" not in layout["labels"]:
-            raise NotFound(f"model {model!r} has no stable version to roll back")
+        layout = await self._rollable(model)
         current = int(layout["labels"]["stable"])
         goal = target if target is not None else layout["labels"].get("previous")
         if goal is None:

@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 
 from services.promoter.auth import Identity
 from services.promoter.core import SERVING_LEASE, Promoter, PromoterConfig
-from services.promoter.errors import Conflict
+from services.promoter.errors import Conflict, NotFound
 from services.promoter.serving import ServingFleet
 from shared.events import PromotionEvent
 from shared.lease import Leadership
@@ -114,6 +114,10 @@ def test_an_approval_on_either_replica_is_promoted_by_the_leader_and_a_rollback_
         assert got == {"model": MODEL, "stable": 1, "previous": 2}
         assert await r.p["a"].serving.label_version(MODEL, "stable") == 1
         assert [e.decision for n, e in r.events if n == "b"] == []
+        # What any replica can tell is answered at once, not relayed and waited for.
+        with pytest.raises(NotFound, match="'nope' has no stable version"):
+            await asyncio.wait_for(r.p["b"].rollback("nope", ALICE, "x", None), 5)
+        assert not await r.redis.exists("ctrain:promoter:rollback_requests")
         # A refusal is relayed too, with the leader's reason.
         with pytest.raises(Conflict, match="version 9 of tiny is not loaded"):
             await asyncio.gather(r.p["b"].rollback(MODEL, ALICE, "x", 9), leader_sweeps())
