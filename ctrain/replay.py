@@ -106,8 +106,11 @@ async def replay(
     topic: str = topics.EXAMPLES,
     key_column: str | None = None,
     progress: Any = None,
+    end_of_input: bool = True,
 ) -> ReplaySummary:
-    """Send the file's rows; ``progress(sent, total)`` is called as batches go out."""
+    """Send the file's rows; ``progress(sent, total)`` is called as batches go out.
+    ``end_of_input``: then tell ingest the input ended (a watermark record on every
+    partition), so the last windows close at once instead of after the idle timeout."""
     if rate is not None and speedup is not None:
         raise ReplayError("use --rate or --speedup, not both")
     if speedup is not None and not time_column:
@@ -126,7 +129,17 @@ async def replay(
     )
     try:
         return await _send(
-            settings, path, table, payloads, times, keys, rate, speedup, topic, progress
+            settings,
+            path,
+            table,
+            payloads,
+            times,
+            keys,
+            rate,
+            speedup,
+            topic,
+            progress,
+            end_of_input,
         )
     except _IDEMPOTENCE_REFUSED as e:
         if not settings.kafka_idempotent:
@@ -136,6 +149,18 @@ async def replay(
             f"({type(e).__name__}: {e}); for a broker without idempotence support set "
             "CTRAIN_KAFKA_IDEMPOTENT=false (a retried send may then be delivered twice)"
         ) from e
+
+
+async def send_end_of_input(producer: Any, topic: str) -> None:
+    """A watermark record saying "input ended" on every partition of ``topic``, after
+    everything sent before it (docs/ingest.md, "Watermark records")."""
+    futures = [
+        await producer.send(
+            topic, b"", partition=p, headers=[(topics.WATERMARK_HEADER, topics.END_OF_INPUT)]
+        )
+        for p in sorted(await producer.partitions_for(topic))
+    ]
+    await asyncio.gather(*futures)
 
 
 # What brokers without idempotent producers answer to InitProducerId.
@@ -157,6 +182,7 @@ async def _send(
     speedup: float | None,
     topic: str,
     progress: Any,
+    end_of_input: bool,
 ) -> ReplaySummary:
     producer = make_producer(settings, linger_ms=20)
     parts: dict[int, int] = {}
@@ -201,6 +227,8 @@ async def _send(
                 await asyncio.gather(*futures)
                 futures = []
         await asyncio.gather(*futures)
+        if end_of_input:
+            await send_end_of_input(producer, topic)
         if keys is not None:
             parts = {-1: total}
     finally:

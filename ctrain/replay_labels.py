@@ -22,7 +22,7 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
-from ctrain.replay import ReplayError, _due, _epoch_seconds, encode_rows
+from ctrain.replay import ReplayError, _due, _epoch_seconds, encode_rows, send_end_of_input
 from shared import topics
 from shared.ids import example_id
 from shared.kafka import make_producer
@@ -65,8 +65,10 @@ async def replay_with_labels(
     rate: float | None = None,
     speedup: float | None = None,
     progress: Any = None,
+    end_of_input: bool = True,
 ) -> LabelReplaySummary:
-    """Send ``table`` (already in event-time order) as examples and delayed labels."""
+    """Send ``table`` (already in event-time order) as examples and delayed labels, then
+    (``end_of_input``) a watermark record saying the examples ended."""
     wanted = (*label_columns, time_column, id_column or "")
     missing = [c for c in wanted if c and c not in table.column_names]
     if missing:
@@ -148,6 +150,8 @@ async def replay_with_labels(
             if delay > 0:
                 await asyncio.sleep(delay)
         await asyncio.gather(*pending)
+        if end_of_input:
+            await send_end_of_input(producer, topic)
         if progress is not None:
             progress(len(ordered), len(ordered))
     finally:

@@ -122,7 +122,7 @@ class WindowClosed(Event):
     data_uri: str
     sha256: str
     data_format: Literal["parquet"] = "parquet"
-    close_reason: Literal["count", "watermark", "idle", "shutdown"] = "count"
+    close_reason: Literal["count", "watermark", "end_of_input", "idle", "shutdown"] = "count"
     min_event_time: datetime | None = None
     max_event_time: datetime | None = None
     # Length of the tumbling event-time period (None: cut by count alone). Windows of the

@@ -20,6 +20,12 @@ EVENTS_DLQ: Final = "ctrain.events.dlq"
 # longer does knows the broker lost its data (the embedded broker keeps it in memory).
 EPOCH: Final = "ctrain.epoch"
 
+# A record on an examples topic with this header is a watermark, not an example: its
+# value is an event time in ms (every later record of the partition is at least that
+# late), or END_OF_INPUT (the producer sent all it has: close what is open now).
+WATERMARK_HEADER: Final = "ctrain-watermark"
+END_OF_INPUT: Final = b"end"
+
 
 def stream_topic(stream: str) -> str:
     """The default topic of a stream declared in the configuration file."""

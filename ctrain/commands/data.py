@@ -66,6 +66,7 @@ def _replay(args: argparse.Namespace) -> int:
                 key_column=args.key_column,
                 topic=topic,
                 progress=progress,
+                end_of_input=not args.keep_open,
             )
         )
     common.console.print(
@@ -110,6 +111,7 @@ def _replay_labels(args: argparse.Namespace, settings: object, topic: str) -> in
             model=model if cfg is not None and len(cfg.models) > 1 else None,
             rate=args.rate,
             speedup=args.speedup,
+            end_of_input=not args.keep_open,
         )
     )
     common.console.print(
@@ -214,6 +216,12 @@ def register(sub: Any) -> None:
     rp.add_argument("--limit", type=int, help="send only the first N rows")
     rp.add_argument("--repeat", type=int, default=1, help="send the file N times")
     rp.add_argument("--key-column", help="Kafka key column (keeps a key in one partition)")
+    rp.add_argument(
+        "--keep-open",
+        action="store_true",
+        help="do not end the input with a watermark record: the last windows close after "
+        "the model's idle_timeout_s instead of at once",
+    )
     rp.add_argument(
         "--label-delay",
         help="send each row's label to ctrain.labels this much later in event time (30d, 12h)",

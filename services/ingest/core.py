@@ -12,7 +12,7 @@ import asyncio
 import base64
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from operator import attrgetter
@@ -35,6 +35,7 @@ from shared.artifacts import ArtifactStore
 from shared.events import DeadLetter, DlqSource, OffsetRange, PartitionIdle, WindowClosed
 from shared.ids import stable_id
 from shared.shard import OFFSETS_NAME, OFFSETS_SCHEMA, SHARD_NAME, ShardWriter
+from shared.topics import END_OF_INPUT, WATERMARK_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,9 @@ class Record(Protocol):
     key: bytes | None
     value: bytes | None
     timestamp: int
+
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]]: ...
 
 
 class Sink(Protocol):
@@ -85,6 +89,8 @@ class _Partition:
     next_offset: int | None = None
     committed: int | None = None
     idle_announced: bool = False
+    # The producer said its input ended: announce the partition idle without waiting.
+    ended: bool = False
 
 
 # A partition, and the windows a batch (or the idle timer) just closed on it.
@@ -132,6 +138,30 @@ _THREAD_MIN = 256
 _VALUE = attrgetter("value")
 _TIMESTAMP = attrgetter("timestamp")
 _OFFSET = attrgetter("offset")
+_HEADERS = attrgetter("headers")
+
+
+@dataclass(frozen=True)
+class _Mark:
+    """A watermark record among a partition's records: after how many examples of the
+    batch it came, and its watermark (ms; None: the end of the producer's input)."""
+
+    after: int
+    watermark_ms: int | None
+
+
+def _watermark_of(rec: Record) -> int | Rejected | None:
+    raw = next(v for k, v in rec.headers if k == WATERMARK_HEADER)
+    if raw == END_OF_INPUT:
+        return None
+    try:
+        return int(raw)
+    except (TypeError, ValueError):
+        return Rejected(
+            Reason.BAD_WATERMARK,
+            f"header {WATERMARK_HEADER}={raw!r} is neither an event time in ms "
+            f"nor {END_OF_INPUT.decode()!r}",
+        )
 
 
 def _ts(ms: int) -> datetime:
@@ -221,11 +251,17 @@ class Ingestor:
         on a record's neighbours, so this changes nothing but the per-call costs), then
         each partition's share is routed to its own windows, in partition order.
         """
-        fresh: list[tuple[TopicPartition, _Partition, list[Record]]] = []
+        fresh: list[tuple[TopicPartition, _Partition, list[Record], list[_Mark]]] = []
         for tp, records in batches.items():
             part = await self._owned(tp)
-            fresh.append((tp, part, self._unseen(part, list(records))))
-        every = [r for _, _, recs in fresh for r in recs]
+            recs = self._unseen(part, list(records))
+            if recs:
+                part.next_offset = recs[-1].offset + 1
+            marks: list[_Mark] = []
+            if any(map(_HEADERS, recs)):  # rare: most records carry no header at all
+                recs, marks = await self._split_marks(recs)
+            fresh.append((tp, part, recs, marks))
+        every = [r for _, _, recs, _ in fresh for r in recs]
         args = (list(map(_VALUE, every)), list(map(_TIMESTAMP, every)), int(self.clock() * 1000))
         if len(every) < _THREAD_MIN:
             res = self.decoder.decode_batch(*args)
@@ -235,11 +271,38 @@ class Ingestor:
             res = await asyncio.to_thread(self.decoder.decode_batch, *args)
         settling: list[_Closing] = []
         lo = 0
-        for tp, part, recs in fresh:
+        for tp, part, recs, marks in fresh:
             hi = lo + len(recs)
-            settling.append((tp, part, await self._route(tp, part, recs, _share(res, lo, hi))))
+            closing = []
+            at = 0
+            for m in marks:
+                closing += await self._route(
+                    tp, part, recs[at : m.after], _share(res, lo + at, lo + m.after)
+                )
+                closing += part.windows.advance(m.watermark_ms)
+                part.ended = m.watermark_ms is None
+                at = m.after
+            closing += await self._route(tp, part, recs[at:], _share(res, lo + at, hi))
+            settling.append((tp, part, closing))
             lo = hi
         return await self._settle(settling)
+
+    async def _split_marks(self, recs: list[Record]) -> tuple[list[Record], list[_Mark]]:
+        """A partition's examples, and the watermark records among them (a watermark
+        record that does not parse is dead-lettered with its reason)."""
+        examples: list[Record] = []
+        marks: list[_Mark] = []
+        for r in recs:
+            if not r.headers or all(k != WATERMARK_HEADER for k, _ in r.headers):
+                examples.append(r)
+                continue
+            wm = _watermark_of(r)
+            if isinstance(wm, Rejected):
+                await self._reject(r, wm)
+                continue
+            marks.append(_Mark(len(examples), wm))
+            self.metrics.watermarks.inc()
+        return examples, marks
 
     async def _owned(self, tp: TopicPartition) -> _Partition:
         part = self.parts.get(tp)
@@ -277,7 +340,7 @@ class Ingestor:
         n = len(recs)
         if not n:
             return []
-        part.next_offset = recs[-1].offset + 1
+        part.ended = False
         for i, why in res.rejected:
             await self._reject(recs[i], why)
         acc = res.accepted
@@ -336,7 +399,7 @@ class Ingestor:
         for tp, part in list(self.parts.items()):
             if part.idle_announced or part.windows.open:
                 continue
-            if now - part.last_read_wall < self.idle_timeout_s:
+            if now - part.last_read_wall < self.idle_timeout_s and not part.ended:
                 continue
             nxt = await position(tp)
             await self.sink.partition_idle(

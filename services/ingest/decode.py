@@ -36,6 +36,7 @@ class Reason:
     BAD_EVENT_TIME = "bad_event_time"
     FUTURE_EVENT_TIME = "future_event_time"
     LATE = "late"
+    BAD_WATERMARK = "bad_watermark"
 
     ALL = (
         EMPTY,
@@ -51,6 +52,7 @@ class Reason:
         BAD_EVENT_TIME,
         FUTURE_EVENT_TIME,
         LATE,
+        BAD_WATERMARK,
     )
 
 

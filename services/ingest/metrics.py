@@ -23,6 +23,11 @@ class IngestMetrics:
             "Records skipped after a restart because a closed window already holds them.",
             registry=registry,
         )
+        self.watermarks = Counter(
+            "ctrain_ingest_watermark_records_total",
+            "Watermark records read (a producer's event time or end of input; not examples)",
+            registry=registry,
+        )
         self.windows = Counter(
             "ctrain_ingest_windows_closed_total",
             "Windows closed, by what closed them.",

@@ -22,7 +22,7 @@ import numpy as np
 from shared.ids import stable_id
 
 NO_BUCKET = -(2**62)
-CloseReason = Literal["count", "watermark", "idle", "shutdown"]
+CloseReason = Literal["count", "watermark", "end_of_input", "idle", "shutdown"]
 
 
 @dataclass(frozen=True)
@@ -227,6 +227,23 @@ class PartitionWindows:
             for due in self.watermark_due():
                 out.closing.append((due, "watermark"))
                 self.close(due)
+
+    def advance(self, watermark_ms: int | None) -> list[tuple[OpenWindow, CloseReason]]:
+        """A producer's watermark record: the windows it closes, in order. A time moves the
+        watermark (later records behind it are late); None, the end of the producer's
+        input, closes every open window now, as the idle timeout would later, and moves
+        nothing."""
+        if watermark_ms is None:
+            out: list[tuple[OpenWindow, CloseReason]] = [
+                (w, "end_of_input") for _, w in sorted(self.open.items())
+            ]
+        else:
+            if self.watermark is None or watermark_ms > self.watermark:
+                self.watermark = watermark_ms
+            out = [(w, "watermark") for w in self.watermark_due()]
+        for w, _ in out:
+            self.close(w)
+        return out
 
     def due(self, window: OpenWindow) -> CloseReason | None:
         """Whether ``window`` closes now, and why."""

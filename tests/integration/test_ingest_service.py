@@ -94,3 +94,35 @@ def test_misspelled_setting_fails_at_startup(kafka: str, redis_url: str, tmp_pat
     svc = start_ingest(env, tmp_path / "ingest.log")
     assert svc.proc.wait(timeout=60) != 0
     assert "CTRAIN_INGEST_WINDOW_SIZ" in svc.log.read_text()
+
+
+def test_the_end_of_a_replay_closes_the_last_windows_without_the_idle_timeout(
+    kafka: str, redis_url: str, tmp_path: Path
+) -> None:
+    common = CommonSettings(kafka_bootstrap=kafka, kafka_idempotent=False)
+    asyncio.run(ensure_topics(common))
+    env = ingest_env(
+        kafka,
+        redis_url,
+        tmp_path,
+        CTRAIN_INGEST_WINDOW_DURATION_S=str(91 * 86400),
+        CTRAIN_INGEST_WINDOW_MAX_COUNT="100000",
+        # An hour: only the replay's end-of-input record can close the last windows
+        # within the wait below.
+        CTRAIN_INGEST_IDLE_TIMEOUT_S="3600",
+    )
+    svc = start_ingest(env, tmp_path / "ingest.log")
+    svc.wait_healthy()
+    summary = asyncio.run(replay(common, TAXI_CSV, time_column="trip_start_timestamp"))
+    windows, dlq = windows_and_dlq(kafka, conserved(TAXI_ROWS), timeout=120)
+    by_id = {w.window_id: w for w in windows}
+    assert sum(w.example_count for w in by_id.values()) + len({d.id for d in dlq}) == TAXI_ROWS
+    reasons = {w.close_reason for w in by_id.values()}
+    assert reasons <= {"watermark", "end_of_input"} and "end_of_input" in reasons
+    assert len([w for w in by_id.values() if w.close_reason == "end_of_input"]) == len(
+        summary.partitions
+    )  # the last window of each partition
+    metrics = httpx.get(f"{svc.url}/metrics").text
+    assert f"ctrain_ingest_watermark_records_total {float(len(summary.partitions))}" in metrics
+    svc.proc.send_signal(signal.SIGTERM)
+    assert svc.proc.wait(timeout=60) == 0

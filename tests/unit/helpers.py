@@ -15,6 +15,7 @@ class Rec:
     key: bytes | None
     value: bytes | None
     timestamp: int
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 class Crash(Exception):

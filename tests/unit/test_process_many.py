@@ -128,7 +128,7 @@ def test_a_poll_closing_windows_on_many_partitions_waits_for_the_broker_twice(
         for tp in parts:
             await ing.assign(tp)
         commits = await ing.process_many(parts)  # type: ignore[arg-type]
-        return sink, dict(commits)  # type: ignore[arg-type]
+        return sink, dict(commits)
 
     sink, commits = asyncio.run(go())
     assert set(commits) == set(parts)

@@ -1,0 +1,157 @@
+"""Watermark records on an examples topic (docs/ingest.md, "Watermark records"): a
+producer's end of input closes a partition's open windows at once, not after the idle
+timeout; an event-time watermark closes the windows it passes; neither is an example,
+and one that does not parse is dead-lettered with its reason."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import orjson
+import pytest
+from prometheus_client import CollectorRegistry
+
+from services.ingest.core import Ingestor
+from services.ingest.decode import Decoder, DecoderConfig
+from services.ingest.metrics import IngestMetrics
+from services.ingest.windowing import WindowPolicy
+from shared.artifacts import ArtifactStore
+from shared.schema import ExampleSpec, FeatureKind, FeatureSpec
+from shared.topics import END_OF_INPUT, WATERMARK_HEADER
+from tests.unit.helpers import ListSink, Rec
+
+pytestmark = pytest.mark.unit
+SPEC = ExampleSpec((FeatureSpec("x", FeatureKind.FLOAT, True),))
+TP = ("ctrain.examples", 0)
+HOUR_MS = 3_600_000
+
+
+def _ex(off: int, t_ms: int) -> Rec:
+    return Rec(TP[0], TP[1], off, None, orjson.dumps({"x": off * 0.5, "t": t_ms}), 0)
+
+
+def _mark(off: int, value: bytes) -> Rec:
+    return Rec(TP[0], TP[1], off, None, b"", 0, ((WATERMARK_HEADER, value),))
+
+
+def _ingestor(root: Path, sink: ListSink, clock: list[float]) -> Ingestor:
+    return Ingestor(
+        stream="s",
+        decoder=Decoder(SPEC, DecoderConfig(event_time_field="t", event_time_unit="ms")),
+        policy=WindowPolicy(max_count=None, duration_ms=HOUR_MS),
+        store=ArtifactStore(str(root)),
+        sink=sink,
+        metrics=IngestMetrics(CollectorRegistry()),
+        idle_timeout_s=30.0,
+        clock=lambda: clock[0],
+    )
+
+
+async def _position(tp: tuple[str, int]) -> int:
+    return 7
+
+
+def test_end_of_input_closes_the_open_windows_at_once_and_announces_the_partition_idle(
+    tmp_path: Path,
+) -> None:
+    recs = [_ex(0, 10), _ex(1, 20), _ex(2, HOUR_MS + 5), _mark(3, END_OF_INPUT)]
+
+    async def go() -> tuple[ListSink, dict[tuple[str, int], int], int, Ingestor]:
+        sink, clock = ListSink(), [1_000.0]
+        ing = _ingestor(tmp_path, sink, clock)
+        await ing.assign(TP)
+        commits = dict(await ing.process_many({TP: recs}))
+        # No wall time passed: without the record, the idle timeout would hold both.
+        assert await ing.close_idle() == {}
+        announced = await ing.announce_idle(_position)
+        return sink, commits, announced, ing
+
+    sink, commits, announced, ing = asyncio.run(go())
+    assert [(w.example_count, w.close_reason) for w in sink.windows] == [
+        (2, "watermark"),  # the third example's time passed it
+        (1, "end_of_input"),  # no later example: the idle timeout would have held it
+    ]
+    assert commits == {TP: 4}  # past the watermark record: nothing left to replay
+    assert announced == 1 and sink.idle[0].next_offset == 7
+    assert sink.letters == []  # not an example, not a rejection
+    assert ing.metrics.watermarks._value.get() == 1
+    assert ing.parts[TP].windows.watermark == HOUR_MS + 5  # end of input moves no time
+
+
+def test_records_after_end_of_input_open_a_new_window_and_are_not_late(tmp_path: Path) -> None:
+    recs = [_ex(0, 10), _mark(1, END_OF_INPUT), _ex(2, 30), _ex(3, 40)]
+
+    async def go() -> ListSink:
+        sink, clock = ListSink(), [1_000.0]
+        ing = _ingestor(tmp_path, sink, clock)
+        await ing.assign(TP)
+        await ing.process_many({TP: recs})
+        clock[0] += 31  # the second window closes as idle, the usual way
+        await ing.close_idle()
+        return sink
+
+    sink = asyncio.run(go())
+    assert [(w.offsets[0].first, w.offsets[0].last, w.close_reason) for w in sink.windows] == [
+        (0, 0, "end_of_input"),
+        (2, 3, "idle"),
+    ]
+    assert sink.letters == []
+
+
+def test_an_event_time_watermark_closes_the_windows_it_passes_and_makes_older_records_late(
+    tmp_path: Path,
+) -> None:
+    wm = str(HOUR_MS).encode()  # the first hour is over
+    recs = [_ex(0, 10), _ex(1, HOUR_MS + 1), _mark(2, wm), _ex(3, 20), _ex(4, HOUR_MS + 2)]
+
+    async def go() -> ListSink:
+        sink, clock = ListSink(), [1_000.0]
+        ing = _ingestor(tmp_path, sink, clock)
+        await ing.assign(TP)
+        await ing.process_many({TP: recs})
+        return sink
+
+    sink = asyncio.run(go())
+    assert [(w.example_count, w.close_reason) for w in sink.windows] == [(1, "watermark")]
+    assert [(d.source.offset, d.reason) for d in sink.letters] == [(3, "late")]
+
+
+def test_a_watermark_record_that_does_not_parse_is_dead_lettered_with_its_reason(
+    tmp_path: Path,
+) -> None:
+    recs = [_ex(0, 10), _mark(1, b"soon")]
+
+    async def go() -> ListSink:
+        sink, clock = ListSink(), [1_000.0]
+        ing = _ingestor(tmp_path, sink, clock)
+        await ing.assign(TP)
+        await ing.process_many({TP: recs})
+        await ing.drain()
+        return sink
+
+    sink = asyncio.run(go())
+    assert sink.windows == []  # nothing closed
+    [letter] = sink.letters
+    assert (letter.source.offset, letter.reason) == (1, "bad_watermark")
+    assert "ctrain-watermark=b'soon'" in letter.message
+
+
+def test_a_watermark_record_closes_the_same_windows_whatever_the_poll_sizes(
+    tmp_path: Path,
+) -> None:
+    recs = [_ex(i, 1_000 * i) for i in range(6)] + [_mark(6, END_OF_INPUT)]
+    recs += [_ex(7 + i, HOUR_MS + i) for i in range(5)] + [_mark(12, str(2 * HOUR_MS).encode())]
+
+    async def run(root: Path, polls: list[list[Rec]]) -> list[tuple[str, str, str]]:
+        sink, clock = ListSink(), [1_000.0]
+        ing = _ingestor(root, sink, clock)
+        await ing.assign(TP)
+        for poll in polls:
+            await ing.process_many({TP: poll})
+        return [(w.window_id, w.sha256, w.close_reason) for w in sink.windows]
+
+    whole = asyncio.run(run(tmp_path / "a", [recs]))
+    one_by_one = asyncio.run(run(tmp_path / "b", [[r] for r in recs]))
+    assert whole == one_by_one
+    assert [why for _, _, why in whole] == ["end_of_input", "watermark"]
