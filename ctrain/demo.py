@@ -27,6 +27,7 @@ import pyarrow as pa
 
 from ctrain import client, devstack
 from ctrain.demo_support import (
+    group_progress,
     prepare_state_dir,
     retrying,
     split_at_window,
@@ -34,6 +35,7 @@ from ctrain.demo_support import (
 )
 from ctrain.loop import EventTail, LoopError, LoopState, predict_stable
 from ctrain.view import describe
+from shared import topics
 from shared.config import load_config
 from shared.events import (
     Event,
@@ -63,6 +65,8 @@ class DemoOptions:
     speedup: float = 3.0e6
     keep: bool = True
     approve_timeout_s: float = 3600
+    # How long a published candidate may take to be gated by a promoter.
+    gate_timeout_s: float = 120
     run_timeout_s: float = 1800
     predict_rows: int = 5
     model_module: str | None = None
@@ -363,7 +367,7 @@ class Demo:
         return promo
 
     def await_pending(self, pc_: client.PromoterClient, cid: str) -> dict[str, Any]:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + self.opts.gate_timeout_s
         while time.monotonic() < deadline:
             try:
                 view = pc_.candidate(cid)
@@ -373,7 +377,15 @@ class Demo:
                 if e.status != 404:
                     raise
             time.sleep(0.2)  # poll interval: the promoter gates the candidate on its own
-        raise LoopError(f"candidate {cid} never reached pending_approval")
+        # Published (the tail saw it) but not gated: say whether a promoter read it.
+        from services.promoter.settings import PromoterSettings
+
+        group = str(PromoterSettings.model_fields["group_id"].default)
+        where = group_progress(self.state["kafka"], group, topics.CANDIDATES)
+        raise LoopError(
+            f"candidate {cid} never reached pending_approval in "
+            f"{self.opts.gate_timeout_s:.0f} s; {where}"
+        )
 
     def predict(self, rows: pa.Table) -> tuple[int, list[float]]:
         import warnings

@@ -97,3 +97,27 @@ def run_in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, dict[str, An
     t = threading.Thread(target=go, name="ctrain-demo", daemon=True)
     t.start()
     return t, out
+
+
+def group_progress(bootstrap: str, group: str, topic: str) -> str:
+    """Where consumer group ``group`` stands on ``topic``: per partition, its committed
+    offset beside the log's end (``0: 3/3``), to say whether a published event was read."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    async def ask() -> str:
+        c = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+        try:
+            await c.start()
+            tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or [])]
+            ends = await c.end_offsets(tps)
+            parts = [f"{tp.partition}: {await c.committed(tp)}/{ends[tp]}" for tp in tps]
+            return f"group {group} on {topic}, committed/end: " + ", ".join(parts)
+        finally:
+            await c.stop()
+
+    try:
+        return asyncio.run(asyncio.wait_for(ask(), 30))
+    except Exception as e:  # noqa: BLE001 - a diagnosis, never the failure itself
+        return f"group {group} on {topic}: not readable ({type(e).__name__}: {e})"
