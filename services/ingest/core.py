@@ -281,6 +281,11 @@ class Ingestor:
                 )
                 closing += part.windows.advance(m.watermark_ms)
                 part.ended = m.watermark_ms is None
+                # The record moved the partition's end: a partition announced idle
+                # before it is announced again, at its new next offset (the validator
+                # counts a partition idle only while nothing was written past that).
+                part.idle_announced = False
+                part.last_read_wall = self.clock()
                 at = m.after
             closing += await self._route(tp, part, recs[at:], _share(res, lo + at, hi))
             settling.append((tp, part, closing))

@@ -155,3 +155,27 @@ def test_a_watermark_record_closes_the_same_windows_whatever_the_poll_sizes(
     one_by_one = asyncio.run(run(tmp_path / "b", [[r] for r in recs]))
     assert whole == one_by_one
     assert [why for _, _, why in whole] == ["end_of_input", "watermark"]
+
+
+def test_a_partition_announced_idle_is_announced_again_after_a_watermark_record(
+    tmp_path: Path,
+) -> None:
+    # A partition that got no example, only the replay's end of input: the validator
+    # holds its period open until ingest says the partition is idle past that record.
+    async def go() -> ListSink:
+        sink, clock = ListSink(), [1_000.0]
+        ing = _ingestor(tmp_path, sink, clock)
+        await ing.assign(TP)
+        clock[0] += 31
+        positions = iter([0, 1])
+
+        async def position(tp: tuple[str, int]) -> int:
+            return next(positions)
+
+        assert await ing.announce_idle(position) == 1  # quiet from the start: offset 0
+        await ing.process_many({TP: [_mark(0, END_OF_INPUT)]})
+        assert await ing.announce_idle(position) == 1  # at once, not after the timeout
+        return sink
+
+    sink = asyncio.run(go())
+    assert [e.next_offset for e in sink.idle] == [0, 1]
