@@ -43,6 +43,7 @@ from shared.events import (
     PromotionEvent,
     TrainingRun,
 )
+from shared.kafka import topic_group
 from shared.settings import CommonSettings
 
 TIME_COLUMN = "trip_start_timestamp"
@@ -381,7 +382,9 @@ class Demo:
         from services.promoter.settings import PromoterSettings
 
         group = str(PromoterSettings.model_fields["group_id"].default)
-        where = group_progress(self.state["kafka"], group, topics.CANDIDATES)
+        where = group_progress(
+            self.state["kafka"], topic_group(group, topics.CANDIDATES), topics.CANDIDATES
+        )
         raise LoopError(
             f"candidate {cid} never reached pending_approval in "
             f"{self.opts.gate_timeout_s:.0f} s; {where}"

@@ -17,7 +17,10 @@ from shared.tasks import Task
 class MonitorSettings(StrictSettings, QualityFields):
     model_config = SettingsConfigDict(extra="forbid", env_prefix="CTRAIN_MONITOR_")
 
-    group_id: str = Field(default="ctrain-monitor", description="Kafka consumer group.")
+    group_id: str = Field(
+        default="ctrain-monitor",
+        description="Kafka consumer group prefix: each topic is read in `<group_id>.<topic>`.",
+    )
     model: str = Field(
         default="default", description="Model scored when no configuration file is given."
     )

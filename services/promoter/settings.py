@@ -14,7 +14,10 @@ from shared.settings import CommonSettings, StrictSettings
 class PromoterSettings(StrictSettings, RollbackFields):
     model_config = SettingsConfigDict(extra="forbid", env_prefix="CTRAIN_PROMOTER_")
 
-    group_id: str = Field(default="ctrain-promoter", description="Kafka consumer group.")
+    group_id: str = Field(
+        default="ctrain-promoter",
+        description="Kafka consumer group prefix: each topic is read in `<group_id>.<topic>`.",
+    )
     default_policy: Literal["auto", "manual"] = Field(
         default="manual", description="Gate policy for models not named in POLICIES."
     )

@@ -15,7 +15,10 @@ from shared.tasks import Task
 class TriggerSettings(StrictSettings, PolicyFields):
     model_config = SettingsConfigDict(extra="forbid", env_prefix="CTRAIN_TRIGGER_")
 
-    group_id: str = Field(default="ctrain-trigger", description="Kafka consumer group.")
+    group_id: str = Field(
+        default="ctrain-trigger",
+        description="Kafka consumer group prefix: each topic is read in `<group_id>.<topic>`.",
+    )
     model: str = Field(default="default", description="Name of the model this trigger trains.")
     stream: str = Field(
         default="",

@@ -14,7 +14,10 @@ from shared.settings import CommonSettings, StrictSettings
 class ValidatorSettings(StrictSettings, ValidationFields):
     model_config = SettingsConfigDict(extra="forbid", env_prefix="CTRAIN_VALIDATOR_")
 
-    group_id: str = Field(default="ctrain-validator", description="Kafka consumer group.")
+    group_id: str = Field(
+        default="ctrain-validator",
+        description="Kafka consumer group prefix: each topic is read in `<group_id>.<topic>`.",
+    )
     model: str = Field(
         default="default",
         description="Model whose serving training windows are the skew baseline.",
