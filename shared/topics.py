@@ -20,8 +20,8 @@ EVENTS_DLQ: Final = "ctrain.events.dlq"
 # longer does knows the broker lost its data (the embedded broker keeps it in memory).
 EPOCH: Final = "ctrain.epoch"
 
-# A record on an examples topic with this header is a watermark, not an example: its
-# value is an event time in ms (every later record of the partition is at least that
+# A record on an examples topic with this header is a watermark, not an example: the
+# header's value is an event time in ms (every later record of the partition is at least that
 # late), or END_OF_INPUT (the producer sent all it has: close what is open now).
 WATERMARK_HEADER: Final = "ctrain-watermark"
 END_OF_INPUT: Final = b"end"

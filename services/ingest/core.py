@@ -89,7 +89,7 @@ class _Partition:
     next_offset: int | None = None
     committed: int | None = None
     idle_announced: bool = False
-    # The producer said its input ended: announce the partition idle without waiting.
+    # A watermark record left nothing open: announce the partition idle without waiting.
     ended: bool = False
 
 
@@ -150,18 +150,34 @@ class _Mark:
     watermark_ms: int | None
 
 
-def _watermark_of(rec: Record) -> int | Rejected | None:
+def _watermark_of(rec: Record, limit_ms: int) -> int | Rejected | None:
     raw = next(v for k, v in rec.headers if k == WATERMARK_HEADER)
     if raw == END_OF_INPUT:
         return None
     try:
-        return int(raw)
+        t = int(raw)
     except (TypeError, ValueError):
         return Rejected(
             Reason.BAD_WATERMARK,
             f"header {WATERMARK_HEADER}={raw!r} is neither an event time in ms "
             f"nor {END_OF_INPUT.decode()!r}",
         )
+    if t > limit_ms:
+        # Seconds sent as ms are caught by the window closing nothing; µs or ns sent as
+        # ms would move the watermark centuries ahead and make every later example late.
+        return Rejected(
+            Reason.BAD_WATERMARK,
+            f"header {WATERMARK_HEADER}={raw!r} is {_ts_or_far(t)}, past the latest "
+            f"event time accepted now ({_ts(limit_ms).isoformat()})",
+        )
+    return t
+
+
+def _ts_or_far(ms: int) -> str:
+    try:
+        return _ts(ms).isoformat()
+    except (OverflowError, OSError, ValueError):
+        return "beyond year 9999"
 
 
 def _ts(ms: int) -> datetime:
@@ -259,7 +275,15 @@ class Ingestor:
                 part.next_offset = recs[-1].offset + 1
             marks: list[_Mark] = []
             if any(map(_HEADERS, recs)):  # rare: most records carry no header at all
+                n = len(recs)
                 recs, marks = await self._split_marks(recs)
+                if len(recs) < n:
+                    # Watermark records moved the partition's end: one announced idle
+                    # before them is announced again, at its new next offset (the
+                    # validator counts a partition idle only while nothing was written
+                    # past the offset it announced).
+                    part.idle_announced = False
+                    part.last_read_wall = self.clock()
             fresh.append((tp, part, recs, marks))
         every = [r for _, _, recs, _ in fresh for r in recs]
         args = (list(map(_VALUE, every)), list(map(_TIMESTAMP, every)), int(self.clock() * 1000))
@@ -280,14 +304,13 @@ class Ingestor:
                     tp, part, recs[at : m.after], _share(res, lo + at, lo + m.after)
                 )
                 closing += part.windows.advance(m.watermark_ms)
-                part.ended = m.watermark_ms is None
-                # The record moved the partition's end: a partition announced idle
-                # before it is announced again, at its new next offset (the validator
-                # counts a partition idle only while nothing was written past that).
-                part.idle_announced = False
-                part.last_read_wall = self.clock()
+                # Nothing left open after the producer's word: announce the partition
+                # idle now rather than after the timeout.
+                part.ended = not part.windows.open
                 at = m.after
             closing += await self._route(tp, part, recs[at:], _share(res, lo + at, hi))
+            if marks and part.windows.watermark is not None:
+                self.metrics.watermark.labels(str(tp[1])).set(part.windows.watermark / 1000)
             settling.append((tp, part, closing))
             lo = hi
         return await self._settle(settling)
@@ -297,11 +320,12 @@ class Ingestor:
         record that does not parse is dead-lettered with its reason)."""
         examples: list[Record] = []
         marks: list[_Mark] = []
+        limit = int(self.clock() * 1000) + self.decoder.config.max_future_ms
         for r in recs:
             if not r.headers or all(k != WATERMARK_HEADER for k, _ in r.headers):
                 examples.append(r)
                 continue
-            wm = _watermark_of(r)
+            wm = _watermark_of(r, limit)
             if isinstance(wm, Rejected):
                 await self._reject(r, wm)
                 continue
@@ -406,7 +430,10 @@ class Ingestor:
                 continue
             if now - part.last_read_wall < self.idle_timeout_s and not part.ended:
                 continue
-            nxt = await position(tp)
+            # After a watermark record, the offset after what was handled: the consumer's
+            # position may already be past records fetched for the next poll.
+            ended_at = part.next_offset if part.ended else None
+            nxt = ended_at if ended_at is not None else await position(tp)
             await self.sink.partition_idle(
                 PartitionIdle(
                     id=stable_id("idle", self.stream, tp[0], tp[1], nxt),

@@ -42,6 +42,7 @@ from shared.kafka import (
     health,
     make_router,
     one_event_at_a_time,
+    topic_group,
 )
 from shared.lease import Leadership, instance_name
 from shared.metrics import Readiness, new_registry
@@ -140,7 +141,7 @@ def create_app(common: CommonSettings, settings: MonitorSettings) -> FastAPI:
         LabelState(redis),
         dead_letter,
         lambda model, outcome, n: metrics.labels.labels(model, outcome).inc(n),
-        group_id=settings.group_id,
+        group_id=topic_group(settings.group_id, topics.LABELS),
     )
     monitor = Monitor(models, store, QualityStore(redis), scorer, metrics, publish, join)
     join.on_joined = monitor.on_joined

@@ -98,7 +98,7 @@ class LabelJoin:
         dead_letter: Callable[[EventDeadLetter], Awaitable[None]],
         count: Callable[[str, str, int], None],
         *,
-        group_id: str = "ctrain-monitor",
+        group_id: str = "ctrain-monitor.ctrain.labels",
         on_joined: Joined | None = None,
     ) -> None:
         self.models = models

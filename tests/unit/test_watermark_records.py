@@ -73,7 +73,7 @@ def test_end_of_input_closes_the_open_windows_at_once_and_announces_the_partitio
         (1, "end_of_input"),  # no later example: the idle timeout would have held it
     ]
     assert commits == {TP: 4}  # past the watermark record: nothing left to replay
-    assert announced == 1 and sink.idle[0].next_offset == 7
+    assert announced == 1 and sink.idle[0].next_offset == 4  # after the record
     assert sink.letters == []  # not an example, not a rejection
     assert ing.metrics.watermarks._value.get() == 1
     assert ing.parts[TP].windows.watermark == HOUR_MS + 5  # end of input moves no time
@@ -175,6 +175,87 @@ def test_a_partition_announced_idle_is_announced_again_after_a_watermark_record(
         assert await ing.announce_idle(position) == 1  # quiet from the start: offset 0
         await ing.process_many({TP: [_mark(0, END_OF_INPUT)]})
         assert await ing.announce_idle(position) == 1  # at once, not after the timeout
+        return sink
+
+    sink = asyncio.run(go())
+    assert [e.next_offset for e in sink.idle] == [0, 1]
+
+
+def test_the_idle_announcement_after_end_of_input_names_what_was_handled_not_fetched(
+    tmp_path: Path,
+) -> None:
+    async def go() -> ListSink:
+        sink, clock = ListSink(), [1_000.0]
+        ing = _ingestor(tmp_path, sink, clock)
+        await ing.assign(TP)
+        await ing.process_many({TP: [_ex(0, 10), _mark(1, END_OF_INPUT)]})
+
+        async def fetched_ahead(tp: tuple[str, int]) -> int:
+            return 9  # the next poll's records, after the marker, are in hand already
+
+        assert await ing.announce_idle(fetched_ahead) == 1
+        return sink
+
+    sink = asyncio.run(go())
+    assert [e.next_offset for e in sink.idle] == [2]
+
+
+def test_a_time_watermark_that_leaves_nothing_open_announces_the_partition_idle_at_once(
+    tmp_path: Path,
+) -> None:
+    # A producer's periodic watermark to a partition without examples: without this,
+    # each one would restart the idle timer and the partition would never count as idle.
+    async def go() -> ListSink:
+        sink, clock = ListSink(), [1_000.0]
+        ing = _ingestor(tmp_path, sink, clock)
+        await ing.assign(TP)
+        await ing.process_many({TP: [_ex(0, 10), _mark(1, str(HOUR_MS).encode())]})
+        assert await ing.announce_idle(_position) == 1
+        await ing.process_many({TP: [_ex(2, HOUR_MS + 5), _mark(3, str(HOUR_MS + 9).encode())]})
+        assert await ing.announce_idle(_position) == 0  # a window is still open
+        return sink
+
+    sink = asyncio.run(go())
+    assert [(w.example_count, w.close_reason) for w in sink.windows] == [(1, "watermark")]
+    assert [e.next_offset for e in sink.idle] == [2]
+
+
+def test_a_watermark_beyond_the_future_limit_is_dead_lettered_not_believed(
+    tmp_path: Path,
+) -> None:
+    nanoseconds = str(1_420_000_000 * 10**9).encode()  # ns sent where ms belong
+
+    async def go() -> tuple[ListSink, Ingestor]:
+        sink, clock = ListSink(), [1_420_000_000.0]
+        ing = _ingestor(tmp_path, sink, clock)
+        await ing.assign(TP)
+        await ing.process_many({TP: [_ex(0, 10), _mark(1, nanoseconds), _ex(2, 20)]})
+        await ing.drain()
+        return sink, ing
+
+    sink, ing = asyncio.run(go())
+    [letter] = sink.letters
+    assert (letter.source.offset, letter.reason) == (1, "bad_watermark")
+    assert "beyond year 9999" in letter.message
+    assert ing.parts == {} and sink.windows == []  # drained; the examples still open, not late
+
+
+def test_a_bad_watermark_record_also_rearms_the_idle_announcement(tmp_path: Path) -> None:
+    async def go() -> ListSink:
+        sink, clock = ListSink(), [1_000.0]
+        ing = _ingestor(tmp_path, sink, clock)
+        await ing.assign(TP)
+        clock[0] += 31
+        positions = iter([0, 1])
+
+        async def position(tp: tuple[str, int]) -> int:
+            return next(positions)
+
+        assert await ing.announce_idle(position) == 1
+        await ing.process_many({TP: [_mark(0, b"soon")]})
+        assert await ing.announce_idle(position) == 0  # just read: quiet again first
+        clock[0] += 31
+        assert await ing.announce_idle(position) == 1
         return sink
 
     sink = asyncio.run(go())
