@@ -15,7 +15,7 @@ from shared.kafka import ensure_topics
 from shared.settings import CommonSettings
 from shared.shard import read_shard
 from tests.conftest import TAXI_CSV
-from tests.integration.support import ingest_env, start_ingest, windows_and_dlq
+from tests.integration.support import ServiceProc, ingest_env, start_ingest, windows_and_dlq
 
 pytestmark = pytest.mark.integration
 TAXI_ROWS = 9533
@@ -29,7 +29,10 @@ def conserved(expected: int):  # type: ignore[no-untyped-def]
     return done
 
 
-def test_replay_windows_dlq_http_and_sigterm(kafka: str, redis_url: str, tmp_path: Path) -> None:
+def _quarterly_ingest(
+    kafka: str, redis_url: str, tmp_path: Path, max_count: int, idle_s: int
+) -> tuple[CommonSettings, ServiceProc]:
+    """Topics made, ingest up and healthy with 91-day windows."""
     common = CommonSettings(kafka_bootstrap=kafka, kafka_idempotent=False)
     asyncio.run(ensure_topics(common))
     env = ingest_env(
@@ -37,11 +40,16 @@ def test_replay_windows_dlq_http_and_sigterm(kafka: str, redis_url: str, tmp_pat
         redis_url,
         tmp_path,
         CTRAIN_INGEST_WINDOW_DURATION_S=str(91 * 86400),
-        CTRAIN_INGEST_WINDOW_MAX_COUNT="1000",
-        CTRAIN_INGEST_IDLE_TIMEOUT_S="2",
+        CTRAIN_INGEST_WINDOW_MAX_COUNT=str(max_count),
+        CTRAIN_INGEST_IDLE_TIMEOUT_S=str(idle_s),
     )
     svc = start_ingest(env, tmp_path / "ingest.log")
     svc.wait_healthy()
+    return common, svc
+
+
+def test_replay_windows_dlq_http_and_sigterm(kafka: str, redis_url: str, tmp_path: Path) -> None:
+    common, svc = _quarterly_ingest(kafka, redis_url, tmp_path, max_count=1000, idle_s=2)
 
     summary = asyncio.run(replay(common, TAXI_CSV, time_column="trip_start_timestamp"))
     assert summary.sent == TAXI_ROWS
@@ -99,20 +107,9 @@ def test_misspelled_setting_fails_at_startup(kafka: str, redis_url: str, tmp_pat
 def test_the_end_of_a_replay_closes_the_last_windows_without_the_idle_timeout(
     kafka: str, redis_url: str, tmp_path: Path
 ) -> None:
-    common = CommonSettings(kafka_bootstrap=kafka, kafka_idempotent=False)
-    asyncio.run(ensure_topics(common))
-    env = ingest_env(
-        kafka,
-        redis_url,
-        tmp_path,
-        CTRAIN_INGEST_WINDOW_DURATION_S=str(91 * 86400),
-        CTRAIN_INGEST_WINDOW_MAX_COUNT="100000",
-        # An hour: only the replay's end-of-input record can close the last windows
-        # within the wait below.
-        CTRAIN_INGEST_IDLE_TIMEOUT_S="3600",
-    )
-    svc = start_ingest(env, tmp_path / "ingest.log")
-    svc.wait_healthy()
+    # Idle after an hour: only the replay's end-of-input record can close the last
+    # windows within the wait below.
+    common, svc = _quarterly_ingest(kafka, redis_url, tmp_path, max_count=100_000, idle_s=3600)
     summary = asyncio.run(replay(common, TAXI_CSV, time_column="trip_start_timestamp"))
     windows, dlq = windows_and_dlq(kafka, conserved(TAXI_ROWS), timeout=120)
     by_id = {w.window_id: w for w in windows}

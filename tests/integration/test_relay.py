@@ -27,7 +27,9 @@ def test_an_answer_that_comes_after_the_read_timeout_is_received(redis_url: str)
         relay = Relay(asker, KEY)
 
         async def answer_late() -> int:
-            await asyncio.sleep(6.5)  # the fault: a leader slower than one read may wait
+            # The fault itself, not a readiness wait: a leader that answers later than
+            # one Redis read may wait (5 s), which a single long BLPOP did not survive.
+            await asyncio.sleep(6.5)
             return await Relay(leader, KEY).serve(
                 lambda req: _done({"ok": {"echo": req["n"]}}), lambda: True
             )

@@ -6,6 +6,7 @@ and one that does not parse is dead-lettered with its reason."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import orjson
@@ -52,15 +53,31 @@ async def _position(tp: tuple[str, int]) -> int:
     return 7
 
 
+def _positions(*offsets: int) -> Callable[[tuple[str, int]], Awaitable[int]]:
+    """The consumer's position of the partition at each call, in turn."""
+    it = iter(offsets)
+
+    async def position(tp: tuple[str, int]) -> int:
+        return next(it)
+
+    return position
+
+
+async def _assigned(root: Path, now: float = 1_000.0) -> tuple[ListSink, list[float], Ingestor]:
+    """A sink, a settable clock, and an ingestor that owns TP."""
+    sink, clock = ListSink(), [now]
+    ing = _ingestor(root, sink, clock)
+    await ing.assign(TP)
+    return sink, clock, ing
+
+
 def test_end_of_input_closes_the_open_windows_at_once_and_announces_the_partition_idle(
     tmp_path: Path,
 ) -> None:
     recs = [_ex(0, 10), _ex(1, 20), _ex(2, HOUR_MS + 5), _mark(3, END_OF_INPUT)]
 
     async def go() -> tuple[ListSink, dict[tuple[str, int], int], int, Ingestor]:
-        sink, clock = ListSink(), [1_000.0]
-        ing = _ingestor(tmp_path, sink, clock)
-        await ing.assign(TP)
+        sink, _clock, ing = await _assigned(tmp_path)
         commits = dict(await ing.process_many({TP: recs}))
         # No wall time passed: without the record, the idle timeout would hold both.
         assert await ing.close_idle() == {}
@@ -83,9 +100,7 @@ def test_records_after_end_of_input_open_a_new_window_and_are_not_late(tmp_path:
     recs = [_ex(0, 10), _mark(1, END_OF_INPUT), _ex(2, 30), _ex(3, 40)]
 
     async def go() -> ListSink:
-        sink, clock = ListSink(), [1_000.0]
-        ing = _ingestor(tmp_path, sink, clock)
-        await ing.assign(TP)
+        sink, clock, ing = await _assigned(tmp_path)
         await ing.process_many({TP: recs})
         clock[0] += 31  # the second window closes as idle, the usual way
         await ing.close_idle()
@@ -106,9 +121,7 @@ def test_an_event_time_watermark_closes_the_windows_it_passes_and_makes_older_re
     recs = [_ex(0, 10), _ex(1, HOUR_MS + 1), _mark(2, wm), _ex(3, 20), _ex(4, HOUR_MS + 2)]
 
     async def go() -> ListSink:
-        sink, clock = ListSink(), [1_000.0]
-        ing = _ingestor(tmp_path, sink, clock)
-        await ing.assign(TP)
+        sink, _clock, ing = await _assigned(tmp_path)
         await ing.process_many({TP: recs})
         return sink
 
@@ -123,9 +136,7 @@ def test_a_watermark_record_that_does_not_parse_is_dead_lettered_with_its_reason
     recs = [_ex(0, 10), _mark(1, b"soon")]
 
     async def go() -> ListSink:
-        sink, clock = ListSink(), [1_000.0]
-        ing = _ingestor(tmp_path, sink, clock)
-        await ing.assign(TP)
+        sink, _clock, ing = await _assigned(tmp_path)
         await ing.process_many({TP: recs})
         await ing.drain()
         return sink
@@ -144,9 +155,7 @@ def test_a_watermark_record_closes_the_same_windows_whatever_the_poll_sizes(
     recs += [_ex(7 + i, HOUR_MS + i) for i in range(5)] + [_mark(12, str(2 * HOUR_MS).encode())]
 
     async def run(root: Path, polls: list[list[Rec]]) -> list[tuple[str, str, str]]:
-        sink, clock = ListSink(), [1_000.0]
-        ing = _ingestor(root, sink, clock)
-        await ing.assign(TP)
+        sink, _clock, ing = await _assigned(root)
         for poll in polls:
             await ing.process_many({TP: poll})
         return [(w.window_id, w.sha256, w.close_reason) for w in sink.windows]
@@ -163,15 +172,9 @@ def test_a_partition_announced_idle_is_announced_again_after_a_watermark_record(
     # A partition that got no example, only the replay's end of input: the validator
     # holds its period open until ingest says the partition is idle past that record.
     async def go() -> ListSink:
-        sink, clock = ListSink(), [1_000.0]
-        ing = _ingestor(tmp_path, sink, clock)
-        await ing.assign(TP)
+        sink, clock, ing = await _assigned(tmp_path)
         clock[0] += 31
-        positions = iter([0, 1])
-
-        async def position(tp: tuple[str, int]) -> int:
-            return next(positions)
-
+        position = _positions(0, 1)
         assert await ing.announce_idle(position) == 1  # quiet from the start: offset 0
         await ing.process_many({TP: [_mark(0, END_OF_INPUT)]})
         assert await ing.announce_idle(position) == 1  # at once, not after the timeout
@@ -185,9 +188,7 @@ def test_the_idle_announcement_after_end_of_input_names_what_was_handled_not_fet
     tmp_path: Path,
 ) -> None:
     async def go() -> ListSink:
-        sink, clock = ListSink(), [1_000.0]
-        ing = _ingestor(tmp_path, sink, clock)
-        await ing.assign(TP)
+        sink, _clock, ing = await _assigned(tmp_path)
         await ing.process_many({TP: [_ex(0, 10), _mark(1, END_OF_INPUT)]})
 
         async def fetched_ahead(tp: tuple[str, int]) -> int:
@@ -206,9 +207,7 @@ def test_a_time_watermark_that_leaves_nothing_open_announces_the_partition_idle_
     # A producer's periodic watermark to a partition without examples: without this,
     # each one would restart the idle timer and the partition would never count as idle.
     async def go() -> ListSink:
-        sink, clock = ListSink(), [1_000.0]
-        ing = _ingestor(tmp_path, sink, clock)
-        await ing.assign(TP)
+        sink, _clock, ing = await _assigned(tmp_path)
         await ing.process_many({TP: [_ex(0, 10), _mark(1, str(HOUR_MS).encode())]})
         assert await ing.announce_idle(_position) == 1
         await ing.process_many({TP: [_ex(2, HOUR_MS + 5), _mark(3, str(HOUR_MS + 9).encode())]})
@@ -226,9 +225,7 @@ def test_a_watermark_beyond_the_future_limit_is_dead_lettered_not_believed(
     nanoseconds = str(1_420_000_000 * 10**9).encode()  # ns sent where ms belong
 
     async def go() -> tuple[ListSink, Ingestor]:
-        sink, clock = ListSink(), [1_420_000_000.0]
-        ing = _ingestor(tmp_path, sink, clock)
-        await ing.assign(TP)
+        sink, _clock, ing = await _assigned(tmp_path, 1_420_000_000.0)
         await ing.process_many({TP: [_ex(0, 10), _mark(1, nanoseconds), _ex(2, 20)]})
         await ing.drain()
         return sink, ing
@@ -242,15 +239,9 @@ def test_a_watermark_beyond_the_future_limit_is_dead_lettered_not_believed(
 
 def test_a_bad_watermark_record_also_rearms_the_idle_announcement(tmp_path: Path) -> None:
     async def go() -> ListSink:
-        sink, clock = ListSink(), [1_000.0]
-        ing = _ingestor(tmp_path, sink, clock)
-        await ing.assign(TP)
+        sink, clock, ing = await _assigned(tmp_path)
         clock[0] += 31
-        positions = iter([0, 1])
-
-        async def position(tp: tuple[str, int]) -> int:
-            return next(positions)
-
+        position = _positions(0, 1)
         assert await ing.announce_idle(position) == 1
         await ing.process_many({TP: [_mark(0, b"soon")]})
         assert await ing.announce_idle(position) == 0  # just read: quiet again first
