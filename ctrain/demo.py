@@ -25,7 +25,7 @@ import httpx
 import orjson
 import pyarrow as pa
 
-from ctrain import client, devstack
+from ctrain import client, devstack, where
 from ctrain.demo_support import (
     group_progress,
     prepare_state_dir,
@@ -74,7 +74,7 @@ class DemoOptions:
     # The model of the models file to run (default: the file's only one).
     model: str | None = None
     # The models file (one model); default: the bundled taxi example's.
-    config: str = field(default_factory=devstack.bundled_config)
+    config: str = field(default_factory=where.bundled_models_file)
     # Called with the drift candidate instead of asking at the terminal (tests approve
     # through the API from here).
     # Returning False rejects it: the demo then waits for the trigger's next run.

@@ -24,6 +24,8 @@ from typing import Any
 
 import orjson
 
+from ctrain import where
+from ctrain.where import load_state, state_dir
 from shared import topics
 from shared.config import load_config
 from shared.kafka import ensure_topics, write_epoch
@@ -42,10 +44,6 @@ CONTROL = ("trigger", "promoter", "monitor")
 def service_of(name: str) -> str:
     """The service a process runs: ``trigger`` for ``trigger`` and ``trigger-2``."""
     return name.split("-", 1)[0]
-
-
-def state_dir() -> Path:
-    return Path(os.environ.get("CTRAIN_DEV_STATE_DIR", ".ctrain")).resolve()
 
 
 # Ports this process has handed out: a stack picks all its ports before its services bind
@@ -227,11 +225,6 @@ def service_env(state: dict[str, Any]) -> dict[str, str]:
     return env
 
 
-def bundled_config() -> str:
-    """The bundled example's models file (the taxi trips): used when none is named."""
-    return str(Path(__file__).resolve().parent.parent / "examples" / "taxi" / "ctrain.yaml")
-
-
 def spawn_service(
     name: str, state: dict[str, Any], log_dir: Path, port: int | None = None
 ) -> tuple[Proc, subprocess.Popen[bytes], int]:
@@ -363,11 +356,6 @@ def write_tokens(d: Path) -> str:
     return str(path)
 
 
-def load_state() -> dict[str, Any] | None:
-    f = state_dir() / "dev.json"
-    return orjson.loads(f.read_bytes()) if f.is_file() else None
-
-
 def save_state(state: dict[str, Any]) -> None:
     d = state_dir()
     d.mkdir(parents=True, exist_ok=True)
@@ -404,9 +392,7 @@ def up(
     procs: list[Proc] = []
     state: dict[str, Any] = {
         "artifact_root": os.environ.get("CTRAIN_ARTIFACT_ROOT", str(d / "artifacts")),
-        "config": str(
-            Path(config or os.environ.get("CTRAIN_CONFIG") or bundled_config()).resolve()
-        ),
+        "config": where.stack_models_file(config),
         "embedded_kafka": env_kafka is None,
         "serving_replicas": serving_replicas,
         "control_replicas": control_replicas,

@@ -1,7 +1,9 @@
-"""Where the command line finds the models file and the artifact store: one place.
+"""Where the command line finds the dev stack's state, the models file and the artifact
+store: one place.
 
-The environment wins (``CTRAIN_CONFIG``, ``CTRAIN_ARTIFACT_ROOT``), then the dev stack's
-state (``ctrain dev up`` records both), then the working directory's defaults.
+The environment wins (``CTRAIN_DEV_STATE_DIR``, ``CTRAIN_CONFIG``,
+``CTRAIN_ARTIFACT_ROOT``), then the dev stack's state (``ctrain dev up`` records the
+models file and the artifact root), then the working directory's defaults.
 """
 
 from __future__ import annotations
@@ -10,13 +12,35 @@ import os
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 DEFAULT_MODELS_FILE = "ctrain.yaml"
 
 
-def dev_state() -> dict[str, Any] | None:
-    from ctrain import devstack
+def state_dir() -> Path:
+    """The dev stack's state: ``CTRAIN_DEV_STATE_DIR``, else ./.ctrain."""
+    return Path(os.environ.get("CTRAIN_DEV_STATE_DIR", ".ctrain")).resolve()
 
-    return devstack.load_state()
+
+def load_state() -> dict[str, Any] | None:
+    """The running dev stack's state (``dev.json``), None when no stack was started here."""
+    f = state_dir() / "dev.json"
+    return orjson.loads(f.read_bytes()) if f.is_file() else None
+
+
+def dev_state() -> dict[str, Any] | None:
+    return load_state()
+
+
+def bundled_models_file() -> str:
+    """The bundled example's models file: what the dev stack runs when none is named."""
+    return str(Path(__file__).resolve().parent.parent / "examples" / "taxi" / "ctrain.yaml")
+
+
+def stack_models_file(named: str | None) -> str:
+    """The models file a dev stack starts with: the one named, else ``CTRAIN_CONFIG``,
+    else the bundled example's; absolute, since the services run elsewhere."""
+    return str(Path(named or os.environ.get("CTRAIN_CONFIG") or bundled_models_file()).resolve())
 
 
 def models_file(state: dict[str, Any] | None = None) -> str | None:

@@ -59,6 +59,15 @@ def section_of(fields: type[BaseModel], name: str, doc: str | None) -> type[_Sec
     return create_model(name, __base__=_Section, __doc__=doc, **keys)
 
 
+# Each section a service's per-model settings fill, by its key in a model's entry.
+SECTION_FIELDS: dict[str, type[BaseModel]] = {
+    "windows": WindowFields,
+    "validation": ValidationFields,
+    "trigger": PolicyFields,
+    "promotion": RollbackFields,
+    "quality": QualityFields,
+}
+
 if TYPE_CHECKING:
     Windows: TypeAlias = _Section
     Validation: TypeAlias = _Section
@@ -78,7 +87,9 @@ class Promotion(Rollback):
     the promoter's rollback settings (``CTRAIN_PROMOTER_ROLLBACK_*``)."""
 
     policy: Literal["auto", "manual"] | None = Field(
-        default=None, description="auto: promote when blessed; manual: wait for an approver."
+        default=None,
+        description="auto: promote when blessed; manual: wait for an approver (absent: the "
+        "promoter's POLICIES, else its DEFAULT_POLICY).",
     )
     two_approvers: bool | None = Field(
         default=None, description="Two distinct approvers must approve."
@@ -110,7 +121,7 @@ class Labels(BaseModel):
     id_field: str = Field(
         default="",
         description="A feature of the example holding a business id that label records name "
-        "(empty: only the <topic>:<partition>:<offset> id).",
+        "(empty: only the `<topic>:<partition>:<offset>` id).",
     )
     label_maturity_s: float = Field(
         default=0.0,

@@ -107,7 +107,8 @@ class CommonSettings(StrictSettings):
 
     kafka_bootstrap: str = Field(
         default="127.0.0.1:9092",
-        description="Kafka bootstrap servers, comma-separated host:port.",
+        description="Kafka bootstrap servers, comma-separated host:port (`ctrain dev up` "
+        "starts the embedded broker when unset).",
     )
     kafka_idempotent: bool = Field(
         default=True,
@@ -124,7 +125,9 @@ class CommonSettings(StrictSettings):
         default=1, ge=1, description="Replication factor when ctrain creates topics."
     )
     redis_url: str = Field(
-        default="redis://127.0.0.1:6379/0", description="Redis URL for small, hot state."
+        default="redis://127.0.0.1:6379/0",
+        description="Redis URL for small, hot state (`ctrain dev up` starts `redis-server` "
+        "when unset).",
     )
     artifact_root: str = Field(
         default="./artifacts",
@@ -134,12 +137,14 @@ class CommonSettings(StrictSettings):
         default="",
         validation_alias="CTRAIN_CONFIG",
         description="The models file (ctrain.yaml, docs/config.md): every model's stream, "
-        "schema, module and policies. Empty: one model from the environment alone.",
+        "schema, module and policies. Empty: one model from the environment alone (`ctrain "
+        "dev up` and the demo then use the bundled example's models file).",
     )
     schema_path: str = Field(
         default="",
         validation_alias="CTRAIN_SCHEMA",
-        description="Path of the TFMD schema.pbtxt describing the example features.",
+        description="Without a models file only: path of the TFMD schema.pbtxt describing "
+        "the one stream's example features.",
     )
     serving_base: str = Field(
         default="./serving", description="TF Serving model base path (integer version dirs)."

@@ -15,11 +15,12 @@ from ctrain.commands import (
     dlq,
     model,
     observe,
+    settings,
     training,
 )
 
 # In the order `ctrain --help` lists them.
-GROUPS = (dev, data, training, model, demo, observe, decide, backtest, dlq, console)
+GROUPS = (dev, data, training, model, demo, observe, decide, backtest, dlq, console, settings)
 
 
 def register_all(sub: Any) -> None:

@@ -22,13 +22,20 @@ class PromoterSettings(StrictSettings, RollbackFields):
         default="manual", description="Gate policy for models not named in POLICIES."
     )
     policies: dict[str, Literal["auto", "manual"]] = Field(
-        default={}, description='Per-model gate policy, JSON: {"<model>": "auto"}.'
+        default={},
+        description='Per-model gate policy, JSON `{"<model>": "auto"}`; overrides the models '
+        "file's `promotion.policy` of the models it names.",
     )
     two_approvers: list[str] = Field(
-        default=[], description="Models whose promotion needs two distinct approvers."
+        default=[],
+        description="Models whose promotion needs two distinct approvers (with the file's "
+        "`promotion.approvers`, only those identities or an admin may decide).",
     )
     tokens_file: str = Field(
-        default="", description='JSON file {"<token>": {"identity": "...", "role": "..."}}.'
+        default="",
+        description='JSON file `{"<token>": {"identity": "alice", "role": "approver", '
+        '"expires": "2027-06-30T00:00:00Z"}}`; roles viewer < approver < admin; `expires` '
+        "optional.",
     )
     tokens: str = Field(default="", description="The same JSON inline (when no file is given).")
     available_timeout_s: float = Field(
@@ -38,7 +45,13 @@ class PromoterSettings(StrictSettings, RollbackFields):
         default=4, ge=1, description="Examples from the eval window sent as the smoke prediction."
     )
     rollback_min_coverage: float = Field(
-        default=0.5, ge=0, le=1, description="Label coverage from which a window counts."
+        default=0.5,
+        ge=0,
+        le=1,
+        description="Label coverage from which a window counts in the rollback watch (a "
+        "promotion is rolled back by itself when worse than the version it replaced on every "
+        "watched window; per model `promotion.auto_rollback`, default on for auto, off for "
+        "manual).",
     )
     validator_url: str = Field(
         default="",
