@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import shutil
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -30,9 +27,10 @@ from services.promoter.errors import (
     ServingError,
     ServingUnavailable,
 )
+from services.promoter.layout import Layouts
 from services.promoter.metrics import PromoterMetrics
 from services.promoter.quality import QualityGate, RollbackPolicy
-from services.promoter.serving import ModelLayout, ServingClient, ServingFleet
+from services.promoter.serving import ServingClient, ServingFleet
 from services.promoter.store import TO_PROMOTE, CandidateStore, Record
 from shared import keys
 from shared.consume import outage_of, retry_outages
@@ -45,7 +43,6 @@ log = logging.getLogger(__name__)
 # Who the audit trail names for what the promoter does on live quality by itself.
 AUTO_ACTOR = "ctrain-monitor"
 Publish = Callable[[PromotionEvent], Awaitable[None]]
-LAYOUTS = "ctrain:promoter:layouts"
 # Rollbacks asked of a replica that does not lead, for the leader; each answer goes to
 # ``<ROLLBACKS>:<request id>``.
 ROLLBACKS = "ctrain:promoter:rollback_requests"
@@ -96,84 +93,20 @@ class Promoter:
         self.quality = QualityGate(redis, config.rollback)
         self.tasks: set[asyncio.Task[None]] = set()
         self._promoting: set[str] = set()
-        # What this process last submitted to serving per model, and one submit at a time.
-        self._applied: dict[str, dict[str, Any]] = {}
-        self._serving_lock = asyncio.Lock()
         self.outage_backoff_s = outage_backoff_s  # first wait when a promotion meets an outage
         # Why a promotion waits (serving or Redis unreachable), for /healthz; None if none.
         self.outage: str | None = None
         # Only the replica holding it writes serving's config (None: a lone promoter).
         self.lease = lease
         self.rollbacks = Relay(redis, ROLLBACKS)
+        self.layout = Layouts(redis, serving, config.serving_base, lease, self.leads)
 
     def leads(self) -> bool:
         return self.lease is None or self.lease.leads()
 
-    # ------------------------------------------------------------ layout
     async def layouts(self) -> dict[str, dict[str, Any]]:
-        raw: Any = await self.redis.hgetall(LAYOUTS)
-        return {k.decode(): orjson.loads(v) for k, v in raw.items()}
-
-    async def _save_layout(self, model: str, layout: dict[str, Any]) -> None:
-        if self.lease is not None:
-            await self.lease.hset(LAYOUTS, model, orjson.dumps(layout))  # fenced
-        else:
-            await self.redis.hset(LAYOUTS, model, orjson.dumps(layout))
-
-    def _base(self, model: str) -> str:
-        return str(Path(self.config.serving_base) / model)
-
-    async def _config(self, extra: dict[str, dict[str, Any]]) -> list[ModelLayout]:
-        all_layouts = {**(await self.layouts()), **self._applied, **extra}
-        return [
-            ModelLayout(
-                m,
-                self._base(m),
-                tuple(int(v) for v in lay["versions"]),
-                {k: int(v) for k, v in lay["labels"].items()},
-            )
-            for m, lay in sorted(all_layouts.items())
-            if lay["versions"]
-        ]
-
-    async def reconcile(self) -> list[str]:
-        """Bring every model server replica whose labels differ from the layouts (one that
-        restarted with an older config, or joined later) to them; returns those replicas."""
-        if not isinstance(self.serving, ServingFleet) or not self.leads():
-            return []
-        fixed: list[str] = []
-        async with self._serving_lock:
-            layouts = {**(await self.layouts()), **self._applied}
-            models = await self._config({})
-            for m, lay in layouts.items():
-                labels = {k: int(v) for k, v in lay["labels"].items()}
-                for address in await self.serving.behind(m, labels):
-                    if address not in fixed:
-                        if self.lease is not None:
-                            await self.lease.check()
-                        await self.serving.catch_up(address, models)
-                        fixed.append(address)
-        for address in fixed:
-            log.warning(
-                "serving replica behind the layout: config applied", extra={"replica": address}
-            )
-        return fixed
-
-    async def _apply(self, model: str, layout: dict[str, Any]) -> None:
-        """Submit the full config: every model, or the ones left out would unload.
-
-        One config at a time, built from what this process last applied for each model
-        (a promotion's "loading" layout is applied but not yet saved): two models promoted
-        at once otherwise each submitted a config without the other's new version, and
-        serving unloaded it before its label could move (seen with three models)."""
-        async with self._serving_lock:
-            config = await self._config({model: layout})
-            if self.lease is not None:
-                # Serving cannot check a token: the last look is here, and the layout a
-                # deposed leader may still write is the one the fenced record holds.
-                await self.lease.check()
-            await self.serving.reload(config)
-            self._applied[model] = layout
+        """Every model's serving layout (services/promoter/layout.py)."""
+        return await self.layout.all()
 
     # ------------------------------------------------------------- gate
     async def on_candidate(self, c: ModelCandidate) -> Record | None:
@@ -355,7 +288,7 @@ class Promoter:
             log.exception("promotion failed", extra={"candidate": cid})
             if prior["versions"]:
                 try:
-                    await self._apply(model, prior)  # the labels as they were
+                    await self.layout.apply(model, prior)  # the labels as they were
                 except ServingError:
                     log.exception("restoring the previous config failed")
             await self.store.transition(
@@ -377,9 +310,9 @@ class Promoter:
         """Every step is safe to repeat (a resumed promotion runs them again)."""
         cid = rec.candidate.candidate_id
         model = rec.candidate.model
-        version = rec.version or self._next_version(model, prior)
+        version = rec.version or self.layout.next_version(model, prior)
         await self.store.set_fields(cid, version=version)
-        await asyncio.to_thread(self._copy, rec.candidate.model_uri, model, version)
+        await asyncio.to_thread(self.layout.copy, rec.candidate.model_uri, model, version)
         stable = prior["labels"].get("stable")
         previous = prior["labels"].get("previous")
         # While N+1 loads: N+1, the current stable and its previous stay loaded.
@@ -387,7 +320,7 @@ class Promoter:
         loading = {**prior, "versions": sorted({version, *around})}
         # Afterwards: N+1 and the old stable (the new "previous", for rollback).
         keep = sorted({version, *(int(v) for v in [stable] if v is not None)})
-        await self._apply(model, loading)
+        await self.layout.apply(model, loading)
         await self.serving.wait_available(model, version, self.config.available_timeout_s)
         examples = await asyncio.to_thread(self.smoke, rec.candidate, self.config.smoke_examples)
         out = await self.serving.predict_examples(model, examples, version=version)
@@ -407,8 +340,8 @@ class Promoter:
             "labels": labels,
             "by_version": {**prior.get("by_version", {}), str(version): cid},
         }
-        await self._apply(model, final)
-        await self._save_layout(model, final)
+        await self.layout.apply(model, final)
+        await self.layout.save(model, final)
         await self.redis.set(keys.serving_model_uri(model), rec.candidate.model_uri)
         await self.redis.set(keys.serving_windows(model), orjson.dumps(rec.candidate.windows))
         old_cid = prior.get("by_version", {}).get(str(stable)) if stable is not None else None
@@ -425,22 +358,6 @@ class Promoter:
         if stable is not None and int(stable) != version:
             await self.quality.start_watch(model, version, int(stable), cid)
         await self._event(await self._get(cid), decision, actor, "promoted", version, labels)
-
-    def _next_version(self, model: str, prior: dict[str, Any]) -> int:
-        base = Path(self._base(model))
-        on_disk = [int(p.name) for p in base.iterdir() if p.name.isdigit()] if base.is_dir() else []
-        return max([0, *on_disk, *(int(v) for v in prior["versions"])]) + 1
-
-    def _copy(self, src: str, model: str, version: int) -> None:
-        """Copy the SavedModel beside the final place, then rename: TF Serving loads a
-        version directory as soon as it appears, so it must appear whole."""
-        dest = Path(self._base(model)) / str(version)
-        if dest.exists():
-            return  # a resumed promotion: the rename already happened
-        tmp = dest.parent / f".{version}.{os.getpid()}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(src, tmp)
-        os.replace(tmp, dest)
 
     async def resume(self) -> None:
         """On taking the lead (a start, or a leader gone): finish the promotions under way
@@ -560,8 +477,8 @@ class Promoter:
         if status.get(goal) != "AVAILABLE":
             raise Conflict(f"version {goal} is {status.get(goal, 'not loaded')}, not AVAILABLE")
         new = {**layout, "labels": {"stable": goal, "previous": current}}
-        await self._apply(model, new)
-        await self._save_layout(model, new)
+        await self.layout.apply(model, new)
+        await self.layout.save(model, new)
         self._label_gauges(model, new["labels"])
         by_version = layout.get("by_version", {})
         if by_version.get(str(current)):
@@ -661,7 +578,7 @@ class Promoter:
         self.metrics.serving_reachable.set(0 if why else 1)
         if why is None:
             try:
-                behind = await self.reconcile()
+                behind = await self.layout.reconcile()
             except ServingError as e:  # unreachable, or it refused the layout
                 return f"serving replica not brought to the layout: {e}"
             if behind:

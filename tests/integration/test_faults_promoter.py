@@ -197,8 +197,8 @@ def test_two_models_promoted_at_once_keep_each_others_versions_loaded(redis_url:
         )
         a, b = "concurrent-a", "concurrent-b"
         await asyncio.gather(
-            p._apply(a, {"versions": [1], "labels": {}}),
-            p._apply(b, {"versions": [1], "labels": {}}),
+            p.layout.apply(a, {"versions": [1], "labels": {}}),
+            p.layout.apply(b, {"versions": [1], "labels": {}}),
         )
         assert len(serving.configs) == 2
         assert serving.configs[-1][a] == (1,) and serving.configs[-1][b] == (1,), serving.configs

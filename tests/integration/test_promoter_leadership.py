@@ -81,7 +81,7 @@ async def _first_layout(r: Replicas) -> None:
     for lead in r.lead.values():
         await lead.step()
     assert r.lead["a"].leads(SERVING_LEASE) and not r.lead["b"].leads(SERVING_LEASE)
-    await r.p["a"]._save_layout(MODEL, {"versions": [1], "labels": {"stable": 1}})
+    await r.p["a"].layout.save(MODEL, {"versions": [1], "labels": {"stable": 1}})
 
 
 def test_an_approval_on_either_replica_is_promoted_by_the_leader_and_a_rollback_relayed(

@@ -127,7 +127,7 @@ def test_a_layout_reaches_every_replica_and_a_restarted_one_is_brought_to_it(
         assert await fleet.label_version(MODEL, "stable") == 2
         got = await fleet.predict_examples(MODEL, [example(1.0)], label="stable")
         assert got["probabilities"][0] == pytest.approx(0.3208, abs=1e-3)
-        await promoter._save_layout(MODEL, {"versions": [1, 2], "labels": {"stable": 2}})
+        await promoter.layout.save(MODEL, {"versions": [1, 2], "labels": {"stable": 2}})
         assert await promoter.health() is None
         # Version 3 on one replica only: not AVAILABLE for the fleet.
         _save_tiny_model(base / "3", 0.5, 0.0)
@@ -207,7 +207,7 @@ def test_a_replica_that_refuses_the_layout_keeps_the_promoter_unready(
     )
 
     async def go() -> str | None:
-        await promoter._save_layout(MODEL, {"versions": [1], "labels": {"stable": 1}})
+        await promoter.layout.save(MODEL, {"versions": [1], "labels": {"stable": 1}})
         return await promoter.health()
 
     why = asyncio.run(go())
