@@ -35,7 +35,13 @@ from services.trigger.backends import LocalBackend  # noqa: E402
 from services.trigger.core import Trigger, TriggerConfig  # noqa: E402
 from services.trigger.metrics import TriggerMetrics  # noqa: E402
 from shared.artifacts import ArtifactStore  # noqa: E402
-from shared.events import Distance, Event, FeatureDistances, WindowValidated  # noqa: E402
+from shared.events import (  # noqa: E402
+    Distance,
+    Event,
+    FeatureDistances,
+    MemberWindow,
+    WindowValidated,
+)
 
 
 def crossing(i: int, model: str) -> WindowValidated:
@@ -51,7 +57,12 @@ def crossing(i: int, model: str) -> WindowValidated:
         features=[FeatureDistances(name="payment_type", drift=d)],
         window_start=start,
         window_end=start + timedelta(days=30),
-        data_uri=f"/w/{i}.parquet",
+        scope="period",  # the trigger decides on judged periods only
+        members=[
+            MemberWindow(
+                window_id=f"win-{model}-{i}", data_uri=f"/w/{i}.parquet", example_count=1000
+            )
+        ],
     )
 
 
@@ -74,11 +85,19 @@ async def latency(events: int, redis_url: str, root: str) -> list[float]:
                 model=model,
                 module_path=str(ROOT / "examples/taxi/model.py"),
                 schema_path=str(ROOT / "examples/taxi/data/schema.pbtxt"),
-                policy=pol.Policy(consecutive=1, cooldown_s=0),
+                # One 1,000-example period trains and one evaluates: the run starts at the
+                # second period, which is what is timed.
+                policy=pol.Policy(
+                    consecutive=1,
+                    cooldown_s=0,
+                    min_train_examples=1000,
+                    min_eval_examples=1000,
+                    post_change_share=0,
+                ),
             ),
             publish=publish,
         )
-        await t.on_validation(crossing(0, model))  # a calm first window: no run yet
+        await t.on_validation(crossing(0, model))  # one period: too few to train and evaluate
         t0 = time.perf_counter()
         d = await t.on_validation(crossing(1, model))
         out.append(time.perf_counter() - t0)
