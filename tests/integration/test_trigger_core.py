@@ -478,3 +478,16 @@ def test_live_quality_below_the_models_own_evaluation_starts_a_quality_run(
         assert any(e["source"] == "quality:per-5" and e["taken"] == "true" for e in entries)
 
     asyncio.run(go())
+
+
+def test_the_submit_latency_bench_runs(redis_url: str, tmp_path: Path) -> None:
+    """bench/trigger.py's latency part, short: every timed validation starts a run (it
+    once stopped at its first event, the trigger deciding on periods only)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_trigger", ROOT / "bench/trigger.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    took = asyncio.run(bench.latency(3, redis_url, str(tmp_path)))
+    assert len(took) == 3 and all(t > 0 for t in took)
