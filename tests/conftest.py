@@ -83,6 +83,30 @@ def run_ctrain(*args: str, env: dict[str, str] | None = None, timeout: float = 3
     return out.stdout
 
 
+# The kind of test each folder holds: every test carries its folder's marker (deploy
+# tests render or start real tools and say which kind they are).
+KINDS = {"unit": "unit", "integration": "integration", "e2e": "e2e"}
+
+
+def unmarked(items: list[pytest.Item]) -> list[str]:
+    """Tests without their folder's kind marker (or, in tests/deploy, without any kind)."""
+    out = []
+    for item in items:
+        folder = Path(str(item.fspath)).parent.name
+        have = {m.name for m in item.iter_markers()}
+        want = {KINDS[folder]} if folder in KINDS else set(KINDS.values())
+        if not have & want:
+            out.append(item.nodeid)
+    return out
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`-m unit` must select every unit test: one without its kind is an error."""
+    missing = unmarked(items)
+    if missing:
+        raise pytest.UsageError(f"tests without their kind marker: {', '.join(missing[:10])}")
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_unconfigure(config: pytest.Config) -> None:
     """Keep the interpreter's last garbage collection off the objects the tests made.
