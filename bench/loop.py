@@ -116,6 +116,7 @@ def floor(run_dir: Path) -> list[tuple[str, float]]:
     import tensorflow_transform as tft
 
     from services.trigger import steps
+    from services.trigger.steps.train import transformed_dataset
 
     params = json.loads((run_dir / "params.json").read_text())
     t = time.perf_counter()
@@ -129,7 +130,7 @@ def floor(run_dir: Path) -> list[tuple[str, float]]:
 
     def data(split: str) -> object:
         pattern = str(run_dir / "transform" / f"{split}.tfrecord.gz")
-        return steps._transformed_dataset(pattern, spec, module.LABEL_KEY, 256, task).cache()
+        return transformed_dataset(pattern, spec, module.LABEL_KEY, 256, task).cache()
 
     train, held = data("train"), data("eval")
     steps.libraries_without_autograph()

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.promoter import train_model  # noqa: E402
-from ctrain.devstack import free_port, wait_port  # noqa: E402
+from ctrain.devstack import free_port, modelserver_process, wait_port  # noqa: E402
 from services.monitor.serving import Scorer  # noqa: E402
 from shared.shard import read_shard  # noqa: E402
 from shared.tfexample import rows_to_examples  # noqa: E402
@@ -57,20 +57,8 @@ def serve(d: Path, model_dir: str) -> tuple[subprocess.Popen[bytes], str]:
         'version_labels { key: "stable" value: 1 } } }\n'
     )
     gp, rp = free_port(), free_port()
-    ms = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "ctrain.modelserver",
-            f"--model_config_file={cfg}",
-            f"--port={gp}",
-            f"--rest_api_port={rp}",
-            "--allow_version_labels_for_unavailable_models",
-        ],
-        stdout=open(d / "ms.log", "ab"),
-        stderr=subprocess.STDOUT,
-        cwd=ROOT,
-    )
+    ms = modelserver_process(cfg, gp, rp, d / "ms.log")
+
     wait_port("127.0.0.1", rp, 120, ms)
     return ms, f"127.0.0.1:{gp}"
 

@@ -98,6 +98,7 @@ def child(n: int, epochs: int) -> dict[str, object]:
     import tensorflow_transform  # noqa: F401
 
     from services.trigger import steps
+    from services.trigger.steps.train import transformed_dataset
 
     out = Path(tempfile.mkdtemp(prefix=f"ctrain-bench-scale-{n}-"))
     train_uris, eval_uri = resampled_shards(out / "windows", n)
@@ -141,8 +142,8 @@ def child(n: int, epochs: int) -> dict[str, object]:
     tto = tft.TFTransformOutput(tr["transform_graph"])
     spec = tto.transformed_feature_spec()
     steps.libraries_without_autograph()
-    train_ds = steps._transformed_dataset(tr["train"], spec, module.LABEL_KEY, 256)
-    held = steps._transformed_dataset(tr["eval"], spec, module.LABEL_KEY, 256)
+    train_ds = transformed_dataset(tr["train"], spec, module.LABEL_KEY, 256)
+    held = transformed_dataset(tr["eval"], spec, module.LABEL_KEY, 256)
     model = module.build_model(tto)
     t0 = time.perf_counter()
     model.fit(train_ds, epochs=epochs, verbose=0)

@@ -17,7 +17,6 @@ import base64
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ctrain.devstack import free_port, start_redis, wait_port  # noqa: E402
+from ctrain.devstack import free_port, modelserver_process, start_redis, wait_port  # noqa: E402
 from services.promoter.auth import Identity  # noqa: E402
 from services.promoter.core import Promoter, PromoterConfig  # noqa: E402
 from services.promoter.serving import ServingClient  # noqa: E402
@@ -168,19 +167,8 @@ def main() -> None:
     cfg = d / "models.config"
     cfg.write_text("model_config_list {\n}\n")
     (d / "serving").mkdir()
-    ms = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "ctrain.modelserver",
-            f"--model_config_file={cfg}",
-            f"--port={gp}",
-            f"--rest_api_port={rp}",
-        ],
-        stdout=open(d / "ms.log", "ab"),
-        stderr=subprocess.STDOUT,
-        cwd=ROOT,
-    )
+    ms = modelserver_process(cfg, gp, rp, d / "ms.log")
+
     try:
         wait_port("127.0.0.1", rp, 120, ms)
         times = asyncio.run(

@@ -112,16 +112,10 @@ def p99(xs: list[float]) -> float:
 
 
 def start_server(config: Path, work: Path, name: str) -> tuple[subprocess.Popen[bytes], str]:
-    from ctrain.devstack import free_port, wait_port
+    from ctrain.devstack import free_port, modelserver_process, wait_port
 
     grpc_port, rest_port = free_port(), free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ctrain.modelserver", f"--model_config_file={config}",
-         f"--port={grpc_port}", f"--rest_api_port={rest_port}", "--bind_address=127.0.0.1",
-         "--allow_version_labels_for_unavailable_models"],
-        stdout=open(work / f"{name}.log", "ab"), stderr=subprocess.STDOUT, cwd=ROOT,
-        env={k: v for k, v in os.environ.items() if not k.startswith("CTRAIN_")},
-    )  # fmt: skip
+    proc = modelserver_process(config, grpc_port, rest_port, work / f"{name}.log")
     wait_port("127.0.0.1", rest_port, 240, proc)
     return proc, f"127.0.0.1:{grpc_port}"
 

@@ -302,6 +302,39 @@ def roll(name: str, echo: Any = print) -> Proc:
     return p
 
 
+def modelserver_process(
+    config: Path,
+    grpc_port: int,
+    rest_port: int,
+    log: Path,
+    host: str = "127.0.0.1",
+    *extra: str,
+    own_session: bool = False,
+) -> subprocess.Popen[bytes]:
+    """``python -m ctrain.modelserver`` (the embedded TF-Serving stand-in) on ``config``,
+    its output appended to ``log``, without this shell's CTRAIN_* variables. A startup
+    config may name labels (``--allow_version_labels_for_unavailable_models``, as TF
+    Serving allows). ``own_session``: it outlives this process's terminal (the dev stack)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CTRAIN_")}
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ctrain.modelserver",
+            f"--model_config_file={config}",
+            f"--port={grpc_port}",
+            f"--rest_api_port={rest_port}",
+            f"--bind_address={host}",
+            "--allow_version_labels_for_unavailable_models",
+            *extra,
+        ],
+        stdout=open(log, "ab"),  # the child owns it
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=own_session,
+    )
+
+
 def start_modelserver(
     state: dict[str, Any],
     d: Path,
@@ -320,21 +353,7 @@ def start_modelserver(
         config.write_text("model_config_list {\n}\n")
     Path(state["serving_base"]).mkdir(parents=True, exist_ok=True)
     log = d / f"{name}.log" if name != "serving" else d / "modelserver.log"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "ctrain.modelserver",
-            f"--model_config_file={config}",
-            f"--port={grpc_port}",
-            f"--rest_api_port={rest_port}",
-            f"--bind_address={host}",
-            "--allow_version_labels_for_unavailable_models",
-        ],
-        stdout=open(log, "ab"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    proc = modelserver_process(config, grpc_port, rest_port, log, host, own_session=True)
     wait_port(host, rest_port, 120, proc)
     state["serving_config"] = str(config)
     return Proc(name, proc.pid, f"http://{host}:{rest_port}", str(log), f"{host}:{grpc_port}")

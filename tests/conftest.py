@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -55,6 +56,24 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield proc.address
     finally:
         _kill(proc.pid)
+
+
+@pytest.fixture
+def empty_redis_url(redis_url: str) -> str:
+    """The session's Redis with its database emptied first: for a test whose services
+    would read what an earlier test left (a promoter reads every model's layout)."""
+    import redis as sync_redis
+
+    sync_redis.Redis.from_url(redis_url).flushdb()
+    return redis_url
+
+
+@pytest.fixture
+def redis(empty_redis_url: str) -> Any:
+    """An asyncio client of the emptied database, for the test's one event loop."""
+    from redis.asyncio import Redis
+
+    return Redis.from_url(empty_redis_url)
 
 
 def _kill(pid: int) -> None:

@@ -48,14 +48,18 @@ class Faults:
         return result
 
 
-class Flaky:
-    """Wraps an object: each awaited method call goes through ``faults``. A method that
-    returns a callable script (``register_script``) is wrapped too."""
+class _Wrapped:
+    """An object of a client library, its await points routed through ``faults``."""
 
     def __init__(self, target: Any, faults: Faults, label: str) -> None:
         self._target = target
         self._faults = faults
         self._label = label
+
+
+class Flaky(_Wrapped):
+    """Wraps an object: each awaited method call goes through ``faults``. A method that
+    returns a callable script (``register_script``) is wrapped too."""
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._target, name)
@@ -76,23 +80,13 @@ class Flaky:
         return call
 
 
-class FlakyCallable:
-    def __init__(self, target: Any, faults: Faults, label: str) -> None:
-        self._target = target
-        self._faults = faults
-        self._label = label
-
+class FlakyCallable(_Wrapped):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._faults.around(self._label, self._target(*args, **kwargs))
 
 
-class FlakyPipeline:
+class FlakyPipeline(_Wrapped):
     """A Redis pipeline: commands queue without I/O; ``execute`` is the await point."""
-
-    def __init__(self, target: Any, faults: Faults, label: str) -> None:
-        self._target = target
-        self._faults = faults
-        self._label = label
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._target, name)

@@ -12,8 +12,6 @@ import asyncio
 import base64
 import json
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -21,6 +19,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from pyarrow import csv
 
+from ctrain.devstack import modelserver_process
 from ctrain.loop import predict_stable
 from shared import topics
 from shared.events import CandidateMetrics, ModelCandidate
@@ -102,10 +101,12 @@ def state_of(url: str, cid: str) -> str:
 
 @pytest.mark.timeout(900)
 def test_approve_serve_rollback_reject_and_crash(
-    kafka: str, redis_url: str, tmp_path: Path, taxi_model: dict[str, str]
+    kafka: str, empty_redis_url: str, tmp_path: Path, taxi_model: dict[str, str]
 ) -> None:
     from shared.shard import read_shard
     from shared.tfexample import rows_to_examples
+
+    redis_url = empty_redis_url  # a promoter reads every layout an earlier test left
 
     asyncio.run(ensure_topics(CommonSettings(kafka_bootstrap=kafka, kafka_idempotent=False)))
     grpc_port, rest_port = free_port(), free_port()
@@ -113,19 +114,8 @@ def test_approve_serve_rollback_reject_and_crash(
     config.write_text("model_config_list {\n}\n")
     serving_base = tmp_path / "serving"
     serving_base.mkdir()
-    ms = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "ctrain.modelserver",
-            f"--model_config_file={config}",
-            f"--port={grpc_port}",
-            f"--rest_api_port={rest_port}",
-        ],
-        stdout=open(tmp_path / "ms.log", "ab"),
-        stderr=subprocess.STDOUT,
-        cwd=ROOT,
-    )
+    ms = modelserver_process(config, grpc_port, rest_port, tmp_path / "ms.log")
+
     rest = f"http://127.0.0.1:{rest_port}"
     try:
         env = ingest_env(

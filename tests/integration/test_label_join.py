@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import types
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,14 +23,6 @@ from shared.events import EventDeadLetter, LabelRecord, MemberWindow, WindowVali
 
 pytestmark = pytest.mark.integration
 START = datetime(2014, 1, 1, tzinfo=UTC)
-
-
-@pytest.fixture
-def redis(redis_url: str) -> Iterator[Redis]:
-    import redis as sync_redis
-
-    sync_redis.Redis.from_url(redis_url).flushdb()
-    yield Redis.from_url(redis_url)
 
 
 def period(root: Path, k: int, n: int = 10) -> WindowValidated:

@@ -11,7 +11,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import model_server_config_pb2
 
+from ctrain.devstack import modelserver_process
 from services.monitor import quality
 from services.monitor.app import view_of
 from services.monitor.core import Monitor
@@ -142,22 +142,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         'model_platform: "tensorflow" } }'
     )
     log = root / "modelserver.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CTRAIN_")}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "ctrain.modelserver",
-            f"--model_config_file={config}",
-            f"--port={port}",
-            f"--rest_api_port={free_port()}",
-            "--bind_address=127.0.0.1",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=open(log, "ab"),
-        stderr=subprocess.STDOUT,
-    )
+    proc = modelserver_process(config, port, free_port(), log)
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     stub = model_service_pb2_grpc.ModelServiceStub(channel)
     deadline = time.monotonic() + 120
@@ -289,15 +274,6 @@ def write_period(
         }
     )
     return period, ids
-
-
-@pytest.fixture
-def redis(redis_url: str) -> Iterator[Redis]:
-    """A client for the test's one event loop (asyncio.run), on an emptied database."""
-    import redis as sync_redis
-
-    sync_redis.Redis.from_url(redis_url).flushdb()
-    yield Redis.from_url(redis_url)
 
 
 def in_process_probabilities(saved_model: str, table: pa.Table) -> np.ndarray:

@@ -63,10 +63,8 @@ class Replicas:
 
 
 @pytest.fixture
-def setup(redis_url: str, tmp_path: Path) -> Any:
-    import redis as sync_redis
-
-    sync_redis.Redis.from_url(redis_url).flushdb()
+def setup(empty_redis_url: str, tmp_path: Path) -> Any:
+    redis_url = empty_redis_url
     base = tmp_path / "models" / MODEL
     _save_tiny_model(base / "1", *WEIGHTS[1])
     _save_tiny_model(tmp_path / "src" / "2", *WEIGHTS[2])

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,14 +77,6 @@ def stop(r: Replica, sig: int = signal.SIGTERM) -> None:
     if r.proc.poll() is None:
         r.proc.send_signal(sig)
     r.proc.wait(timeout=60)
-
-
-@pytest.fixture
-def redis(redis_url: str) -> Iterator[Redis]:
-    import redis as sync_redis
-
-    sync_redis.Redis.from_url(redis_url).flushdb()
-    yield Redis.from_url(redis_url)
 
 
 def test_replicas_from_a_list_or_a_headless_service() -> None:
