@@ -27,5 +27,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def entry() -> None:
+    """The console script. A command that ran TensorFlow in this process (``model check
+    --data``, ``backtest``) leaves at once after its output is flushed: TensorFlow's
+    objects torn down with the interpreter print "Exception ignored in
+    AtomicFunction.__del__" tracebacks, or crash, after the work succeeded (the trigger's
+    step processes leave the same way, services/trigger/isolate.py)."""
+    rc = main()
+    if "tensorflow" in sys.modules:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
+    sys.exit(rc)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
