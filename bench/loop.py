@@ -116,7 +116,7 @@ def floor(run_dir: Path) -> list[tuple[str, float]]:
     import tensorflow_transform as tft
 
     from services.trigger import steps
-    from services.trigger.steps.train import transformed_dataset
+    from services.trigger.steps.trainer import transformed_dataset
 
     params = json.loads((run_dir / "params.json").read_text())
     t = time.perf_counter()

@@ -98,7 +98,7 @@ def child(n: int, epochs: int) -> dict[str, object]:
     import tensorflow_transform  # noqa: F401
 
     from services.trigger import steps
-    from services.trigger.steps.train import transformed_dataset
+    from services.trigger.steps.trainer import transformed_dataset
 
     out = Path(tempfile.mkdtemp(prefix=f"ctrain-bench-scale-{n}-"))
     train_uris, eval_uri = resampled_shards(out / "windows", n)

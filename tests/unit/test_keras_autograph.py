@@ -35,13 +35,14 @@ def test_keras_is_left_unconverted_and_trains_the_same(monkeypatch: pytest.Monke
     from tensorflow.python.autograph.impl import conversion
 
     from services.trigger import steps
+    from services.trigger.steps.trainer import UNCONVERTED_LIBRARIES
 
     shipped = tuple(
         r
         for r in config.CONVERSION_RULES
         if not (
             isinstance(r, config_lib.DoNotConvert)
-            and any(r.matches(lib) for lib in steps.UNCONVERTED_LIBRARIES)
+            and any(r.matches(lib) for lib in UNCONVERTED_LIBRARIES)
         )
     )
     monkeypatch.setattr(config, "CONVERSION_RULES", shipped)
@@ -55,7 +56,7 @@ def test_keras_is_left_unconverted_and_trains_the_same(monkeypatch: pytest.Monke
     steps.libraries_without_autograph()  # idempotent: one rule per library, not two
     assert conversion.is_allowlisted(train_step)
     assert conversion.is_allowlisted(tft_layer_call)
-    for lib in steps.UNCONVERTED_LIBRARIES:
+    for lib in UNCONVERTED_LIBRARIES:
         assert sum(r.matches(lib) for r in config.CONVERSION_RULES) == 1
     unconverted = _fit_weights()
 

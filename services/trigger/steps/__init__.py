@@ -38,8 +38,8 @@ from services.trigger.steps.common import (
     raw_examples,
 )
 from services.trigger.steps.data import gather, transform, validate_data
-from services.trigger.steps.evaluate import evaluate
-from services.trigger.steps.train import libraries_without_autograph, train
+from services.trigger.steps.evaluator import evaluate
+from services.trigger.steps.trainer import libraries_without_autograph, train
 
 __all__ = [
     "BEAM_ARGS",
