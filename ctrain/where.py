@@ -28,10 +28,6 @@ def load_state() -> dict[str, Any] | None:
     return orjson.loads(f.read_bytes()) if f.is_file() else None
 
 
-def dev_state() -> dict[str, Any] | None:
-    return load_state()
-
-
 def bundled_models_file() -> str:
     """The bundled example's models file: what the dev stack runs when none is named."""
     return str(Path(__file__).resolve().parent.parent / "examples" / "taxi" / "ctrain.yaml")
@@ -62,5 +58,5 @@ def artifact_root(state: dict[str, Any] | None = None) -> str:
     """``CTRAIN_ARTIFACT_ROOT``, else the dev stack's, else ./artifacts."""
     if "CTRAIN_ARTIFACT_ROOT" in os.environ:
         return os.environ["CTRAIN_ARTIFACT_ROOT"]
-    state = state if state is not None else dev_state()
+    state = state if state is not None else load_state()
     return str(state["artifact_root"]) if state else "./artifacts"

@@ -48,9 +48,6 @@ class Layouts:
         raw: Any = await self.redis.hgetall(LAYOUTS)
         return {k.decode(): orjson.loads(v) for k, v in raw.items()}
 
-    async def get(self, model: str) -> dict[str, Any] | None:
-        return (await self.all()).get(model)
-
     async def save(self, model: str, layout: dict[str, Any]) -> None:
         if self.lease is not None:
             await self.lease.hset(LAYOUTS, model, orjson.dumps(layout))  # fenced
