@@ -189,6 +189,7 @@ def create_app(common: CommonSettings, settings: TriggerSettings) -> FastAPI:
                 task=s.task,
                 label_features=label_features(contract.import_module(s.module_path)),
                 label_default=s.labels.label_default if s.labels else None,
+                beam_args=tuple(s.settings.beam_args),
             ),
             publish=publish,
             lease=leadership.lease(s.model),

@@ -26,6 +26,8 @@ class TriggerConfig:
     # Labels from their own stream: the label features and the default at maturity.
     label_features: tuple[str, ...] = ()
     label_default: dict[str, Any] | None = None
+    # Options of the transform's and evaluation's Beam pipelines; empty: in-process.
+    beam_args: tuple[str, ...] = ()
 
 
 def policy_from(s: TriggerSettings, labels: Labels | None = None) -> pol.Policy:

@@ -71,7 +71,12 @@ def build_pipeline(images: ComponentImages | None = None) -> Any:
 
     @component("transform")
     def transform(
-        run_dir: str, gathered: str, validated: str, schema_path: str, module_path: str
+        run_dir: str,
+        gathered: str,
+        validated: str,
+        schema_path: str,
+        module_path: str,
+        beam_args_json: str = "[]",
     ) -> str:
         import json
 
@@ -85,6 +90,7 @@ def build_pipeline(images: ComponentImages | None = None) -> Any:
             schema_path=schema_path,
             module_path=module_path,
             out_dir=f"{run_dir}/transform",
+            beam_args=json.loads(beam_args_json),
         )
         return json.dumps(out)
 
@@ -108,7 +114,13 @@ def build_pipeline(images: ComponentImages | None = None) -> Any:
 
     @component("evaluate")
     def evaluate(
-        run_dir: str, gathered: str, trained: str, module_path: str, baseline_model: str, task: str
+        run_dir: str,
+        gathered: str,
+        trained: str,
+        module_path: str,
+        baseline_model: str,
+        task: str,
+        beam_args_json: str = "[]",
     ) -> str:
         import json
 
@@ -123,6 +135,7 @@ def build_pipeline(images: ComponentImages | None = None) -> Any:
             out_dir=f"{run_dir}/evaluate",
             baseline_model_dir=baseline_model or None,
             task=task,
+            beam_args=json.loads(beam_args_json),
         )
         return json.dumps(out, default=str)
 
@@ -151,6 +164,7 @@ def build_pipeline(images: ComponentImages | None = None) -> Any:
         epochs: int = 3,
         task: str = "binary",
         labels_json: str = "",
+        beam_args_json: str = "[]",
     ) -> None:
         g = gather(
             run_dir=run_dir,
@@ -169,6 +183,7 @@ def build_pipeline(images: ComponentImages | None = None) -> Any:
             validated=v.output,
             schema_path=schema_path,
             module_path=module_path,
+            beam_args_json=beam_args_json,
         )
         t.set_display_name("tf transform")
         tr = train(
@@ -189,6 +204,7 @@ def build_pipeline(images: ComponentImages | None = None) -> Any:
             module_path=module_path,
             baseline_model=baseline_model,
             task=task,
+            beam_args_json=beam_args_json,
         )
         e.set_display_name("tfma evaluation and blessing")
         publish(run_dir=run_dir, trained=tr.output, evaluated=e.output).set_display_name("result")

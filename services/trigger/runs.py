@@ -167,6 +167,7 @@ class Runs:
             "epochs": self.config.epochs,
             "task": self.config.task,
             "labels_json": labels_json,
+            "beam_args_json": orjson.dumps(list(self.config.beam_args)).decode(),
         }
         # The evidence behind the decision, shown to the approver with the candidate.
         evidence = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from shared.model_fields import PolicyFields
@@ -60,8 +60,30 @@ class TriggerSettings(StrictSettings, PolicyFields):
     )
     base_image: str = Field(default="ctrain:latest", description="Image of pipeline components.")
     trainer_gpus: int = Field(default=0, ge=0, description="GPUs requested by the trainer.")
+    beam_args: list[str] = Field(
+        default=[],
+        description="Beam pipeline options of a run's TF Transform and TFMA steps, as Beam's "
+        'flags in a JSON list, e.g. `["--runner=DataflowRunner", "--project=P", '
+        '"--region=R", "--temp_location=gs://B/tmp", "--sdk_container_image=IMAGE"]` '
+        "(docs/trigger.md, \"Beam runners\"); the steps' workers then read the run's data "
+        "from the artifact root. Empty: Beam's in-process runner inside the step.",
+    )
     http_host: str = Field(default="127.0.0.1", description="Bind address of the HTTP API.")
     http_port: int = Field(default=8083, ge=0, description="Port of the HTTP API.")
+
+    @field_validator("beam_args")
+    @classmethod
+    def _runner_named(cls, v: list[str]) -> list[str]:
+        if not v:
+            return v
+        loose = [a for a in v if not a.startswith("--")]
+        if loose:
+            raise ValueError(f"Beam options are flags starting with '--', not {loose}")
+        if not any(a.startswith("--runner=") for a in v):
+            # Beam's default (DirectRunner) would quietly run on the step's machine,
+            # and first tries to download a runner binary.
+            raise ValueError("name the runner: '--runner=DataflowRunner' (or FlinkRunner, ...)")
+        return v
 
 
 def load_settings() -> tuple[CommonSettings, TriggerSettings]:

@@ -301,12 +301,87 @@ def test_shuffled_labels_model_is_not_blessed(chain: Chain, shuffled: Shuffled) 
     assert "change_threshold" in change[0]
 
 
+# Beam options as a user would name a runner: not the in-process defaults, so the steps
+# take the path of a remote runner (rows read by the pipeline, Beam's own pickles).
+RUNNER_ARGS = [
+    "--runner=apache_beam.runners.portability.fn_api_runner.FnApiRunner",
+    "--direct_num_workers=1",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_beam_args_run_transform_and_evaluate_on_the_named_runner(
+    chain: Chain, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``beam_args`` the pipeline reads the rows from the artifact store itself (the
+    step's process never does: a worker elsewhere could not see its memory), without the
+    in-process shortcuts; the data and metrics are those of the in-process run."""
+    import shared.shard
+    from services.trigger import beam_memo
+
+    def driver_read(uri: str) -> Any:
+        raise AssertionError(f"the step's process read the rows of {uri}")
+
+    def shortcut() -> Any:
+        raise AssertionError("in-process shortcuts under a named runner")
+
+    monkeypatch.setattr(shared.shard, "read_shard", driver_read)
+    monkeypatch.setattr(beam_memo, "in_process", shortcut)
+    out = steps.transform(
+        chain.gathered["train"],
+        chain.gathered["eval"],
+        str(TAXI_SCHEMA),
+        MODULE,
+        str(tmp_path / "transform"),
+        beam_args=RUNNER_ARGS,
+    )
+    for split in ("train", "eval"):
+        _assert_same_rows(out[split], chain.transformed[split])
+    monkeypatch.undo()  # evaluate reads the held-out rows to compute their labels
+    monkeypatch.setattr(beam_memo, "in_process", shortcut)
+    e = steps.evaluate(
+        chain.trained["model"],
+        chain.gathered["eval"],
+        MODULE,
+        str(tmp_path / "evaluate"),
+        beam_args=RUNNER_ARGS,
+    )
+    assert e["blessed"] is True
+    assert e["metrics"]["overall"] == pytest.approx(chain.evaluated["metrics"]["overall"])
+
+    with pytest.raises(steps.StepError, match="NoSuchRunner"):
+        steps.transform(
+            chain.gathered["train"],
+            chain.gathered["eval"],
+            str(TAXI_SCHEMA),
+            MODULE,
+            str(tmp_path / "bad"),
+            beam_args=["--runner=NoSuchRunner"],
+        )
+
+
 def _signature_names(saved_model_dir: str) -> set[str]:
     from tensorflow.core.protobuf import saved_model_pb2
 
     proto = saved_model_pb2.SavedModel()
     proto.ParseFromString((Path(saved_model_dir) / "saved_model.pb").read_bytes())
     return set(proto.meta_graphs[0].signature_def)
+
+
+def _assert_same_rows(path_a: str, path_b: str) -> None:
+    """The same transformed rows in the same order; z-scores to float32 rounding (a
+    different trace or batching orders the float32 ops of their mean and variance
+    differently)."""
+    import numpy as np
+
+    a, b = _transformed_rows(path_a), _transformed_rows(path_b)
+    assert set(a) == set(b)
+    for name in a:
+        if name.endswith("_xf") and name[: -len("_xf")] in ("fare", "trip_miles", "trip_seconds"):
+            np.testing.assert_allclose(a[name], b[name], rtol=0, atol=1e-5)
+        else:
+            assert a[name] == b[name], name
 
 
 def _transformed_rows(path: str) -> dict[str, list[float]]:
@@ -329,7 +404,6 @@ def test_tf1_graph_and_tf_function_tracing_transform_alike(chain: Chain, tmp_pat
     the first one's output, as a retried step would, and replaces it."""
     import shutil
 
-    import numpy as np
     import tensorflow_transform as tft
 
     # TFT loads a transform graph written in TF1 mode through this signature.
@@ -353,18 +427,7 @@ def test_tf1_graph_and_tf_function_tracing_transform_alike(chain: Chain, tmp_pat
         assert tf1.vocabulary_by_name(vocab) == tf2.vocabulary_by_name(vocab)
     assert tf1.transformed_feature_spec() == tf2.transformed_feature_spec()
     for split in ("train", "eval"):
-        a, b = _transformed_rows(chain.transformed[split]), _transformed_rows(again[split])
-        assert set(a) == set(b)
-        for name in a:
-            if name.endswith("_xf") and name[: -len("_xf")] in (
-                "fare",
-                "trip_miles",
-                "trip_seconds",
-            ):
-                # z-scores: the two traces order float32 ops differently.
-                np.testing.assert_allclose(a[name], b[name], rtol=0, atol=1e-5)
-            else:
-                assert a[name] == b[name], name
+        _assert_same_rows(chain.transformed[split], again[split])
 
 
 @pytest.mark.slow

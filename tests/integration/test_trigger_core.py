@@ -209,7 +209,8 @@ def test_the_trigger_waits_for_labels_then_starts_on_its_tick(
 def test_drift_starts_one_run_even_when_redelivered(redis_url: str, tmp_path: Path) -> None:
     async def go() -> None:
         backend = ScriptedBackend()
-        t, out = await make(redis_url, tmp_path, backend, f"m-{tmp_path.name}")
+        flink = ("--runner=FlinkRunner", "--flink_master=flink:8081")
+        t, out = await make(redis_url, tmp_path, backend, f"m-{tmp_path.name}", beam_args=flink)
         for v in [validation(0, "ok"), validation(1, "drift"), validation(2, "drift")]:
             await t.on_validation(v)
         # Redelivery of the last validation, and a second trigger instance seeing it.
@@ -226,6 +227,8 @@ def test_drift_starts_one_run_even_when_redelivered(redis_url: str, tmp_path: Pa
             "/w/1-1.parquet",
         ]
         assert json.loads(params["eval_json"]) == ["/w/2-0.parquet", "/w/2-1.parquet"]
+        # The trigger's Beam options go to the run's transform and evaluation steps.
+        assert json.loads(params["beam_args_json"]) == list(flink)
         # The run reads its own copy of the module and schema (lineage; a KFP pod
         # cannot read the trigger's disk).
         module = ROOT / "examples/taxi/model.py"

@@ -93,3 +93,19 @@ def test_approve_wait_ends_when_the_candidate_serves() -> None:
 
     assert _wait_promoted(Promoter(["promoting", "serving"]), "c1", 10) == 0  # type: ignore[arg-type]
     assert _wait_promoted(Promoter(["promoting", "failed"]), "c1", 10) == 1  # type: ignore[arg-type]
+
+
+def test_beam_args_are_read_from_a_json_list_and_must_name_the_runner(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pydantic import ValidationError
+
+    flink = ["--runner=PortableRunner", "--job_endpoint=flink-job-server:8099"]
+    monkeypatch.setenv("CTRAIN_TRIGGER_BEAM_ARGS", '["' + '", "'.join(flink) + '"]')
+    assert TriggerSettings().beam_args == flink
+    monkeypatch.delenv("CTRAIN_TRIGGER_BEAM_ARGS")
+    assert TriggerSettings().beam_args == []  # the in-process runner
+    with pytest.raises(ValidationError, match="name the runner"):
+        TriggerSettings(beam_args=["--project=p"])
+    with pytest.raises(ValidationError, match="flags starting with '--'"):
+        TriggerSettings(beam_args=["DataflowRunner"])

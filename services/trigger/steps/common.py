@@ -3,9 +3,10 @@ options, the steps' errors, the model module and the data readers and writers.""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import types
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from shared import contract
@@ -30,6 +31,49 @@ BEAM_ARGS = (
     "--direct_num_workers=1",
     "--direct_running_mode=in_memory",
 )
+
+
+def beam_run(beam_args: Sequence[str] = ()) -> tuple[Any, contextlib.AbstractContextManager[None]]:
+    """A step's Beam pipeline options and the block its pipeline runs in.
+
+    No args: the in-process runner (``BEAM_ARGS``) with its fixed costs cut
+    (``beam_memo.in_process``, whose cheap pickles never leave the process). Args (the
+    trigger's ``beam_args``, e.g. ``--runner=DataflowRunner --project=...``): exactly
+    those options and Beam's own pickling; the step then has the pipeline read its
+    input from the artifact store (``read_examples``), as workers elsewhere must.
+    """
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from services.trigger.beam_memo import in_process
+
+    if not beam_args:
+        return PipelineOptions(list(BEAM_ARGS)), in_process()
+    return PipelineOptions(list(beam_args)), contextlib.nullcontext()
+
+
+def read_examples(p: Any, name: str, uri: str) -> Any:
+    """A PCollection of the serialized raw tf.Examples of the Parquet file at ``uri``, read
+    by the pipeline's workers (any filesystem Beam knows: local, gs://, s3://, hdfs://)."""
+    import apache_beam as beam
+
+    return (
+        p
+        | f"Read{name}" >> beam.io.ReadFromParquetBatched(uri)
+        | f"Encode{name}Raw" >> beam.FlatMap(raw_examples)
+    )
+
+
+def parquet_rows(uri: str) -> int:
+    """Rows of the Parquet file at ``uri`` from its footer, through Beam's filesystems."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from apache_beam.io.filesystems import FileSystems
+
+    try:
+        with FileSystems.open(uri) as f:
+            return int(pq.ParquetFile(f).metadata.num_rows)
+    except (OSError, pa.ArrowException) as e:
+        raise StepError(f"cannot read {uri}: {e}") from e
 
 
 class StepError(Exception):

@@ -6,17 +6,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from services.trigger.beam_memo import in_process
 from services.trigger.steps.common import (
-    BEAM_ARGS,
     BlockingAnomalies,
     StepError,
+    beam_run,
     concat_shards,
     load_module,
     local_copy,
+    parquet_rows,
     raw_examples,
+    read_examples,
     write_parquet,
 )
 from shared import contract
@@ -150,18 +152,23 @@ def validate_data(
 
 
 def transform(
-    train_uri: str, eval_uri: str, schema_path: str, module_path: str, out_dir: str
+    train_uri: str,
+    eval_uri: str,
+    schema_path: str,
+    module_path: str,
+    out_dir: str,
+    beam_args: Sequence[str] = (),
 ) -> dict[str, str]:
     """TFT AnalyzeAndTransform over the training data with the module's preprocessing_fn.
 
     Writes out_dir/transform_graph (TFTransformOutput) and GZIP TFRecords of
     transformed tf.Examples: out_dir/train.tfrecord.gz, out_dir/eval.tfrecord.gz.
     The eval set is transformed with the analyzers of the training data.
+    ``beam_args``: the pipeline's options (``common.beam_run``); empty: in-process.
     """
     import apache_beam as beam
     import tensorflow_transform as tft
     import tensorflow_transform.beam as tft_beam
-    from apache_beam.options.pipeline_options import PipelineOptions
     from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io
     from tfx_bsl.public import tfxio
 
@@ -170,10 +177,23 @@ def transform(
 
     module = load_module(module_path)
     schema = load_schema(local_copy(schema_path) if "://" in schema_path else schema_path)
-    train_records = raw_examples(read_shard(train_uri))
-    eval_records = raw_examples(read_shard(eval_uri))
-    if not train_records:
-        raise StepError(f"no training rows in {train_uri}")
+    options, block = beam_run(beam_args)
+    if beam_args:  # workers read the rows themselves; the driver reads only the footer
+        if not parquet_rows(train_uri):
+            raise StepError(f"no training rows in {train_uri}")
+    else:
+        # In-process, the rows go in from memory: a Parquet source's bundles cost more
+        # than the whole read at this step's sizes.
+        train_records = raw_examples(read_shard(train_uri))
+        eval_records = raw_examples(read_shard(eval_uri))
+        if not train_records:
+            raise StepError(f"no training rows in {train_uri}")
+
+    def records(p: Any, name: str) -> Any:
+        if beam_args:
+            return read_examples(p, name, train_uri if name == "Train" else eval_uri)
+        rows = train_records if name == "Train" else eval_records
+        return p | f"Create{name}" >> beam.Create(rows, reshuffle=False)
 
     graph_dir = os.path.join(out_dir, "transform_graph")
     # A retried step (a re-attached run, a KFP retry) finds the last attempt's graph:
@@ -193,23 +213,15 @@ def transform(
     )
     try:
         with (
-            in_process(),
-            beam.Pipeline(options=PipelineOptions(list(BEAM_ARGS))) as p,
+            block,
+            beam.Pipeline(options=options) as p,
             tft_beam.Context(
                 temp_dir=os.path.join(out_dir, "tmp"),
                 force_tf_compat_v1=contract.tft_compat_v1(module),
             ),
         ):
-            raw_train = (
-                p
-                | "CreateTrain" >> beam.Create(train_records, reshuffle=False)
-                | "DecodeTrain" >> source.BeamSource()
-            )
-            raw_eval = (
-                p
-                | "CreateEval" >> beam.Create(eval_records, reshuffle=False)
-                | "DecodeEval" >> source.BeamSource()
-            )
+            raw_train = records(p, "Train") | "DecodeTrain" >> source.BeamSource()
+            raw_eval = records(p, "Eval") | "DecodeEval" >> source.BeamSource()
             # Record batches out, encoded to tf.Examples in C++ a batch at a time: instance
             # dicts (a Python dict per row, then a Python encoder) were most of the step's
             # time per row.

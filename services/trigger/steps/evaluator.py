@@ -8,16 +8,15 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from services.trigger.beam_memo import in_process
 from services.trigger.steps.common import (
     BASELINE,
-    BEAM_ARGS,
     CANDIDATE,
     SERVING_INPUT,
     SERVING_SIGNATURE,
     TFMA_MODEL_TYPE,
     TRANSFORM_SIGNATURE,
     StepError,
+    beam_run,
     load_module,
     raw_examples,
 )
@@ -153,6 +152,7 @@ def evaluate(
     out_dir: str,
     baseline_model_dir: str | None = None,
     task: str = "binary",
+    beam_args: Sequence[str] = (),
 ) -> dict[str, object]:
     """TFMA evaluation of the candidate (against the baseline if given) on raw held-out data.
 
@@ -160,9 +160,9 @@ def evaluate(
     thresholds; this step fills in the model specs (serving signature,
     prediction key, baseline). Labelled eval examples go to
     out_dir/eval_examples.tfrecord, the TFMA result to out_dir/eval.
+    ``beam_args``: the pipeline's options (``common.beam_run``); empty: in-process.
     """
     import tensorflow_model_analysis as tfma
-    from apache_beam.options.pipeline_options import PipelineOptions
 
     from shared.shard import read_shard
 
@@ -203,6 +203,7 @@ def evaluate(
             w.write(r)
 
     output_path = os.path.join(out_dir, "eval")
+    options, block = beam_run(beam_args)
     try:
         shared = [
             tfma.default_eval_shared_model(
@@ -211,14 +212,14 @@ def evaluate(
             for name in names
         ]
         _seed(shared[0].model_loader, candidate)
-        with in_process():
+        with block:
             tfma.run_model_analysis(
                 eval_shared_model=shared if len(shared) > 1 else shared[0],
                 eval_config=config,
                 data_location=data_path,
                 file_format="tfrecords",
                 output_path=output_path,
-                pipeline_options=PipelineOptions(list(BEAM_ARGS)),
+                pipeline_options=options,
             )
     except Exception as e:  # TFMA/Beam raise assorted types for bad models/configs
         raise StepError(f"TFMA evaluation of {model_dir} failed: {e}") from e
