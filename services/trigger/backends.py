@@ -99,7 +99,7 @@ class LocalBackend:
 
     def __init__(
         self,
-        poll_s: float = 1.0,
+        poll_s: float = 0.25,
         fault_file: str | None = None,
         step_worker: WarmProcess | None = None,
     ) -> None:
@@ -170,11 +170,14 @@ class LocalBackend:
         proc = self.procs.get(run_id)
         result = Path(run_dir) / "result.json"
         log_path = Path(run_dir) / "run.log"
-        while proc is not None and proc.poll() is None:
+        # The run's result is final once the last component has written it (atomically):
+        # kfp.local's own wind-down after it is not waited for (up to a poll interval plus
+        # the worker's exit, on every run's time to recovery).
+        while proc is not None and proc.poll() is None and not result.exists():
             await asyncio.sleep(self.poll_s)  # poll the worker; the loop stays free
         if proc is None:
             # Re-attached after a restart: the worker may still be running on its own.
-            while _alive(Path(run_dir) / "worker.pid"):
+            while _alive(Path(run_dir) / "worker.pid") and not result.exists():
                 await asyncio.sleep(self.poll_s)
         self.procs.pop(run_id, None)
         if result.exists():

@@ -70,3 +70,34 @@ def test_a_worker_left_a_zombie_counts_as_ended(tmp_path: Path) -> None:
     finally:
         worker.wait()
     assert outcome.state == "succeeded"
+
+
+@pytest.mark.parametrize("attached", [True, False])
+def test_the_run_ends_when_its_result_is_written_not_when_its_worker_exits(
+    tmp_path: Path, attached: bool
+) -> None:
+    """kfp.local winds down after the last component wrote result.json; the run's outcome
+    is known then (the worker here lingers for a minute after writing it)."""
+    result = tmp_path / "result.json"
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import time; open({str(result)!r}, 'w').write('{{}}'); time.sleep(60)",
+        ]
+    )
+    try:
+        (tmp_path / "worker.pid").write_text(str(worker.pid))
+        (tmp_path / "run.log").write_text("running\n")
+        backend = LocalBackend(poll_s=0.05)
+        if attached:
+            backend.procs["run-1"] = worker
+        outcome = asyncio.run(
+            asyncio.wait_for(backend.wait("run-1", "local-run-1", str(tmp_path)), 20)
+        )
+        assert outcome.state == "succeeded"
+        assert worker.poll() is None  # it did not wait for the worker's exit
+        assert "run-1" not in backend.procs
+    finally:
+        worker.kill()
+        worker.wait()
