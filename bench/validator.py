@@ -7,7 +7,8 @@ already built), in the same run, median of N windows.
 
     python bench/validator.py [--rows 100000] [--windows 3]
 
-``--scale 1000000,10000000`` measures memory against window size instead: each window
+``--scale 1000000,10000000 [--repeat 3]`` measures memory against window size instead
+(medians of the rounds): each window
 (the taxi trips repeated, written row group by row group, never held whole) is judged
 by a fresh process, after a small baseline window, and the bench prints rows/s and the
 process's peak RSS for each size beside bare ``generate_statistics_from_dataframe`` on
@@ -196,41 +197,57 @@ async def child(root: Path, what: str, events: list[WindowClosed]) -> dict[str, 
             "peak_rss_mib": peak_rss_mib(), "before_mib": before}  # fmt: skip
 
 
-def scale(sizes: list[int]) -> None:
+def scale(sizes: list[int], repeat: int = 1) -> None:
     root = Path(tempfile.mkdtemp(prefix="ctrain-bench-val-scale-"))
     baseline = write_repeated(root, 0, 9533)
+    # Sizes in turn, each in a fresh process, the whole round ``repeat`` times: a process's
+    # RSS before the window already moves by ~20 MiB from one start to the next, so one
+    # run per size cannot tell 1% apart; medians per size can.
     runs: list[tuple[str, int, dict[str, float]]] = []
-    for k, n in enumerate(sizes, start=1):
-        t0 = time.perf_counter()
-        ev = write_repeated(root, k, n)
-        print(f"wrote {n:,} rows in {time.perf_counter() - t0:.1f}s", flush=True)
-        todo = ["validator", "bare"] if n == min(sizes) else ["validator"]
-        for what in todo:
-            spec = json.dumps({"root": str(root), "what": what,
-                               "events": [baseline.model_dump(mode="json"),
-                                          ev.model_dump(mode="json")]})  # fmt: skip
-            out = subprocess.run(
-                [sys.executable, __file__, "--child", spec],
-                capture_output=True, text=True, check=True,
-            )  # fmt: skip
-            got = json.loads(out.stdout.strip().splitlines()[-1])
-            runs.append((what, n, got))
-            print(
-                f"{what:>9} {n:>11,} rows: {got['rows_per_s']:>10,.0f} rows/s  "
-                f"({got['seconds']:.1f}s)  peak RSS {got['peak_rss_mib']:,.0f} MiB "
-                f"(after the baseline window: {got['before_mib']:,.0f} MiB)",
-                flush=True,
-            )
-    ours = {n: r for what, n, r in runs if what == "validator"}
-    small, large = min(ours), max(ours)
-    bare = next(r for what, _, r in runs if what == "bare")
-    print(f"rate {large:,} vs {small:,} rows: {ours[large]['rows_per_s'] / ours[small]['rows_per_s']:.2f}"
-          "  (target >= 0.90)")  # fmt: skip
-    print(f"peak RSS {large:,} vs {small:,} rows: "
-          f"{ours[large]['peak_rss_mib'] / ours[small]['peak_rss_mib']:.2f}  (target <= 1.00)")  # fmt: skip
-    print(f"validator vs bare TFDV at {small:,} rows: rate "
-          f"{ours[small]['rows_per_s'] / bare['rows_per_s']:.2f}x, peak RSS "
-          f"{ours[small]['peak_rss_mib']:,.0f} vs {bare['peak_rss_mib']:,.0f} MiB")  # fmt: skip
+    k = 0
+    for _ in range(repeat):
+        for n in sizes:
+            # A new window each round: the validator answers a window it judged before
+            # from its artifacts.
+            k += 1
+            t0 = time.perf_counter()
+            ev = write_repeated(root, k, n)
+            print(f"wrote {n:,} rows in {time.perf_counter() - t0:.1f}s", flush=True)
+            todo = ["validator", "bare"] if n == min(sizes) else ["validator"]
+            for what in todo:
+                spec = json.dumps({"root": str(root), "what": what,
+                                   "events": [baseline.model_dump(mode="json"),
+                                              ev.model_dump(mode="json")]})  # fmt: skip
+                out = subprocess.run(
+                    [sys.executable, __file__, "--child", spec],
+                    capture_output=True, text=True, check=True,
+                )  # fmt: skip
+                got = json.loads(out.stdout.strip().splitlines()[-1])
+                runs.append((what, n, got))
+                print(
+                    f"{what:>9} {n:>11,} rows: {got['rows_per_s']:>10,.0f} rows/s  "
+                    f"({got['seconds']:.1f}s)  peak RSS {got['peak_rss_mib']:,.0f} MiB "
+                    f"(after the baseline window: {got['before_mib']:,.0f} MiB)",
+                    flush=True,
+                )
+
+    def med(what: str, n: int, key: str) -> float:
+        return statistics.median(r[key] for w, m, r in runs if w == what and m == n)
+
+    small, large = min(sizes), max(sizes)
+    rate = {n: med("validator", n, "rows_per_s") for n in sizes}
+    rss = {n: med("validator", n, "peak_rss_mib") for n in sizes}
+    bare_rate, bare_rss = med("bare", small, "rows_per_s"), med("bare", small, "peak_rss_mib")
+    print(f"medians of {repeat}:")
+    for n in sizes:
+        print(f"  validator {n:>11,} rows: {rate[n]:>10,.0f} rows/s  peak RSS {rss[n]:,.0f} MiB")
+    print(
+        f"  bare TFDV {small:>11,} rows: {bare_rate:>10,.0f} rows/s  peak RSS {bare_rss:,.0f} MiB"
+    )
+    print(f"rate {large:,} vs {small:,} rows: {rate[large] / rate[small]:.2f}  (target >= 0.90)")
+    print(f"peak RSS {large:,} vs {small:,} rows: {rss[large] / rss[small]:.2f}  (target <= 1.00)")
+    print(f"validator vs bare TFDV at {small:,} rows: rate {rate[small] / bare_rate:.2f}x, "
+          f"peak RSS {rss[small]:,.0f} vs {bare_rss:,.0f} MiB")  # fmt: skip
 
 
 if __name__ == "__main__":
@@ -238,6 +255,7 @@ if __name__ == "__main__":
     ap.add_argument("--rows", type=int, default=100_000)
     ap.add_argument("--windows", type=int, default=3)
     ap.add_argument("--scale", help="window sizes, comma-separated (e.g. 1000000,10000000)")
+    ap.add_argument("--repeat", type=int, default=1, help="rounds of --scale (medians)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
@@ -245,6 +263,6 @@ if __name__ == "__main__":
         evs = [WindowClosed.model_validate(e) for e in spec["events"]]
         print(json.dumps(asyncio.run(child(Path(spec["root"]), spec["what"], evs))))
     elif a.scale:
-        scale([int(x) for x in a.scale.split(",")])
+        scale([int(x) for x in a.scale.split(",")], a.repeat)
     else:
         asyncio.run(main(a.rows, a.windows))
