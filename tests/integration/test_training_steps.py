@@ -361,6 +361,21 @@ def test_beam_args_run_transform_and_evaluate_on_the_named_runner(
         )
 
 
+def test_transform_refuses_empty_or_unreadable_training_rows(chain: Chain, tmp_path: Path) -> None:
+    empty = tmp_path / "empty.parquet"
+    pq.write_table(chain.table.slice(0, 0), empty)
+    with pytest.raises(steps.StepError, match="no training rows"):
+        steps.transform(
+            str(empty), chain.gathered["eval"], str(TAXI_SCHEMA), MODULE, str(tmp_path / "a")
+        )
+    torn = tmp_path / "torn.parquet"
+    torn.write_bytes(Path(chain.gathered["train"]).read_bytes()[:1000])
+    with pytest.raises(steps.StepError, match=r"cannot read .*torn\.parquet"):
+        steps.transform(
+            str(torn), chain.gathered["eval"], str(TAXI_SCHEMA), MODULE, str(tmp_path / "b")
+        )
+
+
 def _signature_names(saved_model_dir: str) -> set[str]:
     from tensorflow.core.protobuf import saved_model_pb2
 

@@ -39,8 +39,8 @@ def beam_run(beam_args: Sequence[str] = ()) -> tuple[Any, contextlib.AbstractCon
     No args: the in-process runner (``BEAM_ARGS``) with its fixed costs cut
     (``beam_memo.in_process``, whose cheap pickles never leave the process). Args (the
     trigger's ``beam_args``, e.g. ``--runner=DataflowRunner --project=...``): exactly
-    those options and Beam's own pickling; the step then has the pipeline read its
-    input from the artifact store (``read_examples``), as workers elsewhere must.
+    those options and Beam's own pickling. Either way the pipeline reads the step's
+    rows from the artifact store itself (``read_examples``).
     """
     from apache_beam.options.pipeline_options import PipelineOptions
 

