@@ -391,6 +391,11 @@ def test_records_shuffled_before_parsing_come_in_the_order_of_parsed_rows_shuffl
 
 
 def test_transform_refuses_empty_or_unreadable_training_rows(chain: Chain, tmp_path: Path) -> None:
+    from services.trigger.steps.common import parquet_rows
+
+    # Beam's filesystems know no file:// scheme; the artifact store's URIs may carry one.
+    train = chain.gathered["train"]
+    assert parquet_rows(f"file://{train}") == parquet_rows(train) == chain.gathered["train_rows"]
     empty = tmp_path / "empty.parquet"
     pq.write_table(chain.table.slice(0, 0), empty)
     with pytest.raises(steps.StepError, match="no training rows"):

@@ -51,6 +51,12 @@ def beam_run(beam_args: Sequence[str] = ()) -> tuple[Any, contextlib.AbstractCon
     return PipelineOptions(list(beam_args)), contextlib.nullcontext()
 
 
+def beam_path(uri: str) -> str:
+    """``uri`` as Beam's filesystems name it: they know no ``file://`` scheme (a plain path
+    is local), though the artifact store accepts one."""
+    return uri.removeprefix("file://")
+
+
 def read_examples(p: Any, name: str, uri: str) -> Any:
     """A PCollection of the serialized raw tf.Examples of the Parquet file at ``uri``, read
     by the pipeline's workers (any filesystem Beam knows: local, gs://, s3://, hdfs://)."""
@@ -58,7 +64,7 @@ def read_examples(p: Any, name: str, uri: str) -> Any:
 
     return (
         p
-        | f"Read{name}" >> beam.io.ReadFromParquetBatched(uri)
+        | f"Read{name}" >> beam.io.ReadFromParquetBatched(beam_path(uri))
         | f"Encode{name}Raw" >> beam.FlatMap(raw_examples)
     )
 
@@ -70,7 +76,7 @@ def parquet_rows(uri: str) -> int:
     from apache_beam.io.filesystems import FileSystems
 
     try:
-        with FileSystems.open(uri) as f:
+        with FileSystems.open(beam_path(uri)) as f:
             return int(pq.ParquetFile(f).metadata.num_rows)
     except (OSError, pa.ArrowException) as e:
         raise StepError(f"cannot read {uri}: {e}") from e
